@@ -1,0 +1,1 @@
+"""Templates, sources, vocabularies, mixtures and feature conversion (no models, no training)."""

@@ -1,0 +1,58 @@
+"""Training batches: a seqio task or mixture, packed for a prefix-LM, per host, as numpy.
+
+seqio's PrefixLMFeatureConverter concatenates inputs and targets into one decoder
+sequence and, with packing, places several examples in a row with `segment_ids` and
+restarting `positions`, so the model can keep packed examples from attending to one
+another. Loss weights are 1 on target tokens only.
+
+Each host reads its own shard of every task (seqio.ShardInfo) and produces its slice
+of the global batch. Resuming at step N skips the first N batches of the same
+deterministic stream, so a resumed run sees exactly the data a straight run would.
+"""
+
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flan_jax.data import registry
+from flan_jax.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+def prefix_lm_converter(pack: bool) -> seqio.FeatureConverter:
+  return seqio.PrefixLMFeatureConverter(pack=pack)
+
+
+def train_batches(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    global_batch_size: int,
+    *,
+    seed: int,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    skip_batches: int = 0,
+    pack: bool = True,
+) -> Iterator[Batch]:
+  """An endless iterator of this host's part of each global batch."""
+  registry.get_mixture_or_task(mixture_or_task_name)  # a clear error for unknown names
+  if global_batch_size % num_shards:
+    raise UserError(
+        f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
+  dataset = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=dict(task_feature_lengths),
+      dataset_split="train",
+      shuffle=True,
+      num_epochs=None,
+      feature_converter=prefix_lm_converter(pack),
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+      use_cached=False,
+      seed=seed,
+  )
+  dataset = dataset.batch(global_batch_size // num_shards, drop_remainder=True)
+  dataset = dataset.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+  return dataset.as_numpy_iterator()

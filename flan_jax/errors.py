@@ -1,0 +1,19 @@
+"""Errors that reach the user as one clear line instead of a traceback."""
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+  """Bad input from the user: the entry point prints the message and exits non-zero."""
+
+
+def closest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
+  """The registered names most similar to `name`, best first."""
+  candidates = sorted(set(candidates))
+  close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
+  if close:
+    return close
+  # Nothing similar by edit distance: fall back to names sharing a prefix word.
+  stem = name.split("_")[0]
+  return [c for c in candidates if c.startswith(stem)][:limit]

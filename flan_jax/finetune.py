@@ -1,0 +1,111 @@
+"""Finetune on a mixture and measure what it changed on seen and held-out tasks.
+
+The whole job behind `python -m flan_jax.train`: evaluate the untrained model, train
+(resuming if MODEL_DIR has a checkpoint), evaluate again, and write the comparison
+to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
+"task/metric", for the held-out tasks and the training tasks' validation splits.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import seqio
+
+from flan_jax.data import pipeline, registry
+from flan_jax.errors import UserError
+from flan_jax.evaluation import decoding, evaluator
+from flan_jax.evaluation.report import print_comparison
+from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.training import optimizer as optimizer_lib
+from flan_jax.training import trainer as trainer_lib
+from flan_jax.training import train_step as step_lib
+
+
+def ensure_writable_dir(path: str) -> str:
+  """Creates `path` if needed and proves it writable, before any expensive work."""
+  if not path:
+    raise UserError("MODEL_DIR is empty: set it, e.g. --gin.MODEL_DIR=/tmp/my_run.")
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"MODEL_DIR {path!r} is not writable ({e.strerror}); choose a directory "
+                    "you can write to, e.g. --gin.MODEL_DIR=/tmp/my_run.") from None
+  return path
+
+
+def _vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
+  vocabulary = tasks[0].output_features["targets"].vocabulary
+  others = [t.name for t in tasks if t.output_features["targets"].vocabulary != vocabulary]
+  if others:
+    raise UserError(f"All tasks must share one vocabulary, but {others} differ from "
+                    f"{tasks[0].name}'s.")
+  return vocabulary
+
+
+def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
+  return [t for t in tasks if split in t.splits]
+
+
+def finetune(
+    *,
+    model_dir: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    trainer: trainer_lib.TrainerConfig,
+    model: DecoderConfig = DecoderConfig(),
+    optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
+    heldout_mixture_or_task_name: str | None = None,
+    evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
+    evaluate_before: bool = True,
+) -> dict[str, dict[str, float]]:
+  ensure_writable_dir(model_dir)
+  seen_tasks = registry.leaf_tasks(mixture_or_task_name)
+  heldout_tasks = registry.leaf_tasks(heldout_mixture_or_task_name) if heldout_mixture_or_task_name else []
+  if set(task_feature_lengths) != {"inputs", "targets"}:
+    raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
+                    f"{sorted(task_feature_lengths)}.")
+  vocabulary = _vocabulary(seen_tasks + heldout_tasks)
+  if not model.vocab_size:
+    model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
+  network = Decoder(model)
+  sequence_length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+
+  eval_tasks = _tasks_with_split(seen_tasks, evaluation.split) + _tasks_with_split(heldout_tasks, evaluation.split)
+  groups = {"seen": [t.name for t in seen_tasks], "heldout": [t.name for t in heldout_tasks]}
+
+  def evaluate(params) -> dict[str, float]:
+    generate = decoding.make_greedy_generate(
+        network, params, task_feature_lengths["targets"], vocabulary.eos_id)
+    # +1: the prompt is BOS followed by the inputs.
+    results = evaluator.evaluate(eval_tasks, generate, task_feature_lengths["inputs"] + 1, evaluation)
+    return {**results, **evaluator.group_means(results, groups)}
+
+  before = {}
+  if evaluate_before and eval_tasks:
+    initial = network.init(jax.random.key(trainer.seed), *step_lib.dummy_inputs(sequence_length))
+    before = evaluate(nn.meta.unbox(initial["params"]))
+
+  def batches(start_step: int):
+    return pipeline.train_batches(
+        mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
+        shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step)
+
+  state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, sequence_length)
+  after = evaluate(state.params) if eval_tasks else {}
+
+  results = {"before": before, "after": after}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    with open(os.path.join(model_dir, "eval", "heldout.json"), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    print_comparison(before, after, groups)
+  return results

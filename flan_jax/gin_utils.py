@@ -1,0 +1,93 @@
+"""gin for the entry points: file lookup, `--gin.NAME=value` flags, clear errors.
+
+Only the entry points (`train.py`, ...) use gin; library code takes plain arguments.
+`--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`. VALUE is gin
+syntax (numbers, 'strings', [lists], {dicts}, @references, %MACROS); anything that
+does not parse as such is taken as a bare string, so `--gin.MODEL_DIR=/tmp/run`
+works without shell-quoted quotes.
+"""
+
+import ast
+import contextlib
+import os
+from typing import Sequence
+
+from absl import logging
+import gin
+
+from flan_jax.errors import UserError
+
+# The repository's gin/ directory, so `include 'models/decoder_tiny.gin'` resolves
+# from any working directory.
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def _as_gin_value(text: str) -> str:
+  if text.startswith(("@", "%")):
+    return text
+  try:
+    ast.literal_eval(text)
+    return text
+  except (ValueError, SyntaxError):
+    return repr(text)
+
+
+def rewrite_gin_flags(argv: Sequence[str]) -> list[str]:
+  """Turns every `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE`."""
+  rewritten = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      rewritten.append(f"--gin_bindings={name} = {_as_gin_value(value)}")
+    elif arg.startswith("--gin."):
+      raise UserError(f"{arg!r} has no value: write --gin.NAME=VALUE.")
+    else:
+      rewritten.append(arg)
+  return rewritten
+
+
+def _resolve(path: str) -> str:
+  for candidate in (path, os.path.join(GIN_DIR, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  raise UserError(f"gin file {path!r} not found (looked in {os.getcwd()} and {GIN_DIR}).")
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses files then bindings; any mistake becomes one UserError naming it."""
+  if not gin_files:
+    raise UserError("No --gin_file given; e.g. --gin_file=gin/quickstart.gin.")
+  files = [_resolve(f) for f in gin_files]
+  gin.add_config_file_search_path(GIN_DIR)
+  for path in files:
+    try:
+      with _quiet_absl():  # gin logs an ERROR for every search-path miss of an include
+        gin.parse_config_file(path)
+    except (ImportError, IOError) as e:
+      raise UserError(f"gin file {path}: {e}") from None
+    except Exception as e:  # gin reports syntax and unknown-name errors in many types
+      raise UserError(f"gin file {path}: {_first_line(e)}") from None
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except Exception as e:
+      raise UserError(f"bad gin binding {binding!r}: {_first_line(e)}") from None
+  try:
+    gin.finalize()
+  except Exception as e:
+    raise UserError(f"gin configuration: {_first_line(e)}") from None
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0] if "\n" in text and len(text) > 300 else text

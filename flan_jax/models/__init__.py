@@ -1,0 +1,1 @@
+"""Flax networks with logical axis names (no data, no training loop)."""

@@ -1,0 +1,199 @@
+"""A Llama-style decoder-only transformer: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Used as a prefix-LM: the prompt is read bidirectionally and the answer causally (see
+`attention_mask`). Every parameter carries logical axis names (`vocab`, `embed`,
+`heads`, `kv_heads`, `kv`, `mlp`) that `flan_jax.training.mesh` maps onto mesh axes,
+so the same module runs data-parallel, FSDP or tensor-parallel without change.
+
+Decoding uses a functional KV cache: a pytree passed in and returned, holding each
+layer's keys and values plus every slot's segment id, position and prefix flag, so
+the one mask rule covers cached attention too (unwritten slots have segment 0).
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flan_jax.models.attention_mask import make_attention_mask
+
+Cache = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  vocab_size: int = 0  # 0: taken from the task vocabulary at run time
+  num_layers: int = 4
+  embed_dim: int = 128
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 32
+  mlp_dim: int = 384
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = True
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}.")
+
+
+def _dense_init(*axes: str, in_axes: tuple[int, ...] = (0,)):
+  """Fan-in scaled normal init over `in_axes`, with logical axis names attached."""
+  out_axes = tuple(i for i in range(len(axes)) if i not in in_axes)
+  init = nn.initializers.lecun_normal(in_axis=in_axes, out_axis=out_axes)
+  return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_tables(positions_BxL: jnp.ndarray, head_dim: int, theta: float):
+  """cos and sin of shape [B, L, 1, head_dim], in the rotate-half layout Hugging Face uses."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions_BxL.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BxLxHxD, cos, sin):
+  half = x_BxLxHxD.shape[-1] // 2
+  rotated = jnp.concatenate([-x_BxLxHxD[..., half:], x_BxLxHxD[..., :half]], axis=-1)
+  return (x_BxLxHxD.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_BxLxHxD.dtype)
+
+
+class Attention(nn.Module):
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE, mask, cos, sin, layer_cache=None, cache_index=None):
+    cfg = self.config
+    E, H, K, D = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    weight = lambda name, axes, shape, in_axes=(0,): self.param(
+        name, _dense_init(*axes, in_axes=in_axes), shape, cfg.param_dtype).astype(cfg.dtype)
+    w_q_ExHxD = weight("query", ("embed", "heads", "kv"), (E, H, D))
+    w_k_ExKxD = weight("key", ("embed", "kv_heads", "kv"), (E, K, D))
+    w_v_ExKxD = weight("value", ("embed", "kv_heads", "kv"), (E, K, D))
+    w_o_HxDxE = weight("out", ("heads", "kv", "embed"), (H, D, E), in_axes=(0, 1))
+
+    q = apply_rope(jnp.einsum("ble,ehd->blhd", x_BxLxE, w_q_ExHxD), cos, sin)
+    k = apply_rope(jnp.einsum("ble,ekd->blkd", x_BxLxE, w_k_ExKxD), cos, sin)
+    v = jnp.einsum("ble,ekd->blkd", x_BxLxE, w_v_ExKxD)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    if layer_cache is not None:
+      write = lambda buffer, new: jax.lax.dynamic_update_slice(
+          buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
+      k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
+      layer_cache = {"k": k, "v": v}
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
+
+
+class MLP(nn.Module):
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxE):
+    cfg = self.config
+    dense = lambda features, axes, name: nn.Dense(
+        features, use_bias=False, kernel_init=_dense_init(*axes), dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, name=name)
+    gate = dense(cfg.mlp_dim, ("embed", "mlp"), "gate")(x_BxLxE)
+    up = dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_BxLxE)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense(cfg.embed_dim, ("mlp", "embed"), "down")(hidden)
+
+
+class Block(nn.Module):
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask, cos, sin, layer_cache=None, cache_index=None):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+    attended, layer_cache = Attention(cfg, name="attention")(
+        norm("attention_norm")(x), mask, cos, sin, layer_cache, cache_index)
+    x = x + attended
+    x = x + MLP(cfg, name="mlp")(norm("mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
+
+
+class Decoder(nn.Module):
+  """tokens, positions, segment ids, prefix flags [B, L] -> logits [B, L, V] (float32)."""
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, prefix_BxL,
+               cache: Cache | None = None):
+    cfg = self.config
+    embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
+    x = jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    if cache is None:
+      kv_segment_ids, kv_positions, kv_prefix = segment_ids_BxL, positions_BxL, prefix_BxL
+      cache_index = None
+    else:
+      cache_index = cache["index"]
+      write = lambda buffer, new: jax.lax.dynamic_update_slice(
+          buffer, new.astype(buffer.dtype), (0, cache_index))
+      kv_segment_ids = write(cache["segment_ids"], segment_ids_BxL)
+      kv_positions = write(cache["positions"], positions_BxL)
+      kv_prefix = write(cache["prefix"], prefix_BxL)
+    mask = make_attention_mask(segment_ids_BxL, positions_BxL, prefix_BxL,
+                               kv_segment_ids, kv_positions, kv_prefix)
+    cos, sin = rope_tables(positions_BxL, cfg.head_dim, cfg.rope_theta)
+
+    new_layers = []
+    for i in range(cfg.num_layers):
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, layer_cache = Block(cfg, name=f"layers_{i}")(x, mask, cos, sin, layer_cache, cache_index)
+      new_layers.append(layer_cache)
+    x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+
+    if cfg.tie_embeddings:
+      logits = jnp.einsum("ble,ve->blv", x, embedding.astype(cfg.dtype))
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_dense_init("embed", "vocab"),
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(x)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    if cache is None:
+      return logits, None
+    new_cache = {
+        "layers": tuple(new_layers), "segment_ids": kv_segment_ids, "positions": kv_positions,
+        "prefix": kv_prefix, "index": cache_index + tokens_BxL.shape[1],
+    }
+    return logits, new_cache
+
+
+def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
+  """An empty KV cache for `length` tokens; its slots have segment 0 until written."""
+  shape = (batch_size, length, config.num_kv_heads, config.head_dim)
+  layer = lambda: {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+  return {
+      "layers": tuple(layer() for _ in range(config.num_layers)),
+      "segment_ids": jnp.zeros((batch_size, length), jnp.int32),
+      "positions": jnp.zeros((batch_size, length), jnp.int32),
+      "prefix": jnp.zeros((batch_size, length), jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+  }

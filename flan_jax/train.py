@@ -1,0 +1,100 @@
+r"""Finetune a model on a seqio mixture: `python -m flan_jax.train --gin_file=...`.
+
+  python -m flan_jax.train --gin_file=gin/quickstart.gin \
+      --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=100
+
+gin configures `train` below; see gin/quickstart.gin for every setting.
+"""
+
+import os
+import sys
+from typing import Mapping
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+from absl import app, flags
+import gin
+
+from flan_jax import finetune, gin_utils
+from flan_jax.errors import UserError
+from flan_jax.evaluation.evaluator import EvalConfig
+from flan_jax.models.decoder import DecoderConfig
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.trainer import TrainerConfig
+
+flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
+flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS = 100'.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+FLAGS = flags.FLAGS
+
+for _config_class in (DecoderConfig, OptimizerConfig, EvalConfig):
+  gin.external_configurable(_config_class)
+
+
+@gin.configurable(denylist=())
+def train(
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    heldout_mixture_or_task_name: str | None = None,
+    model=None,
+    optimizer=None,
+    evaluation=None,
+    checkpoint_every: int = 500,
+    log_every: int = 10,
+    z_loss: float = 1e-4,
+    seed: int = 0,
+    mesh_shape=(-1, 1, 1),
+    evaluate_before: bool = True,
+):
+  finetune.ensure_writable_dir(model_dir)
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.config_str())
+  return finetune.finetune(
+      model_dir=model_dir,
+      mixture_or_task_name=mixture_or_task_name,
+      task_feature_lengths=task_feature_lengths,
+      batch_size=batch_size,
+      trainer=TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
+                            log_every=log_every, z_loss=z_loss, seed=seed,
+                            mesh_shape=tuple(mesh_shape)),
+      model=model or DecoderConfig(),
+      optimizer=optimizer or OptimizerConfig(),
+      heldout_mixture_or_task_name=heldout_mixture_or_task_name,
+      evaluation=evaluation or EvalConfig(),
+      evaluate_before=evaluate_before,
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"Unexpected arguments {argv[1:]}; settings go in --gin.NAME=VALUE.")
+  if FLAGS.coordinator_address:
+    import jax
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+  train()
+
+
+def run_main(main_fn) -> None:
+  """app.run, with UserErrors printed as one line and exit status 2."""
+  def guarded(argv):
+    try:
+      main_fn(argv)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  try:
+    argv = gin_utils.rewrite_gin_flags(sys.argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(guarded, argv=argv)
+
+
+if __name__ == "__main__":
+  run_main(main)

@@ -1,0 +1,1 @@
+"""Mesh, train state and step, optimizers, checkpoints, metric writers (no task knowledge)."""

@@ -1,0 +1,98 @@
+"""The training loop: init or resume, step, log, checkpoint.
+
+It knows nothing of tasks: it is handed a function that starts the batch stream at a
+given step. Resuming restores the latest checkpoint under MODEL_DIR/checkpoints and
+asks for the stream from that step, so a run cut at any checkpoint and restarted ends
+with the same parameters as one that ran straight through.
+"""
+
+import dataclasses
+import time
+from typing import Callable, Iterator
+
+import flax.linen as nn
+import jax
+import numpy as np
+import tqdm
+
+from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import optimizer as optimizer_lib
+from flan_jax.training import train_step as step_lib
+from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.metrics_writer import MetricsWriter
+
+BatchStream = Callable[[int], Iterator[dict[str, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  train_steps: int
+  checkpoint_every: int = 500
+  keep_checkpoints: int | None = 3
+  log_every: int = 10
+  z_loss: float = 1e-4
+  seed: int = 0
+  mesh_shape: tuple[int, ...] = (-1, 1, 1)
+  progress_bar: bool = True
+
+
+def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
+  ids = batch.get("decoder_segment_ids", batch["decoder_target_tokens"])
+  return int(np.count_nonzero(ids))
+
+
+def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
+          config: TrainerConfig, batches: BatchStream, model_dir: str,
+          sequence_length: int) -> step_lib.TrainState:
+  """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint."""
+  mesh = mesh_lib.make_mesh(config.mesh_shape)
+  optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
+  schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
+  checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.checkpoint_every,
+                              config.keep_checkpoints)
+  shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state, _ = step_lib.init_train_state(model, optimizer, mesh, sequence_length, config.seed)
+  else:
+    state = checkpointer.restore(
+        latest, step_lib.abstract_train_state(model, optimizer, shardings, sequence_length))
+  start = int(state.step)
+  if start >= config.train_steps:
+    checkpointer.close()
+    return state
+
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss)
+  stream = batches(start)
+  is_primary = jax.process_index() == 0
+  writer = MetricsWriter(model_dir, enabled=is_primary)
+  bar = tqdm.tqdm(total=config.train_steps, initial=start, unit="step", dynamic_ncols=True,
+                  disable=not (config.progress_bar and is_primary))
+  if start:
+    bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
+  tokens, timer = 0, time.perf_counter()
+  for step in range(start, config.train_steps):
+    local_batch = next(stream)
+    state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
+    done = step + 1
+    if step == start:
+      # The first step includes compilation: start the clock after it.
+      jax.block_until_ready(metrics)
+      tokens, timer = 0, time.perf_counter()
+    else:
+      tokens += _non_padding_tokens(local_batch) * jax.process_count()
+    if done % config.log_every == 0 or done == config.train_steps:
+      metrics = jax.device_get(metrics)
+      elapsed = max(time.perf_counter() - timer, 1e-9)
+      scalars = {"loss": metrics["loss"], "z_loss": metrics["z_loss"],
+                 "grad_norm": metrics["grad_norm"], "learning_rate": float(schedule(step)),
+                 "tokens_per_second": tokens / elapsed}
+      writer.write(done, scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:,.0f}")
+      tokens, timer = 0, time.perf_counter()
+    checkpointer.save(done, state, force=done == config.train_steps)
+    bar.update(1)
+  bar.close()
+  writer.close()
+  checkpointer.close()
+  return state

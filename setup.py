@@ -1,0 +1,31 @@
+"""flan_jax: multitask instruction finetuning in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="flan_jax",
+    version="0.1.0",
+    description="FLAN-style multitask instruction finetuning in JAX/Flax on seqio tasks.",
+    python_requires=">=3.10",
+    # `tasks/` holds the task registrations; it is imported as `flan_jax_tasks`.
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"]) + ["flan_jax_tasks"],
+    package_dir={"flan_jax_tasks": "tasks"},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "seqio>=0.0.19",
+        "tensorflow-datasets>=4.9",
+        "gin-config>=0.5",
+        "absl-py>=2.0",
+        "clu>=0.0.12",
+        "tensorboard>=2.15",
+        "tqdm>=4.66",
+        "rich>=13.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+    },
+)
