@@ -12,7 +12,7 @@ from typing import Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
-from absl import app, flags
+from absl import app, flags, logging
 import gin
 
 from flan_jax import finetune, gin_utils
@@ -93,6 +93,8 @@ def run_main(main_fn) -> None:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  # Library INFO logs (orbax, seqio) drown the progress bar; --verbosity=0 brings them back.
+  FLAGS.set_default("verbosity", logging.WARNING)
   app.run(guarded, argv=argv)
 
 

@@ -15,11 +15,10 @@ from flan_jax.training.train_step import TrainState
 class Checkpointer:
   """Saves and restores TrainStates under `directory` (MODEL_DIR/checkpoints)."""
 
-  def __init__(self, directory: str, save_every: int, keep: int | None = 3):
+  def __init__(self, directory: str, keep: int | None = 3):
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every, max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -28,9 +27,9 @@ class Checkpointer:
     """Restore `step` into the shapes, dtypes and shardings of `abstract_state`."""
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
-  def save(self, step: int, state: TrainState, force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether it did."""
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  def save(self, step: int, state: TrainState) -> None:
+    """Starts saving `step` (asynchronously); `close` waits for it to finish."""
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def close(self) -> None:
     self._manager.wait_until_finished()

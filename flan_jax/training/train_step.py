@@ -118,7 +118,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state)
-    metrics = {"loss": ce_mean, "z_loss": z_mean, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": ce_mean, "z_loss": z_mean, "grad_norm": optax.tree.norm(grads),
                "target_tokens": weights.sum()}
     return new_state, metrics
 

@@ -48,8 +48,7 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
   mesh = mesh_lib.make_mesh(config.mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
-  checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.checkpoint_every,
-                              config.keep_checkpoints)
+  checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.keep_checkpoints)
   shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
   latest = checkpointer.latest_step()
   if latest is None:
@@ -90,7 +89,8 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
       writer.write(done, scalars)
       bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:,.0f}")
       tokens, timer = 0, time.perf_counter()
-    checkpointer.save(done, state, force=done == config.train_steps)
+    if done % config.checkpoint_every == 0 or done == config.train_steps:
+      checkpointer.save(done, state)
     bar.update(1)
   bar.close()
   writer.close()

@@ -1,0 +1,90 @@
+"""Training lowers the loss; checkpoints round-trip; a resumed run equals a straight one."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
+from flan_jax.data.pipeline import train_batches
+from flan_jax.models.decoder import Decoder
+from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import train_step as step_lib
+from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
+from flan_jax.training.trainer import TrainerConfig, train
+from tiny import TINY_DECODER
+
+LENGTHS = {"inputs": 64, "targets": 16}
+SEQUENCE_LENGTH = 80
+OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=5)
+
+
+def _batches(start_step):
+  return train_batches("default_train", LENGTHS, 8, seed=0, skip_batches=start_step)
+
+
+def _train(model_dir, steps, checkpoint_every=1000):
+  config = TrainerConfig(train_steps=steps, checkpoint_every=checkpoint_every, log_every=1,
+                         progress_bar=False)
+  return train(Decoder(TINY_DECODER), OPTIMIZER, config, _batches, str(model_dir), SEQUENCE_LENGTH)
+
+
+def _metrics(model_dir):
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_twenty_steps_lower_the_loss_and_log_every_step(tmp_path):
+  _train(tmp_path, 20)
+  logged = _metrics(tmp_path)
+  assert [m["step"] for m in logged] == list(range(1, 21))
+  assert {"loss", "learning_rate", "tokens_per_second"} <= set(logged[0])
+  first, last = np.mean([m["loss"] for m in logged[:3]]), np.mean([m["loss"] for m in logged[-3:]])
+  assert last < first - 1.0, (first, last)
+  assert logged[-1]["tokens_per_second"] > 0
+  assert os.listdir(tmp_path / "tensorboard" / "train")  # event files written
+  assert os.listdir(tmp_path / "checkpoints") == ["20"]  # the final step is always saved
+
+
+def test_checkpoint_round_trip_restores_an_equal_state(tmp_path):
+  model, optimizer = Decoder(TINY_DECODER), make_optimizer(OPTIMIZER, 10)
+  mesh = mesh_lib.make_mesh()
+  state, shardings = step_lib.init_train_state(model, optimizer, mesh, SEQUENCE_LENGTH, seed=3)
+  checkpointer = Checkpointer(str(tmp_path))
+  checkpointer.save(7, state)
+  checkpointer.close()
+
+  restored_from = Checkpointer(str(tmp_path))
+  assert restored_from.latest_step() == 7
+  abstract = step_lib.abstract_train_state(model, optimizer, shardings, SEQUENCE_LENGTH)
+  restored = restored_from.restore(7, abstract)
+  restored_from.close()
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_resumed_run_ends_exactly_where_a_straight_run_does(tmp_path):
+  straight = _train(tmp_path / "straight", 6, checkpoint_every=3)
+
+  # An interrupted run: its last checkpoint is step 3.
+  interrupted = tmp_path / "interrupted"
+  shutil.copytree(tmp_path / "straight" / "checkpoints", interrupted / "checkpoints")
+  shutil.rmtree(interrupted / "checkpoints" / "6")
+  resumed = _train(interrupted, 6, checkpoint_every=3)
+
+  assert int(resumed.step) == 6
+  assert [m["step"] for m in _metrics(interrupted)] == [4, 5, 6]
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+  _train(tmp_path, 2)
+  state = _train(tmp_path, 2)
+  assert int(state.step) == 2
+  assert len(_metrics(tmp_path)) == 2

@@ -1,0 +1,7 @@
+"""Shared tiny configurations for tests."""
+
+from flan_jax.models.decoder import DecoderConfig
+
+# Grouped-query attention (4 heads, 2 KV heads) so GQA is exercised everywhere.
+TINY_DECODER = DecoderConfig(vocab_size=259, num_layers=2, embed_dim=32, num_heads=4,
+                             num_kv_heads=2, head_dim=8, mlp_dim=64)
