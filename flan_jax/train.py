@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Mapping
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
 
 from absl import app, flags, logging
 import gin
@@ -86,7 +86,8 @@ def run_main(main_fn) -> None:
     try:
       main_fn(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
+      # gin appends "In call to configurable ..." lines: the first line says it all.
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
       sys.exit(2)
   try:
     argv = gin_utils.rewrite_gin_flags(sys.argv)

@@ -1,0 +1,70 @@
+"""The entry point: gin overrides reach the run, and bad input gets one clear line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "flan_jax.train", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_clean_error(result, *fragments):
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(error_lines) == 1, result.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in error_lines[0]
+
+
+def test_quickstart_config_with_overrides_writes_config_metrics_and_eval(tmp_path):
+  model_dir = tmp_path / "run"
+  result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={model_dir}",
+                "--gin.TRAIN_STEPS=3",
+                "--gin_bindings=EvalConfig.max_examples_per_task = 2",
+                "--gin.EvalConfig.batch_size=2", "--gin.DecoderConfig.num_layers=1",
+                "--gin.DecoderConfig.embed_dim=32", "--gin.train.log_every=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = (model_dir / "config.gin").read_text()
+  assert "TRAIN_STEPS = 3" in config and "DecoderConfig.num_layers = 1" in config
+  logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in logged] == [1, 2, 3]
+  heldout = json.loads((model_dir / "eval" / "heldout.json").read_text())
+  assert set(heldout) == {"before", "after"}
+  for results in heldout.values():
+    assert "default_is_even/accuracy" in results  # a held-out task
+    assert "default_add/accuracy" in results  # a seen task's validation split
+    assert "heldout_mean/accuracy" in results and "seen_mean/accuracy" in results
+  assert "Evaluation before and after finetuning" in result.stdout
+
+
+def test_unknown_mixture_names_the_closest_registered_ones(tmp_path):
+  result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={tmp_path}",
+                "--gin.MIXTURE_OR_TASK_NAME=default_trian")
+  _assert_clean_error(result, "'default_trian'", "default_train")
+
+
+def test_missing_gin_file(tmp_path):
+  result = _run("--gin_file=gin/no_such_config.gin")
+  _assert_clean_error(result, "no_such_config.gin", "not found")
+
+
+def test_bad_binding(tmp_path):
+  result = _run("--gin_file=gin/quickstart.gin", "--gin.train.no_such_argument=3")
+  _assert_clean_error(result, "no_such_argument")
+
+
+def test_unwritable_model_dir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  # A path below a regular file can never be created, even by root.
+  result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={blocker}/run")
+  _assert_clean_error(result, "MODEL_DIR", "not writable")
