@@ -64,8 +64,14 @@ if ((devices_per_process > 1)); then
 fi
 
 pids=()
+# Once jax.distributed is up, a process catches SIGTERM (jax treats it as a preemption
+# notice and keeps going), so escalate to SIGKILL for whatever is still alive.
 stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+  local pid alive=()
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && alive+=("$pid"); done
+  ((${#alive[@]})) || return 0
+  sleep 5
+  for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null; done
 }
 trap 'echo "interrupted: stopping processes ${pids[*]}" >&2; stop_all; exit 130' INT TERM
 
