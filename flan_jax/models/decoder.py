@@ -25,6 +25,9 @@ Cache = dict[str, Any]
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   vocab_size: int = 0  # 0: taken from the task vocabulary at run time
+  # The embedding is padded to a multiple of this, so its vocab axis divides evenly
+  # over a tensor-parallel mesh axis; logits are cut back to `vocab_size`.
+  vocab_pad_multiple: int = 128
   num_layers: int = 4
   embed_dim: int = 128
   num_heads: int = 4
@@ -36,6 +39,10 @@ class DecoderConfig:
   tie_embeddings: bool = True
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -145,7 +152,7 @@ class Decoder(nn.Module):
     cfg = self.config
     embedding = self.param(
         "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-        (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
+        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
     x = jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -173,9 +180,10 @@ class Decoder(nn.Module):
     if cfg.tie_embeddings:
       logits = jnp.einsum("ble,ve->blv", x, embedding.astype(cfg.dtype))
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=_dense_init("embed", "vocab"),
+      logits = nn.Dense(cfg.padded_vocab_size, use_bias=False, kernel_init=_dense_init("embed", "vocab"),
                         dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits = logits[..., :cfg.vocab_size]
 
     if cache is None:
       return logits, None

@@ -74,12 +74,9 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
     local_batch = next(stream)
     state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
     done = step + 1
-    if step == start:
-      # The first step includes compilation: start the clock after it.
-      jax.block_until_ready(metrics)
-      tokens, timer = 0, time.perf_counter()
-    else:
-      tokens += _non_padding_tokens(local_batch) * jax.process_count()
+    # Counted per host and assumed alike across hosts. The first window's rate
+    # includes compilation.
+    tokens += _non_padding_tokens(local_batch) * jax.process_count()
     if done % config.log_every == 0 or done == config.train_steps:
       metrics = jax.device_get(metrics)
       elapsed = max(time.perf_counter() - timer, 1e-9)

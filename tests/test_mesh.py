@@ -1,0 +1,46 @@
+"""Training on a data x fsdp x tensor mesh of 4 (simulated) devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax
+import flan_jax_tasks.default_mixture
+from flan_jax.data.pipeline import train_batches
+from flan_jax.models.decoder import Decoder
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.trainer import TrainerConfig, train
+from tiny import TINY_DECODER
+
+config = TrainerConfig(train_steps=4, log_every=1, mesh_shape=(1, 2, 2), progress_bar=False)
+batches = lambda start: train_batches("default_train", {"inputs": 64, "targets": 16}, 8,
+                                      seed=0, skip_batches=start)
+state = train(Decoder(TINY_DECODER), OptimizerConfig(warmup_steps=1), config, batches, sys.argv[1], 80)
+print(json.dumps({
+    "devices": jax.device_count(),
+    "embedding": str(tuple(state.params["embedding"].sharding.spec)),
+    "gate": str(tuple(state.params["layers_0"]["mlp"]["gate"]["kernel"].sharding.spec)),
+    "shards": len(state.params["embedding"].addressable_shards),
+}))
+"""
+
+
+def test_parameters_shard_over_fsdp_and_tensor_axes_and_training_runs(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 4
+  assert report["embedding"] == "('tensor', 'fsdp')"  # vocab padded to divide evenly
+  assert report["gate"] == "('fsdp', 'tensor')"
+  assert report["shards"] == 4
+  losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(losses) == 4 and losses[-1] < losses[0]
