@@ -9,6 +9,7 @@ to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Mapping
 
 import flax.linen as nn
@@ -31,10 +32,10 @@ def ensure_writable_dir(path: str) -> str:
     raise UserError("MODEL_DIR is empty: set it, e.g. --gin.MODEL_DIR=/tmp/my_run.")
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # A unique probe name: in a multi-host run every process checks the same directory
+    # at once, and a shared name would let one process delete another's probe.
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
+      pass
   except OSError as e:
     raise UserError(f"MODEL_DIR {path!r} is not writable ({e.strerror}); choose a directory "
                     "you can write to, e.g. --gin.MODEL_DIR=/tmp/my_run.") from None

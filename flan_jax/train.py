@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 
 from absl import app, flags, logging
 import gin
+import jax
 
 from flan_jax import finetune, gin_utils
 from flan_jax.errors import UserError
@@ -27,6 +28,9 @@ flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS =
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call "
+                  "jax.distributed.initialize() and let JAX find the cluster (Cloud TPU, "
+                  "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
 for _config_class in (DecoderConfig, OptimizerConfig, EvalConfig):
@@ -52,8 +56,9 @@ def train(
     evaluate_before: bool = True,
 ):
   finetune.ensure_writable_dir(model_dir)
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
   return finetune.finetune(
       model_dir=model_dir,
       mixture_or_task_name=mixture_or_task_name,
@@ -73,10 +78,14 @@ def train(
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments {argv[1:]}; settings go in --gin.NAME=VALUE.")
-  if FLAGS.coordinator_address:
-    import jax
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if not FLAGS["verbosity"].present:
+    # Library INFO logs (orbax, seqio) drown the progress bar; --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
+  # Config errors before joining the cluster: a process that fails after joining makes
+  # the others wait minutes for it before they exit too.
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   train()
 
 
@@ -94,8 +103,6 @@ def run_main(main_fn) -> None:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  # Library INFO logs (orbax, seqio) drown the progress bar; --verbosity=0 brings them back.
-  FLAGS.set_default("verbosity", logging.WARNING)
   app.run(guarded, argv=argv)
 
 

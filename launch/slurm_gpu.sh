@@ -31,6 +31,7 @@ echo "flan_jax: ${SLURM_NTASKS} processes on ${SLURM_JOB_NODELIST}, coordinator 
 # SLURM_PROCID differs per task, so it is expanded inside each task (note the single
 # quotes), not here in the batch script where it is always 0. --kill-on-bad-exit
 # stops every task when one fails instead of leaving the rest waiting on it.
+# shellcheck disable=SC2016
 srun --kill-on-bad-exit=1 --label bash -c '
   exec "$PYTHON" -m flan_jax.train \
       --coordinator_address="$COORDINATOR_ADDRESS" \

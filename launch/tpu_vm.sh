@@ -14,10 +14,11 @@ tpu_name=$1 zone=$2
 shift 2
 
 # On TPU, jax.distributed.initialize() needs no arguments: it finds the slice's
-# workers from the TPU metadata. flan_jax.train calls it only when given
-# --coordinator_address, so call it here, then run the usual entry point.
-entry='import jax; jax.distributed.initialize(); from flan_jax import train; train.run_main(train.main)'
-remote="cd ${REPO_DIR:-'$HOME/flan_jax'} && ${PYTHON:-python3} -c $(printf '%q' "$entry")"
+# workers from the TPU metadata. --distributed asks flan_jax.train to call it so.
+# shellcheck disable=SC2016  # $HOME is expanded on the worker, not here
+repo_dir='"$HOME"/flan_jax'
+if [[ -n "${REPO_DIR:-}" ]]; then repo_dir=$(printf '%q' "$REPO_DIR"); fi
+remote="cd $repo_dir && ${PYTHON:-python3} -m flan_jax.train --distributed"
 if (($#)); then remote+=" $(printf '%q ' "$@")"; fi
 
 exec gcloud compute tpus tpu-vm ssh "$tpu_name" --zone="$zone" ${PROJECT:+--project="$PROJECT"} \
