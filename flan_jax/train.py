@@ -37,7 +37,7 @@ for _config_class in (DecoderConfig, OptimizerConfig, EvalConfig):
   gin.external_configurable(_config_class)
 
 
-@gin.configurable(denylist=())
+@gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
     mixture_or_task_name: str = gin.REQUIRED,
@@ -45,9 +45,9 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = gin.REQUIRED,
     heldout_mixture_or_task_name: str | None = None,
-    model=None,
-    optimizer=None,
-    evaluation=None,
+    model: DecoderConfig | None = None,
+    optimizer: OptimizerConfig | None = None,
+    evaluation: EvalConfig | None = None,
     checkpoint_every: int = 500,
     log_every: int = 10,
     z_loss: float = 1e-4,
