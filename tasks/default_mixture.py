@@ -15,6 +15,7 @@ Importing this module registers them (gin files do it with an `import` line).
 import seqio
 import tensorflow as tf
 
+from flan_jax.data import clusters
 from flan_jax.data.mixtures import examples_proportional
 from flan_jax.data.templates import Template, apply_templates
 from flan_jax.data.vocabularies import byte_vocabulary, output_features
@@ -62,6 +63,7 @@ def tasks_in_cluster(cluster: str) -> list[str]:
 
 for _generator in generators.GENERATORS:
   _register_task(_generator)
+  clusters.assign(task_name(_generator), _generator.cluster)
 
 _rate = examples_proportional(cap=_EXAMPLES_CAP)
 for _cluster in generators.CLUSTERS:
