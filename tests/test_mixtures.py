@@ -67,3 +67,18 @@ def test_the_mixed_stream_follows_the_rates(tasks):
     seqio.MixtureRegistry.remove("mix_test_sampled")
   for name, rate in rates.items():
     assert draws.count(name) / len(draws) == pytest.approx(rate, abs=0.03)
+
+
+def test_nested_mixtures_split_each_weight_by_the_parts_own_rates(tasks):
+  import flan_jax_tasks.default_mixture  # noqa: F401  (cluster mixtures of the default tasks)
+  seqio.MixtureRegistry.add("mix_test_inner", tasks, default_rate=mixtures.examples_proportional(cap=3_000))
+  try:
+    mixtures.register_weighted_mixture("mix_test_outer", {"mix_test_inner": 3.0, "default_arithmetic": 1.0})
+    rates = mixtures.normalized_rates(seqio.get_mixture_or_task("mix_test_outer"))
+    inner = sum(rates[t] for t in tasks)
+    assert inner == pytest.approx(0.75)
+    assert rates["mix_test_small"] == pytest.approx(0.75 * 100 / 5_100)
+    assert rates["default_add"] == pytest.approx(0.25 / 4)  # four equal arithmetic tasks
+  finally:
+    seqio.MixtureRegistry.remove("mix_test_outer")
+    seqio.MixtureRegistry.remove("mix_test_inner")

@@ -6,6 +6,7 @@ temperature above 1 flattens what is left. seqio normalises the rates of a mixtu
 """
 
 import functools
+from typing import Mapping
 
 import seqio
 
@@ -20,3 +21,14 @@ def normalized_rates(mixture: seqio.Mixture) -> dict[str, float]:
   """Each leaf task's share of the mixture's examples (sums to 1)."""
   total = mixture.total_rate
   return {task.name: mixture.get_rate(task) / total for task in mixture.tasks}
+
+
+def register_weighted_mixture(name: str, parts: Mapping[str, float]) -> None:
+  """A mixture of mixtures (or tasks) with fixed weights, like Flan 2022's flan/t0/niv2/cot.
+
+  seqio gives each part `weight` of the draws and splits it among the part's own
+  tasks by their rates, so a submixture keeps its internal balance.
+  """
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(part, float(w)) for part, w in parts.items()])
