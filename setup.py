@@ -23,7 +23,9 @@ setuptools.setup(
         "tensorboard>=2.15",
         "tqdm>=4.66",
         "rich>=13.0",
+        "matplotlib>=3.7",
         "numpy>=1.26",
+        "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
     ],
     extras_require={
         "test": ["pytest>=8.0"],

@@ -1,0 +1,186 @@
+r"""Look at tasks and mixtures as the model sees them.
+
+  python -m flan_jax.data.inspect --list [--data_dir=DIR]
+  python -m flan_jax.data.inspect --mixture=default_train [--plot=rates.png]
+  python -m flan_jax.data.inspect --task=default_add --num_examples=3
+
+For a task or mixture it prints rendered examples with the loss mask visible
+(target tokens, the only ones trained on, between ⟦ ⟧), per-task example counts
+and effective rates, token-length statistics, how many examples the feature
+lengths would truncate, and the packing efficiency; it writes a PNG of the
+mixture's proportions. The built-in default mixture is always registered;
+--data_dir also registers the real task library from that directory.
+"""
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+import numpy as np  # noqa: E402
+import seqio  # noqa: E402
+
+from flan_jax.data import mixtures, pipeline, registry  # noqa: E402
+from flan_jax.errors import UserError  # noqa: E402
+
+flags.DEFINE_string("data_dir", None, "Register the task library from this directory.")
+flags.DEFINE_bool("list", False, "Print every registered task and mixture name, one per line.")
+flags.DEFINE_string("task", None, "A task to inspect.")
+flags.DEFINE_string("mixture", None, "A mixture to inspect.")
+flags.DEFINE_string("split", "train", "Split to read.")
+flags.DEFINE_integer("num_examples", 2, "Rendered examples to show.")
+flags.DEFINE_integer("sample_size", 200, "Examples per task sampled for the statistics.")
+flags.DEFINE_integer("inputs_length", 512, "TASK_FEATURE_LENGTHS['inputs'] to check against.")
+flags.DEFINE_integer("targets_length", 128, "TASK_FEATURE_LENGTHS['targets'] to check against.")
+flags.DEFINE_string("plot", None, "Where to write the proportions PNG (default: NAME_rates.png).")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass
+class LengthStats:
+  inputs: list[int] = dataclasses.field(default_factory=list)
+  targets: list[int] = dataclasses.field(default_factory=list)
+
+  def truncated(self, inputs_length: int, targets_length: int) -> tuple[int, int]:
+    return (sum(n > inputs_length for n in self.inputs),
+            sum(n > targets_length for n in self.targets))
+
+
+def register_all(data_dir: str | None) -> None:
+  import flan_jax_tasks.default_mixture  # noqa: F401
+  if data_dir:
+    from flan_jax_tasks import library
+    library.register(data_dir)
+
+
+def show_with_loss_mask(vocabulary: seqio.Vocabulary, row: dict[str, np.ndarray]) -> str:
+  """One unpacked prefix-LM row as text, with the trained-on tokens inside ⟦ ⟧."""
+  tokens, weights = row["decoder_target_tokens"], row["decoder_loss_weights"]
+  pieces, current, masked = [], [], bool(weights[0])
+  for token, weight in zip(tokens.tolist(), weights.tolist()):
+    if token == 0:
+      break
+    if bool(weight) != masked:
+      pieces.append((masked, current))
+      current, masked = [], bool(weight)
+    current.append(token)
+  pieces.append((masked, current))
+  render = lambda ids: vocabulary.decode([i for i in ids if i != vocabulary.eos_id]) + (
+      "<eos>" if vocabulary.eos_id in ids else "")
+  return "".join(f"⟦{render(ids)}⟧" if trained else render(ids) for trained, ids in pieces)
+
+
+def task_lengths(task: seqio.Task, split: str, sample_size: int) -> LengthStats:
+  stats = LengthStats()
+  dataset = task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False)
+  for example in dataset.take(sample_size).as_numpy_iterator():
+    stats.inputs.append(len(example["inputs"]))
+    stats.targets.append(len(example["targets"]))
+  return stats
+
+
+def packing_efficiency(name: str, lengths: dict[str, int], rows: int = 64) -> float:
+  """Share of non-padding tokens in packed rows of this task or mixture."""
+  batches = pipeline.train_batches(name, lengths, rows, seed=0)
+  batch = next(batches)
+  return float(np.count_nonzero(batch["decoder_segment_ids"]) / batch["decoder_segment_ids"].size)
+
+
+def _percentiles(values: list[int]) -> str:
+  if not values:
+    return "n/a"
+  p50, p95 = np.percentile(values, [50, 95])
+  return f"mean {np.mean(values):.0f}, p50 {p50:.0f}, p95 {p95:.0f}, max {max(values)}"
+
+
+def plot_rates(rates: dict[str, float], title: str, path: str, top: int = 40) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  ranked = sorted(rates.items(), key=lambda kv: -kv[1])
+  shown = ranked[:top]
+  if len(ranked) > top:
+    shown.append((f"({len(ranked) - top} others)", sum(r for _, r in ranked[top:])))
+  fig, ax = plt.subplots(figsize=(9, 0.28 * len(shown) + 1.2))
+  ax.barh([n for n, _ in shown][::-1], [100 * r for _, r in shown][::-1])
+  ax.set_xlabel("share of training examples (%)")
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_size: int = 200,
+            lengths: dict[str, int] | None = None, plot_path: str | None = None,
+            out=sys.stdout) -> dict:
+  """Prints the report for a task or mixture; returns its numbers (for tests and scripts)."""
+  target = registry.get_mixture_or_task(name)
+  tasks = registry.leaf_tasks(name)
+  rates = mixtures.normalized_rates(target) if isinstance(target, seqio.Mixture) else {name: 1.0}
+  lengths = lengths or {"inputs": 512, "targets": 128}
+  vocabulary = tasks[0].output_features["targets"].vocabulary
+  print(f"# {name}: {'mixture' if isinstance(target, seqio.Mixture) else 'task'} of "
+        f"{len(tasks)} task(s), split {split!r}\n", file=out)
+
+  print("## Examples as the model sees them (trained-on tokens in ⟦ ⟧)\n", file=out)
+  shown_from = tasks[:num_examples]
+  for task in shown_from:
+    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+    row = next(pipeline.prefix_lm_converter(pack=False)(dataset.take(1), lengths).as_numpy_iterator())
+    print(f"[{task.name}]\n{show_with_loss_mask(vocabulary, row)}\n", file=out)
+
+  print("## Tasks: examples, rate, lengths (tokens), truncated at "
+        f"inputs={lengths['inputs']}/targets={lengths['targets']}\n", file=out)
+  report = {"tasks": {}, "rates": rates}
+  for task in tasks:
+    count = task.num_input_examples(split)
+    stats = task_lengths(task, split, sample_size)
+    cut_inputs, cut_targets = stats.truncated(lengths["inputs"], lengths["targets"])
+    report["tasks"][task.name] = {"examples": count, "rate": rates.get(task.name, 0.0),
+                                  "sampled": len(stats.inputs), "truncated_inputs": cut_inputs,
+                                  "truncated_targets": cut_targets}
+    print(f"{task.name}: {count} examples, rate {100 * rates.get(task.name, 0):.2f}%\n"
+          f"    inputs  {_percentiles(stats.inputs)}\n    targets {_percentiles(stats.targets)}\n"
+          f"    truncated in sample of {len(stats.inputs)}: {cut_inputs} inputs, "
+          f"{cut_targets} targets", file=out)
+
+  if split == "train":
+    efficiency = packing_efficiency(name, lengths)
+    report["packing_efficiency"] = efficiency
+    print(f"\n## Packing: {100 * efficiency:.1f}% of tokens are not padding at length "
+          f"{lengths['inputs'] + lengths['targets']}", file=out)
+  path = plot_path or f"{name}_rates.png"
+  plot_rates(rates, f"{name}: mixing proportions", path)
+  report["plot"] = path
+  print(f"\nWrote the proportions plot to {path}", file=out)
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"Unexpected arguments {argv[1:]}.")
+  logging.set_verbosity(logging.WARNING)
+  register_all(FLAGS.data_dir)
+  if FLAGS.list:
+    print("\n".join(registry.registered_names()))
+    return
+  name = FLAGS.task or FLAGS.mixture
+  if not name:
+    raise UserError("Give --list, --task=NAME or --mixture=NAME.")
+  inspect(name, split=FLAGS.split, num_examples=FLAGS.num_examples,
+          sample_size=FLAGS.sample_size, plot_path=FLAGS.plot,
+          lengths={"inputs": FLAGS.inputs_length, "targets": FLAGS.targets_length})
+
+
+def _guarded(argv):
+  try:
+    main(argv)
+  except UserError as e:
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(_guarded)

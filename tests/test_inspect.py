@@ -1,0 +1,47 @@
+"""`python -m flan_jax.data.inspect`: names, rendered examples, statistics and a plot."""
+
+import io
+import os
+import subprocess
+import sys
+
+import flan_jax_tasks.default_mixture  # noqa: F401
+from flan_jax.data import inspect
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_list_prints_every_task_and_mixture_one_per_line():
+  result = subprocess.run([sys.executable, "-m", "flan_jax.data.inspect", "--list"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  names = result.stdout.split()
+  assert "default_train" in names and "default_add" in names and "default_heldout" in names
+  assert len(names) == len(set(names))
+
+
+def test_report_shows_the_loss_mask_counts_rates_truncation_and_packing(tmp_path):
+  out = io.StringIO()
+  report = inspect.inspect("default_train", num_examples=1, sample_size=20,
+                           lengths={"inputs": 30, "targets": 8},
+                           plot_path=str(tmp_path / "rates.png"), out=out)
+  text = out.getvalue()
+  assert "⟦" in text and "<eos>⟧" in text  # targets are what the loss sees
+  assert abs(sum(report["rates"].values()) - 1) < 1e-9
+  assert report["tasks"]["default_add"]["examples"] == 5_000
+  # Prompts are often longer than 30 bytes and list_sort answers longer than 8.
+  assert report["tasks"]["default_add"]["truncated_inputs"] > 0
+  assert report["tasks"]["default_list_sort"]["truncated_targets"] > 0
+  assert report["tasks"]["default_double"]["truncated_inputs"] == 0
+  assert 0.5 < report["packing_efficiency"] <= 1.0
+  assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_mask_rendering_marks_only_target_tokens():
+  import numpy as np
+  vocabulary = flan_jax_tasks.default_mixture.byte_vocabulary()
+  prompt, answer = vocabulary.encode("2+2?"), vocabulary.encode("4")
+  tokens = np.array(prompt + [1] + answer + [1, 0, 0])
+  weights = np.array([0] * (len(prompt) + 1) + [1] * (len(answer) + 1) + [0, 0])
+  row = {"decoder_target_tokens": tokens, "decoder_loss_weights": weights}
+  assert inspect.show_with_loss_mask(vocabulary, row) == "2+2?<eos>⟦4<eos>⟧"
