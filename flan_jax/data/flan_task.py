@@ -27,7 +27,7 @@ import tensorflow as tf
 from flan_jax.data import clusters
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot, Variant, ZeroShot, extract_answer
-from flan_jax.data.vocabularies import byte_vocabulary, output_features
+from flan_jax.data.vocabularies import default_vocabulary, output_features
 from flan_jax.evaluation.metrics import accuracy
 
 Record = Mapping[str, Any]
@@ -164,7 +164,7 @@ def variants_of(spec: FlanTaskSpec) -> list[Variant]:
 
 def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
   """Registers each variant as `<name>_<variant>` and a mixture `<name>`; returns variant -> task."""
-  vocabulary = spec.vocabulary or byte_vocabulary()
+  vocabulary = spec.vocabulary or default_vocabulary()
   records = cached_loader(spec.records)
   names = {}
   for variant in variants_of(spec):
