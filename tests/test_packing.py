@@ -1,4 +1,4 @@
-"""Packing changes nothing for an example: its loss is the same packed or alone."""
+"""Packing changes nothing for an example: its features and loss are the same packed or alone."""
 
 import jax
 import numpy as np
@@ -6,6 +6,7 @@ import seqio
 import tensorflow as tf
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
+from flan_jax.data import packing
 from flan_jax.data.pipeline import prefix_lm_converter
 from flan_jax.models.decoder import Decoder
 from flan_jax.training.train_step import dummy_inputs, per_token_loss
@@ -30,31 +31,59 @@ def _convert(examples, pack):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _per_example_losses_packed(model, params, batch):
+def _pack(examples):
+  rows = list(packing.pack(examples, LENGTHS, max_open_rows=4))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _losses_by_example(model, params, batch):
+  """{target tokens of an example: its summed loss}, over every segment of every row."""
   token_loss = np.asarray(per_token_loss(model, params, batch)) * batch["decoder_loss_weights"]
-  losses = []
+  segments = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(np.int32))
+  losses = {}
   for row in range(token_loss.shape[0]):
-    for segment in np.unique(batch["decoder_segment_ids"][row]):
+    for segment in np.unique(segments[row]):
       if segment:
-        losses.append(token_loss[row][batch["decoder_segment_ids"][row] == segment].sum())
-  return np.array(losses)
+        where = segments[row] == segment
+        losses[tuple(batch["decoder_target_tokens"][row][where])] = token_loss[row][where].sum()
+  return losses
 
 
-def test_packed_batch_gives_each_example_its_unpacked_loss():
+def test_a_row_of_one_example_has_exactly_seqios_prefix_lm_features():
+  example = _examples(1)
+  ours, theirs = _pack(example), _convert(example, pack=True)
+  for feature in packing.FEATURES:
+    np.testing.assert_array_equal(ours[feature], theirs[feature], err_msg=feature)
+
+
+def test_packed_rows_give_each_example_its_unpacked_loss():
   model = Decoder(TINY_DECODER)
   params = model.init(jax.random.key(0), *dummy_inputs(8))["params"]
   examples = _examples()
-  packed = _convert(examples, pack=True)
+  packed = _pack(examples)
   assert packed["decoder_target_tokens"].shape[0] < len(examples)  # really packed
-  packed_losses = _per_example_losses_packed(model, params, packed)
-
-  single = _convert(examples, pack=False)
-  single_losses = (np.asarray(per_token_loss(model, params, single)) * single["decoder_loss_weights"]).sum(axis=1)
-  np.testing.assert_allclose(packed_losses, single_losses, rtol=1e-5)
+  packed_losses = _losses_by_example(model, params, packed)
+  single_losses = _losses_by_example(model, params, _convert(examples, pack=False))
+  assert packed_losses.keys() == single_losses.keys()
+  for key, loss in single_losses.items():
+    np.testing.assert_allclose(packed_losses[key], loss, rtol=1e-5)
 
   # The check has teeth: letting packed examples attend to each other changes the losses.
   leaky = dict(packed, decoder_segment_ids=np.where(packed["decoder_segment_ids"] > 0, 1, 0),
                decoder_positions=np.broadcast_to(np.arange(packed["decoder_positions"].shape[1]),
                                                  packed["decoder_positions"].shape))
   leaky_loss = np.asarray(per_token_loss(model, params, leaky)) * packed["decoder_loss_weights"]
-  assert not np.allclose(leaky_loss.sum(), packed_losses.sum(), rtol=1e-4)
+  assert not np.isclose(leaky_loss.sum(), sum(packed_losses.values()), rtol=1e-4)
+
+
+def test_best_fit_fills_rows_and_counts_what_it_cuts():
+  rng = np.random.default_rng(0)
+  examples = [{"inputs": np.ones(rng.integers(5, 60), np.int32), "targets": np.ones(rng.integers(1, 20), np.int32)}
+              for _ in range(500)]
+  examples.append({"inputs": np.ones(200, np.int32), "targets": np.ones(50, np.int32)})
+  packer = packing.BestFitPacker({"inputs": 128, "targets": 32})
+  rows = [row for ex in examples for row in packer.add(ex)] + list(packer.flush())
+  assert packer.stats.truncated_inputs == 1 and packer.stats.truncated_targets == 1
+  kept = sum(min(len(e["inputs"]), 128) + min(len(e["targets"]), 32) for e in examples)
+  assert sum(np.count_nonzero(r["decoder_segment_ids"]) for r in rows) == kept  # nothing lost
+  assert packer.stats.efficiency > 0.95

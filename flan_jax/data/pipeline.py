@@ -1,9 +1,10 @@
 """Training batches: a seqio task or mixture, packed for a prefix-LM, per host, as numpy.
 
-seqio's PrefixLMFeatureConverter concatenates inputs and targets into one decoder
-sequence and, with packing, places several examples in a row with `segment_ids` and
-restarting `positions`, so the model can keep packed examples from attending to one
-another. Loss weights are 1 on target tokens only.
+Each example's inputs and targets become one decoder sequence (seqio's prefix-LM
+features), and several examples share a row with `segment_ids` and restarting
+`positions`, so the model can keep packed examples from attending to one another.
+Loss weights are 1 on target tokens only. Packing is best-fit (`packing.py`);
+unpacked batches come from seqio's PrefixLMFeatureConverter.
 
 Each host reads its own shard of every task (seqio.ShardInfo) and produces its slice
 of the global batch. Resuming at step N skips the first N batches of the same
@@ -16,7 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax.data import registry
+from flan_jax.data import packing, registry
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -42,17 +43,39 @@ def train_batches(
   if global_batch_size % num_shards:
     raise UserError(
         f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
+  shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+  rows_per_batch = global_batch_size // num_shards
+  if pack:
+    mixture_or_task = seqio.get_mixture_or_task(mixture_or_task_name)
+    examples = mixture_or_task.get_dataset(
+        dict(task_feature_lengths), split="train", use_cached=False, shuffle=True, seed=seed,
+        shard_info=shard_info, num_epochs=None, trim_output_features=False)
+    examples = examples.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+    rows = packing.pack(examples.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
+                        task_feature_lengths, name=mixture_or_task_name)
+    batches = _stack_rows(rows, rows_per_batch)
+    for _ in range(skip_batches):
+      next(batches)
+    return batches
   dataset = seqio.get_dataset(
       mixture_or_task_name,
       task_feature_lengths=dict(task_feature_lengths),
       dataset_split="train",
       shuffle=True,
       num_epochs=None,
-      feature_converter=prefix_lm_converter(pack),
-      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+      feature_converter=prefix_lm_converter(pack=False),
+      shard_info=shard_info,
       use_cached=False,
       seed=seed,
   )
-  dataset = dataset.batch(global_batch_size // num_shards, drop_remainder=True)
+  dataset = dataset.batch(rows_per_batch, drop_remainder=True)
   dataset = dataset.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
   return dataset.as_numpy_iterator()
+
+
+def _stack_rows(rows: Iterator[Batch], rows_per_batch: int) -> Iterator[Batch]:
+  while True:
+    chunk = [row for _, row in zip(range(rows_per_batch), rows)]
+    if len(chunk) < rows_per_batch:
+      return
+    yield {k: np.stack([row[k] for row in chunk]) for k in chunk[0]}
