@@ -52,7 +52,7 @@ def _vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
 
 
 def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
-  return [t for t in tasks if split in t.splits]
+  return [t for t in tasks if evaluator.eval_split(t, split)]
 
 
 def finetune(
@@ -80,7 +80,9 @@ def finetune(
   network = Decoder(model)
   sequence_length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
 
-  eval_tasks = _tasks_with_split(seen_tasks, evaluation.split) + _tasks_with_split(heldout_tasks, evaluation.split)
+  eval_tasks = _tasks_with_split(heldout_tasks, evaluation.split)
+  if evaluation.evaluate_seen:
+    eval_tasks = _tasks_with_split(seen_tasks, evaluation.split) + eval_tasks
   groups = {"seen": [t.name for t in seen_tasks], "heldout": [t.name for t in heldout_tasks]}
 
   def evaluate(params) -> dict[str, float]:

@@ -45,6 +45,7 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = gin.REQUIRED,
     heldout_mixture_or_task_name: str | None = None,
+    data_dir: str | None = None,
     model: DecoderConfig | None = None,
     optimizer: OptimizerConfig | None = None,
     evaluation: EvalConfig | None = None,
@@ -55,6 +56,9 @@ def train(
     mesh_shape=(-1, 1, 1),
     evaluate_before: bool = True,
 ):
+  if data_dir:  # the real task library (tasks/library), registered from its files
+    from flan_jax_tasks import library
+    library.register(data_dir)
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
     with open(os.path.join(model_dir, "config.gin"), "w") as f:

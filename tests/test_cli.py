@@ -68,3 +68,24 @@ def test_unwritable_model_dir(tmp_path):
   # A path below a regular file can never be created, even by root.
   result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={blocker}/run")
   _assert_clean_error(result, "MODEL_DIR", "not writable")
+
+
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="needs ../shared/data")
+def test_leave_one_cluster_out_run_on_the_real_library(tmp_path):
+  model_dir = tmp_path / "run"
+  result = _run("--gin_file=gin/flan_heldout_nli.gin", f"--gin.DATA_DIR={SHARED_DATA}",
+                f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=2",
+                # A small training collection keeps the test quick; the full loo_nli_train
+                # reads every file of the library to compute its rates.
+                "--gin.MIXTURE_OR_TASK_NAME=cot_collection",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 32}",
+                "--gin.train.evaluate_before=False", "--gin.DecoderConfig.num_layers=1",
+                "--gin.DecoderConfig.embed_dim=32", "--gin.EvalConfig.max_examples_per_task=1",
+                "--gin.EvalConfig.batch_size=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  after = json.loads((model_dir / "eval" / "heldout.json").read_text())["after"]
+  assert "rte_zs_opt/accuracy" in after and "heldout_mean/accuracy" in after
+  assert all(k.startswith(("rte", "cb_", "anli", "heldout_mean")) for k in after)  # NLI only

@@ -18,8 +18,10 @@ _CLUSTER_OF: dict[str, str] = {}
 DEFAULT_OVERLAPS: Mapping[str, Sequence[str]] = {
     "nli": ("paraphrase",),
     "paraphrase": ("nli",),
-    "closed_book_qa": ("reading_comprehension",),
-    "reading_comprehension": ("closed_book_qa",),
+    "closed_book_qa": ("reading_comprehension", "extractive_qa", "multiple_choice_qa"),
+    "reading_comprehension": ("closed_book_qa", "extractive_qa"),
+    "extractive_qa": ("reading_comprehension", "closed_book_qa"),
+    "multiple_choice_qa": ("closed_book_qa",),
 }
 
 

@@ -23,6 +23,15 @@ class EvalConfig:
   split: str = "validation"
   max_examples_per_task: int | None = 100
   batch_size: int = 64
+  # The training tasks' validation splits too; a large library has hundreds of them.
+  evaluate_seen: bool = True
+
+
+def eval_split(task: seqio.Task, split: str) -> str | None:
+  """`split`, or "test" for evaluation-only tasks (MMLU, BBH, GSM8K) that have no other."""
+  if split in task.splits:
+    return split
+  return "test" if split == "validation" and "test" in task.splits else None
 
 
 def left_pad_prompts(token_lists: Sequence[Sequence[int]], length: int):
@@ -49,8 +58,8 @@ def _decode(vocabulary: seqio.Vocabulary, ids: np.ndarray) -> str:
 def evaluate_task(task: seqio.Task, generate: GenerateFn, prompt_length: int,
                   config: EvalConfig) -> tuple[dict[str, float], int]:
   """The task's metrics on its `config.split`, and how many prompts were truncated."""
-  dataset = task.get_dataset(sequence_length=None, split=config.split, shuffle=False,
-                             num_epochs=1, use_cached=False)
+  dataset = task.get_dataset(sequence_length=None, split=eval_split(task, config.split),
+                             shuffle=False, num_epochs=1, use_cached=False)
   if config.max_examples_per_task:
     dataset = dataset.take(config.max_examples_per_task)
   examples = list(dataset.as_numpy_iterator())
