@@ -28,6 +28,6 @@ setuptools.setup(
         "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        "test": ["pytest>=8.0", "datasets>=2.18"],  # datasets: the optional HF source, tested
     },
 )

@@ -4,6 +4,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -347,16 +348,31 @@ def _build_tiny_tfds(data_dir: str) -> None:
   TinyQa(data_dir=data_dir).download_and_prepare()
 
 
-def test_hugging_face_source_needs_datasets_only_when_read():
+def test_hugging_face_source_needs_datasets_only_when_read(monkeypatch):
   source = sources.HuggingFaceSource("gsm8k", name="main", splits=["train"],
                                      fields=("question", "answer"))
-  try:
-    import datasets  # noqa: F401  pylint: disable=unused-import,g-import-not-at-top
-  except ImportError:
-    with pytest.raises(UserError, match="pip install datasets"):
-      source.num_input_examples("train")
-  else:
-    pytest.skip("`datasets` is installed; only the missing-package path is tested offline.")
+  monkeypatch.setitem(sys.modules, "datasets", None)  # as if the package were absent
+  with pytest.raises(UserError, match="pip install datasets"):
+    source.num_input_examples("train")
+
+
+def test_hugging_face_source_reads_local_files_offline_and_validates(tmp_path, monkeypatch):
+  pytest.importorskip("datasets")
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  data = tmp_path / "qa.jsonl"
+  data.write_text("\n".join(json.dumps(r) for r in [
+      {"q": "2+2?", "a": "4"}, {"q": "3+3?", "a": "6"}, {"q": "no answer here", "a": ""}]))
+  source = sources.HuggingFaceSource(
+      "json", splits={"train": "train"}, fields=("question", "answer"),
+      field_map={"question": "q", "answer": "a"}, on_error="skip",
+      load_kwargs={"data_files": {"train": str(data)}, "cache_dir": str(tmp_path / "cache")})
+  assert source.num_input_examples("train") == 2  # the empty answer is skipped and counted
+  assert [r["answer"] for r in source.records("train")] == ["4", "6"]
+  strict = sources.HuggingFaceSource(
+      "json", splits=["train"], fields=("question", "answer"), field_map={"question": "q", "answer": "a"},
+      load_kwargs={"data_files": {"train": str(data)}, "cache_dir": str(tmp_path / "cache")})
+  with pytest.raises(UserError, match=r"row 2.*answer"):
+    strict.num_input_examples("train")
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="needs ../shared/data")
