@@ -6,7 +6,6 @@ import shutil
 
 import jax
 import numpy as np
-import pytest
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches

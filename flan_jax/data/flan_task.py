@@ -140,6 +140,7 @@ class FlanTaskSpec:
   vocabulary: seqio.Vocabulary | None = None
   zero_shot: bool = True
   few_shot: bool = True  # needs a train split to draw exemplars from
+  extra_variants: tuple[Variant, ...] = ()  # dataset-specific renderings (NI's own few-shot)
 
 
 def variants_of(spec: FlanTaskSpec) -> list[Variant]:
@@ -159,6 +160,7 @@ def variants_of(spec: FlanTaskSpec) -> list[Variant]:
     variants.append(ZeroShot("cot", spec.cot_templates))
   if spec.inversion_templates:
     variants.append(ZeroShot("inverted", spec.inversion_templates))
+  variants.extend(spec.extra_variants)
   return variants
 
 

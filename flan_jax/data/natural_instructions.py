@@ -66,11 +66,10 @@ from absl import logging
 import seqio
 import tensorflow as tf
 
-from flan_jax.data import clusters
-from flan_jax.data.flan_task import FlanTaskSpec, RenderedSource, register_flan_task, strip_postprocessor
+from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
-from flan_jax.data.vocabularies import byte_vocabulary, output_features
+from flan_jax.data.vocabularies import default_vocabulary
 from flan_jax.errors import UserError
 
 OnError = Literal["raise", "skip"]
@@ -376,40 +375,25 @@ def register_ni_directory(directory: str, *, prefix: str = "ni_", k_positive: in
     raise UserError(f"NI task names already registered (e.g. {taken[0]!r}, from "
                     f"{headers[taken[0]].path}); pass another prefix= (now {prefix!r}).")
 
-  vocabulary = vocabulary or byte_vocabulary()
+  vocabulary = vocabulary or default_vocabulary()
   for name, header in headers.items():
     records = NIInstances(header, validation_fraction=validation_fraction,
                           max_validation=max_validation_instances,
                           max_train=max_instances_per_task, on_error=on_error)
     cluster = cluster_of_categories(header.categories)
-    spec = FlanTaskSpec(name=name, cluster=cluster, records=records, templates=ZERO_SHOT_TEMPLATES,
-                        target_field="outputs", vocabulary=vocabulary, few_shot=False)
-    tasks = list(register_flan_task(spec).values())
-    if header.positives and k_positive > 0:
-      tasks.append(_register_positive_few_shot(spec, header, k_positive, few_shot_token_budget))
-      # register_flan_task made the mixture over its own variants; widen it.
-      seqio.MixtureRegistry.remove(name)
-      seqio.MixtureRegistry.add(name, tasks, default_rate=1.0)
+    few_shot = (_positive_few_shot(header, k_positive, few_shot_token_budget),) \
+        if header.positives and k_positive > 0 else ()
+    register_flan_task(FlanTaskSpec(
+        name=name, cluster=cluster, records=records, templates=ZERO_SHOT_TEMPLATES,
+        target_field="outputs", vocabulary=vocabulary, few_shot=False, extra_variants=few_shot))
   logging.info("Registered %d Natural Instructions tasks from %s in %.2f s.", len(headers),
                directory, time.perf_counter() - start)
   return list(headers)
 
 
-def _register_positive_few_shot(spec: FlanTaskSpec, header: NIHeader, k: int, budget: int) -> str:
-  """`<name>_fs_noopt`, registered as register_flan_task registers its variants."""
-  variant = PositiveExamplesFewShot(
+def _positive_few_shot(header: NIHeader, k: int, budget: int) -> PositiveExamplesFewShot:
+  """`fs_noopt` for NI: the task's positive examples, not train instances, as exemplars."""
+  return PositiveExamplesFewShot(
       "fs_noopt", tuple(Template(prompt, "{output}") for prompt, _ in FEW_SHOT_TEMPLATES),
       k=k, token_budget=budget, example_formats=tuple(e for _, e in FEW_SHOT_TEMPLATES),
       positives=header.positives)
-  task_name = f"{spec.name}_{variant.name}"
-  seqio.TaskRegistry.add(
-      task_name,
-      source=RenderedSource(spec.records, variant, spec.splits, salt=task_name, options=None,
-                            target_field=spec.target_field, vocabulary=spec.vocabulary),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features=output_features(spec.vocabulary),
-      postprocess_fn=strip_postprocessor,
-      metric_fns=list(spec.metric_fns),
-  )
-  clusters.assign(task_name, spec.cluster)
-  return task_name

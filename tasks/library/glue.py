@@ -40,13 +40,11 @@ import os
 import re
 from typing import Any, Callable, Sequence
 
-import seqio
 import tensorflow as tf
 
 from flan_jax.data.flan_task import FlanTaskSpec
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.errors import UserError
 from flan_jax_tasks.library.common import register_once
 
 Record = dict[str, Any]
