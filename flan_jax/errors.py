@@ -1,7 +1,8 @@
 """Errors that reach the user as one clear line instead of a traceback."""
 
 import difflib
-from typing import Iterable
+import sys
+from typing import Callable, Iterable
 
 
 class UserError(Exception):
@@ -17,3 +18,15 @@ def closest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[
   # Nothing similar by edit distance: fall back to names sharing a prefix word.
   stem = name.split("_")[0]
   return [c for c in candidates if c.startswith(stem)][:limit]
+
+
+def exit_on_user_error(main: Callable) -> Callable:
+  """Wraps an absl `main`: a UserError becomes one `error:` line and exit status 2."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      # gin appends "In call to configurable ..." lines: the first line says it all.
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+      sys.exit(2)
+  return guarded

@@ -17,7 +17,7 @@ import gin
 import jax
 
 from flan_jax import finetune, gin_utils
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.training.optimizer import OptimizerConfig
@@ -94,20 +94,9 @@ def main(argv):
 
 
 def run_main(main_fn) -> None:
-  """app.run, with UserErrors printed as one line and exit status 2."""
-  def guarded(argv):
-    try:
-      main_fn(argv)
-    except UserError as e:
-      # gin appends "In call to configurable ..." lines: the first line says it all.
-      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-      sys.exit(2)
-  try:
-    argv = gin_utils.rewrite_gin_flags(sys.argv)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  app.run(guarded, argv=argv)
+  """app.run, with `--gin.NAME=VALUE` flags and UserErrors as one line and exit status 2."""
+  argv = exit_on_user_error(gin_utils.rewrite_gin_flags)(sys.argv)
+  app.run(exit_on_user_error(main_fn), argv=argv)
 
 
 if __name__ == "__main__":

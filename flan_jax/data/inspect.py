@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
 from flan_jax.data import mixtures, pipeline, registry  # noqa: E402
-from flan_jax.errors import UserError  # noqa: E402
+from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Register the task library from this directory.")
 flags.DEFINE_bool("list", False, "Print every registered task and mixture name, one per line.")
@@ -174,13 +174,5 @@ def main(argv):
           lengths={"inputs": FLAGS.inputs_length, "targets": FLAGS.targets_length})
 
 
-def _guarded(argv):
-  try:
-    main(argv)
-  except UserError as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(_guarded)
+  app.run(exit_on_user_error(main))
