@@ -24,10 +24,13 @@ setuptools.setup(
         "tqdm>=4.66",
         "rich>=13.0",
         "matplotlib>=3.7",
+        "safetensors>=0.4",
         "numpy>=1.26",
         "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
     ],
     extras_require={
-        "test": ["pytest>=8.0", "datasets>=2.18"],  # datasets: the optional HF source, tested
+        # datasets: the optional HF source; torch + transformers: the numerical reference
+        # for checkpoint import/export (2.13.0 is the CPU build this machine image carries).
+        "test": ["pytest>=8.0", "datasets>=2.18", "torch==2.13.0", "transformers>=4.45"],
     },
 )

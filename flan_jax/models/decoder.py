@@ -37,6 +37,8 @@ class DecoderConfig:
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
+  # Qwen2 adds a bias to the query, key and value projections (not the output one).
+  attention_bias: bool = False
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -99,9 +101,17 @@ class Attention(nn.Module):
     w_v_ExKxD = weight("value", ("embed", "kv_heads", "kv"), (E, K, D))
     w_o_HxDxE = weight("out", ("heads", "kv", "embed"), (H, D, E), in_axes=(0, 1))
 
-    q = apply_rope(jnp.einsum("ble,ehd->blhd", x_BxLxE, w_q_ExHxD), cos, sin)
-    k = apply_rope(jnp.einsum("ble,ekd->blkd", x_BxLxE, w_k_ExKxD), cos, sin)
+    q = jnp.einsum("ble,ehd->blhd", x_BxLxE, w_q_ExHxD)
+    k = jnp.einsum("ble,ekd->blkd", x_BxLxE, w_k_ExKxD)
     v = jnp.einsum("ble,ekd->blkd", x_BxLxE, w_v_ExKxD)
+    if cfg.attention_bias:
+      bias = lambda name, axes, shape: self.param(
+          name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
+          cfg.param_dtype).astype(cfg.dtype)
+      q = q + bias("query_bias", ("heads", "kv"), (H, D))
+      k = k + bias("key_bias", ("kv_heads", "kv"), (K, D))
+      v = v + bias("value_bias", ("kv_heads", "kv"), (K, D))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if layer_cache is not None:
       write = lambda buffer, new: jax.lax.dynamic_update_slice(

@@ -1,0 +1,292 @@
+"""Hugging Face Llama-family checkpoints <-> our `Decoder` parameters.
+
+Reads and writes the layout `transformers` uses for `LlamaForCausalLM` (and the
+architecturally identical `MistralForCausalLM` and `Qwen2ForCausalLM`): a
+`config.json` plus safetensors, either one `model.safetensors` or shards listed in
+`model.safetensors.index.json`. Nothing here imports torch or transformers.
+
+The mapping is one table (`_tensor_specs`) read in both directions, so import and
+export cannot drift apart. Edge cases:
+
+- HF `nn.Linear` weights are [out, in]; ours are [in, ...] split per head
+  (query [E, H, D], out [H, D, E]), so each is transposed and reshaped.
+- HF's q/k projections are already in the rotate-half RoPE layout our `apply_rope`
+  uses (the permutation happens in HF's own Meta->HF conversion), so no
+  permutation is needed in either direction.
+- Our embedding (and untied `lm_head`) is padded to `padded_vocab_size` so it
+  splits evenly over a tensor-parallel axis; import pads with zero rows, export
+  cuts them off again. The padded logits are never seen (the decoder cuts them).
+- With tied embeddings HF usually omits `lm_head.weight`; if present we ignore it.
+- Only the plain RoPE is supported: a `rope_scaling`/`rope_parameters` of another
+  type (Llama-3 "llama3", "linear", "yarn", ...) is refused rather than silently
+  giving different logits. Mistral's sliding window is not modelled: sequences up
+  to `sliding_window` tokens match exactly, longer ones would not.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.errors import UserError
+from flan_jax.models.decoder import DecoderConfig
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                "Qwen2ForCausalLM": "qwen2"}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+Params = dict[str, Any]
+
+
+def _rope_theta(config_json: dict) -> float:
+  """rope_theta from either the v4 layout (top level) or v5's `rope_parameters`."""
+  rope = config_json.get("rope_parameters") or config_json.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise UserError(
+        f"RoPE scaling of type {rope_type!r} is not supported; only the default RoPE is "
+        "(drop rope_scaling from config.json only if the model was trained without it).")
+  return float(rope.get("rope_theta", config_json.get("rope_theta", 10_000.0)))
+
+
+def config_from_hf(config_json: dict, **overrides) -> DecoderConfig:
+  """A `DecoderConfig` for a Hugging Face `config.json`; `overrides` set e.g. dtype."""
+  architectures = config_json.get("architectures") or []
+  unsupported = [a for a in architectures if a not in SUPPORTED_ARCHITECTURES]
+  if not architectures or unsupported:
+    raise UserError(
+        f"unsupported architectures {architectures}: supported are "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}.")
+  if config_json.get("hidden_act", "silu") != "silu":
+    raise UserError(f"hidden_act={config_json['hidden_act']!r} is not supported; only 'silu' is.")
+  if config_json.get("mlp_bias", False):
+    raise UserError("mlp_bias=true is not supported.")
+  heads = config_json["num_attention_heads"]
+  # Qwen2 always has q/k/v biases. Llama/Mistral's attention_bias=true would also put
+  # one on o_proj, which our decoder does not have.
+  attention_bias = architectures[0] == "Qwen2ForCausalLM"
+  if not attention_bias and config_json.get("attention_bias", False):
+    raise UserError("attention_bias=true is supported for Qwen2ForCausalLM only.")
+  fields = dict(
+      vocab_size=config_json["vocab_size"],
+      num_layers=config_json["num_hidden_layers"],
+      embed_dim=config_json["hidden_size"],
+      num_heads=heads,
+      num_kv_heads=config_json.get("num_key_value_heads") or heads,
+      head_dim=config_json.get("head_dim") or config_json["hidden_size"] // heads,
+      mlp_dim=config_json["intermediate_size"],
+      rope_theta=_rope_theta(config_json),
+      norm_eps=config_json.get("rms_norm_eps", 1e-6),
+      tie_embeddings=config_json.get("tie_word_embeddings", False),
+      attention_bias=bool(attention_bias),
+  )
+  fields.update(overrides)
+  return DecoderConfig(**fields)
+
+
+def config_to_hf(config: DecoderConfig, architecture: str = "LlamaForCausalLM",
+                 dtype: str = "float32") -> dict:
+  """The `config.json` transformers needs to rebuild `config` (no tokenizer ids)."""
+  if config.attention_bias and architecture == "LlamaForCausalLM":
+    architecture = "Qwen2ForCausalLM"  # the Llama class would need attention_bias on o_proj too
+  return {
+      "architectures": [architecture],
+      "model_type": _MODEL_TYPES[architecture],
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.embed_dim,
+      "intermediate_size": config.mlp_dim,
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.head_dim,
+      "hidden_act": "silu",
+      "rms_norm_eps": config.norm_eps,
+      # Both spellings: transformers 4 reads the first, 5 the second.
+      "rope_theta": config.rope_theta,
+      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+      "tie_word_embeddings": config.tie_embeddings,
+      "attention_bias": False,
+      "mlp_bias": False,
+      "torch_dtype": dtype,
+      "dtype": dtype,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  hf_name: str
+  path: tuple[str, ...]  # into our params tree
+  hf_shape: tuple[int, ...]
+  to_ours: Callable[[np.ndarray], np.ndarray]
+  to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _linear(hf_name: str, path: tuple[str, ...], in_dim: int, heads: int, head_dim: int) -> _Spec:
+  """A q/k/v projection: HF [heads * head_dim, in_dim] <-> ours [in_dim, heads, head_dim]."""
+  return _Spec(hf_name, path, (heads * head_dim, in_dim),
+               lambda w: w.T.reshape(in_dim, heads, head_dim),
+               lambda w: w.reshape(in_dim, heads * head_dim).T)
+
+
+def _tensor_specs(config: DecoderConfig) -> list[_Spec]:
+  E, H, K, D, M = (config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim,
+                   config.mlp_dim)
+  V, Vp = config.vocab_size, config.padded_vocab_size
+  pad_rows = lambda w: np.pad(w, ((0, Vp - V), (0, 0)))
+  identity = lambda w: w
+  specs = [_Spec("model.embed_tokens.weight", ("embedding",), (V, E), pad_rows, lambda w: w[:V])]
+  for i in range(config.num_layers):
+    hf, ours = f"model.layers.{i}.", (f"layers_{i}",)
+    attention = ours + ("attention",)
+    specs += [
+        _Spec(hf + "input_layernorm.weight", ours + ("attention_norm", "scale"), (E,),
+              identity, identity),
+        _Spec(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"), (E,),
+              identity, identity),
+        _linear(hf + "self_attn.q_proj.weight", attention + ("query",), E, H, D),
+        _linear(hf + "self_attn.k_proj.weight", attention + ("key",), E, K, D),
+        _linear(hf + "self_attn.v_proj.weight", attention + ("value",), E, K, D),
+        # o_proj is [E, H*D]: its transpose [H*D, E] reshapes to our [H, D, E].
+        _Spec(hf + "self_attn.o_proj.weight", attention + ("out",), (E, H * D),
+              lambda w: w.T.reshape(H, D, E), lambda w: w.reshape(H * D, E).T),
+        _Spec(hf + "mlp.gate_proj.weight", ours + ("mlp", "gate", "kernel"), (M, E),
+              lambda w: w.T, lambda w: w.T),
+        _Spec(hf + "mlp.up_proj.weight", ours + ("mlp", "up", "kernel"), (M, E),
+              lambda w: w.T, lambda w: w.T),
+        _Spec(hf + "mlp.down_proj.weight", ours + ("mlp", "down", "kernel"), (E, M),
+              lambda w: w.T, lambda w: w.T),
+    ]
+    if config.attention_bias:
+      for proj, name, heads in (("q", "query", H), ("k", "key", K), ("v", "value", K)):
+        specs.append(_Spec(hf + f"self_attn.{proj}_proj.bias", attention + (f"{name}_bias",),
+                           (heads * D,), lambda b, h=heads: b.reshape(h, D),
+                           lambda b: b.reshape(-1)))
+  specs.append(_Spec("model.norm.weight", ("final_norm", "scale"), (E,), identity, identity))
+  if not config.tie_embeddings:
+    specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), (V, E),
+                       lambda w: pad_rows(w).T, lambda w: w[:, :V].T))
+  return specs
+
+
+def _open_tensors(directory: str) -> dict[str, str]:
+  """Tensor name -> the safetensors file holding it."""
+  index_path = os.path.join(directory, INDEX_FILE)
+  if os.path.exists(index_path):
+    with open(index_path) as f:
+      weight_map = json.load(f)["weight_map"]
+    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
+  single = os.path.join(directory, SINGLE_FILE)
+  if not os.path.exists(single):
+    raise UserError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}.")
+  from safetensors import safe_open
+  with safe_open(single, framework="flax") as f:
+    return {name: single for name in f.keys()}
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfig, Params]:
+  """(config, params) from a Hugging Face checkpoint directory.
+
+  Params are numpy arrays in `config.param_dtype` (float32 unless overridden).
+  """
+  from safetensors import safe_open  # optional dependency: only needed here
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
+  with open(config_path) as f:
+    config = config_from_hf(json.load(f), **config_overrides)
+  files = _open_tensors(directory)
+  specs = _tensor_specs(config)
+  missing = [s.hf_name for s in specs if s.hf_name not in files]
+  if missing:
+    raise UserError(f"{directory} lacks tensors {missing[:5]}"
+                    f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}.")
+  expected = {s.hf_name for s in specs} | {"lm_head.weight"}
+  unused = sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq"))
+  if unused:
+    raise UserError(f"{directory} has tensors the {config_path} architecture does not use: "
+                    f"{unused[:5]}.")
+
+  params: Params = {}
+  handles: dict[str, Any] = {}
+  try:
+    for spec in specs:
+      path = files[spec.hf_name]
+      if path not in handles:
+        handles[path] = safe_open(path, framework="flax").__enter__()
+      # Through jax (not numpy) so bfloat16 checkpoints read too.
+      tensor = np.asarray(handles[path].get_tensor(spec.hf_name))
+      if tuple(tensor.shape) != spec.hf_shape:
+        raise UserError(
+            f"tensor {spec.hf_name}: expected shape {spec.hf_shape} (from config.json), "
+            f"found {tuple(tensor.shape)}.")
+      _set(params, spec.path, spec.to_ours(tensor.astype(jnp.dtype(config.param_dtype))))
+  finally:
+    for handle in handles.values():
+      handle.__exit__(None, None, None)
+  return config, params
+
+
+def save_hf_checkpoint(params: Params, config: DecoderConfig, directory: str,
+                       max_shard_bytes: int | None = None, dtype: str | None = None,
+                       extra_config: dict | None = None) -> None:
+  """Writes config.json and safetensors that `transformers` loads as a CausalLM.
+
+  `dtype` defaults to the params' own; `extra_config` adds or overrides config.json
+  keys (e.g. bos/eos token ids, max_position_embeddings) since our config lacks them.
+  With `max_shard_bytes`, tensors are split into shards of at most that size (a
+  single larger tensor gets a shard of its own) plus the index transformers reads.
+  """
+  from safetensors.flax import save_file
+  os.makedirs(directory, exist_ok=True)
+  tensors: dict[str, np.ndarray] = {}
+  for spec in _tensor_specs(config):
+    value = np.asarray(_get(params, spec.path))
+    if dtype is not None:
+      value = value.astype(jnp.dtype(dtype))
+    tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(value))
+  dtype_name = str(next(iter(tensors.values())).dtype)
+  hf_config = config_to_hf(config, dtype=dtype_name)
+  hf_config.update(extra_config or {})
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2)
+
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, value in tensors.items():
+    if max_shard_bytes is not None and shards[-1] and size + value.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = value
+    size += value.nbytes
+  # transformers refuses safetensors without a known "format" in their metadata.
+  write = lambda shard, file: save_file({k: jnp.asarray(v) for k, v in shard.items()},
+                                        os.path.join(directory, file), metadata={"format": "pt"})
+  if len(shards) == 1:
+    write(shards[0], SINGLE_FILE)
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    write(shard, file)
+    weight_map.update({name: file for name in shard})
+  index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+           "weight_map": weight_map}
+  with open(os.path.join(directory, INDEX_FILE), "w") as f:
+    json.dump(index, f, indent=2)
