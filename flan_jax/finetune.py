@@ -21,6 +21,7 @@ from flan_jax.errors import UserError
 from flan_jax.evaluation import decoding, evaluator
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.models.pretrained import load_pretrained
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
 from flan_jax.training import train_step as step_lib
@@ -67,6 +68,7 @@ def finetune(
     heldout_mixture_or_task_name: str | None = None,
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
     evaluate_before: bool = True,
+    initial_checkpoint_path: str | None = None,
 ) -> dict[str, dict[str, float]]:
   ensure_writable_dir(model_dir)
   seen_tasks = registry.leaf_tasks(mixture_or_task_name)
@@ -75,6 +77,16 @@ def finetune(
     raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
                     f"{sorted(task_feature_lengths)}.")
   vocabulary = _vocabulary(seen_tasks + heldout_tasks)
+  initial_params = None
+  if initial_checkpoint_path:
+    # The checkpoint fixes the architecture; gin's DecoderConfig keeps only the dtypes.
+    pretrained, initial_params = load_pretrained(initial_checkpoint_path)
+    model = dataclasses.replace(pretrained, dtype=model.dtype, param_dtype=model.param_dtype)
+    if vocabulary.vocab_size != model.vocab_size:
+      raise UserError(
+          f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
+          f"{initial_checkpoint_path} has {model.vocab_size}: register the tasks with the "
+          "model's own tokenizer (e.g. its tokenizer.model).")
   if not model.vocab_size:
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
   network = Decoder(model)
@@ -94,15 +106,19 @@ def finetune(
 
   before = {}
   if evaluate_before and eval_tasks:
-    initial = network.init(jax.random.key(trainer.seed), *step_lib.dummy_inputs(sequence_length))
-    before = evaluate(nn.meta.unbox(initial["params"]))
+    if initial_params is None:
+      initial = network.init(jax.random.key(trainer.seed), *step_lib.dummy_inputs(sequence_length))
+      before = evaluate(nn.meta.unbox(initial["params"]))
+    else:
+      before = evaluate(initial_params)
 
   def batches(start_step: int):
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step)
 
-  state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, sequence_length)
+  state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, sequence_length,
+                            initial_params=initial_params)
   after = evaluate(state.params) if eval_tasks else {}
 
   results = {"before": before, "after": after}

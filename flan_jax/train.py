@@ -55,6 +55,7 @@ def train(
     seed: int = 0,
     mesh_shape=(-1, 1, 1),
     evaluate_before: bool = True,
+    initial_checkpoint_path: str | None = None,
 ):
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
@@ -76,6 +77,7 @@ def train(
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,
       evaluation=evaluation or EvalConfig(),
       evaluate_before=evaluate_before,
+      initial_checkpoint_path=initial_checkpoint_path,
   )
 
 

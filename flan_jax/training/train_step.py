@@ -82,12 +82,17 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, m
 
 
 def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                     length: int, seed: int) -> tuple[TrainState, TrainState]:
-  """A freshly initialised state, created directly in its sharded layout, and its shardings."""
+                     length: int, seed: int, params=None) -> tuple[TrainState, TrainState]:
+  """A step-0 state in its sharded layout (random, or from `params`), and its shardings."""
   shardings = state_shardings(model, optimizer, mesh, length)
-  init = _state_initializer(model, optimizer, length)
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    if params is None:
+      init = _state_initializer(model, optimizer, length)
+      state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    else:
+      params = jax.device_put(params, shardings.params)
+      start = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+      state = jax.jit(start, out_shardings=shardings)(params)
   return state, shardings
 
 

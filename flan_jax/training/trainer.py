@@ -43,8 +43,12 @@ def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
 
 def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
-          sequence_length: int) -> step_lib.TrainState:
-  """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint."""
+          sequence_length: int, initial_params=None) -> step_lib.TrainState:
+  """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+  A fresh run starts from `initial_params` (pretrained weights) when given, else from
+  a random initialisation; a resumed run ignores them.
+  """
   mesh = mesh_lib.make_mesh(config.mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
@@ -52,7 +56,8 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
   shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
   latest = checkpointer.latest_step()
   if latest is None:
-    state, _ = step_lib.init_train_state(model, optimizer, mesh, sequence_length, config.seed)
+    state, _ = step_lib.init_train_state(model, optimizer, mesh, sequence_length, config.seed,
+                                         params=initial_params)
   else:
     state = checkpointer.restore(
         latest, step_lib.abstract_train_state(model, optimizer, shardings, sequence_length))
