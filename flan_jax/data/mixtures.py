@@ -6,22 +6,9 @@ temperature above 1 flattens what is left. seqio normalises the rates of a mixtu
 """
 
 import functools
-import logging
 from typing import Mapping
 
 import seqio
-
-
-class _UncachedRateNotice(logging.Filter):
-  """seqio warns on every rate lookup of an uncached task that it counts input
-  examples instead; that is what the examples-proportional rule means here, and the
-  warning (once per task per lookup) buries the ones that matter."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "not cached so using number of input examples" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_UncachedRateNotice())
 
 
 def examples_proportional(cap: int | None = None, temperature: float = 1.0, scale: float = 1.0):
