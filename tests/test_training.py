@@ -87,3 +87,13 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
   state = _train(tmp_path, 2)
   assert int(state.step) == 2
   assert len(_metrics(tmp_path)) == 2
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_learns(tmp_path):
+  import dataclasses
+  model = Decoder(dataclasses.replace(TINY_DECODER, dtype="bfloat16"))
+  config = TrainerConfig(train_steps=8, log_every=1, progress_bar=False)
+  state = train(model, OPTIMIZER, config, _batches, str(tmp_path), SEQUENCE_LENGTH)
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+  losses = [m["loss"] for m in _metrics(tmp_path)]
+  assert losses[-1] < losses[0]

@@ -1,0 +1,39 @@
+"""The gin model sizes describe the published architectures: parameter counts match."""
+
+import os
+
+import gin
+import jax
+import pytest
+
+import flan_jax.train  # noqa: F401  (registers DecoderConfig with gin)
+from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.training.train_step import dummy_inputs
+
+GIN_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin", "models")
+
+# Published sizes (model cards / papers), in parameters.
+PUBLISHED = {"llama2_7b": 6.74e9, "tinyllama_1b": 1.10e9, "llama3_2_1b": 1.24e9,
+             "llama3_2_3b": 3.21e9, "llama3_8b": 8.03e9}
+
+
+def _config(name: str) -> DecoderConfig:
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(GIN_MODELS, f"{name}.gin"))
+    fields = {f: gin.query_parameter(f"DecoderConfig.{f}")
+              for f in DecoderConfig.__dataclass_fields__
+              if f"DecoderConfig.{f}" in gin.config_str()}
+  finally:
+    gin.clear_config()
+  return DecoderConfig(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_the_published_model(name):
+  config = _config(name)
+  shapes = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), *dummy_inputs(8)))
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  # The embedding is padded to a multiple of 128 rows; these vocabularies already are.
+  assert config.padded_vocab_size == config.vocab_size
+  assert count == pytest.approx(PUBLISHED[name], rel=0.01), count
