@@ -39,14 +39,13 @@ def train_batches(
     pack: bool = True,
 ) -> Iterator[Batch]:
   """An endless iterator of this host's part of each global batch."""
-  registry.get_mixture_or_task(mixture_or_task_name)  # a clear error for unknown names
+  mixture_or_task = registry.get_mixture_or_task(mixture_or_task_name)  # clear unknown-name error
   if global_batch_size % num_shards:
     raise UserError(
         f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   rows_per_batch = global_batch_size // num_shards
   if pack:
-    mixture_or_task = seqio.get_mixture_or_task(mixture_or_task_name)
     examples = mixture_or_task.get_dataset(
         dict(task_feature_lengths), split="train", use_cached=False, shuffle=True, seed=seed,
         shard_info=shard_info, num_epochs=None, trim_output_features=False)

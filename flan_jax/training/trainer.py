@@ -53,12 +53,12 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
   checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.keep_checkpoints)
-  shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
   latest = checkpointer.latest_step()
   if latest is None:
-    state, _ = step_lib.init_train_state(model, optimizer, mesh, sequence_length, config.seed,
-                                         params=initial_params)
+    state, shardings = step_lib.init_train_state(model, optimizer, mesh, sequence_length,
+                                                 config.seed, params=initial_params)
   else:
+    shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
     state = checkpointer.restore(
         latest, step_lib.abstract_train_state(model, optimizer, shardings, sequence_length))
   start = int(state.step)
