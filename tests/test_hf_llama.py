@@ -39,6 +39,16 @@ ARCHITECTURES = {
                 dict(tie_word_embeddings=False, sliding_window=None)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(tie_word_embeddings=True)),
+    # A short original context, so with head_dim 8 the four frequencies fall in all
+    # three llama3 regimes: kept, blended and divided by the factor.
+    "llama3_scaled": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                      dict(tie_word_embeddings=True, rope_parameters={
+                          "rope_type": "llama3", "rope_theta": 10_000.0, "factor": 8.0,
+                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 64})),
+    "linear_scaled": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                      dict(tie_word_embeddings=False, rope_parameters={
+                          "rope_type": "linear", "rope_theta": 10_000.0, "factor": 4.0})),
 }
 
 
@@ -78,17 +88,23 @@ def test_a_transformers_checkpoint_gives_our_decoder_the_same_logits(kind, tmp_p
   assert config.tie_embeddings == ARCHITECTURES[kind][2]["tie_word_embeddings"]
   assert config.attention_bias == (kind == "qwen2")
   assert params["embedding"].shape == (128, 32)  # vocab padded to a multiple of 128
+  assert config.rope_scaling == {"llama3_scaled": "llama3",
+                                 "linear_scaled": "linear"}.get(kind, "none")
   tokens = random_tokens(100)
   np.testing.assert_allclose(our_logits(config, params, tokens), hf_logits(model, tokens),
                              atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("tie,bias,shard", [(True, False, None), (False, False, 6_000),
-                                            (True, True, 6_000)])
-def test_our_export_gives_transformers_the_same_logits(tie, bias, shard, tmp_path):
+LLAMA3_ROPE = dict(rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_position=64)
+
+
+@pytest.mark.parametrize("tie,bias,shard,rope", [(True, False, None, {}), (False, False, 6_000, {}),
+                                                 (True, True, 6_000, {}),
+                                                 (True, False, None, LLAMA3_ROPE)])
+def test_our_export_gives_transformers_the_same_logits(tie, bias, shard, rope, tmp_path):
   config = DecoderConfig(vocab_size=100, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
                          head_dim=8, mlp_dim=64, norm_eps=1e-5, tie_embeddings=tie,
-                         attention_bias=bias)
+                         attention_bias=bias, **rope)
   params = Decoder(config).init(jax.random.PRNGKey(0), *dummy_inputs(4))["params"]
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
                         is_leaf=lambda x: hasattr(x, "unbox"))
@@ -165,9 +181,9 @@ def test_an_unsupported_architecture_lists_the_supported_ones():
   assert "GPT2LMHeadModel" in str(error.value)
   for supported in hf_llama.SUPPORTED_ARCHITECTURES:
     assert supported in str(error.value)
-  with pytest.raises(UserError, match="llama3"):
+  with pytest.raises(UserError, match="'yarn' is not supported"):
     hf_llama.config_from_hf({"architectures": ["LlamaForCausalLM"], **TINY,
-                             "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+                             "rope_scaling": {"rope_type": "yarn", "factor": 8.0}})
 
 
 def convert(*flags: str) -> subprocess.CompletedProcess:

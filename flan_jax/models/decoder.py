@@ -16,8 +16,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flan_jax.models.attention_mask import make_attention_mask
+from flan_jax.models.layer_stack import apply_layers, check_remat_policy
 
 Cache = dict[str, Any]
 
@@ -35,12 +37,25 @@ class DecoderConfig:
   head_dim: int = 32
   mlp_dim: int = 384
   rope_theta: float = 10_000.0
+  # RoPE frequency scaling for longer contexts: "none", "linear" (every frequency
+  # divided by the factor) or "llama3" (Llama 3.1/3.2: low frequencies divided by the
+  # factor, high ones kept, a smooth blend between; see `rope_frequencies`).
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_position: int = 8192
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   # Qwen2 adds a bias to the query, key and value projections (not the output one).
   attention_bias: bool = False
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  # One scanned layer instead of num_layers unrolled ones (faster compiles for deep
+  # models; parameters gain a leading "layers" axis), and what to rematerialise in
+  # the backward pass (`layer_stack.REMAT_POLICIES`).
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   @property
   def padded_vocab_size(self) -> int:
@@ -50,6 +65,9 @@ class DecoderConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}.")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"rope_scaling={self.rope_scaling!r} is not one of {ROPE_SCALINGS}.")
+    check_remat_policy(self.remat_policy)
 
 
 def _dense_init(*axes: str, in_axes: tuple[int, ...] = (0,)):
@@ -73,9 +91,33 @@ class RMSNorm(nn.Module):
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def rope_tables(positions_BxL: jnp.ndarray, head_dim: int, theta: float):
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def rope_frequencies(config: DecoderConfig) -> np.ndarray:
+  """The head_dim/2 rotation frequencies (radians per position), scaled as configured.
+
+  Computed in float64 numpy at trace time: they are constants of the model.
+  """
+  D = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, D, 2, dtype=np.float64) / D))
+  factor = config.rope_scaling_factor
+  if config.rope_scaling == "linear":
+    inv_freq = inv_freq / factor
+  elif config.rope_scaling == "llama3":
+    # Wavelengths longer than the original context / low_freq_factor are stretched by
+    # the factor, those shorter than context / high_freq_factor kept, and those in
+    # between interpolated linearly in (context / wavelength).
+    context = config.rope_original_max_position
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelength = 2 * np.pi / inv_freq
+    blend = np.clip((context / wavelength - low) / (high - low), 0.0, 1.0)
+    inv_freq = (1 - blend) * inv_freq / factor + blend * inv_freq
+  return inv_freq.astype(np.float32)
+
+
+def rope_tables(positions_BxL: jnp.ndarray, inv_freq: np.ndarray):
   """cos and sin of shape [B, L, 1, head_dim], in the rotate-half layout Hugging Face uses."""
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   angles = positions_BxL.astype(jnp.float32)[..., None] * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
   return jnp.cos(angles), jnp.sin(angles)
@@ -142,7 +184,7 @@ class Block(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, mask, cos, sin, layer_cache=None, cache_index=None):
+  def __call__(self, x, mask, cos, sin, cache_index, layer_cache):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
     attended, layer_cache = Attention(cfg, name="attention")(
@@ -178,13 +220,11 @@ class Decoder(nn.Module):
       kv_prefix = write(cache["prefix"], prefix_BxL)
     mask = make_attention_mask(segment_ids_BxL, positions_BxL, prefix_BxL,
                                kv_segment_ids, kv_positions, kv_prefix)
-    cos, sin = rope_tables(positions_BxL, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions_BxL, rope_frequencies(cfg))
 
-    new_layers = []
-    for i in range(cfg.num_layers):
-      layer_cache = None if cache is None else cache["layers"][i]
-      x, layer_cache = Block(cfg, name=f"layers_{i}")(x, mask, cos, sin, layer_cache, cache_index)
-      new_layers.append(layer_cache)
+    x, new_layers = apply_layers(
+        Block, cfg, x, (mask, cos, sin, cache_index), None if cache is None else cache["layers"],
+        num_layers=cfg.num_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
 
     if cfg.tie_embeddings:
@@ -198,7 +238,7 @@ class Decoder(nn.Module):
     if cache is None:
       return logits, None
     new_cache = {
-        "layers": tuple(new_layers), "segment_ids": kv_segment_ids, "positions": kv_positions,
+        "layers": new_layers, "segment_ids": kv_segment_ids, "positions": kv_positions,
         "prefix": kv_prefix, "index": cache_index + tokens_BxL.shape[1],
     }
     return logits, new_cache
@@ -207,9 +247,11 @@ class Decoder(nn.Module):
 def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
   """An empty KV cache for `length` tokens; its slots have segment 0 until written."""
   shape = (batch_size, length, config.num_kv_heads, config.head_dim)
+  if config.scan_layers:  # one stacked cache, scanned over with the layers
+    shape = (config.num_layers, *shape)
   layer = lambda: {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
   return {
-      "layers": tuple(layer() for _ in range(config.num_layers)),
+      "layers": layer() if config.scan_layers else tuple(layer() for _ in range(config.num_layers)),
       "segment_ids": jnp.zeros((batch_size, length), jnp.int32),
       "positions": jnp.zeros((batch_size, length), jnp.int32),
       "prefix": jnp.zeros((batch_size, length), jnp.int32),

@@ -17,9 +17,8 @@ export cannot drift apart. Edge cases:
   splits evenly over a tensor-parallel axis; import pads with zero rows, export
   cuts them off again. The padded logits are never seen (the decoder cuts them).
 - With tied embeddings HF usually omits `lm_head.weight`; if present we ignore it.
-- Only the plain RoPE is supported: a `rope_scaling`/`rope_parameters` of another
-  type (Llama-3 "llama3", "linear", "yarn", ...) is refused rather than silently
-  giving different logits. Mistral's sliding window is not modelled: sequences up
+- RoPE may be plain, "linear" or Llama 3.1/3.2's "llama3" scaling; other types
+  ("yarn", "dynamic", ...) are refused rather than silently giving different logits. Mistral's sliding window is not modelled: sequences up
   to `sliding_window` tokens match exactly, longer ones would not.
 """
 
@@ -43,15 +42,36 @@ INDEX_FILE = "model.safetensors.index.json"
 Params = dict[str, Any]
 
 
-def _rope_theta(config_json: dict) -> float:
-  """rope_theta from either the v4 layout (top level) or v5's `rope_parameters`."""
+def _rope_fields(config_json: dict) -> dict:
+  """Our RoPE fields from either the v4 layout (top level) or v5's `rope_parameters`."""
   rope = config_json.get("rope_parameters") or config_json.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type != "default":
-    raise UserError(
-        f"RoPE scaling of type {rope_type!r} is not supported; only the default RoPE is "
-        "(drop rope_scaling from config.json only if the model was trained without it).")
-  return float(rope.get("rope_theta", config_json.get("rope_theta", 10_000.0)))
+  theta = float(rope.get("rope_theta", config_json.get("rope_theta", 10_000.0)))
+  if rope_type == "default":
+    return dict(rope_theta=theta)
+  if rope_type == "linear":
+    return dict(rope_theta=theta, rope_scaling="linear", rope_scaling_factor=float(rope["factor"]))
+  if rope_type == "llama3":
+    return dict(rope_theta=theta, rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
+                rope_low_freq_factor=float(rope["low_freq_factor"]),
+                rope_high_freq_factor=float(rope["high_freq_factor"]),
+                rope_original_max_position=int(rope["original_max_position_embeddings"]))
+  raise UserError(
+      f"config.json: RoPE scaling of type {rope_type!r} is not supported; supported are "
+      "'default', 'linear' and 'llama3'.")
+
+
+def _rope_to_hf(config: DecoderConfig) -> dict:
+  """HF's `rope_parameters` for our RoPE fields."""
+  if config.rope_scaling == "none":
+    return {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling == "linear":
+    return {"rope_type": "linear", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor}
+  return {"rope_type": "llama3", "rope_theta": config.rope_theta,
+          "factor": config.rope_scaling_factor, "low_freq_factor": config.rope_low_freq_factor,
+          "high_freq_factor": config.rope_high_freq_factor,
+          "original_max_position_embeddings": config.rope_original_max_position}
 
 
 def config_from_hf(config_json: dict, **overrides) -> DecoderConfig:
@@ -80,7 +100,7 @@ def config_from_hf(config_json: dict, **overrides) -> DecoderConfig:
       num_kv_heads=config_json.get("num_key_value_heads") or heads,
       head_dim=config_json.get("head_dim") or config_json["hidden_size"] // heads,
       mlp_dim=config_json["intermediate_size"],
-      rope_theta=_rope_theta(config_json),
+      **_rope_fields(config_json),
       norm_eps=config_json.get("rms_norm_eps", 1e-6),
       tie_embeddings=config_json.get("tie_word_embeddings", False),
       attention_bias=bool(attention_bias),
@@ -106,9 +126,10 @@ def config_to_hf(config: DecoderConfig, architecture: str = "LlamaForCausalLM",
       "head_dim": config.head_dim,
       "hidden_act": "silu",
       "rms_norm_eps": config.norm_eps,
-      # Both spellings: transformers 4 reads the first, 5 the second.
+      # Both spellings: transformers 4 reads the first two, 5 the third.
       "rope_theta": config.rope_theta,
-      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+      "rope_scaling": None if config.rope_scaling == "none" else _rope_to_hf(config),
+      "rope_parameters": _rope_to_hf(config),
       "tie_word_embeddings": config.tie_embeddings,
       "attention_bias": False,
       "mlp_bias": False,

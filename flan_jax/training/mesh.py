@@ -27,6 +27,8 @@ LOGICAL_AXIS_RULES = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("kv", None),
+    ("layers", None),  # the stacked-layer axis of scanned parameters
+    ("relpos_buckets", None),  # T5's relative position bias table
 )
 
 
