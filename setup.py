@@ -25,6 +25,9 @@ setuptools.setup(
         "rich>=13.0",
         "matplotlib>=3.7",
         "safetensors>=0.4",
+        # Hugging Face tokenizer.json vocabularies (flan_jax.data.vocabularies); 0.15.1
+        # added Tokenizer.encode_special_tokens.
+        "tokenizers>=0.15.1",
         "numpy>=1.26",
         "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
     ],
