@@ -4,6 +4,8 @@ The whole job behind `python -m flan_jax.train`: evaluate the untrained model, t
 (resuming if MODEL_DIR has a checkpoint), evaluate again, and write the comparison
 to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
 "task/metric", for the held-out tasks and the training tasks' validation splits.
+MODEL_DIR also gets the model's config (flan_jax_config.json), so the run exports to
+Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=...`.
 """
 
 import dataclasses
@@ -12,16 +14,18 @@ import os
 import tempfile
 from typing import Mapping
 
-import flax.linen as nn
 import jax
 import seqio
 
-from flan_jax.data import pipeline, registry
+from flan_jax.data import pipeline, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import decoding, evaluator
+from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.report import print_comparison
-from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.models import convert, families
+from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.layer_stack import stack_layers
 from flan_jax.models.pretrained import load_pretrained
+from flan_jax.models.t5 import T5Config
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
 from flan_jax.training import train_step as step_lib
@@ -52,6 +56,11 @@ def _vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
   return vocabulary
 
 
+# Model-config fields that say how to run a model, not what it is: a pretrained
+# checkpoint's config takes these from gin.
+_HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
 def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
   return [t for t in tasks if evaluator.eval_split(t, split)]
 
@@ -63,7 +72,7 @@ def finetune(
     task_feature_lengths: Mapping[str, int],
     batch_size: int,
     trainer: trainer_lib.TrainerConfig,
-    model: DecoderConfig = DecoderConfig(),
+    model: DecoderConfig | T5Config = DecoderConfig(),
     optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
     heldout_mixture_or_task_name: str | None = None,
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
@@ -79,18 +88,25 @@ def finetune(
   vocabulary = _vocabulary(seen_tasks + heldout_tasks)
   initial_params = None
   if initial_checkpoint_path:
-    # The checkpoint fixes the architecture; gin's DecoderConfig keeps only the dtypes.
+    # The checkpoint fixes the architecture; gin's model config keeps only how it runs.
     pretrained, initial_params = load_pretrained(initial_checkpoint_path)
-    model = dataclasses.replace(pretrained, dtype=model.dtype, param_dtype=model.param_dtype)
-    if vocabulary.vocab_size != model.vocab_size:
+    model = dataclasses.replace(pretrained, **{k: getattr(model, k) for k in _HOW_IT_RUNS})
+    if model.scan_layers:  # checkpoints are stored one layer per subtree
+      initial_params = stack_layers(initial_params)
+    # The model may have a few more ids than the tokenizer: T5 checkpoints pad the
+    # 32100-piece vocabulary to 32128 rows (a multiple of 128), rows no task produces.
+    # More than that is a different tokenizer.
+    if not vocabulary.vocab_size <= model.vocab_size <= -(-vocabulary.vocab_size // 128) * 128:
       raise UserError(
           f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
           f"{initial_checkpoint_path} has {model.vocab_size}: register the tasks with the "
-          "model's own tokenizer (e.g. its tokenizer.model).")
+          "model's own tokenizer (its tokenizer.model or tokenizer.json; for the task "
+          "library, --gin.VOCABULARY_PATH=...).")
   if not model.vocab_size:
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
-  network = Decoder(model)
-  sequence_length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+  network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary))
+  if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
+    convert.save_run_config(model_dir, model, initial_checkpoint_path)
 
   eval_tasks = _tasks_with_split(heldout_tasks, evaluation.split)
   if evaluation.evaluate_seen:
@@ -98,26 +114,27 @@ def finetune(
   groups = {"seen": [t.name for t in seen_tasks], "heldout": [t.name for t in heldout_tasks]}
 
   def evaluate(params) -> dict[str, float]:
-    generate = decoding.make_greedy_generate(
-        network, params, task_feature_lengths["targets"], vocabulary.eos_id)
-    # +1: the prompt is BOS followed by the inputs.
-    results = evaluator.evaluate(eval_tasks, generate, task_feature_lengths["inputs"] + 1, evaluation)
+    generate = network.make_generate(params, task_feature_lengths["targets"], vocabulary.eos_id)
+    prefix = network.prompt_prefix()  # BOS for a decoder-only model
+    results = evaluator.evaluate(eval_tasks, generate, task_feature_lengths["inputs"] + len(prefix),
+                                 evaluation, prompt_prefix=prefix)
     return {**results, **evaluator.group_means(results, groups)}
 
   before = {}
   if evaluate_before and eval_tasks:
     if initial_params is None:
-      initial = network.init(jax.random.key(trainer.seed), *step_lib.dummy_inputs(sequence_length))
-      before = evaluate(nn.meta.unbox(initial["params"]))
+      before = evaluate(step_lib.init_params(network, jax.random.key(trainer.seed),
+                                             task_feature_lengths))
     else:
       before = evaluate(initial_params)
 
   def batches(start_step: int):
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
-        shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step)
+        shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
+        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0))
 
-  state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, sequence_length,
+  state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                             initial_params=initial_params)
   after = evaluate(state.params) if eval_tasks else {}
 

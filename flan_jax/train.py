@@ -17,9 +17,11 @@ import gin
 import jax
 
 from flan_jax import finetune, gin_utils
+from flan_jax.data import vocabularies
 from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.t5 import T5Config
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 
@@ -33,7 +35,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
                   "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
-for _config_class in (DecoderConfig, OptimizerConfig, EvalConfig):
+for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig):
   gin.external_configurable(_config_class)
 
 
@@ -46,7 +48,7 @@ def train(
     batch_size: int = gin.REQUIRED,
     heldout_mixture_or_task_name: str | None = None,
     data_dir: str | None = None,
-    model: DecoderConfig | None = None,
+    model: DecoderConfig | T5Config | None = None,
     optimizer: OptimizerConfig | None = None,
     evaluation: EvalConfig | None = None,
     checkpoint_every: int = 500,
@@ -56,10 +58,17 @@ def train(
     mesh_shape=(-1, 1, 1),
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
+    vocabulary_path: str | None = None,
 ):
+  """The whole job; see `finetune.finetune`.
+
+  `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
+  one) is what the task library tokenizes with; by default the initial checkpoint's
+  own tokenizer when it has one, else bytes.
+  """
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
-    library.register(data_dir)
+    library.register(data_dir, _library_vocabulary(vocabulary_path, initial_checkpoint_path))
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -79,6 +88,18 @@ def train(
       evaluate_before=evaluate_before,
       initial_checkpoint_path=initial_checkpoint_path,
   )
+
+
+def _library_vocabulary(vocabulary_path: str | None, checkpoint_path: str | None):
+  if vocabulary_path:
+    return vocabularies.vocabulary_from_path(vocabulary_path)
+  if checkpoint_path:
+    # A Hugging Face directory, or an orbax one from `convert --to_orbax` (hf_files/).
+    for directory in (checkpoint_path, os.path.join(checkpoint_path, "hf_files")):
+      if any(os.path.isfile(os.path.join(directory, name))
+             for name in ("tokenizer.model", "tokenizer.json")):
+        return vocabularies.vocabulary_from_path(directory)
+  return None
 
 
 def main(argv):

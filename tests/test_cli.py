@@ -46,6 +46,20 @@ def test_quickstart_config_with_overrides_writes_config_metrics_and_eval(tmp_pat
   assert "Evaluation before and after finetuning" in result.stdout
 
 
+def test_the_t5_quickstart_trains_and_evaluates_an_encoder_decoder(tmp_path):
+  model_dir = tmp_path / "run"
+  result = _run("--gin_file=gin/quickstart_t5.gin", f"--gin.MODEL_DIR={model_dir}",
+                "--gin.TRAIN_STEPS=2", "--gin.EvalConfig.max_examples_per_task=2",
+                "--gin.EvalConfig.batch_size=2", "--gin.T5Config.embed_dim=32",
+                "--gin.train.log_every=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "train.model = @T5Config()" in (model_dir / "config.gin").read_text()
+  logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in logged] == [1, 2]
+  after = json.loads((model_dir / "eval" / "heldout.json").read_text())["after"]
+  assert "default_is_even/accuracy" in after and "seen_mean/accuracy" in after
+
+
 def test_unknown_mixture_names_the_closest_registered_ones(tmp_path):
   result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={tmp_path}",
                 "--gin.MIXTURE_OR_TASK_NAME=default_trian")

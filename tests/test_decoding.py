@@ -7,7 +7,7 @@ import numpy as np
 from flan_jax.evaluation.decoding import make_greedy_generate
 from flan_jax.evaluation.evaluator import left_pad_prompts
 from flan_jax.models.decoder import Decoder
-from flan_jax.training.train_step import dummy_inputs
+from tiny import dummy_inputs
 from tiny import TINY_DECODER
 
 EOS = 1

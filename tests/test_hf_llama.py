@@ -24,7 +24,7 @@ from flan_jax.errors import UserError  # noqa: E402
 from flan_jax.evaluation.decoding import make_greedy_generate  # noqa: E402
 from flan_jax.models import hf_llama  # noqa: E402
 from flan_jax.models.decoder import Decoder, DecoderConfig  # noqa: E402
-from flan_jax.training.train_step import dummy_inputs  # noqa: E402
+from tiny import dummy_inputs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "data", "models", "stories260K-hf")
@@ -218,3 +218,28 @@ def test_convert_cli_reports_bad_flags_as_one_error_line():
   result = convert("--from_hf=/nonexistent")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: give either")
+
+
+def test_a_finetuning_run_exports_to_transformers_from_its_model_dir(tmp_path):
+  import flan_jax_tasks.default_mixture  # noqa: F401  (the byte-vocabulary default tasks)
+  from flan_jax import finetune
+  from flan_jax.evaluation.evaluator import EvalConfig
+  from flan_jax.models import convert as convert_lib
+  from flan_jax.training.trainer import TrainerConfig
+
+  run = tmp_path / "run"
+  finetune.finetune(
+      model_dir=str(run), mixture_or_task_name="default_add",
+      task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=2,
+      trainer=TrainerConfig(train_steps=2, progress_bar=False),
+      model=DecoderConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                          mlp_dim=64, tie_embeddings=False, scan_layers=True),
+      evaluation=EvalConfig(evaluate_seen=False), evaluate_before=False)
+  result = convert(f"--from_orbax={run}", f"--to_hf={tmp_path / 'hf'}")
+  assert result.returncode == 0, result.stderr
+  config, params, _ = convert_lib.load_orbax(str(run))  # the trained step-2 weights, unstacked
+  assert config.vocab_size == 259 and "layers_1" in params
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+  tokens = random_tokens(259)
+  np.testing.assert_allclose(hf_logits(model.eval(), tokens), our_logits(config, params, tokens),
+                             atol=1e-4, rtol=0)

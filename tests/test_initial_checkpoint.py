@@ -65,3 +65,28 @@ def test_a_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
 def test_a_directory_that_is_no_checkpoint_says_what_it_expected(tmp_path, story_task):
   with pytest.raises(UserError, match="neither a Hugging Face checkpoint"):
     _first_loss(tmp_path / "run", story_task, initial_checkpoint_path=str(tmp_path))
+
+
+def test_rows_start_from_the_tokenizers_bos_as_the_pretrained_model_expects(story_task):
+  import numpy as np
+  from flan_jax.data import pipeline, vocabularies
+  from flan_jax.models.families import DecoderOnly
+  from flan_jax.models.hf_llama import load_hf_checkpoint
+  from flan_jax.training.train_step import per_token_loss
+
+  vocabulary = seqio.get_mixture_or_task(story_task).output_features["targets"].vocabulary
+  assert vocabularies.bos_id(vocabulary) == 1  # Llama's <s>; id 0 is <unk>
+  config, params = load_hf_checkpoint(STORIES)
+  model = DecoderOnly(config)
+
+  def target_loss(bos_id):
+    batch = next(pipeline.train_batches(story_task, {"inputs": 32, "targets": 32}, 2, seed=0,
+                                        bos_id=bos_id))
+    assert np.all(batch["decoder_input_tokens"][:, 0] == bos_id)
+    weights = batch["decoder_loss_weights"]
+    return float((np.asarray(per_token_loss(model, params, batch)) * weights).sum() / weights.sum())
+
+  # The model never saw <unk> where a text starts, so a row opened by 0 reads worse.
+  with_bos, with_unk = target_loss(1), target_loss(0)
+  print(f"target loss from <s>: {with_bos:.3f}, from <unk>: {with_unk:.3f}")
+  assert with_bos < with_unk - 0.1, (with_bos, with_unk)

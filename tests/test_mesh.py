@@ -13,7 +13,7 @@ sys.path.insert(0, "tests")
 import jax
 import flan_jax_tasks.default_mixture
 from flan_jax.data.pipeline import train_batches
-from flan_jax.models.decoder import Decoder
+from flan_jax.models.families import DecoderOnly
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig, train
 from tiny import TINY_DECODER
@@ -21,7 +21,8 @@ from tiny import TINY_DECODER
 config = TrainerConfig(train_steps=4, log_every=1, mesh_shape=(1, 2, 2), progress_bar=False)
 batches = lambda start: train_batches("default_train", {"inputs": 64, "targets": 16}, 8,
                                       seed=0, skip_batches=start)
-state = train(Decoder(TINY_DECODER), OptimizerConfig(warmup_steps=1), config, batches, sys.argv[1], 80)
+state = train(DecoderOnly(TINY_DECODER), OptimizerConfig(warmup_steps=1), config, batches,
+              sys.argv[1], {"inputs": 64, "targets": 16})
 print(json.dumps({
     "devices": jax.device_count(),
     "embedding": str(tuple(state.params["embedding"].sharding.spec)),

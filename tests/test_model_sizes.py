@@ -8,7 +8,7 @@ import pytest
 
 import flan_jax.train  # noqa: F401  (registers DecoderConfig with gin)
 from flan_jax.models.decoder import Decoder, DecoderConfig
-from flan_jax.training.train_step import dummy_inputs
+from tiny import dummy_inputs
 
 GIN_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin", "models")
 
@@ -37,3 +37,33 @@ def test_parameter_count_matches_the_published_model(name):
   # The embedding is padded to a multiple of 128 rows; these vocabularies already are.
   assert config.padded_vocab_size == config.vocab_size
   assert count == pytest.approx(PUBLISHED[name], rel=0.01), count
+
+
+# T5 v1.1 / Flan-T5 (encoder-decoder), counted the same way (flan_jax.train, imported
+# above, registers T5Config with gin too).
+from flan_jax.models.t5 import T5, T5Config  # noqa: E402
+
+T5_PUBLISHED = {"t5_1_1_small": 77e6, "t5_1_1_base": 248e6, "t5_1_1_large": 783e6,
+                "t5_1_1_xl": 2.85e9, "t5_1_1_xxl": 11.1e9}
+
+
+def _t5_config(name: str) -> T5Config:
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(GIN_MODELS, f"{name}.gin"))
+    fields = {f: gin.query_parameter(f"T5Config.{f}")
+              for f in T5Config.__dataclass_fields__ if f"T5Config.{f}" in gin.config_str()}
+  finally:
+    gin.clear_config()
+  return T5Config(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(T5_PUBLISHED))
+def test_t5_parameter_count_matches_the_published_model(name):
+  config = _t5_config(name)
+  tokens = jax.ShapeDtypeStruct((1, 8), jax.numpy.int32)
+  shapes = jax.eval_shape(lambda e, d: T5(config).init(jax.random.key(0), e, d), tokens, tokens)
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  assert config.padded_vocab_size == config.vocab_size == 32128
+  assert not config.tie_embeddings and config.feed_forward == "gated-gelu"
+  assert count == pytest.approx(T5_PUBLISHED[name], rel=0.01), count

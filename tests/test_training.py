@@ -9,7 +9,8 @@ import numpy as np
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches
-from flan_jax.models.decoder import Decoder
+from flan_jax.models.families import DecoderOnly, EncoderDecoder
+from flan_jax.models.t5 import T5Config
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
@@ -18,7 +19,6 @@ from flan_jax.training.trainer import TrainerConfig, train
 from tiny import TINY_DECODER
 
 LENGTHS = {"inputs": 64, "targets": 16}
-SEQUENCE_LENGTH = 80
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=5)
 
 
@@ -29,7 +29,7 @@ def _batches(start_step):
 def _train(model_dir, steps, checkpoint_every=1000):
   config = TrainerConfig(train_steps=steps, checkpoint_every=checkpoint_every, log_every=1,
                          progress_bar=False)
-  return train(Decoder(TINY_DECODER), OPTIMIZER, config, _batches, str(model_dir), SEQUENCE_LENGTH)
+  return train(DecoderOnly(TINY_DECODER), OPTIMIZER, config, _batches, str(model_dir), LENGTHS)
 
 
 def _metrics(model_dir):
@@ -50,16 +50,16 @@ def test_twenty_steps_lower_the_loss_and_log_every_step(tmp_path):
 
 
 def test_checkpoint_round_trip_restores_an_equal_state(tmp_path):
-  model, optimizer = Decoder(TINY_DECODER), make_optimizer(OPTIMIZER, 10)
+  model, optimizer = DecoderOnly(TINY_DECODER), make_optimizer(OPTIMIZER, 10)
   mesh = mesh_lib.make_mesh()
-  state, shardings = step_lib.init_train_state(model, optimizer, mesh, SEQUENCE_LENGTH, seed=3)
+  state, shardings = step_lib.init_train_state(model, optimizer, mesh, LENGTHS, seed=3)
   checkpointer = Checkpointer(str(tmp_path))
   checkpointer.save(7, state)
   checkpointer.close()
 
   restored_from = Checkpointer(str(tmp_path))
   assert restored_from.latest_step() == 7
-  abstract = step_lib.abstract_train_state(model, optimizer, shardings, SEQUENCE_LENGTH)
+  abstract = step_lib.abstract_train_state(model, optimizer, shardings, LENGTHS)
   restored = restored_from.restore(7, abstract)
   restored_from.close()
   assert jax.tree.structure(restored) == jax.tree.structure(state)
@@ -91,9 +91,21 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
 
 def test_bfloat16_compute_keeps_float32_parameters_and_learns(tmp_path):
   import dataclasses
-  model = Decoder(dataclasses.replace(TINY_DECODER, dtype="bfloat16"))
+  model = DecoderOnly(dataclasses.replace(TINY_DECODER, dtype="bfloat16"))
   config = TrainerConfig(train_steps=8, log_every=1, progress_bar=False)
-  state = train(model, OPTIMIZER, config, _batches, str(tmp_path), SEQUENCE_LENGTH)
+  state = train(model, OPTIMIZER, config, _batches, str(tmp_path), LENGTHS)
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
   losses = [m["loss"] for m in _metrics(tmp_path)]
   assert losses[-1] < losses[0]
+
+
+def test_twenty_packed_encoder_decoder_steps_lower_the_t5_loss(tmp_path):
+  model = EncoderDecoder(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
+                                  mlp_dim=64, num_encoder_layers=2, num_decoder_layers=2))
+  batches = lambda start: train_batches("default_train", LENGTHS, 8, seed=0,
+                                        skip_batches=start, encoder_decoder=True)
+  assert {"encoder_input_tokens", "encoder_segment_ids"} <= set(next(batches(0)))
+  config = TrainerConfig(train_steps=20, log_every=1, progress_bar=False)
+  train(model, OPTIMIZER, config, batches, str(tmp_path), LENGTHS)
+  losses = [m["loss"] for m in _metrics(tmp_path)]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses

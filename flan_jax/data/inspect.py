@@ -128,7 +128,7 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   shown_from = tasks[:num_examples]
   for task in shown_from:
     dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
-    row = next(pipeline.prefix_lm_converter(pack=False)(dataset.take(1), lengths).as_numpy_iterator())
+    row = next(pipeline.feature_converter(pack=False)(dataset.take(1), lengths).as_numpy_iterator())
     print(f"[{task.name}]\n{show_with_loss_mask(vocabulary, row)}\n", file=out)
 
   print("## Tasks: examples, rate, lengths (tokens), truncated at "

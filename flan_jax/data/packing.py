@@ -1,4 +1,4 @@
-"""Best-fit packing of prefix-LM examples into fixed-length rows.
+"""Best-fit packing of prefix-LM or encoder-decoder examples into fixed-length rows.
 
 seqio's packer fills rows in arrival order and closes a row as soon as the next
 example does not fit, which leaves ~20% padding on mixtures of very different
@@ -11,9 +11,14 @@ the same input stream gives the same rows, so resuming by skipping rows is exact
 Each row has the features seqio's PrefixLMFeatureConverter makes (decoder input
 and target tokens, loss weights on targets only, segment ids from 1, positions
 restarting per example, causal-attention flags over each prompt plus one), so the
-model sees packed rows exactly as it would see seqio's. Inputs or targets longer
+model sees packed rows exactly as it would see seqio's. With `encoder_decoder=True`
+a row is two bins (encoder inputs, decoder targets) that must both have room, and
+its features are those of seqio's EncDecFeatureConverter. Inputs or targets longer
 than their feature length keep their start, as seqio trims them, and every cut is
 counted and logged, never silent.
+
+`bos_id` is the token each decoder row starts from: 0 as in seqio, or a pretrained
+decoder-only model's own BOS (Llama's is 1; its 0 is <unk>).
 """
 
 import dataclasses
@@ -24,11 +29,14 @@ import numpy as np
 
 FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
+ENCODER_DECODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+                            "decoder_target_tokens", "decoder_input_tokens",
+                            "decoder_loss_weights", "decoder_segment_ids", "decoder_positions")
 
 
 @dataclasses.dataclass
 class PackingStats:
-  length: int
+  length: int  # all bins of a row together
   examples: int = 0
   truncated_inputs: int = 0
   truncated_targets: int = 0
@@ -43,17 +51,18 @@ class PackingStats:
 @dataclasses.dataclass(eq=False)  # rows are compared by identity
 class _Row:
   pieces: list  # (inputs, targets) token arrays
-  used: int = 0
+  used: list  # tokens used in each bin
 
 
-def _fill(row: _Row, length: int) -> dict[str, np.ndarray]:
+def _fill_prefix_lm(row: _Row, length: int, bos_id: int) -> dict[str, np.ndarray]:
   out = {k: np.zeros(length, np.int32) for k in FEATURES}
   start = 0
   for segment, (inputs, targets) in enumerate(row.pieces, start=1):
     tokens = np.concatenate([inputs, targets])
     end = start + len(tokens)
     out["decoder_target_tokens"][start:end] = tokens
-    out["decoder_input_tokens"][start + 1:end] = tokens[:-1]  # BOS (0) at each start
+    out["decoder_input_tokens"][start] = bos_id
+    out["decoder_input_tokens"][start + 1:end] = tokens[:-1]
     out["decoder_loss_weights"][start + len(inputs):end] = 1
     out["decoder_segment_ids"][start:end] = segment
     out["decoder_positions"][start:end] = np.arange(len(tokens))
@@ -63,14 +72,40 @@ def _fill(row: _Row, length: int) -> dict[str, np.ndarray]:
   return out
 
 
+def _fill_encoder_decoder(row: _Row, lengths: tuple[int, int], bos_id: int) -> dict[str, np.ndarray]:
+  encoder_length, decoder_length = lengths
+  out = {k: np.zeros(encoder_length if k.startswith("encoder") else decoder_length, np.int32)
+         for k in ENCODER_DECODER_FEATURES}
+  enc, dec = 0, 0
+  for segment, (inputs, targets) in enumerate(row.pieces, start=1):
+    out["encoder_input_tokens"][enc:enc + len(inputs)] = inputs
+    out["encoder_segment_ids"][enc:enc + len(inputs)] = segment
+    out["encoder_positions"][enc:enc + len(inputs)] = np.arange(len(inputs))
+    end = dec + len(targets)
+    out["decoder_target_tokens"][dec:end] = targets
+    out["decoder_input_tokens"][dec] = bos_id
+    out["decoder_input_tokens"][dec + 1:end] = targets[:-1]
+    out["decoder_loss_weights"][dec:end] = 1
+    out["decoder_segment_ids"][dec:end] = segment
+    out["decoder_positions"][dec:end] = np.arange(len(targets))
+    enc, dec = enc + len(inputs), end
+  return out
+
+
 class BestFitPacker:
   """Packs a stream of {"inputs", "targets"} token arrays into rows of `length`."""
 
-  def __init__(self, lengths: Mapping[str, int], max_open_rows: int = 64, name: str = ""):
+  def __init__(self, lengths: Mapping[str, int], max_open_rows: int = 64, name: str = "",
+               *, encoder_decoder: bool = False, bos_id: int = 0):
     self.input_length, self.target_length = lengths["inputs"], lengths["targets"]
-    self.length = self.input_length + self.target_length
+    self.encoder_decoder = encoder_decoder
+    # One bin (the prefix-LM row) or two (encoder, decoder).
+    self.capacity = ((self.input_length, self.target_length) if encoder_decoder
+                     else (self.input_length + self.target_length,))
+    self.length = sum(self.capacity)
     self.max_open_rows = max_open_rows
     self.name = name
+    self.bos_id = bos_id
     self.stats = PackingStats(self.length)
     self._open: list[_Row] = []
 
@@ -98,40 +133,48 @@ class BestFitPacker:
 
   def _emit(self, row: _Row) -> dict[str, np.ndarray]:
     self.stats.rows += 1
-    self.stats.tokens += row.used
-    return _fill(row, self.length)
+    self.stats.tokens += sum(row.used)
+    if self.encoder_decoder:
+      return _fill_encoder_decoder(row, self.capacity, self.bos_id)
+    return _fill_prefix_lm(row, self.length, self.bos_id)
+
+  def _room(self, row: _Row) -> list[int]:
+    return [c - u for c, u in zip(self.capacity, row.used)]
 
   def add(self, example) -> Iterator[dict[str, np.ndarray]]:
     """Places one example; yields any rows that are finished."""
     self.stats.examples += 1
     inputs, targets = self._trim(example)
-    size = len(inputs) + len(targets)
-    fitting = [r for r in self._open if self.length - r.used >= size]
+    size = ((len(inputs), len(targets)) if self.encoder_decoder
+            else (len(inputs) + len(targets),))
+    fitting = [r for r in self._open if all(room >= s for room, s in zip(self._room(r), size))]
     if fitting:
-      row = min(fitting, key=lambda r: self.length - r.used)
+      row = min(fitting, key=lambda r: sum(self._room(r)))
     else:
-      row = _Row(pieces=[])
+      row = _Row(pieces=[], used=[0] * len(self.capacity))
       self._open.append(row)
     row.pieces.append((inputs, targets))
-    row.used += size
-    if self.length - row.used < 4:  # nothing useful fits any more
+    row.used = [u + s for u, s in zip(row.used, size)]
+    if min(self._room(row)) < 4:  # nothing useful fits any more
       self._open.remove(row)
       yield self._emit(row)
     if len(self._open) > self.max_open_rows:
-      fullest = max(self._open, key=lambda r: r.used)
+      fullest = max(self._open, key=lambda r: sum(r.used))
       self._open.remove(fullest)
       yield self._emit(fullest)
 
   def flush(self) -> Iterator[dict[str, np.ndarray]]:
-    for row in sorted(self._open, key=lambda r: -r.used):
+    for row in sorted(self._open, key=lambda r: -sum(r.used)):
       yield self._emit(row)
     self._open = []
 
 
 def pack(examples: Iterable, lengths: Mapping[str, int], max_open_rows: int = 64,
-         name: str = "") -> Iterator[dict[str, np.ndarray]]:
+         name: str = "", *, encoder_decoder: bool = False,
+         bos_id: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Rows from a (possibly endless) stream of examples; flushes when the stream ends."""
-  packer = BestFitPacker(lengths, max_open_rows, name)
+  packer = BestFitPacker(lengths, max_open_rows, name, encoder_decoder=encoder_decoder,
+                         bos_id=bos_id)
   for example in examples:
     yield from packer.add(example)
   yield from packer.flush()

@@ -34,13 +34,17 @@ def eval_split(task: seqio.Task, split: str) -> str | None:
   return "test" if split == "validation" and "test" in task.splits else None
 
 
-def left_pad_prompts(token_lists: Sequence[Sequence[int]], length: int):
-  """[BOS=0] + inputs per row, left-padded to `length`: (prompts, mask, number truncated)."""
+def left_pad_prompts(token_lists: Sequence[Sequence[int]], length: int,
+                     prefix: Sequence[int] = (0,)):
+  """prefix + inputs per row, left-padded to `length`: (prompts, mask, number truncated).
+
+  The prefix is the decoder-only model's BOS (seqio's 0 by default), nothing for T5.
+  """
   prompts = np.zeros((len(token_lists), length), np.int32)
   mask = np.zeros((len(token_lists), length), np.int32)
   truncated = 0
   for row, tokens in enumerate(token_lists):
-    tokens = [0, *tokens]
+    tokens = [*prefix, *tokens]
     if len(tokens) > length:
       tokens, truncated = tokens[-length:], truncated + 1
     prompts[row, length - len(tokens):] = tokens
@@ -56,7 +60,8 @@ def _decode(vocabulary: seqio.Vocabulary, ids: np.ndarray) -> str:
 
 
 def evaluate_task(task: seqio.Task, generate: GenerateFn, prompt_length: int,
-                  config: EvalConfig) -> tuple[dict[str, float], int]:
+                  config: EvalConfig, prompt_prefix: Sequence[int] = (0,)
+                  ) -> tuple[dict[str, float], int]:
   """The task's metrics on its `config.split`, and how many prompts were truncated."""
   dataset = task.get_dataset(sequence_length=None, split=eval_split(task, config.split),
                              shuffle=False, num_epochs=1, use_cached=False)
@@ -68,7 +73,8 @@ def evaluate_task(task: seqio.Task, generate: GenerateFn, prompt_length: int,
   predictions, truncated = [], 0
   for start in range(0, len(examples), config.batch_size):
     chunk = examples[start:start + config.batch_size]
-    prompts, mask, cut = left_pad_prompts([ex["inputs"] for ex in chunk], prompt_length)
+    prompts, mask, cut = left_pad_prompts([ex["inputs"] for ex in chunk], prompt_length,
+                                          prompt_prefix)
     truncated += cut
     # Full-size batches only (repeating the last row), so generate compiles once.
     fill = ((0, config.batch_size - len(chunk)), (0, 0))
@@ -87,11 +93,11 @@ def evaluate_task(task: seqio.Task, generate: GenerateFn, prompt_length: int,
 
 
 def evaluate(tasks: Sequence[seqio.Task], generate: GenerateFn, prompt_length: int,
-             config: EvalConfig) -> dict[str, float]:
+             config: EvalConfig, prompt_prefix: Sequence[int] = (0,)) -> dict[str, float]:
   """{"task/metric": value} over `tasks`."""
   results = {}
   for task in tasks:
-    metrics, _ = evaluate_task(task, generate, prompt_length, config)
+    metrics, _ = evaluate_task(task, generate, prompt_length, config, prompt_prefix)
     results.update({f"{task.name}/{name}": float(value) for name, value in metrics.items()})
   return results
 

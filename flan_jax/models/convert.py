@@ -1,15 +1,26 @@
-"""Convert decoder checkpoints between Hugging Face safetensors and orbax.
+"""Convert checkpoints between Hugging Face safetensors and orbax, for both model families.
 
     python -m flan_jax.models.convert --from_hf=HF_DIR --to_orbax=OUT_DIR
     python -m flan_jax.models.convert --from_orbax=OUT_DIR --to_hf=HF_DIR2
+    python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=HF_DIR3  # a finetuning run
+
+The family follows the checkpoint: Llama/Mistral/Qwen2 go to our decoder
+(`hf_llama`), T5ForConditionalGeneration to our T5 (`hf_t5`).
 
 An orbax directory holds `params/` (a StandardCheckpointer save of
-{"params": params}) and `flan_jax_config.json` (our `DecoderConfig`), since the
+{"params": params}) and `flan_jax_config.json` (our `DecoderConfig` or `T5Config`
+plus a "family" key, "decoder" when absent as in older checkpoints), since the
 tree alone does not say e.g. the vocab size hidden behind the padded embedding.
+Params are stored unscanned (`layers_{i}`); a run with scanned layers stacks them.
 When it came from Hugging Face it also keeps the original `hf_config.json` and the
 other files beside the weights (tokenizer, generation config) under `hf_files/`, so
 the way back restores what we do not model (token ids, max_position_embeddings, the
 architecture, the tokenizer) and the round trip gives the same tensors.
+
+A finetuning run's MODEL_DIR converts the same way: training writes the same
+`flan_jax_config.json` (and, when it started from a Hugging Face checkpoint, its
+`hf_config.json` and `hf_files/`) beside `checkpoints/`, and the parameters come
+from the latest checkpoint (or `--step`).
 """
 
 import dataclasses
@@ -20,15 +31,21 @@ import shutil
 from absl import app, flags
 
 from flan_jax.errors import UserError, exit_on_user_error
-from flan_jax.models import hf_llama
+from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.t5 import T5Config
 
 CONFIG_FILE = "flan_jax_config.json"
 HF_CONFIG_FILE = "hf_config.json"
 HF_FILES_DIR = "hf_files"
 PARAMS_DIR = "params"
 
-# Keys of the HF config that are ours to write on export; everything else is kept.
+FAMILIES = {"decoder": DecoderConfig, "t5": T5Config}
+SUPPORTED_ARCHITECTURES = hf_llama.SUPPORTED_ARCHITECTURES + hf_t5.SUPPORTED_ARCHITECTURES
+ModelConfig = DecoderConfig | T5Config
+
+# Keys of a Llama-family HF config that are ours to write on export; everything else is
+# kept (hf_t5 makes the same split itself).
 _DERIVED_HF_KEYS = set(hf_llama.config_to_hf(DecoderConfig(vocab_size=1))) - {"architectures",
                                                                                 "model_type"}
 
@@ -37,36 +54,133 @@ flags.DEFINE_string("to_orbax", None, "Directory to write the orbax checkpoint t
 flags.DEFINE_string("from_orbax", None, "Orbax directory written by --to_orbax (or training).")
 flags.DEFINE_string("to_hf", None, "Directory to write the Hugging Face checkpoint to.")
 flags.DEFINE_integer("max_shard_bytes", None, "Split the safetensors into shards of this size.")
+flags.DEFINE_integer("step", None, "With --from_orbax=MODEL_DIR of a run: the checkpoint step "
+                     "to export (default: the latest).")
 FLAGS = flags.FLAGS
 
 
-def save_orbax(params, config: DecoderConfig, directory: str,
-               hf_config: dict | None = None) -> None:
-  import orbax.checkpoint as ocp
-  directory = os.path.abspath(directory)
-  if os.path.exists(os.path.join(directory, PARAMS_DIR)):
-    raise UserError(f"{directory}/{PARAMS_DIR} already exists; pick a new --to_orbax directory.")
-  os.makedirs(directory, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, PARAMS_DIR), {"params": params})
-  checkpointer.wait_until_finished()
+def hf_module(config_json: dict):
+  """The importer (`hf_llama` or `hf_t5`) for a Hugging Face config.json."""
+  architectures = config_json.get("architectures") or []
+  for module in (hf_llama, hf_t5):
+    if architectures and all(a in module.SUPPORTED_ARCHITECTURES for a in architectures):
+      return module
+  if not architectures and config_json.get("model_type") == hf_t5.MODEL_TYPE:
+    return hf_t5  # older T5 configs name only the model type
+  found = architectures or f"none (model_type {config_json.get('model_type')!r})"
+  raise UserError(f"unsupported architectures {found}: supported are "
+                  f"{', '.join(SUPPORTED_ARCHITECTURES)}.")
+
+
+def load_hf(directory: str, **config_overrides) -> tuple[ModelConfig, dict]:
+  """(config, params) from a Hugging Face checkpoint of either family."""
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
+  with open(config_path) as f:
+    module = hf_module(json.load(f))
+  return module.load_hf_checkpoint(directory, **config_overrides)
+
+
+def family(config: ModelConfig) -> str:
+  return next(name for name, cls in FAMILIES.items() if isinstance(config, cls))
+
+
+def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
+    json.dump({"family": family(config), **dataclasses.asdict(config)}, f, indent=2)
   if hf_config is not None:
     with open(os.path.join(directory, HF_CONFIG_FILE), "w") as f:
       json.dump(hf_config, f, indent=2)
 
 
-def load_orbax(directory: str):
-  """(config, params, original HF config or None) from a `save_orbax` directory."""
+def _copy_hf_files(hf_dir: str, directory: str) -> None:
+  """Everything beside the weights (tokenizer, generation config) into directory/hf_files."""
+  weights = {"config.json", safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE}
+  for name in sorted(os.listdir(hf_dir)):
+    path = os.path.join(hf_dir, name)
+    if os.path.isfile(path) and name not in weights and not name.endswith(".safetensors"):
+      os.makedirs(os.path.join(directory, HF_FILES_DIR), exist_ok=True)
+      shutil.copy(path, os.path.join(directory, HF_FILES_DIR, name))
+
+
+def save_run_config(model_dir: str, config: ModelConfig,
+                    initial_checkpoint_path: str | None = None) -> None:
+  """What a finetuning run's MODEL_DIR needs beside its checkpoints to export to HF."""
+  hf_config = None
+  if initial_checkpoint_path:
+    source = os.path.abspath(os.path.expanduser(initial_checkpoint_path))
+    if os.path.isfile(os.path.join(source, "config.json")):  # Hugging Face
+      with open(os.path.join(source, "config.json")) as f:
+        hf_config = json.load(f)
+      _copy_hf_files(source, model_dir)
+    else:  # one of ours, which may carry its own HF extras
+      if os.path.isfile(os.path.join(source, HF_CONFIG_FILE)):
+        with open(os.path.join(source, HF_CONFIG_FILE)) as f:
+          hf_config = json.load(f)
+      if os.path.isdir(os.path.join(source, HF_FILES_DIR)):
+        shutil.copytree(os.path.join(source, HF_FILES_DIR),
+                        os.path.join(model_dir, HF_FILES_DIR), dirs_exist_ok=True)
+  _write_config(model_dir, config, hf_config)
+
+
+def save_orbax(params, config: ModelConfig, directory: str,
+               hf_config: dict | None = None) -> None:
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, PARAMS_DIR)):
+    raise UserError(f"{directory}/{PARAMS_DIR} already exists; pick a new --to_orbax directory.")
+  if getattr(config, "scan_layers", False):  # stored unscanned, whatever the run used
+    params = layer_stack.unstack_layers(params)
+    config = dataclasses.replace(config, scan_layers=False)
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, PARAMS_DIR), {"params": params})
+  checkpointer.wait_until_finished()
+  _write_config(directory, config, hf_config)
+
+
+def _run_params(directory: str, step: int | None):
+  """The parameters of a finetuning run's checkpoint `step` (default: the latest)."""
+  import orbax.checkpoint as ocp
+  checkpoints = os.path.join(directory, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()
+                 and os.path.exists(os.path.join(checkpoints, d, "commit_success.txt")))
+  if not steps or (step is not None and step not in steps):
+    raise UserError(f"{checkpoints} has no finished checkpoint"
+                    f"{'' if step is None else f' for step {step}'} (found: {steps or 'none'}).")
+  path = os.path.join(checkpoints, str(step if step is not None else steps[-1]), "default")
+  # The whole train state is read (orbax restores a tree it is not told the shape of);
+  # only its parameters are kept.
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def load_orbax(directory: str, step: int | None = None):
+  """(config, params, original HF config or None) from a `save_orbax` directory or a run.
+
+  Params come back unscanned, whatever layout the run trained in.
+  """
   import orbax.checkpoint as ocp
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(config_path):
     raise UserError(f"no {CONFIG_FILE} in {directory}: was it written by --to_orbax?")
   with open(config_path) as f:
-    config = DecoderConfig(**json.load(f))
-  params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR))["params"]
+    fields = json.load(f)
+  name = fields.pop("family", "decoder")  # checkpoints from before T5 have no family
+  if name not in FAMILIES:
+    raise UserError(f"{config_path}: unknown model family {name!r}; known are "
+                    f"{', '.join(FAMILIES)}.")
+  config = FAMILIES[name](**fields)
+  if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR))["params"]
+  elif os.path.isdir(os.path.join(directory, "checkpoints")):
+    params = _run_params(directory, step)
+  else:
+    raise UserError(f"{directory} has {CONFIG_FILE} but neither {PARAMS_DIR}/ nor checkpoints/.")
+  if config.scan_layers:
+    params = layer_stack.unstack_layers(params)
+    config = dataclasses.replace(config, scan_layers=False)
   hf_config = None
   if os.path.exists(os.path.join(directory, HF_CONFIG_FILE)):
     with open(os.path.join(directory, HF_CONFIG_FILE)) as f:
@@ -75,23 +189,23 @@ def load_orbax(directory: str):
 
 
 def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:
-  config, params = hf_llama.load_hf_checkpoint(hf_dir)
+  config, params = load_hf(hf_dir)
   with open(os.path.join(hf_dir, "config.json")) as f:
     hf_config = json.load(f)
   save_orbax(params, config, orbax_dir, hf_config)
-  weights = {"config.json", hf_llama.SINGLE_FILE, hf_llama.INDEX_FILE}
-  for name in sorted(os.listdir(hf_dir)):
-    path = os.path.join(hf_dir, name)
-    if os.path.isfile(path) and name not in weights and not name.endswith(".safetensors"):
-      os.makedirs(os.path.join(orbax_dir, HF_FILES_DIR), exist_ok=True)
-      shutil.copy(path, os.path.join(orbax_dir, HF_FILES_DIR, name))
+  _copy_hf_files(hf_dir, orbax_dir)
 
 
-def orbax_to_hf(orbax_dir: str, hf_dir: str, max_shard_bytes: int | None = None) -> None:
-  config, params, hf_config = load_orbax(orbax_dir)
-  extra = {k: v for k, v in (hf_config or {}).items() if k not in _DERIVED_HF_KEYS}
-  hf_llama.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
-                              extra_config=extra)
+def orbax_to_hf(orbax_dir: str, hf_dir: str, max_shard_bytes: int | None = None,
+                step: int | None = None) -> None:
+  config, params, hf_config = load_orbax(orbax_dir, step)
+  if isinstance(config, T5Config):
+    hf_t5.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
+                             hf_config=hf_config)
+  else:
+    extra = {k: v for k, v in (hf_config or {}).items() if k not in _DERIVED_HF_KEYS}
+    hf_llama.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
+                                extra_config=extra)
   source = os.path.join(orbax_dir, HF_FILES_DIR)
   if os.path.isdir(source):
     shutil.copytree(source, hf_dir, dirs_exist_ok=True)
@@ -102,7 +216,7 @@ def main(argv) -> None:
   if FLAGS.from_hf and FLAGS.to_orbax and not (FLAGS.from_orbax or FLAGS.to_hf):
     hf_to_orbax(FLAGS.from_hf, FLAGS.to_orbax)
   elif FLAGS.from_orbax and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to_orbax):
-    orbax_to_hf(FLAGS.from_orbax, FLAGS.to_hf, FLAGS.max_shard_bytes)
+    orbax_to_hf(FLAGS.from_orbax, FLAGS.to_hf, FLAGS.max_shard_bytes, FLAGS.step)
   else:
     raise UserError("give either --from_hf with --to_orbax, or --from_orbax with --to_hf.")
 

@@ -32,12 +32,12 @@ import numpy as np
 
 from flan_jax.errors import UserError
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.safetensors_io import (  # noqa: F401  (file names re-exported)
+    INDEX_FILE, SINGLE_FILE, TensorReader, get_path, set_path, tensor_files, write_tensors)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                 "Qwen2ForCausalLM": "qwen2"}
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 Params = dict[str, Any]
 
@@ -194,45 +194,17 @@ def _tensor_specs(config: DecoderConfig) -> list[_Spec]:
   return specs
 
 
-def _open_tensors(directory: str) -> dict[str, str]:
-  """Tensor name -> the safetensors file holding it."""
-  index_path = os.path.join(directory, INDEX_FILE)
-  if os.path.exists(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f)["weight_map"]
-    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
-  single = os.path.join(directory, SINGLE_FILE)
-  if not os.path.exists(single):
-    raise UserError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}.")
-  from safetensors import safe_open
-  with safe_open(single, framework="flax") as f:
-    return {name: single for name in f.keys()}
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _get(tree, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfig, Params]:
   """(config, params) from a Hugging Face checkpoint directory.
 
   Params are numpy arrays in `config.param_dtype` (float32 unless overridden).
   """
-  from safetensors import safe_open  # optional dependency: only needed here
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
   with open(config_path) as f:
     config = config_from_hf(json.load(f), **config_overrides)
-  files = _open_tensors(directory)
+  files = tensor_files(directory)
   specs = _tensor_specs(config)
   missing = [s.hf_name for s in specs if s.hf_name not in files]
   if missing:
@@ -245,22 +217,14 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
                     f"{unused[:5]}.")
 
   params: Params = {}
-  handles: dict[str, Any] = {}
-  try:
+  with TensorReader(files) as reader:
     for spec in specs:
-      path = files[spec.hf_name]
-      if path not in handles:
-        handles[path] = safe_open(path, framework="flax").__enter__()
-      # Through jax (not numpy) so bfloat16 checkpoints read too.
-      tensor = np.asarray(handles[path].get_tensor(spec.hf_name))
+      tensor = reader.get(spec.hf_name)
       if tuple(tensor.shape) != spec.hf_shape:
         raise UserError(
             f"tensor {spec.hf_name}: expected shape {spec.hf_shape} (from config.json), "
             f"found {tuple(tensor.shape)}.")
-      _set(params, spec.path, spec.to_ours(tensor.astype(jnp.dtype(config.param_dtype))))
-  finally:
-    for handle in handles.values():
-      handle.__exit__(None, None, None)
+      set_path(params, spec.path, spec.to_ours(tensor.astype(jnp.dtype(config.param_dtype))))
   return config, params
 
 
@@ -274,11 +238,10 @@ def save_hf_checkpoint(params: Params, config: DecoderConfig, directory: str,
   With `max_shard_bytes`, tensors are split into shards of at most that size (a
   single larger tensor gets a shard of its own) plus the index transformers reads.
   """
-  from safetensors.flax import save_file
   os.makedirs(directory, exist_ok=True)
   tensors: dict[str, np.ndarray] = {}
   for spec in _tensor_specs(config):
-    value = np.asarray(_get(params, spec.path))
+    value = np.asarray(get_path(params, spec.path))
     if dtype is not None:
       value = value.astype(jnp.dtype(dtype))
     tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(value))
@@ -287,27 +250,4 @@ def save_hf_checkpoint(params: Params, config: DecoderConfig, directory: str,
   hf_config.update(extra_config or {})
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
-
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  for name, value in tensors.items():
-    if max_shard_bytes is not None and shards[-1] and size + value.nbytes > max_shard_bytes:
-      shards.append({})
-      size = 0
-    shards[-1][name] = value
-    size += value.nbytes
-  # transformers refuses safetensors without a known "format" in their metadata.
-  write = lambda shard, file: save_file({k: jnp.asarray(v) for k, v in shard.items()},
-                                        os.path.join(directory, file), metadata={"format": "pt"})
-  if len(shards) == 1:
-    write(shards[0], SINGLE_FILE)
-    return
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    write(shard, file)
-    weight_map.update({name: file for name in shard})
-  index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
-           "weight_map": weight_map}
-  with open(os.path.join(directory, INDEX_FILE), "w") as f:
-    json.dump(index, f, indent=2)
+  write_tensors(tensors, directory, max_shard_bytes)

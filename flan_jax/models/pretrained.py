@@ -1,23 +1,26 @@
 """Starting weights from a pretrained checkpoint: a Hugging Face directory or our orbax one.
 
 `load_pretrained(path)` looks at what the directory holds: `config.json` and
-safetensors (Hugging Face; `hf_llama`) or `flan_jax_config.json` and `params/` (the
-orbax layout `python -m flan_jax.models.convert --to_orbax` writes). Either way the
-checkpoint decides the architecture; the caller checks that its tasks' vocabulary is
-the one the model was trained with.
+safetensors (Hugging Face; `hf_llama` for Llama/Mistral/Qwen2, `hf_t5` for T5,
+chosen by config.json's "architectures") or `flan_jax_config.json` and `params/`
+(the orbax layout `python -m flan_jax.models.convert --to_orbax` writes, whose
+"family" says which). Either way the checkpoint decides the architecture, and
+with it the config class: `DecoderConfig` or `T5Config`. Params come unscanned.
+The caller checks that its tasks' vocabulary is the one the model was trained with.
 """
 
 import os
 
 from flan_jax.errors import UserError
-from flan_jax.models import convert, hf_llama
+from flan_jax.models import convert
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.t5 import T5Config
 
 
-def load_pretrained(path: str) -> tuple[DecoderConfig, dict]:
+def load_pretrained(path: str) -> tuple[DecoderConfig | T5Config, dict]:
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(os.path.join(path, "config.json")):
-    return hf_llama.load_hf_checkpoint(path)
+    return convert.load_hf(path)
   if os.path.isfile(os.path.join(path, convert.CONFIG_FILE)):
     config, params, _ = convert.load_orbax(path)
     return config, params

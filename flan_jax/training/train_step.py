@@ -15,30 +15,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 
 Batch = Mapping[str, Any]
+Lengths = Mapping[str, int]
 
 
 class TrainState(flax.struct.PyTreeNode):
   step: jnp.ndarray
   params: Any
   opt_state: Any
-
-
-def decoder_inputs(batch: Batch):
-  """(tokens, positions, segment_ids, prefix) from seqio's prefix-LM features.
-
-  Unpacked batches have no segment ids or positions: every row is one example.
-  """
-  tokens = batch["decoder_input_tokens"]
-  segment_ids = batch.get("decoder_segment_ids")
-  if segment_ids is None:
-    segment_ids = jnp.ones_like(tokens)
-  positions = batch.get("decoder_positions")
-  if positions is None:
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  return tokens, positions, segment_ids, batch["decoder_causal_attention"]
 
 
 def token_losses(logits_BxLxV, targets_BxL, z_loss: float):
@@ -48,28 +35,28 @@ def token_losses(logits_BxLxV, targets_BxL, z_loss: float):
   return log_z - target_logit, z_loss * jnp.square(log_z)
 
 
-def per_token_loss(model: nn.Module, params, batch: Batch) -> jnp.ndarray:
-  """Cross-entropy of every position ([B, L]); callers apply the loss weights."""
-  logits, _ = model.apply({"params": params}, *decoder_inputs(batch))
-  return token_losses(logits, batch["decoder_target_tokens"], 0.0)[0]
+def per_token_loss(model: ModelFamily, params, batch: Batch) -> jnp.ndarray:
+  """Cross-entropy of every target position ([B, L]); callers apply the loss weights."""
+  return token_losses(model.logits(params, batch), batch["decoder_target_tokens"], 0.0)[0]
 
 
-def dummy_inputs(length: int):
-  zeros = jnp.zeros((1, length), jnp.int32)
-  return zeros, zeros, zeros, zeros
+def init_params(model: ModelFamily, rng, lengths: Lengths):
+  """Random parameters (unboxed), for the given task feature lengths."""
+  return nn.meta.unbox(model.init(rng, lengths)["params"])
 
 
-def _state_initializer(model: nn.Module, optimizer: optax.GradientTransformation, length: int):
+def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformation,
+                       lengths: Lengths):
   def init(rng) -> TrainState:
-    params = nn.meta.unbox(model.init(rng, *dummy_inputs(length))["params"])
+    params = init_params(model, rng, lengths)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
   return init
 
 
-def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    length: int) -> TrainState:
+def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    lengths: Lengths) -> TrainState:
   """NamedShardings for every leaf of the train state, from the parameters' logical axes."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(length))["params"])
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), lengths)["params"])
   param_shardings = nn.logical_to_mesh_sharding(
       nn.get_partition_spec(boxed), mesh, mesh_lib.LOGICAL_AXIS_RULES)
   abstract_opt_state = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
@@ -81,13 +68,13 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, m
   return TrainState(step=mesh_lib.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
 
 
-def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                     length: int, seed: int, params=None) -> tuple[TrainState, TrainState]:
+def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
+                     lengths: Lengths, seed: int, params=None) -> tuple[TrainState, TrainState]:
   """A step-0 state in its sharded layout (random, or from `params`), and its shardings."""
-  shardings = state_shardings(model, optimizer, mesh, length)
+  shardings = state_shardings(model, optimizer, mesh, lengths)
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
     if params is None:
-      init = _state_initializer(model, optimizer, length)
+      init = _state_initializer(model, optimizer, lengths)
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
     else:
       params = jax.device_put(params, shardings.params)
@@ -96,15 +83,15 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
   return state, shardings
 
 
-def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
-                         shardings: TrainState, length: int) -> TrainState:
+def abstract_train_state(model: ModelFamily, optimizer: optax.GradientTransformation,
+                         shardings: TrainState, lengths: Lengths) -> TrainState:
   """Shapes, dtypes and shardings of the state, to restore a checkpoint into."""
-  shapes = jax.eval_shape(_state_initializer(model, optimizer, length), jax.random.key(0))
+  shapes = jax.eval_shape(_state_initializer(model, optimizer, lengths), jax.random.key(0))
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, shardings)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
+def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState, z_loss: float = 1e-4) -> Callable:
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated."""
 
@@ -113,7 +100,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, m
     num_targets = jnp.maximum(weights.sum(), 1.0)
 
     def loss_fn(params):
-      logits, _ = model.apply({"params": params}, *decoder_inputs(batch))
+      logits = model.logits(params, batch)
       ce, z = token_losses(logits, batch["decoder_target_tokens"], z_loss)
       ce_mean = (ce * weights).sum() / num_targets
       z_mean = (z * weights).sum() / num_targets

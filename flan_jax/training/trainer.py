@@ -8,13 +8,13 @@ with the same parameters as one that ran straight through.
 
 import dataclasses
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
-import flax.linen as nn
 import jax
 import numpy as np
 import tqdm
 
+from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import train_step as step_lib
@@ -37,13 +37,19 @@ class TrainerConfig:
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
-  ids = batch.get("decoder_segment_ids", batch["decoder_target_tokens"])
-  return int(np.count_nonzero(ids))
+  """Tokens the model read: the decoder's, plus the encoder's for an encoder-decoder."""
+  total = 0
+  for side in ("encoder", "decoder"):
+    ids = batch.get(f"{side}_segment_ids", batch.get(f"{side}_input_tokens"))
+    if side == "decoder" and "decoder_segment_ids" not in batch:
+      ids = batch["decoder_target_tokens"]
+    total += 0 if ids is None else int(np.count_nonzero(ids))
+  return total
 
 
-def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
+def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
-          sequence_length: int, initial_params=None) -> step_lib.TrainState:
+          task_feature_lengths: Mapping[str, int], initial_params=None) -> step_lib.TrainState:
   """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
   A fresh run starts from `initial_params` (pretrained weights) when given, else from
@@ -55,12 +61,12 @@ def train(model: nn.Module, optimizer_config: optimizer_lib.OptimizerConfig,
   checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.keep_checkpoints)
   latest = checkpointer.latest_step()
   if latest is None:
-    state, shardings = step_lib.init_train_state(model, optimizer, mesh, sequence_length,
+    state, shardings = step_lib.init_train_state(model, optimizer, mesh, task_feature_lengths,
                                                  config.seed, params=initial_params)
   else:
-    shardings = step_lib.state_shardings(model, optimizer, mesh, sequence_length)
+    shardings = step_lib.state_shardings(model, optimizer, mesh, task_feature_lengths)
     state = checkpointer.restore(
-        latest, step_lib.abstract_train_state(model, optimizer, shardings, sequence_length))
+        latest, step_lib.abstract_train_state(model, optimizer, shardings, task_feature_lengths))
   start = int(state.step)
   if start >= config.train_steps:
     checkpointer.close()

@@ -1,0 +1,127 @@
+"""What the trainer and evaluator need from a model, for each family.
+
+The decoder-only family reads a prefix-LM row (prompt then answer in one sequence);
+the encoder-decoder family (T5) reads the prompt with its encoder and writes the
+answer with its decoder. Everything family-specific about turning a batch of seqio
+features into logits, initialising parameters, laying out prompts for generation
+and packing training rows lives here, so the train step, the trainer and the
+evaluator are written once.
+
+Both families' batches share the target-side features (`decoder_target_tokens`,
+`decoder_loss_weights`), so the loss is computed the same way for both.
+"""
+
+import dataclasses
+from typing import Any, Mapping, Union
+
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.evaluation import decoding
+from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.models.t5 import T5, T5Config
+
+Batch = Mapping[str, Any]
+Lengths = Mapping[str, int]
+
+
+def _ones_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray:
+  value = batch.get(key)
+  return jnp.ones_like(like) if value is None else value
+
+
+def _arange_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray:
+  value = batch.get(key)
+  return jnp.broadcast_to(jnp.arange(like.shape[1]), like.shape) if value is None else value
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnly:
+  """A prefix-LM over [BOS] + inputs + targets, attending bidirectionally over the prompt.
+
+  `bos_id` starts every row: 0 for our own vocabularies (as seqio's PrefixLM
+  converter does), the tokenizer's BOS for pretrained checkpoints (1 for Llama's
+  SentencePiece, where 0 is <unk>).
+  """
+  config: DecoderConfig
+  bos_id: int = 0
+  encoder_decoder = False
+
+  @property
+  def module(self) -> Decoder:
+    return Decoder(self.config)
+
+  def sequence_lengths(self, task_feature_lengths: Lengths) -> dict[str, int]:
+    return {"decoder": task_feature_lengths["inputs"] + task_feature_lengths["targets"]}
+
+  def example_batch(self, task_feature_lengths: Lengths) -> dict[str, np.ndarray]:
+    zeros = np.zeros((1, self.sequence_lengths(task_feature_lengths)["decoder"]), np.int32)
+    return {"decoder_input_tokens": zeros, "decoder_segment_ids": zeros,
+            "decoder_positions": zeros, "decoder_causal_attention": zeros}
+
+  def init(self, rng, task_feature_lengths: Lengths):
+    return self.module.init(rng, *self.inputs(self.example_batch(task_feature_lengths)))
+
+  def inputs(self, batch: Batch) -> tuple:
+    """(tokens, positions, segment_ids, prefix); unpacked batches are one example per row."""
+    tokens = batch["decoder_input_tokens"]
+    return (tokens, _arange_if_missing(batch, "decoder_positions", tokens),
+            _ones_if_missing(batch, "decoder_segment_ids", tokens),
+            batch["decoder_causal_attention"])
+
+  def logits(self, params, batch: Batch) -> jnp.ndarray:
+    return self.module.apply({"params": params}, *self.inputs(batch))[0]
+
+  def prompt_prefix(self) -> list[int]:
+    return [self.bos_id]
+
+  def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
+    return decoding.make_greedy_generate(self.module, params, max_new_tokens, eos_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+  """T5: the encoder reads the inputs, the decoder starts from 0 and writes the targets."""
+  config: T5Config
+  encoder_decoder = True
+
+  @property
+  def module(self) -> T5:
+    return T5(self.config)
+
+  def sequence_lengths(self, task_feature_lengths: Lengths) -> dict[str, int]:
+    return {"encoder": task_feature_lengths["inputs"], "decoder": task_feature_lengths["targets"]}
+
+  def example_batch(self, task_feature_lengths: Lengths) -> dict[str, np.ndarray]:
+    lengths = self.sequence_lengths(task_feature_lengths)
+    return {"encoder_input_tokens": np.zeros((1, lengths["encoder"]), np.int32),
+            "decoder_input_tokens": np.zeros((1, lengths["decoder"]), np.int32)}
+
+  def init(self, rng, task_feature_lengths: Lengths):
+    batch = self.example_batch(task_feature_lengths)
+    return self.module.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+
+  def logits(self, params, batch: Batch) -> jnp.ndarray:
+    return self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        encoder_segment_ids=batch.get("encoder_segment_ids"),
+        decoder_segment_ids=batch.get("decoder_segment_ids"),
+        encoder_positions=batch.get("encoder_positions"),
+        decoder_positions=batch.get("decoder_positions"))
+
+  def prompt_prefix(self) -> list[int]:
+    return []
+
+  def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
+    return decoding.make_encoder_decoder_generate(self.module, params, max_new_tokens, eos_id)
+
+
+ModelFamily = Union[DecoderOnly, EncoderDecoder]
+
+
+def family_for(config: DecoderConfig | T5Config, bos_id: int | None = None) -> ModelFamily:
+  if isinstance(config, T5Config):
+    return EncoderDecoder(config)
+  if isinstance(config, DecoderConfig):
+    return DecoderOnly(config, bos_id=bos_id or 0)
+  raise TypeError(f"no model family for {type(config).__name__}")

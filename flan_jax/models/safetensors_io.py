@@ -1,0 +1,109 @@
+"""Reading and writing Hugging Face safetensors checkpoints, whatever the architecture.
+
+A checkpoint directory holds either one `model.safetensors` or shards listed in
+`model.safetensors.index.json`. The architecture modules (`hf_llama`, `hf_t5`)
+map tensor names to our parameter tree; this module only moves tensors. Nothing
+here imports torch or transformers.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.errors import UserError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def tensor_files(directory: str) -> dict[str, str]:
+  """Tensor name -> the safetensors file holding it."""
+  index_path = os.path.join(directory, INDEX_FILE)
+  if os.path.exists(index_path):
+    with open(index_path) as f:
+      weight_map = json.load(f)["weight_map"]
+    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
+  single = os.path.join(directory, SINGLE_FILE)
+  if not os.path.exists(single):
+    raise UserError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}.")
+  from safetensors import safe_open
+  with safe_open(single, framework="flax") as f:
+    return {name: single for name in f.keys()}
+
+
+class TensorReader:
+  """Reads tensors by name from the files `tensor_files` found, keeping each file open once.
+
+      with TensorReader(files) as reader:
+        array = reader.get("model.norm.weight")
+  """
+
+  def __init__(self, files: dict[str, str]):
+    self._files = files
+    self._handles: dict[str, Any] = {}
+
+  def __enter__(self) -> "TensorReader":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for handle in self._handles.values():
+      handle.__exit__(None, None, None)
+    self._handles.clear()
+
+  def get(self, name: str) -> np.ndarray:
+    from safetensors import safe_open  # optional dependency: only needed here
+    path = self._files[name]
+    if path not in self._handles:
+      self._handles[path] = safe_open(path, framework="flax").__enter__()
+    # Through jax (not numpy) so bfloat16 checkpoints read too.
+    return np.asarray(self._handles[path].get_tensor(name))
+
+
+def write_tensors(tensors: dict[str, np.ndarray], directory: str,
+                  max_shard_bytes: int | None = None) -> None:
+  """Writes `tensors` as one model.safetensors or, with `max_shard_bytes`, as shards.
+
+  A shard holds at most `max_shard_bytes` (a single larger tensor gets a shard of
+  its own); the index transformers reads lists which shard has which tensor.
+  """
+  from safetensors.flax import save_file
+  os.makedirs(directory, exist_ok=True)
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, value in tensors.items():
+    if max_shard_bytes is not None and shards[-1] and size + value.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = value
+    size += value.nbytes
+  # transformers refuses safetensors without a known "format" in their metadata.
+  write = lambda shard, file: save_file({k: jnp.asarray(v) for k, v in shard.items()},
+                                        os.path.join(directory, file), metadata={"format": "pt"})
+  if len(shards) == 1:
+    write(shards[0], SINGLE_FILE)
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    write(shard, file)
+    weight_map.update({name: file for name in shard})
+  index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+           "weight_map": weight_map}
+  with open(os.path.join(directory, INDEX_FILE), "w") as f:
+    json.dump(index, f, indent=2)
+
+
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+  """tree[path[0]][path[1]]... = value, creating the dicts on the way."""
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def get_path(tree, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree

@@ -1,0 +1,366 @@
+"""The T5 v1.1 encoder-decoder (also original T5 and Flan-T5), the Flan papers' main model.
+
+What sets T5 apart from our Llama-style `decoder`, and why it matters here:
+
+- RMSNorm before every sub-layer (no mean subtraction), no biases anywhere.
+- No 1/sqrt(head_dim) scaling of the attention logits: T5 folds it into the query
+  initialisation instead, so checkpoints only match with `scale=1.0`.
+- Positions enter only as a learned relative position bias added to the logits: a
+  table [buckets, heads] per stack (bidirectional buckets in the encoder, causal in
+  the decoder; cross-attention has none). Hugging Face stores the table in each
+  stack's first layer; conceptually every layer shares it, so ours lives at the
+  stack level (`encoder/relpos_bias`, `decoder/relpos_bias`).
+- Feed-forward: "gated-gelu" (v1.1 / Flan-T5, tanh-approximated GELU), "gated-silu",
+  or "relu" (original T5).
+- v1.1 has a separate output projection. Original T5 ties it to the embedding and
+  scales the decoder output by embed_dim**-0.5 first (`tie_embeddings=True`).
+
+Packed rows (segment ids and segment-local positions from seqio's
+EncDecFeatureConverter) keep examples apart in all three attentions: a query sees
+a key only in the same segment. Padding has segment 0, so padding tokens see each
+other and no softmax row is ever empty.
+
+Decoding uses a functional cache (see `init_cache`) of the decoder self-attention
+keys and values; cross-attention keys and values are recomputed from `encoded` at
+each step, which costs little for short targets and keeps the cache small.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flan_jax.models import layer_stack
+from flan_jax.models.decoder import RMSNorm
+
+Cache = dict[str, Any]
+
+# feed_forward -> (activation, gated). HF calls the tanh-approximated GELU "gelu_new".
+FEED_FORWARDS = {
+    "gated-gelu": (lambda x: jax.nn.gelu(x, approximate=True), True),
+    "gated-silu": (jax.nn.silu, True),
+    "relu": (jax.nn.relu, False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  vocab_size: int = 0  # 0: taken from the task vocabulary at run time
+  # The embedding is padded to a multiple of this, so its vocab axis divides evenly
+  # over a tensor-parallel mesh axis; logits are cut back to `vocab_size`.
+  vocab_pad_multiple: int = 128
+  embed_dim: int = 128
+  num_heads: int = 4
+  head_dim: int = 32
+  mlp_dim: int = 256
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  norm_eps: float = 1e-6
+  feed_forward: str = "gated-gelu"
+  # True: original T5, the output projection is the embedding (after scaling the
+  # decoder output by embed_dim**-0.5). False: v1.1 / Flan-T5, a separate lm_head.
+  tie_embeddings: bool = False
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
+  remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
+
+  def __post_init__(self):
+    if self.feed_forward not in FEED_FORWARDS:
+      raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
+    layer_stack.check_remat_policy(self.remat_policy)
+
+
+def _init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: float = 1.0):
+  """Fan-in scaled truncated normal over `in_axes` (variance `scale`/fan_in), with axis names."""
+  out_axes = tuple(i for i in range(len(axes)) if i not in in_axes)
+  init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
+                                          in_axis=in_axes, out_axis=out_axes)
+  return nn.with_logical_partitioning(init, axes)
+
+
+def relative_position_buckets(relative_position, bidirectional: bool, num_buckets: int,
+                              max_distance: int):
+  """T5's bucket of each relative position (key position - query position).
+
+  Half the buckets count exact distances, the other half grow logarithmically up
+  to `max_distance`; bidirectional buckets split the table between keys before
+  and after the query, causal ones only count keys before it. The float32
+  arithmetic follows Hugging Face's, whose truncation decides the exact-boundary
+  distances (e.g. 16, 32, 64).
+  """
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # max(., 1): log(0) is never used (is_small) but would turn into a garbage integer.
+  log_ratio = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+               / math.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, large)
+
+
+def position_bias(table_NxH, q_positions_BxQ, k_positions_BxK, bidirectional: bool,
+                  config: T5Config):
+  """The relative position bias [B, H, Q, K] (float32) for the given positions.
+
+  Batch dimensions of 1 broadcast: positions shared by all rows give one bias.
+  """
+  relative = k_positions_BxK[:, None, :] - q_positions_BxQ[:, :, None]
+  buckets = relative_position_buckets(relative, bidirectional,
+                                      config.relative_attention_num_buckets,
+                                      config.relative_attention_max_distance)
+  bias_BxQxKxH = jnp.take(table_NxH.astype(jnp.float32), buckets, axis=0)
+  return jnp.transpose(bias_BxQxKxH, (0, 3, 1, 2))
+
+
+def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_positions_BxK=None):
+  """Boolean [B, 1, Q, K]: same segment and, given positions, key not after query."""
+  mask = q_segment_ids_BxQ[:, :, None] == k_segment_ids_BxK[:, None, :]
+  if q_positions_BxQ is not None:
+    mask = mask & (k_positions_BxK[:, None, :] <= q_positions_BxQ[:, :, None])
+  return mask[:, None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention of queries from x over keys/values from `source` (x itself or encoded)."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_BxQxE, source_BxKxE, mask, bias, layer_cache=None, cache_index=None):
+    cfg = self.config
+    E, H, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    weight = lambda name, init, shape: self.param(
+        name, init, shape, cfg.param_dtype).astype(cfg.dtype)
+    # The 1/sqrt(head_dim) that other transformers apply to the logits is folded into
+    # the query's initial scale: T5 never scales the logits.
+    w_q_ExHxD = weight("query", _init(("embed", "heads", "kv"), scale=1.0 / D), (E, H, D))
+    w_k_ExHxD = weight("key", _init(("embed", "heads", "kv")), (E, H, D))
+    w_v_ExHxD = weight("value", _init(("embed", "heads", "kv")), (E, H, D))
+    w_o_HxDxE = weight("out", _init(("heads", "kv", "embed"), in_axes=(0, 1)), (H, D, E))
+
+    q = jnp.einsum("ble,ehd->blhd", x_BxQxE, w_q_ExHxD)
+    k = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_k_ExHxD)
+    v = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_v_ExHxD)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    if layer_cache is not None:
+      write = lambda buffer, new: jax.lax.dynamic_update_slice(
+          buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
+      k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
+      layer_cache = {"k": k, "v": v}
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
+                                       mask=mask, scale=1.0)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
+
+
+class MLP(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_BxLxE):
+    cfg = self.config
+    activation, gated = FEED_FORWARDS[cfg.feed_forward]
+    dense = lambda features, axes, name: nn.Dense(
+        features, use_bias=False, kernel_init=_init(axes), dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, name=name)
+    # Gated: activation(gate) * up (HF wi_0, wi_1); plain: activation(up) (HF wi).
+    hidden = activation(dense(cfg.mlp_dim, ("embed", "mlp"), "gate" if gated else "up")(x_BxLxE))
+    if gated:
+      hidden = hidden * dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_BxLxE)
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    return dense(cfg.embed_dim, ("mlp", "embed"), "down")(hidden)
+
+
+def _norm(cfg: T5Config, name: str) -> RMSNorm:
+  return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+
+
+class EncoderBlock(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, mask, bias, layer_state):
+    cfg = self.config
+    normed = _norm(cfg, "attention_norm")(x)
+    attended, _ = Attention(cfg, name="attention")(normed, normed, mask, bias)
+    x = x + attended
+    x = x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_state
+
+
+class DecoderBlock(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, encoded, self_mask, self_bias, cross_mask, cache_index, layer_cache):
+    cfg = self.config
+    normed = _norm(cfg, "self_attention_norm")(x)
+    attended, layer_cache = Attention(cfg, name="self_attention")(
+        normed, normed, self_mask, self_bias, layer_cache, cache_index)
+    x = x + attended
+    attended, _ = Attention(cfg, name="cross_attention")(
+        _norm(cfg, "cross_attention_norm")(x), encoded, cross_mask, None)
+    x = x + attended
+    x = x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
+
+
+def _relpos_table(module: nn.Module, cfg: T5Config):
+  init = nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), ("relpos_buckets", "heads"))
+  return module.param("relpos_bias", init, (cfg.relative_attention_num_buckets, cfg.num_heads),
+                      cfg.param_dtype)
+
+
+class EncoderStack(nn.Module):
+  """Embedded inputs [B, L, E] -> encoded [B, L, E] (after the final norm)."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, segment_ids_BxL, positions_BxL):
+    cfg = self.config
+    bias = position_bias(_relpos_table(self, cfg), positions_BxL, positions_BxL, True, cfg)
+    mask = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    x, _ = layer_stack.apply_layers(
+        EncoderBlock, cfg, x, (mask, bias), None, num_layers=cfg.num_encoder_layers,
+        scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
+    return _norm(cfg, "final_norm")(x)
+
+
+class DecoderStack(nn.Module):
+  """Embedded targets [B, L, E] + encoded inputs -> hidden states [B, L, E], new cache."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, encoded, encoder_segment_ids, segment_ids, positions, cache):
+    cfg = self.config
+    table = _relpos_table(self, cfg)
+    if cache is None:
+      per_layer, cache_index = None, None
+      self_mask = segment_mask(segment_ids, segment_ids, positions, positions)
+      self_bias = position_bias(table, positions, positions, False, cfg)
+    else:
+      # Cache slot j holds the token at position j, so causality over slots also
+      # hides the slots not yet written.
+      per_layer, cache_index = cache["layers"], cache["index"]
+      length = jax.tree.leaves(per_layer)[0].shape[-3]
+      slots = jnp.arange(length)[None, :]
+      self_mask = (slots[:, None, :] <= positions[:, :, None])[:, None]
+      self_bias = position_bias(table, positions, slots, False, cfg)
+    cross_mask = segment_mask(segment_ids, encoder_segment_ids)
+    x, per_layer = layer_stack.apply_layers(
+        DecoderBlock, cfg, x, (encoded, self_mask, self_bias, cross_mask, cache_index), per_layer,
+        num_layers=cfg.num_decoder_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
+    x = _norm(cfg, "final_norm")(x)
+    if cache is None:
+      return x, None
+    return x, {"layers": per_layer, "index": cache_index + x.shape[1]}
+
+
+class T5(nn.Module):
+  """Encoder-decoder: `__call__` for training, `encode` then `decode` (with a cache) for inference.
+
+  Token id 0 is padding in the encoder (and the decoder's start token). Segment
+  ids default to "one example per row" (encoder: token != 0), positions to 0, 1, ...
+  """
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    # T5 does not scale its embedding, so it starts at unit variance.
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
+    self.encoder = EncoderStack(cfg)
+    self.decoder = DecoderStack(cfg)
+    if not cfg.tie_embeddings:
+      self.lm_head = nn.Dense(cfg.padded_vocab_size, use_bias=False,
+                              kernel_init=_init(("embed", "vocab")), dtype=cfg.dtype,
+                              param_dtype=cfg.param_dtype)
+
+  def _embed(self, tokens_BxL):
+    x = jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.config.dtype)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def __call__(self, encoder_tokens, decoder_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, encoder_positions=None, decoder_positions=None):
+    """Teacher-forced logits [B, Ld, vocab_size] (float32)."""
+    if encoder_segment_ids is None:
+      encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
+    encoded = self.encode(encoder_tokens, encoder_segment_ids, encoder_positions)
+    logits, _ = self.decode(encoded, encoder_segment_ids, decoder_tokens, decoder_segment_ids,
+                            decoder_positions)
+    return logits
+
+  def encode(self, encoder_tokens, encoder_segment_ids=None, encoder_positions=None):
+    """Encoded inputs [B, Le, E] in the compute dtype."""
+    if encoder_segment_ids is None:
+      encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
+    if encoder_positions is None:
+      encoder_positions = jnp.arange(encoder_tokens.shape[1])[None, :]  # one bias for all rows
+    return self.encoder(self._embed(encoder_tokens), encoder_segment_ids, encoder_positions)
+
+  def decode(self, encoded, encoder_segment_ids, decoder_tokens, decoder_segment_ids=None,
+             decoder_positions=None, cache: Cache | None = None):
+    """(logits [B, Ld, vocab_size] float32, new cache or None).
+
+    `encoder_segment_ids` must be the ones `encode` used (None: no encoder padding).
+    With a cache, `decoder_tokens` go into slots index, index + 1, ... and their
+    positions default to those slot numbers; self-attention is then causal over
+    the written slots (one example per row), while `decoder_segment_ids` still
+    select what cross-attention sees.
+    """
+    batch, length = decoder_tokens.shape
+    if encoder_segment_ids is None:
+      encoder_segment_ids = jnp.ones(encoded.shape[:2], jnp.int32)
+    if decoder_segment_ids is None:
+      decoder_segment_ids = jnp.ones((batch, length), jnp.int32)
+    if decoder_positions is None:
+      start = 0 if cache is None else cache["index"]
+      decoder_positions = jnp.broadcast_to(start + jnp.arange(length)[None, :], (batch, length))
+    x, new_cache = self.decoder(self._embed(decoder_tokens), encoded, encoder_segment_ids,
+                                decoder_segment_ids, decoder_positions, cache)
+    return self._logits(x), new_cache
+
+  def _logits(self, x_BxLxE):
+    cfg = self.config
+    if cfg.tie_embeddings:
+      # Original T5 rescales before reusing the (unit-variance) embedding as the output layer.
+      x_BxLxE = x_BxLxE * (cfg.embed_dim ** -0.5)
+      logits = jnp.einsum("ble,ve->blv", x_BxLxE, self.embedding.astype(cfg.dtype))
+    else:
+      logits = self.lm_head(x_BxLxE)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return logits[..., :cfg.vocab_size]
+
+
+def init_cache(config: T5Config, batch_size: int, length: int) -> Cache:
+  """An empty decoder self-attention cache for `length` target tokens.
+
+  {"layers": per-layer {"k", "v"} [B, length, H, D] (a tuple of one dict per layer,
+  or with `scan_layers` one dict with a leading layer axis), "index": next slot}.
+  """
+  shape = (batch_size, length, config.num_heads, config.head_dim)
+  if config.scan_layers:
+    shape = (config.num_decoder_layers,) + shape
+    layers = {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+  else:
+    layers = tuple({"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+                   for _ in range(config.num_decoder_layers))
+  return {"layers": layers, "index": jnp.zeros((), jnp.int32)}
