@@ -41,3 +41,17 @@ def test_cached_keys_by_position_not_slot():
   kv = [np.array([[0, 1, 1, 1, 0]]), np.array([[0, 0, 1, 2, 0]]), np.array([[0, 1, 1, 0, 0]])]
   mask = np.asarray(make_attention_mask(*q, *kv))[0, 0, 0]
   np.testing.assert_array_equal(mask, [False, True, True, True, False])
+
+
+def test_the_attention_implementation_is_checked_in_both_model_configs():
+  import dataclasses
+
+  import pytest
+
+  from flan_jax.models.t5 import T5Config
+  from tiny import TINY_DECODER
+
+  for config in (TINY_DECODER, T5Config()):
+    assert dataclasses.replace(config, attention_implementation="cudnn")  # accepted
+    with pytest.raises(ValueError, match=r"'xla', 'cudnn'"):
+      dataclasses.replace(config, attention_implementation="flash")

@@ -23,10 +23,12 @@ import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from flan_jax.errors import UserError  # noqa: E402
+from flan_jax.evaluation.decoding import make_encoder_decoder_generate  # noqa: E402
+from flan_jax.evaluation.evaluator import left_pad_prompts  # noqa: E402
 from flan_jax.models import convert, hf_t5, layer_stack  # noqa: E402
 from flan_jax.models.decoder import DecoderConfig  # noqa: E402
 from flan_jax.models.pretrained import load_pretrained  # noqa: E402
-from flan_jax.models.t5 import T5, T5Config, init_cache  # noqa: E402
+from flan_jax.models.t5 import T5, T5Config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Few buckets and a short max distance, so 12-token inputs reach the logarithmic buckets;
@@ -140,24 +142,11 @@ def test_our_export_gives_transformers_the_same_logits(kind, shard, scan, tmp_pa
 
 
 def greedy(config: T5Config, params, encoder_tokens: np.ndarray, steps: int) -> np.ndarray:
-  """Greedy continuation one token at a time through the decoder cache."""
-  model = T5(config)
-  encoder_segment_ids = (encoder_tokens != 0).astype(np.int32)
-  encoded = jax.jit(lambda p: model.apply({"params": p}, encoder_tokens, method=T5.encode))(params)
-
-  @jax.jit
-  def step(params, token, cache):
-    logits, cache = model.apply({"params": params}, encoded, encoder_segment_ids, token,
-                                cache=cache, method=T5.decode)
-    return jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32), cache
-
-  token = np.zeros((len(encoder_tokens), 1), np.int32)  # decoder start token
-  cache = init_cache(config, len(encoder_tokens), steps)
-  generated = []
-  for _ in range(steps):
-    token, cache = step(params, token, cache)
-    generated.append(np.asarray(token))
-  return np.concatenate(generated, axis=1)
+  """Our evaluator's greedy decoding: prompts left-padded, then encode and a cached decoder."""
+  prompts, mask, _ = left_pad_prompts([row[row != 0] for row in encoder_tokens],
+                                      encoder_tokens.shape[1], prefix=())
+  generate = make_encoder_decoder_generate(T5(config), params, steps, eos_id=-1)
+  return generate(prompts, mask)
 
 
 @pytest.mark.parametrize("kind", ["v1_1", "original"])

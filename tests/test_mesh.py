@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = """
@@ -13,35 +15,43 @@ sys.path.insert(0, "tests")
 import jax
 import flan_jax_tasks.default_mixture
 from flan_jax.data.pipeline import train_batches
-from flan_jax.models.families import DecoderOnly
+from flan_jax.models.families import DecoderOnly, EncoderDecoder
+from flan_jax.models.t5 import T5Config
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig, train
 from tiny import TINY_DECODER
 
 config = TrainerConfig(train_steps=4, log_every=1, mesh_shape=(1, 2, 2), progress_bar=False)
+t5 = sys.argv[2] == "t5"
+# T5 with scanned layers: its stacked parameters gain a replicated leading "layers" axis.
+model = (EncoderDecoder(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
+                                 mlp_dim=64, scan_layers=True))
+         if t5 else DecoderOnly(TINY_DECODER))
 batches = lambda start: train_batches("default_train", {"inputs": 64, "targets": 16}, 8,
-                                      seed=0, skip_batches=start)
-state = train(DecoderOnly(TINY_DECODER), OptimizerConfig(warmup_steps=1), config, batches,
+                                      seed=0, skip_batches=start, encoder_decoder=t5)
+state = train(model, OptimizerConfig(warmup_steps=1), config, batches,
               sys.argv[1], {"inputs": 64, "targets": 16})
+gate = (state.params["decoder"]["layers"] if t5 else state.params["layers_0"])["mlp"]["gate"]
 print(json.dumps({
     "devices": jax.device_count(),
     "embedding": str(tuple(state.params["embedding"].sharding.spec)),
-    "gate": str(tuple(state.params["layers_0"]["mlp"]["gate"]["kernel"].sharding.spec)),
+    "gate": str(tuple(gate["kernel"].sharding.spec)),
     "shards": len(state.params["embedding"].addressable_shards),
 }))
 """
 
 
-def test_parameters_shard_over_fsdp_and_tensor_axes_and_training_runs(tmp_path):
+@pytest.mark.parametrize("family", ["decoder", "t5"])
+def test_parameters_shard_over_fsdp_and_tensor_axes_and_training_runs(family, tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), family], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["devices"] == 4
   assert report["embedding"] == "('tensor', 'fsdp')"  # vocab padded to divide evenly
-  assert report["gate"] == "('fsdp', 'tensor')"
+  assert report["gate"] == ("(None, 'fsdp', 'tensor')" if family == "t5" else "('fsdp', 'tensor')")
   assert report["shards"] == 4
   losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(losses) == 4 and losses[-1] < losses[0]

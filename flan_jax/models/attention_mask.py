@@ -12,6 +12,10 @@ decoding, and a KV cache whose unwritten slots have segment 0. Padding tokens sh
 segment 0 and so see each other: no row is ever fully masked, which keeps softmax
 free of NaNs without a special case. The loss mask is a separate thing and lives
 with the loss.
+
+The mask goes to `jax.nn.dot_product_attention`, whose "cudnn" implementation is
+the fused flash-attention kernel on NVIDIA GPUs; a model config's
+`attention_implementation` chooses it.
 """
 
 import jax.numpy as jnp
@@ -30,3 +34,17 @@ def make_attention_mask(
   causal = kv_positions_BxK[:, None, :] <= q_positions_BxQ[:, :, None]
   both_prefix = q_prefix_BxQ.astype(bool)[:, :, None] & kv_prefix_BxK.astype(bool)[:, None, :]
   return (same_segment & (causal | both_prefix))[:, None, :, :]
+
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def check_attention_implementation(name: str) -> None:
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention_implementation={name!r} is not one of "
+                     f"{ATTENTION_IMPLEMENTATIONS}.")
+
+
+def attention_implementation(config) -> str | None:
+  """The `implementation` argument of jax.nn.dot_product_attention for a model config."""
+  return None if config.attention_implementation == "xla" else config.attention_implementation

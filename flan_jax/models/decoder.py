@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax.models.attention_mask import make_attention_mask
+from flan_jax.models.attention_mask import (attention_implementation,
+                                            check_attention_implementation, make_attention_mask)
 from flan_jax.models.layer_stack import apply_layers, check_remat_policy
 
 Cache = dict[str, Any]
@@ -56,6 +57,9 @@ class DecoderConfig:
   # the backward pass (`layer_stack.REMAT_POLICIES`).
   scan_layers: bool = False
   remat_policy: str = "none"
+  # jax.nn.dot_product_attention's implementation: "xla" runs everywhere; "cudnn" is
+  # the fused flash-attention kernel on NVIDIA GPUs (bf16/fp16 compute only).
+  attention_implementation: str = "xla"
 
   @property
   def padded_vocab_size(self) -> int:
@@ -68,6 +72,7 @@ class DecoderConfig:
     if self.rope_scaling not in ROPE_SCALINGS:
       raise ValueError(f"rope_scaling={self.rope_scaling!r} is not one of {ROPE_SCALINGS}.")
     check_remat_policy(self.remat_policy)
+    check_attention_implementation(self.attention_implementation)
 
 
 def _dense_init(*axes: str, in_axes: tuple[int, ...] = (0,)):
@@ -160,7 +165,8 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
       layer_cache = {"k": k, "v": v}
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                       implementation=attention_implementation(cfg))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
 

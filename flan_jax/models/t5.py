@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax.models import layer_stack
+from flan_jax.models.attention_mask import attention_implementation, check_attention_implementation
 from flan_jax.models.decoder import RMSNorm
 
 Cache = dict[str, Any]
@@ -69,6 +70,7 @@ class T5Config:
   param_dtype: str = "float32"
   scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
   remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
+  attention_implementation: str = "xla"  # or "cudnn"; see DecoderConfig
 
   @property
   def padded_vocab_size(self) -> int:
@@ -78,6 +80,7 @@ class T5Config:
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
     layer_stack.check_remat_policy(self.remat_policy)
+    check_attention_implementation(self.attention_implementation)
 
 
 def _init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: float = 1.0):
@@ -164,7 +167,8 @@ class Attention(nn.Module):
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
       layer_cache = {"k": k, "v": v}
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
-                                       mask=mask, scale=1.0)
+                                       mask=mask, scale=1.0,
+                                       implementation=attention_implementation(cfg))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
 
