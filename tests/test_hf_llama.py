@@ -237,6 +237,8 @@ def test_a_finetuning_run_exports_to_transformers_from_its_model_dir(tmp_path):
       evaluation=EvalConfig(evaluate_seen=False), evaluate_before=False)
   result = convert(f"--from_orbax={run}", f"--to_hf={tmp_path / 'hf'}")
   assert result.returncode == 0, result.stderr
+  result = convert(f"--from_orbax={run}", f"--to_hf={tmp_path / 'nowhere'}", "--step=7")
+  assert result.returncode == 2 and "no finished checkpoint for step 7 (found: [2])" in result.stderr
   config, params, _ = convert_lib.load_orbax(str(run))  # the trained step-2 weights, unstacked
   assert config.vocab_size == 259 and "layers_1" in params
   model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)

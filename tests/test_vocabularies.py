@@ -275,3 +275,22 @@ def test_seqio_task_tokenizes_with_it(tmp_path):
       assert row[key].dtype == np.int32
       assert row[key].tolist() == vocab.encode(ex[key]) + [vocab.eos_id]
       assert vocab.decode(row[key].tolist()) == ex[key]
+
+
+def test_the_library_tokenizes_with_the_starting_checkpoints_own_tokenizer(tmp_path):
+  from flan_jax.train import _library_vocabulary
+
+  hf_dir = tmp_path / "hf"
+  _train_bpe(hf_dir)  # a tokenizer.json (+ its config) beside an HF checkpoint
+  assert isinstance(_library_vocabulary(None, str(hf_dir)), TokenizerJsonVocabulary)
+  # An orbax conversion keeps the tokenizer under hf_files/.
+  orbax_dir = tmp_path / "orbax"
+  shutil.copytree(hf_dir, orbax_dir / "hf_files")
+  assert _library_vocabulary(None, str(orbax_dir)) == _library_vocabulary(None, str(hf_dir))
+  # An explicit path wins; no checkpoint and no path leave the default (bytes).
+  other = tmp_path / "other"
+  _train_bpe(other, corpus=CORPUS[:3], vocab_size=120)
+  assert _library_vocabulary(str(other / "tokenizer.json"), str(hf_dir)) != \
+      _library_vocabulary(None, str(hf_dir))
+  assert _library_vocabulary(None, None) is None
+  assert _library_vocabulary(None, str(tmp_path / "no_tokenizer_here")) is None
