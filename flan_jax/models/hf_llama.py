@@ -22,18 +22,16 @@ export cannot drift apart. Edge cases:
   to `sliding_window` tokens match exactly, longer ones would not.
 """
 
-import dataclasses
-import json
-import os
-from typing import Any, Callable
+from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
+from flan_jax.models import layer_stack
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.safetensors_io import (  # noqa: F401  (file names re-exported)
-    INDEX_FILE, SINGLE_FILE, TensorReader, get_path, set_path, tensor_files, write_tensors)
+    INDEX_FILE, SINGLE_FILE, TensorReader, TensorSpec, export_tensors, read_config_json,
+    read_tensor, same, set_path, tensor_files, write_checkpoint)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
@@ -138,58 +136,46 @@ def config_to_hf(config: DecoderConfig, architecture: str = "LlamaForCausalLM",
   }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  hf_name: str
-  path: tuple[str, ...]  # into our params tree
-  hf_shape: tuple[int, ...]
-  to_ours: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _linear(hf_name: str, path: tuple[str, ...], in_dim: int, heads: int, head_dim: int) -> _Spec:
+def _linear(hf_name: str, path: tuple[str, ...], in_dim: int, heads: int, head_dim: int) -> TensorSpec:
   """A q/k/v projection: HF [heads * head_dim, in_dim] <-> ours [in_dim, heads, head_dim]."""
-  return _Spec(hf_name, path, (heads * head_dim, in_dim),
+  return TensorSpec(hf_name, path, (heads * head_dim, in_dim),
                lambda w: w.T.reshape(in_dim, heads, head_dim),
                lambda w: w.reshape(in_dim, heads * head_dim).T)
 
 
-def _tensor_specs(config: DecoderConfig) -> list[_Spec]:
+def _tensor_specs(config: DecoderConfig) -> list[TensorSpec]:
   E, H, K, D, M = (config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim,
                    config.mlp_dim)
   V, Vp = config.vocab_size, config.padded_vocab_size
   pad_rows = lambda w: np.pad(w, ((0, Vp - V), (0, 0)))
-  identity = lambda w: w
-  specs = [_Spec("model.embed_tokens.weight", ("embedding",), (V, E), pad_rows, lambda w: w[:V])]
+  specs = [TensorSpec("model.embed_tokens.weight", ("embedding",), (V, E), pad_rows, lambda w: w[:V])]
   for i in range(config.num_layers):
     hf, ours = f"model.layers.{i}.", (f"layers_{i}",)
     attention = ours + ("attention",)
     specs += [
-        _Spec(hf + "input_layernorm.weight", ours + ("attention_norm", "scale"), (E,),
-              identity, identity),
-        _Spec(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"), (E,),
-              identity, identity),
+        same(hf + "input_layernorm.weight", ours + ("attention_norm", "scale"), (E,)),
+        same(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"), (E,)),
         _linear(hf + "self_attn.q_proj.weight", attention + ("query",), E, H, D),
         _linear(hf + "self_attn.k_proj.weight", attention + ("key",), E, K, D),
         _linear(hf + "self_attn.v_proj.weight", attention + ("value",), E, K, D),
         # o_proj is [E, H*D]: its transpose [H*D, E] reshapes to our [H, D, E].
-        _Spec(hf + "self_attn.o_proj.weight", attention + ("out",), (E, H * D),
+        TensorSpec(hf + "self_attn.o_proj.weight", attention + ("out",), (E, H * D),
               lambda w: w.T.reshape(H, D, E), lambda w: w.reshape(H * D, E).T),
-        _Spec(hf + "mlp.gate_proj.weight", ours + ("mlp", "gate", "kernel"), (M, E),
+        TensorSpec(hf + "mlp.gate_proj.weight", ours + ("mlp", "gate", "kernel"), (M, E),
               lambda w: w.T, lambda w: w.T),
-        _Spec(hf + "mlp.up_proj.weight", ours + ("mlp", "up", "kernel"), (M, E),
+        TensorSpec(hf + "mlp.up_proj.weight", ours + ("mlp", "up", "kernel"), (M, E),
               lambda w: w.T, lambda w: w.T),
-        _Spec(hf + "mlp.down_proj.weight", ours + ("mlp", "down", "kernel"), (E, M),
+        TensorSpec(hf + "mlp.down_proj.weight", ours + ("mlp", "down", "kernel"), (E, M),
               lambda w: w.T, lambda w: w.T),
     ]
     if config.attention_bias:
       for proj, name, heads in (("q", "query", H), ("k", "key", K), ("v", "value", K)):
-        specs.append(_Spec(hf + f"self_attn.{proj}_proj.bias", attention + (f"{name}_bias",),
+        specs.append(TensorSpec(hf + f"self_attn.{proj}_proj.bias", attention + (f"{name}_bias",),
                            (heads * D,), lambda b, h=heads: b.reshape(h, D),
                            lambda b: b.reshape(-1)))
-  specs.append(_Spec("model.norm.weight", ("final_norm", "scale"), (E,), identity, identity))
+  specs.append(same("model.norm.weight", ("final_norm", "scale"), (E,)))
   if not config.tie_embeddings:
-    specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), (V, E),
+    specs.append(TensorSpec("lm_head.weight", ("lm_head", "kernel"), (V, E),
                        lambda w: pad_rows(w).T, lambda w: w[:, :V].T))
   return specs
 
@@ -199,11 +185,7 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
 
   Params are numpy arrays in `config.param_dtype` (float32 unless overridden).
   """
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
-  with open(config_path) as f:
-    config = config_from_hf(json.load(f), **config_overrides)
+  config = config_from_hf(read_config_json(directory), **config_overrides)
   files = tensor_files(directory)
   specs = _tensor_specs(config)
   missing = [s.hf_name for s in specs if s.hf_name not in files]
@@ -213,18 +195,13 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
   expected = {s.hf_name for s in specs} | {"lm_head.weight"}
   unused = sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq"))
   if unused:
-    raise UserError(f"{directory} has tensors the {config_path} architecture does not use: "
+    raise UserError(f"{directory} has tensors its config.json architecture does not use: "
                     f"{unused[:5]}.")
 
   params: Params = {}
   with TensorReader(files) as reader:
     for spec in specs:
-      tensor = reader.get(spec.hf_name)
-      if tuple(tensor.shape) != spec.hf_shape:
-        raise UserError(
-            f"tensor {spec.hf_name}: expected shape {spec.hf_shape} (from config.json), "
-            f"found {tuple(tensor.shape)}.")
-      set_path(params, spec.path, spec.to_ours(tensor.astype(jnp.dtype(config.param_dtype))))
+      set_path(params, spec.path, read_tensor(reader, spec, config.param_dtype))
   return config, params
 
 
@@ -237,17 +214,11 @@ def save_hf_checkpoint(params: Params, config: DecoderConfig, directory: str,
   keys (e.g. bos/eos token ids, max_position_embeddings) since our config lacks them.
   With `max_shard_bytes`, tensors are split into shards of at most that size (a
   single larger tensor gets a shard of its own) plus the index transformers reads.
+  Scanned params are unstacked first.
   """
-  os.makedirs(directory, exist_ok=True)
-  tensors: dict[str, np.ndarray] = {}
-  for spec in _tensor_specs(config):
-    value = np.asarray(get_path(params, spec.path))
-    if dtype is not None:
-      value = value.astype(jnp.dtype(dtype))
-    tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(value))
-  dtype_name = str(next(iter(tensors.values())).dtype)
-  hf_config = config_to_hf(config, dtype=dtype_name)
+  if config.scan_layers:
+    params = layer_stack.unstack_layers(params)
+  tensors = export_tensors(params, _tensor_specs(config), dtype)
+  hf_config = config_to_hf(config, dtype=str(next(iter(tensors.values())).dtype))
   hf_config.update(extra_config or {})
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=2)
-  write_tensors(tensors, directory, max_shard_bytes)
+  write_checkpoint(tensors, hf_config, directory, max_shard_bytes)

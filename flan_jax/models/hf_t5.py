@@ -28,18 +28,15 @@ The mapping is one table (`_tensor_specs`) read in both directions. Edge cases:
   and cut back on export.
 """
 
-import dataclasses
-import json
-import os
-from typing import Any, Callable
+from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
 from flan_jax.models import layer_stack
-from flan_jax.models.safetensors_io import (TensorReader, get_path, set_path, tensor_files,
-                                            write_tensors)
+from flan_jax.models.safetensors_io import (TensorReader, TensorSpec, export_tensors,
+                                            read_config_json, read_tensor, same, set_path,
+                                            tensor_files, transposed, write_checkpoint)
 from flan_jax.models.t5 import FEED_FORWARDS, T5Config
 
 SUPPORTED_ARCHITECTURES = ("T5ForConditionalGeneration",)
@@ -129,76 +126,58 @@ def config_to_hf(config: T5Config, dtype: str = "float32") -> dict:
   }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  hf_name: str
-  path: tuple[str, ...]  # into our params tree
-  hf_shape: tuple[int, ...]
-  to_ours: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _same(hf_name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> _Spec:
-  return _Spec(hf_name, path, shape, lambda w: w, lambda w: w)
-
-
-def _transposed(hf_name: str, path: tuple[str, ...], out_dim: int, in_dim: int) -> _Spec:
-  """An `nn.Linear` weight [out, in] <-> a Dense kernel [in, out]."""
-  return _Spec(hf_name, path, (out_dim, in_dim), lambda w: w.T, lambda w: w.T)
-
-
-def _attention(hf: str, ours: tuple[str, ...], config: T5Config) -> list[_Spec]:
+def _attention(hf: str, ours: tuple[str, ...], config: T5Config) -> list[TensorSpec]:
   """q/k/v [H*D, E] <-> [E, H, D]; o [E, H*D] <-> [H, D, E]."""
   E, H, D = config.embed_dim, config.num_heads, config.head_dim
-  specs = [_Spec(f"{hf}.{proj}.weight", ours + (name,), (H * D, E),
+  specs = [TensorSpec(f"{hf}.{proj}.weight", ours + (name,), (H * D, E),
                  lambda w: w.T.reshape(E, H, D), lambda w: w.reshape(E, H * D).T)
            for proj, name in (("q", "query"), ("k", "key"), ("v", "value"))]
-  specs.append(_Spec(f"{hf}.o.weight", ours + ("out",), (E, H * D),
+  specs.append(TensorSpec(f"{hf}.o.weight", ours + ("out",), (E, H * D),
                      lambda w: w.T.reshape(H, D, E), lambda w: w.reshape(H * D, E).T))
   return specs
 
 
-def _mlp(hf: str, ours: tuple[str, ...], config: T5Config) -> list[_Spec]:
+def _mlp(hf: str, ours: tuple[str, ...], config: T5Config) -> list[TensorSpec]:
   E, M = config.embed_dim, config.mlp_dim
   kernel = lambda name: ours + (name, "kernel")
   if FEED_FORWARDS[config.feed_forward][1]:
-    inputs = [_transposed(f"{hf}.wi_0.weight", kernel("gate"), M, E),
-              _transposed(f"{hf}.wi_1.weight", kernel("up"), M, E)]
+    inputs = [transposed(f"{hf}.wi_0.weight", kernel("gate"), M, E),
+              transposed(f"{hf}.wi_1.weight", kernel("up"), M, E)]
   else:
-    inputs = [_transposed(f"{hf}.wi.weight", kernel("up"), M, E)]
-  return inputs + [_transposed(f"{hf}.wo.weight", kernel("down"), E, M)]
+    inputs = [transposed(f"{hf}.wi.weight", kernel("up"), M, E)]
+  return inputs + [transposed(f"{hf}.wo.weight", kernel("down"), E, M)]
 
 
-def _tensor_specs(config: T5Config) -> list[_Spec]:
+def _tensor_specs(config: T5Config) -> list[TensorSpec]:
   E, V, Vp = config.embed_dim, config.vocab_size, config.padded_vocab_size
   relpos_shape = (config.relative_attention_num_buckets, config.num_heads)
   pad_rows = lambda w: np.pad(w, ((0, Vp - V), (0, 0)))
-  specs = [_Spec("shared.weight", ("embedding",), (V, E), pad_rows, lambda w: w[:V])]
+  specs = [TensorSpec("shared.weight", ("embedding",), (V, E), pad_rows, lambda w: w[:V])]
 
-  specs.append(_same("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+  specs.append(same("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                      ("encoder", "relpos_bias"), relpos_shape))
   for i in range(config.num_encoder_layers):
     hf, ours = f"encoder.block.{i}.layer", ("encoder", f"layers_{i}")
-    specs += [_same(f"{hf}.0.layer_norm.weight", ours + ("attention_norm", "scale"), (E,)),
+    specs += [same(f"{hf}.0.layer_norm.weight", ours + ("attention_norm", "scale"), (E,)),
               *_attention(f"{hf}.0.SelfAttention", ours + ("attention",), config),
-              _same(f"{hf}.1.layer_norm.weight", ours + ("mlp_norm", "scale"), (E,)),
+              same(f"{hf}.1.layer_norm.weight", ours + ("mlp_norm", "scale"), (E,)),
               *_mlp(f"{hf}.1.DenseReluDense", ours + ("mlp",), config)]
-  specs.append(_same("encoder.final_layer_norm.weight", ("encoder", "final_norm", "scale"), (E,)))
+  specs.append(same("encoder.final_layer_norm.weight", ("encoder", "final_norm", "scale"), (E,)))
 
-  specs.append(_same("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+  specs.append(same("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                      ("decoder", "relpos_bias"), relpos_shape))
   for i in range(config.num_decoder_layers):
     hf, ours = f"decoder.block.{i}.layer", ("decoder", f"layers_{i}")
-    specs += [_same(f"{hf}.0.layer_norm.weight", ours + ("self_attention_norm", "scale"), (E,)),
+    specs += [same(f"{hf}.0.layer_norm.weight", ours + ("self_attention_norm", "scale"), (E,)),
               *_attention(f"{hf}.0.SelfAttention", ours + ("self_attention",), config),
-              _same(f"{hf}.1.layer_norm.weight", ours + ("cross_attention_norm", "scale"), (E,)),
+              same(f"{hf}.1.layer_norm.weight", ours + ("cross_attention_norm", "scale"), (E,)),
               *_attention(f"{hf}.1.EncDecAttention", ours + ("cross_attention",), config),
-              _same(f"{hf}.2.layer_norm.weight", ours + ("mlp_norm", "scale"), (E,)),
+              same(f"{hf}.2.layer_norm.weight", ours + ("mlp_norm", "scale"), (E,)),
               *_mlp(f"{hf}.2.DenseReluDense", ours + ("mlp",), config)]
-  specs.append(_same("decoder.final_layer_norm.weight", ("decoder", "final_norm", "scale"), (E,)))
+  specs.append(same("decoder.final_layer_norm.weight", ("decoder", "final_norm", "scale"), (E,)))
 
   if not config.tie_embeddings:
-    specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), (V, E),
+    specs.append(TensorSpec("lm_head.weight", ("lm_head", "kernel"), (V, E),
                        lambda w: pad_rows(w).T, lambda w: w[:, :V].T))
   return specs
 
@@ -214,11 +193,7 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, Pa
   Params are numpy arrays in `config.param_dtype` (float32 unless overridden), in
   the unscanned layout (`layers_{i}`) whatever `scan_layers` says.
   """
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
-  with open(config_path) as f:
-    config = config_from_hf(json.load(f), **config_overrides)
+  config = config_from_hf(read_config_json(directory), **config_overrides)
   files = tensor_files(directory)
   specs = _tensor_specs(config)
   copies = _embedding_copies(config)
@@ -237,20 +212,15 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, Pa
                     f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}.")
   unused = sorted(set(files) - set(sources) - set(copies) - set(_IGNORED))
   if unused:
-    raise UserError(f"{directory} has tensors the {config_path} architecture does not use: "
+    raise UserError(f"{directory} has tensors its config.json architecture does not use: "
                     f"{unused[:5]}.")
 
   params: Params = {}
   with TensorReader(files) as reader:
     for spec in specs:
-      tensor = reader.get(sources[spec.hf_name])
-      if tuple(tensor.shape) != spec.hf_shape:
-        raise UserError(
-            f"tensor {sources[spec.hf_name]}: expected shape {spec.hf_shape} (from config.json), "
-            f"found {tuple(tensor.shape)}.")
-      if spec.hf_name == "shared.weight":
-        embedding = tensor
-      set_path(params, spec.path, spec.to_ours(tensor.astype(jnp.dtype(config.param_dtype))))
+      set_path(params, spec.path,
+               read_tensor(reader, spec, config.param_dtype, sources[spec.hf_name]))
+    embedding = reader.get(sources["shared.weight"])
     for name in copies:
       if name in files and name != sources["shared.weight"]:
         if not np.array_equal(reader.get(name), embedding):
@@ -273,16 +243,8 @@ def save_hf_checkpoint(params: Params, config: T5Config, directory: str,
   """
   if config.scan_layers:
     params = layer_stack.unstack_layers(params)
-  tensors: dict[str, np.ndarray] = {}
-  for spec in _tensor_specs(config):
-    value = np.asarray(get_path(params, spec.path))
-    if dtype is not None:
-      value = value.astype(jnp.dtype(dtype))
-    tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(value))
+  tensors = export_tensors(params, _tensor_specs(config), dtype)
   derived = config_to_hf(config, dtype=str(next(iter(tensors.values())).dtype))
   config_json = {k: v for k, v in (hf_config or {}).items() if k not in derived}
   config_json.update(derived)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(config_json, f, indent=2)
-  write_tensors(tensors, directory, max_shard_bytes)
+  write_checkpoint(tensors, config_json, directory, max_shard_bytes)

@@ -2,13 +2,15 @@
 
 A checkpoint directory holds either one `model.safetensors` or shards listed in
 `model.safetensors.index.json`. The architecture modules (`hf_llama`, `hf_t5`)
-map tensor names to our parameter tree; this module only moves tensors. Nothing
-here imports torch or transformers.
+describe each tensor with a `TensorSpec` (its HF name and shape, where it lives in
+our parameter tree, and the reshapes both ways); this module moves the tensors.
+Nothing here imports torch or transformers.
 """
 
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +109,61 @@ def get_path(tree, path: tuple[str, ...]):
   for key in path:
     tree = tree[key]
   return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """One HF tensor <-> one leaf of our parameters; read in both directions."""
+  hf_name: str
+  path: tuple[str, ...]  # into our params tree
+  hf_shape: tuple[int, ...]
+  to_ours: Callable[[np.ndarray], np.ndarray]
+  to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def same(hf_name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> TensorSpec:
+  """A tensor stored the same way in both (norm scales, bias tables)."""
+  return TensorSpec(hf_name, path, shape, lambda w: w, lambda w: w)
+
+
+def transposed(hf_name: str, path: tuple[str, ...], out_dim: int, in_dim: int) -> TensorSpec:
+  """An `nn.Linear` weight [out, in] <-> a Dense kernel [in, out]."""
+  return TensorSpec(hf_name, path, (out_dim, in_dim), lambda w: w.T, lambda w: w.T)
+
+
+def read_config_json(directory: str) -> dict:
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_tensor(reader: "TensorReader", spec: TensorSpec, param_dtype: str,
+                source: str | None = None) -> np.ndarray:
+  """`spec`'s tensor (or the one named `source`) in our layout, shape-checked."""
+  source = source or spec.hf_name
+  tensor = reader.get(source)
+  if tuple(tensor.shape) != spec.hf_shape:
+    raise UserError(f"tensor {source}: expected shape {spec.hf_shape} (from config.json), "
+                    f"found {tuple(tensor.shape)}.")
+  return spec.to_ours(tensor.astype(jnp.dtype(param_dtype)))
+
+
+def export_tensors(params, specs: Sequence[TensorSpec], dtype: str | None) -> dict[str, np.ndarray]:
+  """{HF name: tensor} for `specs`, in `dtype` (default: the params' own)."""
+  tensors: dict[str, np.ndarray] = {}
+  for spec in specs:
+    value = np.asarray(get_path(params, spec.path))
+    if dtype is not None:
+      value = value.astype(jnp.dtype(dtype))
+    tensors[spec.hf_name] = np.ascontiguousarray(spec.to_hf(value))
+  return tensors
+
+
+def write_checkpoint(tensors: dict[str, np.ndarray], config_json: dict, directory: str,
+                     max_shard_bytes: int | None) -> None:
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config_json, f, indent=2)
+  write_tensors(tensors, directory, max_shard_bytes)
