@@ -58,7 +58,7 @@ def _vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
 
 # Model-config fields that say how to run a model, not what it is: a pretrained
 # checkpoint's config takes these from gin.
-_HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+_HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_implementation")
 
 
 def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:

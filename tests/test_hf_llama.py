@@ -5,6 +5,7 @@ decoder the same logits, a checkpoint we write must give transformers ours, and 
 the real pretrained stories260K both greedy-decode the same story.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -233,10 +234,11 @@ def test_a_finetuning_run_exports_to_transformers_from_its_model_dir(tmp_path):
       task_feature_lengths={"inputs": 32, "targets": 8}, batch_size=2,
       trainer=TrainerConfig(train_steps=2, progress_bar=False),
       model=DecoderConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                          mlp_dim=64, tie_embeddings=False, scan_layers=True),
+                          mlp_dim=64, tie_embeddings=False, scan_layers=True, prefix_lm=False),
       evaluation=EvalConfig(evaluate_seen=False), evaluate_before=False)
   result = convert(f"--from_orbax={run}", f"--to_hf={tmp_path / 'hf'}")
   assert result.returncode == 0, result.stderr
+  assert "prefix_lm" not in result.stderr  # causal throughout: nothing to warn about
   result = convert(f"--from_orbax={run}", f"--to_hf={tmp_path / 'nowhere'}", "--step=7")
   assert result.returncode == 2 and "no finished checkpoint for step 7 (found: [2])" in result.stderr
   config, params, _ = convert_lib.load_orbax(str(run))  # the trained step-2 weights, unstacked
@@ -245,3 +247,41 @@ def test_a_finetuning_run_exports_to_transformers_from_its_model_dir(tmp_path):
   tokens = random_tokens(259)
   np.testing.assert_allclose(hf_logits(model.eval(), tokens), our_logits(config, params, tokens),
                              atol=1e-4, rtol=0)
+  # And a prompt continues the same way in both, as our evaluator would decode it.
+  prompt = np.array([[0] + [b + 3 for b in b"What is 12 + 30?"] + [1]], np.int32)
+  ours = make_greedy_generate(Decoder(config), params, 8, eos_id=-1)(prompt, np.ones_like(prompt))
+  with torch.no_grad():
+    theirs = model.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False,
+                            pad_token_id=0, eos_token_id=None)[0, prompt.shape[1]:].numpy()
+  np.testing.assert_array_equal(ours[0], theirs)
+
+
+def test_exporting_a_prefix_lm_says_that_transformers_will_run_it_causally(tmp_path):
+  from flan_jax.models import convert as convert_lib
+  config = DecoderConfig(vocab_size=100, num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2,
+                         head_dim=8, mlp_dim=64)
+  assert config.prefix_lm  # our default, for models trained from scratch
+  params = Decoder(config).init(jax.random.PRNGKey(0), *dummy_inputs(4))["params"]
+  params = jax.tree.map(np.asarray, jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
+                                                 params, is_leaf=lambda x: hasattr(x, "unbox")))
+  convert_lib.save_orbax(params, config, str(tmp_path / "orbax"))
+  result = convert(f"--from_orbax={tmp_path / 'orbax'}", f"--to_hf={tmp_path / 'hf'}")
+  assert result.returncode == 0, result.stderr
+  assert "prefix_lm=True" in result.stderr and "--gin.DecoderConfig.prefix_lm=False" in result.stderr
+
+
+def test_imported_checkpoints_stay_causal_and_prefix_lm_reads_prompts_both_ways(tmp_path):
+  make_hf_model("llama_untied").save_pretrained(tmp_path)
+  config, params = hf_llama.load_hf_checkpoint(str(tmp_path))
+  assert not config.prefix_lm
+  tokens = random_tokens(100)
+  positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  ones, prompt = np.ones_like(tokens), (positions < 6).astype(np.int32)
+
+  def logits(prefix_lm, prefix):
+    model = Decoder(dataclasses.replace(config, prefix_lm=prefix_lm))
+    return np.asarray(model.apply({"params": params}, tokens, positions, ones, prefix)[0])
+
+  causal = logits(False, 0 * ones)
+  np.testing.assert_array_equal(logits(False, prompt), causal)  # prompt flags ignored
+  assert np.abs(logits(True, prompt) - causal)[:, :6].max() > 1e-3  # the prompt looks ahead

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 
 from absl import app, flags
 
@@ -203,6 +204,11 @@ def orbax_to_hf(orbax_dir: str, hf_dir: str, max_shard_bytes: int | None = None,
     hf_t5.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
                              hf_config=hf_config)
   else:
+    if config.prefix_lm:
+      print("note: this model read its prompts bidirectionally (DecoderConfig.prefix_lm=True); "
+            "transformers runs it causally, so its outputs on prompts will differ from ours. "
+            "Finetune with --gin.DecoderConfig.prefix_lm=False for an export that behaves "
+            "identically.", file=sys.stderr)
     extra = {k: v for k, v in (hf_config or {}).items() if k not in _DERIVED_HF_KEYS}
     hf_llama.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
                                 extra_config=extra)

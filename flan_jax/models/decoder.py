@@ -48,6 +48,10 @@ class DecoderConfig:
   rope_original_max_position: int = 8192
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
+  # True: a prefix-LM, reading the prompt bidirectionally (t5x's decoder-only FLAN
+  # setup). False: causal attention everywhere, as the Hugging Face causal LMs it is
+  # imported from were pretrained and as transformers runs an export.
+  prefix_lm: bool = True
   # Qwen2 adds a bias to the query, key and value projections (not the output one).
   attention_bias: bool = False
   dtype: str = "float32"  # compute dtype
@@ -208,6 +212,8 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, prefix_BxL,
                cache: Cache | None = None):
     cfg = self.config
+    if not cfg.prefix_lm:
+      prefix_BxL = jnp.zeros_like(prefix_BxL)
     embedding = self.param(
         "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
         (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)

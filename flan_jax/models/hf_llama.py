@@ -102,6 +102,7 @@ def config_from_hf(config_json: dict, **overrides) -> DecoderConfig:
       norm_eps=config_json.get("rms_norm_eps", 1e-6),
       tie_embeddings=config_json.get("tie_word_embeddings", False),
       attention_bias=bool(attention_bias),
+      prefix_lm=False,  # pretrained causally; keep it that way unless asked
   )
   fields.update(overrides)
   return DecoderConfig(**fields)
