@@ -105,7 +105,7 @@ LLAMA3_ROPE = dict(rope_scaling="llama3", rope_scaling_factor=8.0, rope_original
 def test_our_export_gives_transformers_the_same_logits(tie, bias, shard, rope, tmp_path):
   config = DecoderConfig(vocab_size=100, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
                          head_dim=8, mlp_dim=64, norm_eps=1e-5, tie_embeddings=tie,
-                         attention_bias=bias, **rope)
+                         attention_bias=bias, prefix_lm=False, **rope)
   params = Decoder(config).init(jax.random.PRNGKey(0), *dummy_inputs(4))["params"]
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
                         is_leaf=lambda x: hasattr(x, "unbox"))
