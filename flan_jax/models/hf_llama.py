@@ -30,8 +30,8 @@ from flan_jax.errors import UserError
 from flan_jax.models import layer_stack
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.safetensors_io import (  # noqa: F401  (file names re-exported)
-    INDEX_FILE, SINGLE_FILE, TensorReader, TensorSpec, export_tensors, read_config_json,
-    read_tensor, same, set_path, tensor_files, write_checkpoint)
+    INDEX_FILE, SINGLE_FILE, TensorReader, TensorSpec, check_tensor_names, export_tensors,
+    read_config_json, read_tensor, same, set_path, tensor_files, write_checkpoint)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
@@ -189,15 +189,10 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
   config = config_from_hf(read_config_json(directory), **config_overrides)
   files = tensor_files(directory)
   specs = _tensor_specs(config)
-  missing = [s.hf_name for s in specs if s.hf_name not in files]
-  if missing:
-    raise UserError(f"{directory} lacks tensors {missing[:5]}"
-                    f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}.")
-  expected = {s.hf_name for s in specs} | {"lm_head.weight"}
-  unused = sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq"))
-  if unused:
-    raise UserError(f"{directory} has tensors its config.json architecture does not use: "
-                    f"{unused[:5]}.")
+  expected = {s.hf_name for s in specs} | {"lm_head.weight"}  # lm_head: ignored when tied
+  check_tensor_names(
+      directory, missing=[s.hf_name for s in specs if s.hf_name not in files],
+      unused=sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq")))
 
   params: Params = {}
   with TensorReader(files) as reader:

@@ -34,9 +34,9 @@ import numpy as np
 
 from flan_jax.errors import UserError
 from flan_jax.models import layer_stack
-from flan_jax.models.safetensors_io import (TensorReader, TensorSpec, export_tensors,
-                                            read_config_json, read_tensor, same, set_path,
-                                            tensor_files, transposed, write_checkpoint)
+from flan_jax.models.safetensors_io import (
+    TensorReader, TensorSpec, check_tensor_names, export_tensors, read_config_json, read_tensor,
+    same, set_path, tensor_files, transposed, write_checkpoint)
 from flan_jax.models.t5 import FEED_FORWARDS, T5Config
 
 SUPPORTED_ARCHITECTURES = ("T5ForConditionalGeneration",)
@@ -206,14 +206,9 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, Pa
   for spec in specs:
     candidates = (spec.hf_name,) + fallbacks.get(spec.hf_name, ())
     sources[spec.hf_name] = next((name for name in candidates if name in files), None)
-  missing = [name for name, source in sources.items() if source is None]
-  if missing:
-    raise UserError(f"{directory} lacks tensors {missing[:5]}"
-                    f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}.")
-  unused = sorted(set(files) - set(sources) - set(copies) - set(_IGNORED))
-  if unused:
-    raise UserError(f"{directory} has tensors its config.json architecture does not use: "
-                    f"{unused[:5]}.")
+  check_tensor_names(directory,
+                     missing=[name for name, source in sources.items() if source is None],
+                     unused=sorted(set(files) - set(sources) - set(copies) - set(_IGNORED)))
 
   params: Params = {}
   with TensorReader(files) as reader:

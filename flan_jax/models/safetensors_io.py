@@ -139,6 +139,16 @@ def read_config_json(directory: str) -> dict:
     return json.load(f)
 
 
+def check_tensor_names(directory: str, missing: Sequence[str], unused: Sequence[str]) -> None:
+  """A clear error for tensors the config needs but the files lack, or the reverse."""
+  if missing:
+    raise UserError(f"{directory} lacks tensors {list(missing[:5])}"
+                    f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}.")
+  if unused:
+    raise UserError(f"{directory} has tensors its config.json architecture does not use: "
+                    f"{list(unused[:5])}.")
+
+
 def read_tensor(reader: "TensorReader", spec: TensorSpec, param_dtype: str,
                 source: str | None = None) -> np.ndarray:
   """`spec`'s tensor (or the one named `source`) in our layout, shape-checked."""
