@@ -1,11 +1,11 @@
 """What the trainer and evaluator need from a model, for each family.
 
-The decoder-only family reads a prefix-LM row (prompt then answer in one sequence);
-the encoder-decoder family (T5) reads the prompt with its encoder and writes the
-answer with its decoder. Everything family-specific about turning a batch of seqio
-features into logits, initialising parameters, laying out prompts for generation
-and packing training rows lives here, so the train step, the trainer and the
-evaluator are written once.
+The decoder-only family reads one row, prompt then answer (as a prefix-LM, or
+causally for checkpoints imported from Hugging Face); the encoder-decoder family
+(T5) reads the prompt with its encoder and writes the answer with its decoder.
+Everything family-specific about turning a batch of seqio features into logits,
+initialising parameters, laying out prompts for generation and packing training
+rows lives here, so the train step, the trainer and the evaluator are written once.
 
 Both families' batches share the target-side features (`decoder_target_tokens`,
 `decoder_loss_weights`), so the loss is computed the same way for both.
@@ -37,7 +37,7 @@ def _arange_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
-  """A prefix-LM over [BOS] + inputs + targets, attending bidirectionally over the prompt.
+  """[BOS] + inputs + targets in one row; with `config.prefix_lm` the prompt is read bidirectionally.
 
   `bos_id` starts every row: 0 for our own vocabularies (as seqio's PrefixLM
   converter does), the tokenizer's BOS for pretrained checkpoints (1 for Llama's
