@@ -155,3 +155,14 @@ def test_packed_encoder_decoder_rows_give_each_example_its_unpacked_t5_loss():
   weights = packed["decoder_loss_weights"]
   assert np.abs(np.asarray(per_token_loss(model, params, leaky)) * weights
                 - np.asarray(per_token_loss(model, params, packed)) * weights).max() > 1e-3
+
+
+def test_unpacked_batches_start_from_the_models_bos_too():
+  from flan_jax.data.pipeline import train_batches
+  lengths = {"inputs": 32, "targets": 8}
+  plain = next(train_batches("default_add", lengths, 2, seed=0, pack=False))
+  with_bos = next(train_batches("default_add", lengths, 2, seed=0, pack=False, bos_id=5))
+  assert np.all(plain["decoder_input_tokens"][:, 0] == 0)
+  assert np.all(with_bos["decoder_input_tokens"][:, 0] == 5)
+  np.testing.assert_array_equal(with_bos["decoder_input_tokens"][:, 1:],
+                                plain["decoder_input_tokens"][:, 1:])

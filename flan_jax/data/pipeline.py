@@ -85,7 +85,9 @@ def train_batches(
 def _with_bos(batch: Batch, bos_id: int) -> Batch:
   """seqio starts each unpacked decoder row with 0; put the model's BOS there instead."""
   if bos_id:
-    batch["decoder_input_tokens"][:, 0] = bos_id
+    tokens = batch["decoder_input_tokens"].copy()  # tf.data's arrays are read-only
+    tokens[:, 0] = bos_id
+    batch = {**batch, "decoder_input_tokens": tokens}
   return batch
 
 
