@@ -37,14 +37,14 @@ class TrainerConfig:
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
-  """Tokens the model read: the decoder's, plus the encoder's for an encoder-decoder."""
-  total = 0
-  for side in ("encoder", "decoder"):
-    ids = batch.get(f"{side}_segment_ids", batch.get(f"{side}_input_tokens"))
-    if side == "decoder" and "decoder_segment_ids" not in batch:
-      ids = batch["decoder_target_tokens"]
-    total += 0 if ids is None else int(np.count_nonzero(ids))
-  return total
+  """Tokens the model read: the decoder's, plus the encoder's for an encoder-decoder.
+
+  Packed rows mark padding with segment id 0, unpacked rows with token id 0.
+  """
+  counted = [batch.get("decoder_segment_ids", batch["decoder_target_tokens"])]
+  if "encoder_input_tokens" in batch:
+    counted.append(batch.get("encoder_segment_ids", batch["encoder_input_tokens"]))
+  return sum(int(np.count_nonzero(ids)) for ids in counted)
 
 
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
