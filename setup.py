@@ -30,6 +30,10 @@ setuptools.setup(
         "tokenizers>=0.15.1",
         "numpy>=1.26",
         "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
+        # ROUGE-L and BLEU (flan_jax.evaluation.metrics); sacrebleu 2 takes a variable
+        # number of references per example.
+        "rouge-score>=0.1.2",
+        "sacrebleu>=2.0",
     ],
     extras_require={
         # datasets: the optional HF source; torch + transformers: the numerical reference

@@ -1,5 +1,7 @@
 """The T0, Instruction Induction, CoT and instruct libraries register from the shared data.
 
+The last test registers the whole library and checks each task's declared metrics.
+
 Registries are global, so the fixture calls each submodule's `register` directly;
 they are no-ops when another test already registered the library in this process.
 """
@@ -14,7 +16,9 @@ import seqio
 from flan_jax.data import clusters, mixtures
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.data.variants import extract_answer
+from flan_jax.evaluation import metrics
 from flan_jax_tasks.library import common, cot, instruct, instruction_induction, t0
+from flan_jax_tasks.library import register as register_library
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -149,3 +153,34 @@ def test_instruct_prompts_show_input_and_history_only_when_present(library):
   assert prompt.endswith(turns["instruction"])
   assert {clusters.cluster_of(t) for t in _tasks(["alpaca", "lima"])} == {"open_ended"}
   assert set(_tasks(["alpaca"])) == {"alpaca_zs_noopt", "alpaca_fs_noopt"}
+
+
+def _has_options(task: seqio.Task) -> bool:
+  # The spec is not kept on the task; its source holds the options (None: free-form).
+  return task.source._options is not None  # pylint: disable=protected-access
+
+
+def test_every_library_task_declares_the_metric_of_its_kind(library):
+  mixtures_of = register_library(DATA_DIR)  # the real entry point: every submodule
+  tasks_of = {module: [seqio.get_mixture_or_task(t) for t in _tasks(mixtures)]
+              for module, mixtures in mixtures_of.items()}
+  assert tasks_of["t0"] and tasks_of["natural_instructions"]
+  for module, tasks in tasks_of.items():
+    for task in tasks:
+      declared = task.predict_metric_fns
+      assert declared, task.name
+      if _has_options(task):  # scored by rank classification
+        assert metrics.accuracy in declared, task.name
+      elif module in ("t0", "natural_instructions"):
+        assert metrics.rouge_l in declared, task.name
+  names = lambda task: [f.__name__ for f in seqio.get_mixture_or_task(task).predict_metric_fns]
+  assert names("t0_adversarial_qa_dbert_based_on_zs_noopt") == [
+      "rouge_l", "normalized_exact_match", "token_f1"]
+  assert names("ni_task305_jeopardy_answer_generation_normal_zs_noopt") == [
+      "rouge_l", "normalized_exact_match"]
+  assert names("cot_creak_cot") == names("cot_creak_zs_noopt") == ["cot_exact_match"]
+  assert names("cot_gsm8k_cot") == ["cot_exact_match", "numeric_match"]
+  assert names("lima_zs_noopt") == names("alpaca_fs_noopt") == ["rouge_l"]
+  assert names("ii_antonyms_zs_noopt") == ["normalized_exact_match"]
+  assert names("ii_negation_zs_noopt") == ["normalized_exact_match", "rouge_l"]
+  assert names("ii_sentiment_zs_opt") == names("rte_zs_noopt") == ["accuracy"]

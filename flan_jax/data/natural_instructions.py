@@ -34,7 +34,11 @@ uniform sample rather than the head of the file). Both splits keep file order.
 
 References. Training targets the first reference output; `outputs` holds them all
 and reaches the metric through `FlanTaskSpec.target_field` (the `references`
-feature), so `accuracy` accepts any reference.
+feature), so a prediction is scored against its best reference.
+
+Metrics. NI tasks show no answer options, so every task is scored as generation,
+with SuperNI's two metrics, ROUGE-L and (normalised) exact match (NI_METRICS;
+`metric_fns=` replaces them).
 
 Edge cases. A positive example whose input equals the query's is skipped (NI often
 copies positives from the instances, which would hand the model its answer).
@@ -71,6 +75,7 @@ from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
 from flan_jax.data.vocabularies import default_vocabulary
 from flan_jax.errors import UserError
+from flan_jax.evaluation.metrics import normalized_exact_match, rouge_l
 
 OnError = Literal["raise", "skip"]
 Record = dict[str, Any]
@@ -120,6 +125,8 @@ CATEGORY_CLUSTERS: Mapping[str, str] = {
     "Grammar Error Correction": "grammar", "Grammar Error Detection": "grammar",
     "Text to Code": "code", "Code to Text": "code",
 }
+
+NI_METRICS: tuple[Callable, ...] = (rouge_l, normalized_exact_match)
 
 _INSTANCES_KEY = re.compile(r'"Instances"\s*:')
 _CHUNK_BYTES = 1 << 16  # real headers are 2-5 KB: one read
@@ -337,6 +344,7 @@ def register_ni_directory(directory: str, *, prefix: str = "ni_", k_positive: in
                           vocabulary: seqio.Vocabulary | None = None,
                           cluster_of_categories: Callable[[Sequence[str]], str] = default_cluster,
                           few_shot_token_budget: int = 1024,
+                          metric_fns: Sequence[Callable] = NI_METRICS,
                           on_error: OnError = "raise") -> list[str]:
   """Registers every `*.json` NI task in `directory`; returns the per-task mixture names."""
   if on_error not in ("raise", "skip"):
@@ -385,7 +393,8 @@ def register_ni_directory(directory: str, *, prefix: str = "ni_", k_positive: in
         if header.positives and k_positive > 0 else ()
     register_flan_task(FlanTaskSpec(
         name=name, cluster=cluster, records=records, templates=ZERO_SHOT_TEMPLATES,
-        target_field="outputs", vocabulary=vocabulary, few_shot=False, extra_variants=few_shot))
+        target_field="outputs", vocabulary=vocabulary, few_shot=False, extra_variants=few_shot,
+        metric_fns=tuple(metric_fns)))
   logging.info("Registered %d Natural Instructions tasks from %s in %.2f s.", len(headers),
                directory, time.perf_counter() - start)
   return list(headers)

@@ -18,6 +18,11 @@ math word problems apart lets an evaluation that holds out arithmetic reasoning
 
 Splits: the files are train-only, so every 20th row (indices 19, 39, ...) is
 validation and the rest train, as for T0 (`t0.holdout_split`).
+
+Metrics: `cot_exact_match`, normalised exact match of the answer after the last
+"answer is" (a direct answer, which has none, is compared whole), so the CoT and
+direct variants share one metric; the math word problems (gsm8k) also get
+`numeric_match`, which reads "1,234" and "1234.0" as the same number.
 """
 
 import functools
@@ -29,10 +34,14 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import cot_template
+from flan_jax.evaluation.metrics import cot_exact_match, numeric_match
 from flan_jax_tasks.library.common import every_nth_split
 
 SUBDIR = os.path.join("cot", "flan_cot_data")
 COLUMNS = ("question", "answer", "rationale")
+
+COT_METRICS = (cot_exact_match,)
+NUMERIC_COT_METRICS = (cot_exact_match, numeric_match)  # answers are numbers
 
 # dataset -> (the kind of problem, as our templates name it; cluster)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -95,6 +104,7 @@ def register(data_dir: str) -> list[str]:
     if name not in seqio.MixtureRegistry.names():  # registering twice is a no-op
       register_flan_task(FlanTaskSpec(
           name=name, cluster=cluster, records=_loader(os.path.join(directory, file_name)),
-          templates=direct_templates(kind), cot_templates=cot_templates(kind)))
+          templates=direct_templates(kind), cot_templates=cot_templates(kind),
+          metric_fns=NUMERIC_COT_METRICS if dataset == "gsm8k" else COT_METRICS))
     names.append(name)
   return names

@@ -31,6 +31,9 @@ when its cluster is held out.
 Input inversion (ask for the input given the label) is registered for the NLI sets
 (write a hypothesis with a given relation), BoolQ (write the question), SST-2 (write
 a review line) and AG News (write the headline). All template wording is ours.
+
+Every dataset has answer options, so all are scored by rank classification:
+`accuracy` (CLASSIFICATION_METRICS).
 """
 
 import functools
@@ -45,12 +48,14 @@ import tensorflow as tf
 from flan_jax.data.flan_task import FlanTaskSpec
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
+from flan_jax.evaluation.metrics import accuracy
 from flan_jax_tasks.library.common import register_once
 
 Record = dict[str, Any]
 ROOT = os.path.join("eval", "glue_superglue")
 FEW_SHOT_SETS = os.path.join(ROOT, "tonyzhaozh_fewshot")
 HOLDOUT_PERCENT = 20  # of a single-split dataset, kept as validation
+CLASSIFICATION_METRICS = (accuracy,)
 
 NLI_OPTIONS = ("yes", "it is not possible to tell", "no")
 NLI_ANSWERS = {"entailment": "yes", "neutral": "it is not possible to tell", "contradiction": "no",
@@ -396,7 +401,7 @@ def specs(data_dir: str) -> list[FlanTaskSpec]:
             inversion_templates=AG_NEWS_INVERSIONS)),
   ]
   return [FlanTaskSpec(name=name, cluster=cluster, records=functools.partial(load, data_dir),
-                       **fields)
+                       metric_fns=CLASSIFICATION_METRICS, **fields)
           for name, cluster, load, files, fields in table
           if all(os.path.isfile(os.path.join(data_dir, f)) for f in files)]
 

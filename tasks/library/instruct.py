@@ -16,8 +16,9 @@ The loaders pre-format optional parts so that one set of six templates of our ow
 Registered as `alpaca` and `lima` (cluster "open_ended"), with the zero-shot and
 few-shot variants; few-shot takes 2 exemplars within a 2,048-token budget, which
 LIMA's long answers often exceed, leaving the zero-shot prompt. Splits: every 20th
-record is validation, the rest train (`t0.holdout_split`). Exact-match accuracy is
-the registered metric, which is only a sanity check for open-ended answers.
+record is validation, the rest train (`t0.holdout_split`). The metric is ROUGE-L
+against the one reference answer: open-ended answers have many right wordings, so
+it measures closeness to the reference, not correctness.
 """
 
 import functools
@@ -32,6 +33,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.errors import UserError
+from flan_jax.evaluation.metrics import rouge_l
 from flan_jax_tasks.library.common import every_nth_split
 
 ALPACA = os.path.join("instruct", "alpaca", "alpaca_en_demo_llamafactory.json")
@@ -118,6 +120,6 @@ def register(data_dir: str) -> list[str]:
     if name not in seqio.MixtureRegistry.names():  # registering twice is a no-op
       register_flan_task(FlanTaskSpec(
           name=name, cluster=CLUSTER, records=_loader(read, path), templates=TEMPLATES,
-          few_shot_k=2, few_shot_token_budget=2048))
+          few_shot_k=2, few_shot_token_budget=2048, metric_fns=(rouge_l,)))
     names.append(name)
   return names

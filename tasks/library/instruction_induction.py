@@ -22,6 +22,12 @@ upstream records are not input/output pairs are adapted in `_ADAPTERS`:
   reference).
 - rhymes: any listed rhyme counts, except the input word itself.
 - larger_animal: the two animals are also the record's answer options.
+
+Metrics (Spec.metric_fns): tasks with answer options are scored by rank
+classification (`accuracy`); the other tasks have short answers, scored by
+normalised exact match against every listed answer, as the paper's execution
+accuracy; the three sentence-rewriting tasks, where many wordings are right, also
+get ROUGE-L.
 """
 
 import functools
@@ -34,6 +40,7 @@ import seqio
 from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
+from flan_jax.evaluation.metrics import accuracy, normalized_exact_match, rouge_l
 
 SUBDIR = os.path.join("tasks", "instruction_induction", "raw")
 SPLIT_DIRS = {"train": "induce", "validation": "execute"}
@@ -49,14 +56,21 @@ TEMPLATES = (
 )
 
 
+CLASSIFICATION = (accuracy,)
+SHORT_ANSWER = (normalized_exact_match,)
+REWRITING = (normalized_exact_match, rouge_l)
+
+
 class Spec(NamedTuple):
   instruction: str
   cluster: str
   options: tuple[str, ...] | str | None = None
+  metric_fns: tuple[Callable, ...] = SHORT_ANSWER
 
 
 SPECS: dict[str, Spec] = {
-    "active_to_passive": Spec("Rewrite the sentence in the passive voice.", "sentence_rewriting"),
+    "active_to_passive": Spec("Rewrite the sentence in the passive voice.", "sentence_rewriting",
+                              metric_fns=REWRITING),
     "antonyms": Spec("Write a word that means the opposite of the given word.",
                      "lexical_semantics"),
     "cause_and_effect": Spec("One of these two sentences describes the cause of the other. Write "
@@ -64,13 +78,14 @@ SPECS: dict[str, Spec] = {
     "common_concept": Spec("Say what all of the listed things have in common.", "commonsense"),
     "diff": Spec("Subtract the second number from the first and give the result.", "arithmetic"),
     "first_word_letter": Spec("Give the first letter of the word.", "spelling"),
-    "informal_to_formal": Spec("Rephrase the sentence in a formal register.", "sentence_rewriting"),
+    "informal_to_formal": Spec("Rephrase the sentence in a formal register.", "sentence_rewriting",
+                               metric_fns=REWRITING),
     "larger_animal": Spec("Of the two animals, name the one that is larger.", "commonsense",
-                          options="choices"),
+                          options="choices", metric_fns=CLASSIFICATION),
     "letters_list": Spec("Spell out the word letter by letter, with a space between the letters.",
                          "spelling"),
     "negation": Spec("Negate the statement, changing as few words as possible.",
-                     "sentence_rewriting"),
+                     "sentence_rewriting", metric_fns=REWRITING),
     "num_to_verbal": Spec("Write the number out in English words.", "arithmetic"),
     "orthography_starts_with": Spec("List, in order, the words of the sentence that begin with "
                                     "the letter given in brackets.", "spelling"),
@@ -80,9 +95,9 @@ SPECS: dict[str, Spec] = {
         "Rate how close in meaning the two sentences are, from 0 (definitely not the same "
         "meaning) to 5 (perfectly the same).", "paraphrase",
         options=("0 - definitely not", "1 - probably not", "2 - possibly", "3 - probably",
-                 "4 - almost perfectly", "5 - perfectly")),
+                 "4 - almost perfectly", "5 - perfectly"), metric_fns=CLASSIFICATION),
     "sentiment": Spec("Say whether the sentiment of the text is positive or negative.",
-                      "sentiment", options=("positive", "negative")),
+                      "sentiment", options=("positive", "negative"), metric_fns=CLASSIFICATION),
     "singular_to_plural": Spec("Write the plural form of the noun.", "lexical_semantics"),
     "sum": Spec("Add the two numbers and give their sum.", "arithmetic"),
     "synonyms": Spec("Write a word that has the same meaning as the given word.",
@@ -94,7 +109,7 @@ SPECS: dict[str, Spec] = {
     "translation_en-fr": Spec("Translate the English word into French.", "translation"),
     "word_in_context": Spec('Does the word have the same meaning in both sentences? Answer '
                             '"same" or "not the same".', "lexical_semantics",
-                            options=("same", "not the same")),
+                            options=("same", "not the same"), metric_fns=CLASSIFICATION),
 }
 
 Raw = Mapping[str, Any]
@@ -206,6 +221,6 @@ def register(data_dir: str) -> list[str]:
     if name not in seqio.MixtureRegistry.names():  # registering twice is a no-op
       register_flan_task(FlanTaskSpec(
           name=name, cluster=spec.cluster, records=_loader(data_dir, task), templates=TEMPLATES,
-          options=spec.options, target_field="answers"))
+          options=spec.options, target_field="answers", metric_fns=spec.metric_fns))
     names.append(name)
   return names

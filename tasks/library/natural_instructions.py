@@ -4,6 +4,9 @@ The directory holds NI v2 task files (../shared/data has 24; a full
 allenai/natural-instructions clone's `tasks/` has 1,600+ and registers the same
 way, in seconds, since only headers are read). A DATA_DIR without the directory
 registers nothing: the library's other datasets do not depend on it.
+
+NI tasks show no answer options, so each is scored as generation: ROUGE-L and
+normalised exact match, SuperNI's metrics (`NI_METRICS`).
 """
 
 import os
@@ -11,7 +14,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
-from flan_jax.data.natural_instructions import register_ni_directory
+from flan_jax.data.natural_instructions import NI_METRICS, register_ni_directory
 
 
 def register(data_dir: str) -> list[str]:
@@ -20,4 +23,4 @@ def register(data_dir: str) -> list[str]:
   if not tf.io.gfile.isdir(directory):
     logging.info("No Natural Instructions tasks at %s; skipped.", directory)
     return []
-  return register_ni_directory(directory)
+  return register_ni_directory(directory, metric_fns=NI_METRICS)

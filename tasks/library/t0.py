@@ -22,6 +22,11 @@ same source example under several templates, so a validation prompt of one
 template may have a train twin under another: use these splits for monitoring
 only, and held-out clusters or the eval/ sets for real evaluation.
 
+Metrics. The answer choices live inside the prompt text, so no task has options to
+rank: every task is scored as generation, with ROUGE-L and normalised exact match
+(GENERATION_METRICS), and the extractive-QA datasets, whose answers are spans of
+the context, also with SQuAD's token F1 (EXTRACTIVE_QA_METRICS).
+
 Data faults handled here: completions end in GPT's "<|endoftext|>", which is
 stripped; records left with an empty prompt or completion are dropped; empty files
 are not registered; and TREC (EXCLUDED_DATASETS) is skipped whole, since the
@@ -31,7 +36,7 @@ export lost its labels (11 files empty, 7 with every completion empty).
 import functools
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import seqio
@@ -41,6 +46,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.mixtures import examples_proportional
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
+from flan_jax.evaluation.metrics import normalized_exact_match, rouge_l, token_f1
 from flan_jax_tasks.library.common import every_nth_split
 
 SUBDIR = os.path.join("tasks", "t0_per_template")
@@ -84,6 +90,13 @@ DATASET_CLUSTERS: dict[str, str] = {
 EXCLUDED_DATASETS = {"trec": "the P3 export lost TREC's labels: every file is empty or has "
                              "only empty completions"}
 _INVALID_NAME_CHARS = re.compile(r"[^\w.:#]")
+GENERATION_METRICS = (rouge_l, normalized_exact_match)
+EXTRACTIVE_QA_METRICS = (rouge_l, normalized_exact_match, token_f1)
+
+
+def metrics_of(cluster: str) -> tuple[Callable, ...]:
+  """A T0 task's metric functions, by its cluster."""
+  return EXTRACTIVE_QA_METRICS if cluster == "extractive_qa" else GENERATION_METRICS
 
 
 def dataset_of(stem: str) -> str | None:
@@ -151,7 +164,8 @@ def register(data_dir: str) -> list[str]:
     task = f"{spec_name}_zs_noopt"
     if spec_name not in seqio.MixtureRegistry.names():  # registering twice is a no-op
       register_flan_task(FlanTaskSpec(name=spec_name, cluster=cluster, records=_loader(path),
-                                      templates=IDENTITY, few_shot=False))
+                                      templates=IDENTITY, few_shot=False,
+                                      metric_fns=metrics_of(cluster)))
     datasets.setdefault(f"t0_{_name(dataset or stem)}", []).append(task)
 
   if MIXTURE in seqio.MixtureRegistry.names():
