@@ -93,18 +93,20 @@ def finetune(
     model = dataclasses.replace(pretrained, **{k: getattr(model, k) for k in _HOW_IT_RUNS})
     if model.scan_layers:  # checkpoints are stored one layer per subtree
       initial_params = stack_layers(initial_params)
-    # The model may have a few more ids than the tokenizer: T5 checkpoints pad the
-    # 32100-piece vocabulary to 32128 rows (a multiple of 128), rows no task produces.
-    # More than that is a different tokenizer.
-    if not vocabulary.vocab_size <= model.vocab_size <= -(-vocabulary.vocab_size // 128) * 128:
+    # The model may have more embedding rows than the tokenizer has ids: T5 pads its
+    # 32,100 ids to 32,128 rows, Qwen2 its 151,665 to 151,936. No task produces those
+    # ids, and generation and scoring mask them out (`num_token_ids` below). Fewer rows
+    # than ids cannot run the tasks' tokens at all.
+    if model.vocab_size < vocabulary.vocab_size:
       raise UserError(
           f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
-          f"{initial_checkpoint_path} has {model.vocab_size}: register the tasks with the "
-          "model's own tokenizer (its tokenizer.model or tokenizer.json; for the task "
-          "library, --gin.VOCABULARY_PATH=...).")
+          f"{initial_checkpoint_path} has only {model.vocab_size} embedding rows: register the "
+          "tasks with the model's own tokenizer (its tokenizer.model or tokenizer.json; for "
+          "the task library, --gin.VOCABULARY_PATH=...).")
   if not model.vocab_size:
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
-  network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary))
+  network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary),
+                                num_token_ids=vocabulary.vocab_size)
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
 

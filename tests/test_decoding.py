@@ -1,5 +1,7 @@
 """Greedy decoding with a KV cache equals re-running the whole sequence each step."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import numpy as np
 from flan_jax.evaluation.decoding import make_greedy_generate
 from flan_jax.evaluation.evaluator import left_pad_prompts
 from flan_jax.models.decoder import Decoder
+from flan_jax.models.families import family_for
 from tiny import dummy_inputs
 from tiny import TINY_DECODER
 
@@ -53,3 +56,42 @@ def test_left_padding_truncates_from_the_start_and_counts_it():
   assert truncated == 1
   assert prompts.tolist() == [[6, 7, 8], [0, 0, 9]]
   assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def test_embedding_rows_beyond_the_tokenizer_are_never_generated():
+  # A checkpoint with more rows than tokenizer ids (Qwen2: 151,936 rows, 151,665 ids).
+  # Each extra row doubles a real one's lm_head column, so whichever real id would win
+  # (a positive logit), its double wins by more: unmasked, only extra ids come out.
+  ids = TINY_DECODER.vocab_size
+  config = dataclasses.replace(TINY_DECODER, vocab_size=2 * ids, tie_embeddings=False,
+                               prefix_lm=False)
+  params = Decoder(config).init(jax.random.key(1), *dummy_inputs(8))["params"]
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  kernel = np.asarray(params["lm_head"]["kernel"]).copy()
+  kernel[:, ids:2 * ids] = 2 * kernel[:, :ids]
+  params = {**params, "lm_head": {"kernel": kernel}}
+  prompts, mask, _ = left_pad_prompts([[5, 6, 7], [9, 10, 11, 12, 13]], 8)
+
+  unmasked = family_for(config).make_generate(params, 6, eos_id=-1)(prompts, mask)
+  assert (unmasked >= ids).all()  # the bias works: every step picks an extra row
+  network = family_for(config, num_token_ids=ids)
+  masked = network.make_generate(params, 6, eos_id=-1)(prompts, mask)
+  assert (masked < ids).all()
+  # Masked, it decodes exactly as the same model cut to the tokenizer's ids.
+  same_size = family_for(dataclasses.replace(config, vocab_size=ids))
+  rows = same_size.config.padded_vocab_size  # beyond `ids`, padding its logits never show
+  cut = {**params, "embedding": params["embedding"][:rows], "lm_head": {"kernel": kernel[:, :rows]}}
+  np.testing.assert_array_equal(masked, same_size.make_generate(cut, 6, eos_id=-1)(prompts, mask))
+
+
+def test_masking_unused_ids_keeps_shape_and_is_the_identity_without_extra_rows():
+  logits = jnp.arange(12, dtype=jnp.float32).reshape(2, 6)
+  masked = family_for(TINY_DECODER, num_token_ids=4).mask_unused_ids(logits)
+  assert masked.shape == logits.shape and masked.dtype == logits.dtype
+  np.testing.assert_array_equal(masked[:, :4], logits[:, :4])
+  assert (masked[:, 4:] <= -1e9).all()
+  assert np.isfinite(np.asarray(jax.nn.log_softmax(masked))[:, :4]).all()
+  for num_token_ids in (None, 6, 7):
+    np.testing.assert_array_equal(
+        family_for(TINY_DECODER, num_token_ids=num_token_ids).mask_unused_ids(logits), logits)

@@ -176,6 +176,27 @@ def test_a_missing_tensor_is_named(tmp_path):
     hf_llama.load_hf_checkpoint(str(tmp_path))
 
 
+@pytest.mark.parametrize("distinct", [True, False])
+def test_a_tied_checkpoint_that_also_stores_lm_head_gives_transformers_logits(distinct, tmp_path):
+  # transformers (5.x, `PreTrainedModel.tie_weights`) ties only if the file's lm_head
+  # equals the embedding; a different one is kept, untied, with a warning.
+  model = make_hf_model("llama_tied")
+  model.save_pretrained(tmp_path)
+  tensors = load_file(tmp_path / "model.safetensors")
+  assert "lm_head.weight" not in tensors  # transformers itself omits the tied copy
+  embedding = tensors["model.embed_tokens.weight"]
+  tensors["lm_head.weight"] = (np.random.RandomState(2).normal(0, 0.2, embedding.shape)
+                               .astype(np.float32) if distinct else embedding.copy())
+  save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+  config, params = hf_llama.load_hf_checkpoint(str(tmp_path))
+  assert config.tie_embeddings == (not distinct) and ("lm_head" in params) == distinct
+  tokens = random_tokens(100)
+  np.testing.assert_allclose(our_logits(config, params, tokens), hf_logits(reloaded.eval(), tokens),
+                             atol=1e-4, rtol=0)
+
+
 def test_an_unsupported_architecture_lists_the_supported_ones():
   with pytest.raises(UserError) as error:
     hf_llama.config_from_hf({"architectures": ["GPT2LMHeadModel"], **TINY})

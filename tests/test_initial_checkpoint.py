@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import seqio
@@ -17,7 +18,7 @@ from flan_jax.training.trainer import TrainerConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "data", "models", "stories260K-hf")
-pytestmark = pytest.mark.skipif(not os.path.isdir(STORIES), reason="needs ../shared/data")
+needs_stories = pytest.mark.skipif(not os.path.isdir(STORIES), reason="needs ../shared/data")
 
 SENTENCES = ["Once upon a time, there was a little girl named Lily.",
              "She liked to play outside in the park with her friends.",
@@ -50,23 +51,58 @@ def _first_loss(tmp_path, task, **kwargs):
   return json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"]
 
 
+@needs_stories
 def test_pretrained_weights_start_far_below_a_random_initialisation(tmp_path, story_task):
   pretrained = _first_loss(tmp_path / "pretrained", story_task, initial_checkpoint_path=STORIES)
   random = _first_loss(tmp_path / "random", story_task)
   assert pretrained < random - 2.0, (pretrained, random)
 
 
-def test_a_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
-  import flan_jax_tasks.default_mixture  # noqa: F401  (byte vocabulary: 259 ids, not 512)
-  with pytest.raises(UserError, match="259 ids but the checkpoint .* has 512"):
-    _first_loss(tmp_path, "default_add", initial_checkpoint_path=STORIES)
+def _tiny_hf_checkpoint(directory, vocab_size: int) -> str:
+  """A tiny random Qwen2 checkpoint, written by transformers, with `vocab_size` embedding rows."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  config = transformers.Qwen2Config(
+      vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+      num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True)
+  transformers.Qwen2ForCausalLM(config).save_pretrained(directory)
+  return str(directory)
 
 
+def test_a_checkpoint_with_more_embedding_rows_than_tokenizer_ids_is_accepted(tmp_path,
+                                                                              monkeypatch):
+  # Qwen2 pads its 151,665 tokenizer ids to 151,936 rows, far beyond the next multiple
+  # of 128; here the byte vocabulary's 259 ids meet 400 rows (> 384).
+  import flan_jax_tasks.default_mixture  # noqa: F401  (byte vocabulary: 259 ids)
+  from flan_jax.models import families
+  num_token_ids, family_for = [], families.family_for
+
+  def recording_family_for(config, **kwargs):
+    num_token_ids.append(kwargs.get("num_token_ids"))
+    return family_for(config, **kwargs)
+
+  monkeypatch.setattr(families, "family_for", recording_family_for)
+  checkpoint = _tiny_hf_checkpoint(tmp_path / "qwen2", vocab_size=400)
+  loss = _first_loss(tmp_path / "run", "default_add", initial_checkpoint_path=checkpoint)
+  assert loss > 0
+  assert num_token_ids == [259]  # the 141 extra rows are masked out of generation
+
+
+def test_a_checkpoint_with_fewer_embedding_rows_than_tokenizer_ids_is_refused(tmp_path):
+  import flan_jax_tasks.default_mixture  # noqa: F401  (byte vocabulary: 259 ids)
+  checkpoint = _tiny_hf_checkpoint(tmp_path / "small", vocab_size=200)
+  with pytest.raises(UserError, match=re.escape(f"259 ids but the checkpoint at {checkpoint} has only 200")):
+    _first_loss(tmp_path / "run", "default_add", initial_checkpoint_path=checkpoint)
+
+
+@needs_stories
 def test_a_directory_that_is_no_checkpoint_says_what_it_expected(tmp_path, story_task):
   with pytest.raises(UserError, match="neither a Hugging Face checkpoint"):
     _first_loss(tmp_path / "run", story_task, initial_checkpoint_path=str(tmp_path))
 
 
+@needs_stories
 def test_rows_start_from_the_tokenizers_bos_as_the_pretrained_model_expects(story_task):
   import numpy as np
   from flan_jax.data import pipeline, vocabularies

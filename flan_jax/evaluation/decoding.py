@@ -8,6 +8,9 @@ produced EOS; tokens after a row's EOS are 0.
 
 T5 encodes the prompt once and then decodes from the start token 0, attending to the
 encoding (padding masked by segment 0) and to its own cached keys and values.
+
+With `num_token_ids`, ids at or beyond the tokenizer's vocabulary size (embedding
+rows a checkpoint pads its vocabulary with) are never generated.
 """
 
 from typing import Callable
@@ -21,14 +24,34 @@ from flan_jax.models.decoder import Decoder, init_cache
 
 GenerateFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+# Far below any real logit, yet finite: log_softmax over a row stays free of inf - inf.
+_MASKED_LOGIT = -1e9
 
-def _greedy_loop(first_logits, step_logits, cache, max_new_tokens: int, eos_id: int):
+
+def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarray:
+  """logits [..., V] with ids >= num_token_ids set to a large negative value.
+
+  The identity when num_token_ids is None or covers all V ids.
+  """
+  vocab = logits.shape[-1]
+  if num_token_ids is None or num_token_ids >= vocab:
+    return logits
+  # -1e9 overflows float16 to -inf; its own minimum / 2 is still far below any logit.
+  fill = max(_MASKED_LOGIT, float(jnp.finfo(logits.dtype).min) / 2)
+  return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
+
+
+def _greedy_loop(first_logits, step_logits, cache, max_new_tokens: int, eos_id: int,
+                 num_token_ids: int | None = None):
   """Greedy tokens [B, max_new_tokens] from the prefill's logits and a one-token step.
 
   `step_logits(token [B], index [B], cache) -> (logits [B, V], cache)`, where index
-  counts the tokens generated before this one.
+  counts the tokens generated before this one. Ids >= `num_token_ids` are never picked.
   """
   batch = first_logits.shape[0]
+
+  def greedy(logits):
+    return jnp.argmax(mask_unused_ids(logits, num_token_ids), axis=-1).astype(jnp.int32)
 
   def keep_going(carry):
     t, _, _, done, _ = carry
@@ -39,14 +62,15 @@ def _greedy_loop(first_logits, step_logits, cache, max_new_tokens: int, eos_id: 
     out = out.at[:, t].set(jnp.where(done, 0, token))
     done = done | (token == eos_id)
     logits, cache = step_logits(token, t, cache)
-    return t + 1, jnp.argmax(logits, axis=-1).astype(jnp.int32), cache, done, out
+    return t + 1, greedy(logits), cache, done, out
 
-  carry = (jnp.zeros((), jnp.int32), jnp.argmax(first_logits, axis=-1).astype(jnp.int32), cache,
+  carry = (jnp.zeros((), jnp.int32), greedy(first_logits), cache,
            jnp.zeros((batch,), bool), jnp.zeros((batch, max_new_tokens), jnp.int32))
   return jax.lax.while_loop(keep_going, step, carry)[-1]
 
 
-def make_greedy_generate(model: Decoder, params, max_new_tokens: int, eos_id: int) -> GenerateFn:
+def make_greedy_generate(model: Decoder, params, max_new_tokens: int, eos_id: int,
+                         num_token_ids: int | None = None) -> GenerateFn:
   """(prompts [B, P], prompt_mask [B, P]) -> generated tokens [B, max_new_tokens]."""
   config = model.config
 
@@ -66,13 +90,13 @@ def make_greedy_generate(model: Decoder, params, max_new_tokens: int, eos_id: in
                                   ones, 0 * ones, cache=cache)
       return logits[:, -1], cache
 
-    return _greedy_loop(logits[:, -1], step_logits, cache, max_new_tokens, eos_id)
+    return _greedy_loop(logits[:, -1], step_logits, cache, max_new_tokens, eos_id, num_token_ids)
 
   return lambda prompts, mask: np.asarray(generate(params, prompts, mask))
 
 
-def make_encoder_decoder_generate(model: t5_lib.T5, params, max_new_tokens: int,
-                                  eos_id: int) -> GenerateFn:
+def make_encoder_decoder_generate(model: t5_lib.T5, params, max_new_tokens: int, eos_id: int,
+                                  num_token_ids: int | None = None) -> GenerateFn:
   """(prompts [B, P], prompt_mask [B, P]) -> generated tokens [B, max_new_tokens], for T5."""
   config = model.config
 
@@ -95,6 +119,6 @@ def make_encoder_decoder_generate(model: t5_lib.T5, params, max_new_tokens: int,
     cache = t5_lib.init_cache(config, batch, max_new_tokens + 1)
     first, cache = step_logits(jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32), cache)
     return _greedy_loop(first, lambda token, t, cache: step_logits(token, t + 1, cache), cache,
-                        max_new_tokens, eos_id)
+                        max_new_tokens, eos_id, num_token_ids)
 
   return lambda prompts, mask: np.asarray(generate(params, prompts, mask))

@@ -42,9 +42,14 @@ class DecoderOnly:
   `bos_id` starts every row: 0 for our own vocabularies (as seqio's PrefixLM
   converter does), the tokenizer's BOS for pretrained checkpoints (1 for Llama's
   SentencePiece, where 0 is <unk>).
+
+  `num_token_ids` is the tokenizer's vocabulary size when the checkpoint has more
+  embedding rows than that (Qwen2: 151,936 rows for 151,665 ids); the extra ids are
+  masked out of generation and scoring. None: every row is a token.
   """
   config: DecoderConfig
   bos_id: int = 0
+  num_token_ids: int | None = None
   encoder_decoder = False
 
   @property
@@ -75,14 +80,23 @@ class DecoderOnly:
   def prompt_prefix(self) -> list[int]:
     return [self.bos_id]
 
+  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
+    """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
+    return decoding.mask_unused_ids(logits, self.num_token_ids)
+
   def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
-    return decoding.make_greedy_generate(self.module, params, max_new_tokens, eos_id)
+    return decoding.make_greedy_generate(self.module, params, max_new_tokens, eos_id,
+                                         num_token_ids=self.num_token_ids)
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
-  """T5: the encoder reads the inputs, the decoder starts from 0 and writes the targets."""
+  """T5: the encoder reads the inputs, the decoder starts from 0 and writes the targets.
+
+  `num_token_ids` as for `DecoderOnly` (T5 pads its 32,100 ids to 32,128 rows).
+  """
   config: T5Config
+  num_token_ids: int | None = None
   encoder_decoder = True
 
   @property
@@ -112,16 +126,23 @@ class EncoderDecoder:
   def prompt_prefix(self) -> list[int]:
     return []
 
+  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
+    """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
+    return decoding.mask_unused_ids(logits, self.num_token_ids)
+
   def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
-    return decoding.make_encoder_decoder_generate(self.module, params, max_new_tokens, eos_id)
+    return decoding.make_encoder_decoder_generate(self.module, params, max_new_tokens, eos_id,
+                                                  num_token_ids=self.num_token_ids)
 
 
 ModelFamily = Union[DecoderOnly, EncoderDecoder]
 
 
-def family_for(config: DecoderConfig | T5Config, bos_id: int | None = None) -> ModelFamily:
+def family_for(config: DecoderConfig | T5Config, bos_id: int | None = None,
+               num_token_ids: int | None = None) -> ModelFamily:
+  """`num_token_ids`: the tokenizer's vocabulary size, if the model may have more rows."""
   if isinstance(config, T5Config):
-    return EncoderDecoder(config)
+    return EncoderDecoder(config, num_token_ids=num_token_ids)
   if isinstance(config, DecoderConfig):
-    return DecoderOnly(config, bos_id=bos_id or 0)
+    return DecoderOnly(config, bos_id=bos_id or 0, num_token_ids=num_token_ids)
   raise TypeError(f"no model family for {type(config).__name__}")

@@ -16,12 +16,17 @@ export cannot drift apart. Edge cases:
 - Our embedding (and untied `lm_head`) is padded to `padded_vocab_size` so it
   splits evenly over a tensor-parallel axis; import pads with zero rows, export
   cuts them off again. The padded logits are never seen (the decoder cuts them).
-- With tied embeddings HF usually omits `lm_head.weight`; if present we ignore it.
+- With tied embeddings HF usually omits `lm_head.weight`. If the file has one anyway
+  we do what transformers does (`PreTrainedModel.tie_weights`): an exact copy of the
+  embedding stays tied, a different one is loaded untied (`tie_embeddings=False`),
+  since that lm_head is what transformers computes its logits with.
 - RoPE may be plain, "linear" or Llama 3.1/3.2's "llama3" scaling; other types
   ("yarn", "dynamic", ...) are refused rather than silently giving different logits. Mistral's sliding window is not modelled: sequences up
   to `sliding_window` tokens match exactly, longer ones would not.
 """
 
+import dataclasses
+import sys
 from typing import Any
 
 import numpy as np
@@ -188,17 +193,30 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
   """
   config = config_from_hf(read_config_json(directory), **config_overrides)
   files = tensor_files(directory)
-  specs = _tensor_specs(config)
-  expected = {s.hf_name for s in specs} | {"lm_head.weight"}  # lm_head: ignored when tied
-  check_tensor_names(
-      directory, missing=[s.hf_name for s in specs if s.hf_name not in files],
-      unused=sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq")))
-
-  params: Params = {}
   with TensorReader(files) as reader:
+    if config.tie_embeddings and _stores_a_different_lm_head(reader, files):
+      print(f"note: {directory} says tie_word_embeddings=true but its lm_head.weight differs "
+            "from model.embed_tokens.weight; loading it untied, as transformers does.",
+            file=sys.stderr)
+      config = dataclasses.replace(config, tie_embeddings=False)
+    specs = _tensor_specs(config)
+    expected = {s.hf_name for s in specs} | {"lm_head.weight"}  # tied: an equal copy, unused
+    check_tensor_names(
+        directory, missing=[s.hf_name for s in specs if s.hf_name not in files],
+        unused=sorted(n for n in files
+                      if n not in expected and not n.endswith("rotary_emb.inv_freq")))
+
+    params: Params = {}
     for spec in specs:
       set_path(params, spec.path, read_tensor(reader, spec, config.param_dtype))
   return config, params
+
+
+def _stores_a_different_lm_head(reader: TensorReader, files: dict[str, str]) -> bool:
+  """Whether the files hold an lm_head.weight that is not an exact copy of the embedding."""
+  if "lm_head.weight" not in files or "model.embed_tokens.weight" not in files:
+    return False
+  return not np.array_equal(reader.get("lm_head.weight"), reader.get("model.embed_tokens.weight"))
 
 
 def save_hf_checkpoint(params: Params, config: DecoderConfig, directory: str,
