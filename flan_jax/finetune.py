@@ -3,7 +3,9 @@
 The whole job behind `python -m flan_jax.train`: evaluate the untrained model, train
 (resuming if MODEL_DIR has a checkpoint), evaluate again, and write the comparison
 to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
-"task/metric", for the held-out tasks and the training tasks' validation splits.
+"task/metric", for the held-out tasks and the training tasks' validation splits,
+with the means of `report_groups` (FLAN's held-out score `heldout_mean/...` and one
+mean per variant) and the tasks each mean covers ("groups").
 MODEL_DIR also gets the model's config (flan_jax_config.json), so the run exports to
 Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=...`.
 """
@@ -17,9 +19,9 @@ from typing import Mapping
 import jax
 import seqio
 
-from flan_jax.data import pipeline, registry, vocabularies
+from flan_jax.data import clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import evaluator
+from flan_jax.evaluation import evaluator, scoring
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
 from flan_jax.models.decoder import DecoderConfig
@@ -78,7 +80,13 @@ def finetune(
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
+    truncation_sample: int = 100,
 ) -> dict[str, dict[str, float]]:
+  """Evaluates, trains, evaluates again; returns {"before", "after", "groups"}.
+
+  `truncation_sample`: examples per training task read before training to count and
+  report prompts and targets that the run's lengths cut (0: skip the report).
+  """
   ensure_writable_dir(model_dir)
   seen_tasks = registry.leaf_tasks(mixture_or_task_name)
   heldout_tasks = registry.leaf_tasks(heldout_mixture_or_task_name) if heldout_mixture_or_task_name else []
@@ -110,17 +118,34 @@ def finetune(
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
 
+  # Inverted tasks (write the question from the answer) cannot be scored against labels.
+  heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]
   eval_tasks = _tasks_with_split(heldout_tasks, evaluation.split)
+  seen_eval_tasks = []
   if evaluation.evaluate_seen:
-    eval_tasks = _tasks_with_split(seen_tasks, evaluation.split) + eval_tasks
-  groups = {"seen": [t.name for t in seen_tasks], "heldout": [t.name for t in heldout_tasks]}
+    # Per seen dataset, the task its score counts (see `report_groups`): a library
+    # renders each dataset several ways, and evaluating all of them costs hours.
+    headline = set(clusters.headline_tasks([t.name for t in seen_tasks]))
+    seen_eval_tasks = [t for t in _tasks_with_split(seen_tasks, evaluation.split)
+                       if t.name in headline]
+    eval_tasks = seen_eval_tasks + eval_tasks
+  groups = report_groups([t.name for t in seen_eval_tasks], [t.name for t in heldout_tasks])
+  inputs_eos = network.inputs_eos
 
   def evaluate(params) -> dict[str, float]:
-    generate = network.make_generate(params, task_feature_lengths["targets"], vocabulary.eos_id)
-    prefix = network.prompt_prefix()  # BOS for a decoder-only model
-    results = evaluator.evaluate(eval_tasks, generate, task_feature_lengths["inputs"] + len(prefix),
-                                 evaluation, prompt_prefix=prefix)
+    model = evaluator.EvalModel(
+        generate=network.make_generate(params, task_feature_lengths["targets"], vocabulary.eos_id),
+        score=scoring.make_option_scorer(network, params, task_feature_lengths,
+                                         batch_size=evaluation.batch_size,
+                                         bos_id=getattr(network, "bos_id", 0)),
+        lengths=task_feature_lengths, prompt_prefix=tuple(network.prompt_prefix()),
+        inputs_eos=inputs_eos)
+    results = evaluator.evaluate(eval_tasks, model, evaluation)
     return {**results, **evaluator.group_means(results, groups)}
+
+  if jax.process_index() == 0 and truncation_sample:
+    pipeline.report_truncation(seen_tasks, task_feature_lengths, inputs_eos=inputs_eos,
+                               examples_per_task=truncation_sample, seed=trainer.seed)
 
   before = {}
   if evaluate_before and eval_tasks:
@@ -134,16 +159,30 @@ def finetune(
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
-        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0))
+        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
+        inputs_eos=inputs_eos)
 
   state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                             initial_params=initial_params)
   after = evaluate(state.params) if eval_tasks else {}
 
-  results = {"before": before, "after": after}
+  results = {"before": before, "after": after, "groups": groups}
   if jax.process_index() == 0:
     os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
     with open(os.path.join(model_dir, "eval", "heldout.json"), "w") as f:
       json.dump(results, f, indent=2, sort_keys=True)
     print_comparison(before, after, groups)
   return results
+
+
+def report_groups(seen: list[str], heldout: list[str]) -> dict[str, list[str]]:
+  """The tasks each reported mean averages.
+
+  `heldout` is FLAN's zero-shot score: per held-out dataset its zero-shot options task
+  (else its zero-shot task). `heldout_<variant>` gives each variant's mean beside it
+  (few-shot, no options, CoT, ...). `seen` uses the same rule on the training tasks.
+  """
+  groups = {"seen": clusters.headline_tasks(seen), "heldout": clusters.headline_tasks(heldout)}
+  for variant, names in sorted(clusters.variant_groups(heldout).items()):
+    groups[f"heldout_{variant}"] = names
+  return {name: tasks for name, tasks in groups.items() if tasks}

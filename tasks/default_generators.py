@@ -37,7 +37,10 @@ class Generator:
     cluster: str
     make_fields: Callable[[random.Random], dict[str, str]]
     templates: tuple[tuple[str, str], ...]
-    answer_options: tuple[str, ...] = ()
+    answer_options: tuple[str, ...] = ()  # a fixed label set (yes/no)
+    # Fields whose values are the options (the two things compared); else the options
+    # are the answer and the answer of another random record, in random order.
+    option_fields: tuple[str, ...] = ()
 
 
 def _digits(rng: random.Random, low: int = 3, high: int = 5) -> list[int]:
@@ -236,7 +239,7 @@ GENERATORS: tuple[Generator, ...] = (
         ("Which is larger, {a} or {b}?", "{answer}"),
         ("What is the bigger number: {a} or {b}?", "{answer}"),
         ("Pick the greater of {a} and {b}.", "{answer}"),
-    )),
+    ), option_fields=("a", "b")),
     Generator("is_even", "comparison", _is_even, (
         ("Is {n} an even number?", "{answer}"),
         ("Is {n} even? Answer yes or no.", "{answer}"),
@@ -251,12 +254,34 @@ GENERATORS: tuple[Generator, ...] = (
         ("Which word is longer, {word1} or {word2}?", "{answer}"),
         ("Which has more letters: {word1} or {word2}?", "{answer}"),
         ("Pick the longer word: {word1}, {word2}", "{answer}"),
-    )),
+    ), option_fields=("word1", "word2")),
 )
 
 
-def generate(generator: Generator, seed: int, count: int) -> list[dict[str, str]]:
-    """Returns `count` field dicts, reproducible from (generator.name, seed)."""
+def _options(generator: Generator, fields: dict[str, str], rng: random.Random) -> list[str]:
+    if generator.answer_options:
+        return list(generator.answer_options)
+    if generator.option_fields:
+        return [fields[f] for f in generator.option_fields]
+    while True:  # a wrong answer of the same kind: another record's answer
+        other = generator.make_fields(rng)["answer"]
+        if other != fields["answer"]:
+            break
+    options = [fields["answer"], other]
+    rng.shuffle(options)
+    return options
+
+
+def generate(generator: Generator, seed: int, count: int) -> list[dict]:
+    """Returns `count` field dicts, reproducible from (generator.name, seed).
+
+    Each also has "options": the answer among one or more wrong ones, which the
+    options variants show and rank classification scores.
+    """
     # Seeding with the name keeps tasks independent even when they share a seed.
     rng = random.Random(f"{generator.name}:{seed}")
-    return [generator.make_fields(rng) for _ in range(count)]
+    records = []
+    for _ in range(count):
+        fields = generator.make_fields(rng)
+        records.append({**fields, "options": _options(generator, fields, rng)})
+    return records

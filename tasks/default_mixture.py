@@ -1,25 +1,31 @@
 """The built-in default mixture: generated tasks in four clusters, no downloads.
 
-Every generator in `default_generators` becomes a seqio task `default_<name>` with
-train and validation splits, its templates, exact-match accuracy, and the byte
-vocabulary. Mixtures:
+Every generator in `default_generators` is registered as a FLAN task (`FlanTaskSpec`)
+named `default_<name>`: a mixture over its variants `default_<name>_zs_noopt`,
+`_zs_opt`, `_zs_opt_random`, `_fs_noopt` and `_fs_opt`, with train and validation
+splits, its templates, the byte vocabulary and exact-match accuracy. Every record has
+answer options (yes/no, the two things compared, or the answer and a wrong one), so
+every cluster trains the model to pick among listed options, and options tasks are
+evaluated by rank classification. Mixtures:
 
-  default_train    every cluster except HELDOUT_CLUSTER, examples-proportional
-                   with FLAN's per-task cap
-  default_heldout  the held-out cluster's tasks, for zero-shot evaluation
+  default_train    every cluster except HELDOUT_CLUSTER: each dataset weighted by
+                   min(examples, cap), shared among its variants (FLAN's rule)
+  default_heldout  the held-out cluster's tasks, for zero-shot evaluation; its mean
+                   is FLAN's score (zero-shot with options, rank classification)
   default_<cluster> one mixture per cluster
 
 Importing this module registers them (gin files do it with an `import` line).
 """
 
+import functools
+
 import seqio
-import tensorflow as tf
 
 from flan_jax.data import clusters
-from flan_jax.data.mixtures import examples_proportional
-from flan_jax.data.templates import Template, apply_templates
-from flan_jax.data.vocabularies import byte_vocabulary, output_features
-from flan_jax.evaluation.metrics import accuracy, strip
+from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
+from flan_jax.data.templates import Template
+from flan_jax.data.vocabularies import byte_vocabulary
+from flan_jax.evaluation.metrics import accuracy
 from flan_jax_tasks import default_generators as generators
 
 HELDOUT_CLUSTER = "comparison"
@@ -27,49 +33,40 @@ SPLIT_SIZES = {"train": 5_000, "validation": 100}
 # Different seeds per split, so validation records are drawn independently of train.
 _SPLIT_SEEDS = {"train": 0, "validation": 1}
 _EXAMPLES_CAP = 3_000  # FLAN's cap on a task's share (rates use min(examples, cap))
+FEW_SHOT_K = 2  # short prompts: two exemplars fit the quickstart's 96 input bytes
 
 
 def task_name(generator: generators.Generator) -> str:
+  """The generator's dataset: a mixture over its variant tasks."""
   return f"default_{generator.name}"
 
 
-def _dataset_fn(generator: generators.Generator):
-  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    del shuffle_files, seed  # records are generated in a fixed order; seqio shuffles them
-    records = generators.generate(generator, _SPLIT_SEEDS[split], SPLIT_SIZES[split])
-    return tf.data.Dataset.from_tensor_slices({k: [r[k] for r in records] for k in records[0]})
-  return dataset_fn
+def _records(generator: generators.Generator, split: str) -> list[dict]:
+  return generators.generate(generator, _SPLIT_SEEDS[split], SPLIT_SIZES[split])
 
 
-def _register_task(generator: generators.Generator) -> None:
-  seqio.TaskRegistry.add(
-      task_name(generator),
-      source=seqio.FunctionDataSource(
-          _dataset_fn(generator), splits=tuple(SPLIT_SIZES), num_input_examples=SPLIT_SIZES),
-      preprocessors=[
-          apply_templates([Template(*pair) for pair in generator.templates]),
-          seqio.preprocessors.tokenize,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features=output_features(byte_vocabulary()),
-      postprocess_fn=strip,
-      metric_fns=[accuracy],
-  )
+def _spec(generator: generators.Generator) -> FlanTaskSpec:
+  return FlanTaskSpec(
+      name=task_name(generator), cluster=generator.cluster,
+      records=functools.partial(_records, generator),
+      templates=tuple(Template(*pair) for pair in generator.templates),
+      options="options", few_shot_k=FEW_SHOT_K, metric_fns=(accuracy,),
+      vocabulary=byte_vocabulary())
 
 
 def tasks_in_cluster(cluster: str) -> list[str]:
-  return [task_name(g) for g in generators.GENERATORS if g.cluster == cluster]
+  """The variant tasks of the cluster's generators."""
+  return [task.name for g in generators.GENERATORS if g.cluster == cluster
+          for task in seqio.get_mixture_or_task(task_name(g)).tasks]
 
 
 for _generator in generators.GENERATORS:
-  _register_task(_generator)
-  clusters.assign(task_name(_generator), _generator.cluster)
+  if task_name(_generator) not in seqio.MixtureRegistry.names():
+    register_flan_task(_spec(_generator))
 
-_rate = examples_proportional(cap=_EXAMPLES_CAP)
+_rate = functools.partial(clusters.dataset_shared_rates, cap=_EXAMPLES_CAP)
 for _cluster in generators.CLUSTERS:
-  seqio.MixtureRegistry.add(f"default_{_cluster}", tasks_in_cluster(_cluster), default_rate=_rate)
-seqio.MixtureRegistry.add(
-    "default_train",
-    [name for c in generators.CLUSTERS if c != HELDOUT_CLUSTER for name in tasks_in_cluster(c)],
-    default_rate=_rate)
-seqio.MixtureRegistry.add("default_heldout", tasks_in_cluster(HELDOUT_CLUSTER), default_rate=_rate)
+  seqio.MixtureRegistry.add(f"default_{_cluster}", _rate(tasks_in_cluster(_cluster)))
+clusters.register_leave_one_out(
+    HELDOUT_CLUSTER, among=[t for c in generators.CLUSTERS for t in tasks_in_cluster(c)],
+    overlaps={}, cap=_EXAMPLES_CAP, train_name="default_train", eval_name="default_heldout")

@@ -51,10 +51,10 @@ def test_cached_greedy_matches_uncached_for_left_padded_prompts_of_different_len
     assert (generated[row, len(expected):] == 0).all()
 
 
-def test_left_padding_truncates_from_the_start_and_counts_it():
-  prompts, mask, truncated = left_pad_prompts([[5, 6, 7, 8], [9]], 3)
+def test_left_padding_cuts_the_front_of_the_inputs_but_keeps_the_bos_and_counts_it():
+  prompts, mask, truncated = left_pad_prompts([[5, 6, 7, 8], [9]], 3, prefix=(2,))
   assert truncated == 1
-  assert prompts.tolist() == [[6, 7, 8], [0, 0, 9]]
+  assert prompts.tolist() == [[2, 7, 8], [0, 2, 9]]  # the BOS (2) stays; 5 and 6 are cut
   assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
 
 

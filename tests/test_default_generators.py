@@ -79,6 +79,8 @@ def test_templates_render(generator: dg.Generator) -> None:
     assert len(generator.templates) >= 3
     fields = dg.generate(generator, seed=1, count=1)[0]
     assert "answer" in fields
+    options = fields.pop("options")
+    assert fields["answer"] in options and len(set(options)) == len(options) >= 2
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
     needed = set(fields) - {"answer"}
     for inputs_template, targets_template in generator.templates:

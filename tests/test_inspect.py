@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import seqio
+
 import flan_jax_tasks.default_mixture  # noqa: F401
 from flan_jax.data import inspect
 
@@ -22,17 +24,22 @@ def test_list_prints_every_task_and_mixture_one_per_line():
 
 def test_report_shows_the_loss_mask_counts_rates_truncation_and_packing(tmp_path):
   out = io.StringIO()
-  report = inspect.inspect("default_train", num_examples=1, sample_size=20,
-                           lengths={"inputs": 30, "targets": 8},
-                           plot_path=str(tmp_path / "rates.png"), out=out)
+  tasks = ["default_add_zs_noopt", "default_list_sort_zs_noopt", "default_double_zs_noopt"]
+  seqio.MixtureRegistry.add("inspect_test_mixture", tasks, default_rate=1.0)
+  try:
+    report = inspect.inspect("inspect_test_mixture", num_examples=1, sample_size=20,
+                             lengths={"inputs": 30, "targets": 8},
+                             plot_path=str(tmp_path / "rates.png"), out=out)
+  finally:
+    seqio.MixtureRegistry.remove("inspect_test_mixture")
   text = out.getvalue()
   assert "⟦" in text and "<eos>⟧" in text  # targets are what the loss sees
   assert abs(sum(report["rates"].values()) - 1) < 1e-9
-  assert report["tasks"]["default_add"]["examples"] == 5_000
+  assert report["tasks"]["default_add_zs_noopt"]["examples"] == 5_000
   # Prompts are often longer than 30 bytes and list_sort answers longer than 8.
-  assert report["tasks"]["default_add"]["truncated_inputs"] > 0
-  assert report["tasks"]["default_list_sort"]["truncated_targets"] > 0
-  assert report["tasks"]["default_double"]["truncated_inputs"] == 0
+  assert report["tasks"]["default_add_zs_noopt"]["truncated_inputs"] > 0
+  assert report["tasks"]["default_list_sort_zs_noopt"]["truncated_targets"] > 0
+  assert report["tasks"]["default_double_zs_noopt"]["truncated_inputs"] == 0
   assert 0.5 < report["packing_efficiency"] <= 1.0
   assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -17,7 +17,7 @@ LENGTHS = {"inputs": 128, "targets": 32}
 
 
 def _examples(count=9):
-  task = seqio.get_mixture_or_task("default_list_sort")
+  task = seqio.get_mixture_or_task("default_list_sort_zs_noopt")
   dataset = task.get_dataset(LENGTHS, split="validation", shuffle=False)
   return [{"inputs": ex["inputs"], "targets": ex["targets"]}
           for ex in dataset.take(count).as_numpy_iterator()]

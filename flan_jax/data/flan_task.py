@@ -12,12 +12,21 @@ Rendering happens in Python, in a seqio DataSource (`RenderedSource`), because f
 needs the train split's records and because records may carry lists (options,
 several reference answers). Records are loaded on first use, never at
 registration, so a library of thousands of tasks registers in seconds. Every example
-carries `template_idx` and `variant` as passthrough features, and `references`
-(all acceptable answers, joined by \\x1e) for multi-reference metrics.
+carries `template_idx` and `variant` as passthrough features, `references` (all
+acceptable answers, joined by \\x1e) for multi-reference metrics, and `options` (the
+answer options, joined the same way; empty when the task has none) for rank
+classification, shown in the prompt or not.
+
+Few-shot prompts fit the run's input length, not a fixed budget: the source renders
+the prompt with k, k - 1, ..., 0 exemplars (same template, same draws) and counts
+their tokens, and `fit_few_shot_to_length`, a preprocessor that seqio gives the
+run's sequence lengths, keeps the one with the most exemplars that fits. The query is
+never cut for an exemplar's sake.
 """
 
 import dataclasses
 import functools
+import itertools
 import random
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,6 +42,8 @@ from flan_jax.evaluation.metrics import accuracy
 Record = Mapping[str, Any]
 RecordLoader = Callable[[str], Sequence[Record]]
 REFERENCE_SEPARATOR = "\x1e"
+# The source shuffles record order itself; seqio's buffer after rendering only mixes locally.
+SHUFFLE_BUFFER = 16
 
 
 def cached_loader(load: RecordLoader) -> RecordLoader:
@@ -45,11 +56,13 @@ class RenderedSource(seqio.DataSource):
 
   def __init__(self, records: RecordLoader, variant: Variant, splits: Sequence[str], *,
                salt: str, options: Sequence[str] | str | None, target_field: str | None,
-               vocabulary: seqio.Vocabulary, exemplar_split: str = "train"):
+               vocabulary: seqio.Vocabulary, exemplar_split: str = "train",
+               ordered_exemplars: bool = False, score_options: bool = True):
     super().__init__(splits=splits)
     self._records, self._variant, self._salt = records, variant, salt
     self._options, self._target_field = options, target_field
     self._vocabulary, self._exemplar_split = vocabulary, exemplar_split
+    self._ordered_exemplars, self._score_options = ordered_exemplars, score_options
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -77,31 +90,90 @@ class RenderedSource(seqio.DataSource):
     rng = random.Random(f"{self._salt}:{split}:{seed}:{index}")
     record = records[index]
     context = {"options": self._options_of(record)}
-    if isinstance(self._variant, FewShot):
-      pool = self._records(self._exemplar_split)
-      # Draw k distinct exemplars, never the example itself.
-      candidates = rng.sample(range(len(pool)), min(len(pool), self._variant.k + 1))
-      if split == self._exemplar_split:
-        candidates = [c for c in candidates if c != index]
-      context.update(exemplars=[pool[c] for c in candidates[:self._variant.k]],
-                     options_of=self._options_of,
-                     count_tokens=lambda text: len(self._vocabulary.encode(text)))
-    inputs, targets, template_idx = self._variant.render(record, rng, **context)
+    options = context["options"] if self._score_options else None
+    if not isinstance(self._variant, FewShot):
+      inputs, targets, template_idx = self._variant.render(record, rng, **context)
+      return self._example(record, inputs, targets, template_idx, options)
+    pool = self._records(self._exemplar_split)
+    k = self._variant.k
+    if self._ordered_exemplars:  # the first k in file order (MMLU's dev protocol)
+      candidates = list(range(min(len(pool), k + 1)))
+    else:  # k distinct exemplars drawn at random
+      candidates = rng.sample(range(len(pool)), min(len(pool), k + 1))
+    if split == self._exemplar_split:  # never the example itself
+      candidates = [c for c in candidates if c != index]
+    count_tokens = lambda text: len(self._vocabulary.encode(text))
+    context.update(exemplars=[pool[c] for c in candidates[:k]], options_of=self._options_of,
+                   count_tokens=count_tokens)
+    # The same draws with fewer exemplars, so the run's input length can pick one later.
+    state = rng.getstate()
+    renderings = []
+    for shots in range(k, -1, -1):
+      rng.setstate(state)
+      variant = self._variant if shots == k else dataclasses.replace(self._variant, k=shots)
+      renderings.append(variant.render(record, rng, **context))
+    inputs, targets, template_idx = renderings[0]
+    example = self._example(record, inputs, targets, template_idx, options)
+    example["inputs_candidates"] = [r[0] for r in renderings]
+    example["inputs_candidate_lengths"] = [count_tokens(r[0]) for r in renderings]
+    return example
+
+  def _example(self, record, inputs, targets, template_idx, options) -> dict[str, Any]:
     return {"inputs": inputs, "targets": targets, "template_idx": template_idx,
-            "variant": self._variant.name, "references": self._references(record, targets)}
+            "variant": self._variant.name, "references": self._references(record, targets),
+            "options": REFERENCE_SEPARATOR.join(str(o) for o in options or ())}
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
-    del shuffle, sequence_length, use_cached, num_epochs  # the Task shuffles rendered examples
+    del sequence_length, use_cached, num_epochs  # seqio repeats the dataset for epochs
     indices = range(len(self._records(split)))
     if shard_info:
       indices = indices[shard_info.index::shard_info.num_shards]
+    epochs = itertools.count()
+
+    def ordered():
+      # Shuffling record indices here, before rendering, costs nothing; a shuffle buffer
+      # after rendering would render thousands of examples of every task before the
+      # first batch. Each pass over the data (epoch) gets its own order, fixed by the seed.
+      if not shuffle:
+        return indices
+      order = list(indices)
+      random.Random(f"{self._salt}:{split}:{seed}:epoch{next(epochs)}").shuffle(order)
+      return order
     signature = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string),
                  "template_idx": tf.TensorSpec([], tf.int32), "variant": tf.TensorSpec([], tf.string),
-                 "references": tf.TensorSpec([], tf.string)}
+                 "references": tf.TensorSpec([], tf.string), "options": tf.TensorSpec([], tf.string)}
+    if isinstance(self._variant, FewShot):
+      signature.update(inputs_candidates=tf.TensorSpec([None], tf.string),
+                       inputs_candidate_lengths=tf.TensorSpec([None], tf.int32))
     return tf.data.Dataset.from_generator(
-        lambda: (self.render(split, i, seed) for i in indices), output_signature=signature)
+        lambda: (self.render(split, i, seed) for i in ordered()), output_signature=signature)
+
+
+def fit_few_shot_to_length(dataset: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
+  """Keeps the prompt with the most exemplars whose tokens (and EOS) fit the inputs length.
+
+  Without sequence lengths (seqio calls preprocessors with None when the caller gives
+  none) the source's own rendering stays: the spec's token budget applies.
+  """
+  if "inputs_candidates" not in dataset.element_spec:
+    return dataset
+  budget = sequence_length.get("inputs") if sequence_length else None
+
+  def choose(example):
+    example = dict(example)
+    candidates = example.pop("inputs_candidates")
+    lengths = example.pop("inputs_candidate_lengths")
+    if budget is not None:
+      fits = lengths + 1 <= budget  # + 1: the EOS seqio appends to the inputs
+      # The first (most exemplars) that fits; the zero-shot prompt when none does.
+      index = tf.where(tf.reduce_any(fits), tf.argmax(tf.cast(fits, tf.int32)),
+                       tf.cast(tf.size(lengths) - 1, tf.int64))
+      example["inputs"] = candidates[index]
+    return example
+
+  return dataset.map(choose, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def strip_postprocessor(text: str, example=None, is_target: bool = False):
@@ -135,25 +207,29 @@ class FlanTaskSpec:
   cot_templates: tuple[Template, ...] = ()
   inversion_templates: tuple[Template, ...] = ()
   few_shot_k: int = 3
-  few_shot_token_budget: int = 1024
+  few_shot_token_budget: int | None = None  # a cap below the run's input length, if any
   metric_fns: tuple[Callable, ...] = (accuracy,)
   vocabulary: seqio.Vocabulary | None = None
   zero_shot: bool = True
   few_shot: bool = True  # needs a train split to draw exemplars from
   extra_variants: tuple[Variant, ...] = ()  # dataset-specific renderings (NI's own few-shot)
+  # False: `options` only score (rank classification) and no _opt variants are
+  # registered, for tasks whose prompt lists the choices itself (MMLU's A-D).
+  options_variants: bool = True
+  ordered_exemplars: bool = False  # few-shot from the first k train records, in order
 
 
 def variants_of(spec: FlanTaskSpec) -> list[Variant]:
   variants: list[Variant] = []
   if spec.templates and spec.zero_shot:
     variants.append(ZeroShot("zs_noopt", spec.templates))
-    if spec.options is not None:
+    if spec.options is not None and spec.options_variants:
       variants.append(ZeroShot("zs_opt", spec.templates, options_style="fixed"))
       variants.append(ZeroShot("zs_opt_random", spec.templates, options_style="random"))
   if spec.templates and spec.few_shot and "train" in spec.splits:
     budget, k = spec.few_shot_token_budget, spec.few_shot_k
     variants.append(FewShot("fs_noopt", spec.templates, k=k, token_budget=budget))
-    if spec.options is not None:
+    if spec.options is not None and spec.options_variants:
       variants.append(FewShot("fs_opt", spec.templates, options_style="fixed", k=k,
                               token_budget=budget))
   if spec.cot_templates:
@@ -177,13 +253,18 @@ def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
         source=RenderedSource(records, variant, spec.splits, salt=task_name,
                               options=None if inverted else spec.options,
                               target_field=None if inverted else spec.target_field,
-                              vocabulary=vocabulary),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+                              vocabulary=vocabulary, ordered_exemplars=spec.ordered_exemplars,
+                              # A chain of thought is generated, never picked from options.
+                              score_options=variant.name != "cot"),
+        # No trimming here: training and evaluation fit lengths by one rule (`truncation`).
+        preprocessors=[fit_few_shot_to_length, seqio.preprocessors.tokenize,
+                       seqio.preprocessors.append_eos],
         output_features=output_features(vocabulary),
         postprocess_fn=cot_postprocessor if variant.name == "cot" else strip_postprocessor,
+        shuffle_buffer_size=SHUFFLE_BUFFER,
         metric_fns=list(spec.metric_fns),
     )
-    clusters.assign(task_name, spec.cluster)
+    clusters.assign(task_name, spec.cluster, dataset=spec.name, variant=variant.name)
     names[variant.name] = task_name
   if not names:
     raise ValueError(f"Task spec {spec.name!r} yields no variants: give it templates.")

@@ -43,7 +43,7 @@ with SuperNI's two metrics, ROUGE-L and (normalised) exact match (NI_METRICS;
 Edge cases. A positive example whose input equals the query's is skipped (NI often
 copies positives from the instances, which would hand the model its answer).
 Positive examples' explanations are not shown: SuperNI found they do not help.
-Exemplars are dropped, last first, until the prompt fits `few_shot_token_budget`.
+Exemplars are dropped, last first, until the prompt fits the run's input length (and `few_shot_token_budget`, if set).
 No answer options are shown: they would need the instances at registration.
 
 Errors. A file that is not an NI task (bad JSON, not an object, Definition missing or
@@ -326,7 +326,7 @@ class PositiveExamplesFewShot(FewShot):
     shots = [example.format(number=n, input=i, output=o) for n, (i, o) in enumerate(chosen, 1)]
     while True:
       inputs, targets = template.render({**record, "examples": "".join(shots)})
-      if not shots or count_tokens(inputs) <= self.token_budget:
+      if not shots or self.token_budget is None or count_tokens(inputs) <= self.token_budget:
         return inputs, targets, index
       shots.pop()
 
@@ -343,7 +343,7 @@ def register_ni_directory(directory: str, *, prefix: str = "ni_", k_positive: in
                           max_instances_per_task: int | None = None,
                           vocabulary: seqio.Vocabulary | None = None,
                           cluster_of_categories: Callable[[Sequence[str]], str] = default_cluster,
-                          few_shot_token_budget: int = 1024,
+                          few_shot_token_budget: int | None = None,
                           metric_fns: Sequence[Callable] = NI_METRICS,
                           on_error: OnError = "raise") -> list[str]:
   """Registers every `*.json` NI task in `directory`; returns the per-task mixture names."""
@@ -400,7 +400,7 @@ def register_ni_directory(directory: str, *, prefix: str = "ni_", k_positive: in
   return list(headers)
 
 
-def _positive_few_shot(header: NIHeader, k: int, budget: int) -> PositiveExamplesFewShot:
+def _positive_few_shot(header: NIHeader, k: int, budget: int | None) -> PositiveExamplesFewShot:
   """`fs_noopt` for NI: the task's positive examples, not train instances, as exemplars."""
   return PositiveExamplesFewShot(
       "fs_noopt", tuple(Template(prompt, "{output}") for prompt, _ in FEW_SHOT_TEMPLATES),

@@ -14,8 +14,10 @@ restarting per example, causal-attention flags over each prompt plus one), so th
 model sees packed rows exactly as it would see seqio's. With `encoder_decoder=True`
 a row is two bins (encoder inputs, decoder targets) that must both have room, and
 its features are those of seqio's EncDecFeatureConverter. Inputs or targets longer
-than their feature length keep their start, as seqio trims them, and every cut is
-counted and logged, never silent.
+than their feature length are fitted by `truncation`'s rule (a prompt keeps its end,
+where the question is; a target its start and EOS), the rule evaluation uses too,
+and every cut is counted and logged, never silent. `row_features` lays out one
+example alone, as evaluation's scoring rows.
 
 `bos_id` is the token each decoder row starts from: 0 as in seqio, or a pretrained
 decoder-only model's own BOS (Llama's is 1; its 0 is <unk>).
@@ -26,6 +28,8 @@ from typing import Iterable, Iterator, Mapping
 
 from absl import logging
 import numpy as np
+
+from flan_jax.data import truncation
 
 FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
@@ -96,7 +100,8 @@ class BestFitPacker:
   """Packs a stream of {"inputs", "targets"} token arrays into rows of `length`."""
 
   def __init__(self, lengths: Mapping[str, int], max_open_rows: int = 64, name: str = "",
-               *, encoder_decoder: bool = False, bos_id: int = 0):
+               *, encoder_decoder: bool = False, bos_id: int = 0, eos_id: int = 1,
+               inputs_eos: bool = True, max_examples_per_row: int | None = None):
     self.input_length, self.target_length = lengths["inputs"], lengths["targets"]
     self.encoder_decoder = encoder_decoder
     # One bin (the prefix-LM row) or two (encoder, decoder).
@@ -105,19 +110,18 @@ class BestFitPacker:
     self.length = sum(self.capacity)
     self.max_open_rows = max_open_rows
     self.name = name
-    self.bos_id = bos_id
+    self.bos_id, self.eos_id, self.inputs_eos = bos_id, eos_id, inputs_eos
+    self.max_examples_per_row = max_examples_per_row  # 1: unpacked rows
     self.stats = PackingStats(self.length)
     self._open: list[_Row] = []
 
   def _trim(self, example) -> tuple[np.ndarray, np.ndarray]:
-    inputs, targets = np.asarray(example["inputs"]), np.asarray(example["targets"])
-    if len(inputs) > self.input_length:
-      inputs = inputs[:self.input_length]
-      self.stats.truncated_inputs += 1
-      self._report_truncation()
-    if len(targets) > self.target_length:
-      targets = targets[:self.target_length]
-      self.stats.truncated_targets += 1
+    inputs, inputs_cut = truncation.fit_inputs(example["inputs"], self.input_length,
+                                               eos_id=self.eos_id, inputs_eos=self.inputs_eos)
+    targets, targets_cut = truncation.fit_targets(example["targets"], self.target_length)
+    self.stats.truncated_inputs += int(inputs_cut)
+    self.stats.truncated_targets += int(targets_cut)
+    if inputs_cut or targets_cut:
       self._report_truncation()
     return inputs, targets
 
@@ -126,7 +130,7 @@ class BestFitPacker:
     if cut & (cut - 1) == 0:  # 1, 2, 4, 8, ...: a running count without a flood
       logging.warning(
           "packing%s: %d of %d examples so far were longer than the feature lengths and "
-          "were cut (%d inputs > %d tokens, %d targets > %d tokens).",
+          "were cut (%d inputs > %d tokens lost their start, %d targets > %d tokens their end).",
           f" {self.name}" if self.name else "", cut, self.stats.examples,
           self.stats.truncated_inputs, self.input_length, self.stats.truncated_targets,
           self.target_length)
@@ -155,7 +159,8 @@ class BestFitPacker:
       self._open.append(row)
     row.pieces.append((inputs, targets))
     row.used = [u + s for u, s in zip(row.used, size)]
-    if min(self._room(row)) < 4:  # nothing useful fits any more
+    full = self.max_examples_per_row and len(row.pieces) >= self.max_examples_per_row
+    if full or min(self._room(row)) < 4:  # nothing useful fits any more
       self._open.remove(row)
       yield self._emit(row)
     if len(self._open) > self.max_open_rows:
@@ -169,12 +174,23 @@ class BestFitPacker:
     self._open = []
 
 
+def row_features(inputs, targets, lengths: Mapping[str, int], *, encoder_decoder: bool = False,
+                 bos_id: int = 0) -> dict[str, np.ndarray]:
+  """One example alone in a row, already fitted to `lengths`: the features training sees."""
+  packer = BestFitPacker(lengths, encoder_decoder=encoder_decoder, bos_id=bos_id)
+  row = _Row(pieces=[(np.asarray(inputs, np.int32), np.asarray(targets, np.int32))],
+             used=[len(inputs), len(targets)] if encoder_decoder else [len(inputs) + len(targets)])
+  return packer._emit(row)
+
+
 def pack(examples: Iterable, lengths: Mapping[str, int], max_open_rows: int = 64,
-         name: str = "", *, encoder_decoder: bool = False,
-         bos_id: int = 0) -> Iterator[dict[str, np.ndarray]]:
+         name: str = "", *, encoder_decoder: bool = False, bos_id: int = 0, eos_id: int = 1,
+         inputs_eos: bool = True, max_examples_per_row: int | None = None
+         ) -> Iterator[dict[str, np.ndarray]]:
   """Rows from a (possibly endless) stream of examples; flushes when the stream ends."""
   packer = BestFitPacker(lengths, max_open_rows, name, encoder_decoder=encoder_decoder,
-                         bos_id=bos_id)
+                         bos_id=bos_id, eos_id=eos_id, inputs_eos=inputs_eos,
+                         max_examples_per_row=max_examples_per_row)
   for example in examples:
     yield from packer.add(example)
   yield from packer.flush()

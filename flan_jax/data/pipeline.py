@@ -5,8 +5,9 @@ sequence (seqio's prefix-LM features); for an encoder-decoder one the inputs go 
 the encoder and the targets to the decoder (seqio's encoder-decoder features).
 Several examples share a row with `segment_ids` and restarting `positions`, so the
 model can keep packed examples from attending to one another. Loss weights are 1
-on target tokens only. Packing is best-fit (`packing.py`); unpacked batches come
-from seqio's PrefixLMFeatureConverter or EncDecFeatureConverter.
+on target tokens only. Packing is best-fit (`packing.py`); unpacked batches put one example in each
+row, with the features seqio's PrefixLMFeatureConverter or EncDecFeatureConverter
+would give it.
 
 Each host reads its own shard of every task (seqio.ShardInfo) and produces its slice
 of the global batch. Resuming at step N skips the first N batches of the same
@@ -15,17 +16,19 @@ deterministic stream, so a resumed run sees exactly the data a straight run woul
 
 from typing import Iterator, Mapping
 
+from absl import logging
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax.data import packing, registry
+from flan_jax.data import packing, registry, truncation
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
 
 def feature_converter(pack: bool, encoder_decoder: bool = False) -> seqio.FeatureConverter:
+  """seqio's own converter: the reference our rows match, and `inspect`'s view of one example."""
   if encoder_decoder:
     return seqio.EncDecFeatureConverter(pack=pack)
   return seqio.PrefixLMFeatureConverter(pack=pack)
@@ -43,10 +46,13 @@ def train_batches(
     pack: bool = True,
     encoder_decoder: bool = False,
     bos_id: int = 0,
+    inputs_eos: bool = True,
 ) -> Iterator[Batch]:
   """An endless iterator of this host's part of each global batch.
 
-  `bos_id` starts every decoder sequence (seqio uses 0; see `packing`).
+  `bos_id` starts every decoder sequence (seqio uses 0; see `packing`); `inputs_eos`
+  keeps seqio's EOS at the end of the inputs (see `truncation`). Unpacked batches
+  hold one example per row, laid out by the same packer.
   """
   mixture_or_task = registry.get_mixture_or_task(mixture_or_task_name)  # clear unknown-name error
   if global_batch_size % num_shards:
@@ -54,41 +60,20 @@ def train_batches(
         f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   rows_per_batch = global_batch_size // num_shards
-  if pack:
-    examples = mixture_or_task.get_dataset(
-        dict(task_feature_lengths), split="train", use_cached=False, shuffle=True, seed=seed,
-        shard_info=shard_info, num_epochs=None, trim_output_features=False)
-    examples = examples.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
-    rows = packing.pack(examples.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
-                        task_feature_lengths, name=mixture_or_task_name,
-                        encoder_decoder=encoder_decoder, bos_id=bos_id)
-    batches = _stack_rows(rows, rows_per_batch)
-    for _ in range(skip_batches):
-      next(batches)
-    return batches
-  dataset = seqio.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths=dict(task_feature_lengths),
-      dataset_split="train",
-      shuffle=True,
-      num_epochs=None,
-      feature_converter=feature_converter(pack=False, encoder_decoder=encoder_decoder),
-      shard_info=shard_info,
-      use_cached=False,
-      seed=seed,
-  )
-  dataset = dataset.batch(rows_per_batch, drop_remainder=True)
-  dataset = dataset.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
-  return (_with_bos(batch, bos_id) for batch in dataset.as_numpy_iterator())
-
-
-def _with_bos(batch: Batch, bos_id: int) -> Batch:
-  """seqio starts each unpacked decoder row with 0; put the model's BOS there instead."""
-  if bos_id:
-    tokens = batch["decoder_input_tokens"].copy()  # tf.data's arrays are read-only
-    tokens[:, 0] = bos_id
-    batch = {**batch, "decoder_input_tokens": tokens}
-  return batch
+  # Untrimmed: the packer fits each example by the rule evaluation uses, and counts cuts.
+  examples = mixture_or_task.get_dataset(
+      dict(task_feature_lengths), split="train", use_cached=False, shuffle=True, seed=seed,
+      shard_info=shard_info, num_epochs=None, trim_output_features=False)
+  examples = examples.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+  eos_id = mixture_or_task.output_features["targets"].vocabulary.eos_id
+  rows = packing.pack(examples.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
+                      task_feature_lengths, name=mixture_or_task_name,
+                      encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
+                      inputs_eos=inputs_eos, max_examples_per_row=None if pack else 1)
+  batches = _stack_rows(rows, rows_per_batch)
+  for _ in range(skip_batches):
+    next(batches)
+  return batches
 
 
 def _stack_rows(rows: Iterator[Batch], rows_per_batch: int) -> Iterator[Batch]:
@@ -97,3 +82,32 @@ def _stack_rows(rows: Iterator[Batch], rows_per_batch: int) -> Iterator[Batch]:
     if len(chunk) < rows_per_batch:
       return
     yield {k: np.stack([row[k] for row in chunk]) for k in chunk[0]}
+
+
+def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_eos: bool = True,
+                      examples_per_task: int = 100, seed: int = 0, split: str = "train"
+                      ) -> dict[str, truncation.TruncationCounts]:
+  """Counts, per task, how many of its first examples the run's lengths cut; warns once.
+
+  The packer counts cuts over the whole mixed stream, where tasks are no longer
+  told apart; this sample says which tasks lose what, before any step is taken.
+  """
+  counts = {}
+  for task in tasks:
+    eos_id = task.output_features["targets"].vocabulary.eos_id
+    dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False, seed=seed,
+                               num_epochs=1, use_cached=False, trim_output_features=False)
+    task_counts = truncation.TruncationCounts()
+    for example in dataset.take(examples_per_task).as_numpy_iterator():
+      _, inputs_cut = truncation.fit_inputs(example["inputs"], task_feature_lengths["inputs"],
+                                            eos_id=eos_id, inputs_eos=inputs_eos)
+      _, targets_cut = truncation.fit_targets(example["targets"], task_feature_lengths["targets"])
+      task_counts.add(inputs_cut, targets_cut)
+    counts[task.name] = task_counts
+  cut = {name: c for name, c in counts.items() if c.inputs_cut or c.targets_cut}
+  if cut:
+    lines = "\n".join(f"  {name}: {c}" for name, c in sorted(cut.items()))
+    logging.warning("%d of %d tasks have examples longer than TASK_FEATURE_LENGTHS=%s "
+                    "(first %d examples of each):\n%s", len(cut), len(counts),
+                    dict(task_feature_lengths), examples_per_task, lines)
+  return counts

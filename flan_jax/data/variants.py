@@ -9,8 +9,9 @@ caller seeds per example, so every rendering is deterministic for a seed.
 Edge cases the rules settle:
 - Few-shot exemplars come from the train split and are never the example itself
   (when rendering the train split, the example's own index is excluded). Exemplars
-  are dropped, last first, until the prompt fits the token budget; with none left
-  the prompt is the zero-shot one.
+  are dropped, last first, until the prompt fits the token budget (the task's own
+  cap, if any, then the run's input length, see `flan_task`); with none left the
+  prompt is the zero-shot one.
 - Options come from a record field (a list) or from a fixed list for the task. The
   fixed "OPTIONS:" block is FLAN's canonical format; `randomize_options` draws one
   of several phrasings per example instead, so the model does not latch onto one.
@@ -108,7 +109,7 @@ class ZeroShot(Variant):
 class FewShot(ZeroShot):
   """k exemplars from the train split rendered with the query's template, then the query."""
   k: int = 3
-  token_budget: int = 1024
+  token_budget: int | None = None  # a cap of the task's own; the run's input length also applies
 
   def render(self, record, rng, *, options=None, exemplars: Sequence[Record] = (),
              options_of: Callable[[Record], Sequence[str] | None] = lambda r: None,
@@ -120,7 +121,8 @@ class FewShot(ZeroShot):
     for exemplar in exemplars[:self.k]:
       shot_inputs, shot_targets = self.render_with(template, exemplar, options_of(exemplar), style)
       shots.append(f"{shot_inputs}\n{shot_targets}")
-    while shots and count_tokens(EXEMPLAR_SEPARATOR.join([*shots, query])) > self.token_budget:
+    while (shots and self.token_budget is not None
+           and count_tokens(EXEMPLAR_SEPARATOR.join([*shots, query])) > self.token_budget):
       shots.pop()
     return EXEMPLAR_SEPARATOR.join([*shots, query]), targets, index
 

@@ -1,19 +1,29 @@
-"""Evaluation by generation on seqio tasks: prompt, decode, postprocess, score.
+"""Evaluation on seqio tasks: rank classification over options, or generation; then metrics.
 
-Each task's own postprocessor and predict metric functions decide the score, as in
-seqio, so a task registered once is trained on and evaluated the same way. Prompts
-longer than the prompt buffer keep their last tokens (where the question usually
-is); how many were cut is counted and reported, never silent.
+A task whose examples carry answer `options` is scored by rank classification, as
+FLAN scores it: the option with the highest log-likelihood is the prediction
+(`scoring`). Other tasks, or all tasks with `rank_classification=False`, generate
+greedily. Either way each task's own postprocessor and metric functions decide the
+score, as in seqio, so a task registered once is trained on and evaluated the same way.
+
+Prompts are the training prompts: read with the run's sequence lengths (so few-shot
+prompts keep the exemplars that fit, see `flan_task`), with a fixed seed (so templates,
+exemplars and option formats are the same before and after training), and fitted by
+`truncation`'s rule (the front of a long prompt goes, never its question or the
+decoder's BOS). Every cut is counted per task and reported.
 """
 
 import dataclasses
 import logging
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
 
+from flan_jax.data import truncation
+from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation.decoding import GenerateFn
+from flan_jax.evaluation.scoring import Pair, ScoredOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +35,19 @@ class EvalConfig:
   batch_size: int = 64
   # The training tasks' validation splits too; a large library has hundreds of them.
   evaluate_seen: bool = True
+  seed: int = 0  # the same prompts (templates, exemplars, option formats) at every evaluation
+  rank_classification: bool = True  # tasks with options: pick the most likely option
+  length_normalize: bool = False  # rank by mean instead of summed token log-likelihood
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalModel:
+  """What evaluation needs of a model: generation, option scoring and its prompt format."""
+  generate: GenerateFn  # (prompts [B, P], mask [B, P]) -> tokens [B, T]
+  score: Callable[[Sequence[Sequence[Pair]]], ScoredOptions]
+  lengths: Mapping[str, int]  # the run's TASK_FEATURE_LENGTHS
+  prompt_prefix: tuple[int, ...] = ()  # a decoder-only model's BOS
+  inputs_eos: bool = True  # see `truncation`
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
@@ -36,17 +59,18 @@ def eval_split(task: seqio.Task, split: str) -> str | None:
 
 def left_pad_prompts(token_lists: Sequence[Sequence[int]], length: int,
                      prefix: Sequence[int] = (0,)):
-  """prefix + inputs per row, left-padded to `length`: (prompts, mask, number truncated).
+  """prefix + inputs per row, left-padded to `length`: (prompts, mask, number cut).
 
-  The prefix is the decoder-only model's BOS (seqio's 0 by default), nothing for T5.
+  The prefix is the decoder-only model's BOS, nothing for T5. Inputs too long for the
+  buffer lose their front by `truncation`'s rule; the prefix always stays.
   """
   prompts = np.zeros((len(token_lists), length), np.int32)
   mask = np.zeros((len(token_lists), length), np.int32)
   truncated = 0
   for row, tokens in enumerate(token_lists):
+    tokens, cut = truncation.fit_inputs(tokens, length - len(prefix), eos_id=-1)
     tokens = [*prefix, *tokens]
-    if len(tokens) > length:
-      tokens, truncated = tokens[-length:], truncated + 1
+    truncated += int(cut)
     prompts[row, length - len(tokens):] = tokens
     mask[row, length - len(tokens):] = 1
   return prompts, mask, truncated
@@ -59,45 +83,90 @@ def _decode(vocabulary: seqio.Vocabulary, ids: np.ndarray) -> str:
   return vocabulary.decode(ids)
 
 
-def evaluate_task(task: seqio.Task, generate: GenerateFn, prompt_length: int,
-                  config: EvalConfig, prompt_prefix: Sequence[int] = (0,)
-                  ) -> tuple[dict[str, float], int]:
-  """The task's metrics on its `config.split`, and how many prompts were truncated."""
-  dataset = task.get_dataset(sequence_length=None, split=eval_split(task, config.split),
-                             shuffle=False, num_epochs=1, use_cached=False)
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _options(example) -> list[str]:
+  joined = _text(example.get("options", b""))
+  return joined.split(REFERENCE_SEPARATOR) if joined else []
+
+
+def read_examples(task: seqio.Task, lengths: Mapping[str, int], config: EvalConfig) -> list[dict]:
+  """The task's evaluation examples, tokenized untrimmed, the same for the same seed."""
+  dataset = task.get_dataset(sequence_length=dict(lengths), split=eval_split(task, config.split),
+                             shuffle=False, seed=config.seed, num_epochs=1, use_cached=False,
+                             trim_output_features=False)
   if config.max_examples_per_task:
     dataset = dataset.take(config.max_examples_per_task)
-  examples = list(dataset.as_numpy_iterator())
-  vocabulary = task.output_features["targets"].vocabulary
-  postprocess = task.postprocess_fn or (lambda text, **_: text)
-  predictions, truncated = [], 0
+  return list(dataset.as_numpy_iterator())
+
+
+def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
+                          vocabulary) -> list[str]:
+  buffer = model.lengths["inputs"] + len(model.prompt_prefix)
+  texts = []
   for start in range(0, len(examples), config.batch_size):
-    chunk = examples[start:start + config.batch_size]
-    prompts, mask, cut = left_pad_prompts([ex["inputs"] for ex in chunk], prompt_length,
-                                          prompt_prefix)
-    truncated += cut
+    chunk = prompts[start:start + config.batch_size]
+    tokens, mask, _ = left_pad_prompts(chunk, buffer, model.prompt_prefix)
     # Full-size batches only (repeating the last row), so generate compiles once.
     fill = ((0, config.batch_size - len(chunk)), (0, 0))
-    generated = generate(np.pad(prompts, fill, mode="edge"), np.pad(mask, fill, mode="edge"))
-    for example, ids in zip(chunk, generated):
-      predictions.append(postprocess(_decode(vocabulary, ids), example=example, is_target=False))
-  targets = [postprocess(ex["targets_pretokenized"].decode("utf-8"), example=ex, is_target=True)
+    generated = model.generate(np.pad(tokens, fill, mode="edge"), np.pad(mask, fill, mode="edge"))
+    texts += [_decode(vocabulary, ids) for ids in generated[:len(chunk)]]
+  return texts
+
+
+def _rank_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
+                      vocabulary, counts: truncation.TruncationCounts) -> list[str]:
+  pairs, options_of = [], []
+  for example, prompt in zip(examples, prompts):
+    options = _options(example)
+    options_of.append(options)
+    fitted = []
+    for option in options:
+      tokens = [*vocabulary.encode(option), vocabulary.eos_id]  # scored as the target it would be
+      option_tokens, cut = truncation.fit_targets(tokens, model.lengths["targets"])
+      counts.targets_cut += int(cut)
+      fitted.append((prompt, option_tokens))
+    pairs.append(fitted)
+  chosen = model.score(pairs).choices(config.length_normalize)
+  return [options[c] for options, c in zip(options_of, chosen)]
+
+
+def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
+                  ) -> tuple[dict[str, float], truncation.TruncationCounts]:
+  """The task's metrics on its `config.split`, and how many prompts and targets were cut."""
+  examples = read_examples(task, model.lengths, config)
+  vocabulary = task.output_features["targets"].vocabulary
+  postprocess = task.postprocess_fn or (lambda text, **_: text)
+  counts = truncation.TruncationCounts()
+  prompts = []
+  for example in examples:
+    prompt, cut = truncation.fit_inputs(example["inputs"], model.lengths["inputs"],
+                                        eos_id=vocabulary.eos_id, inputs_eos=model.inputs_eos)
+    counts.add(cut, False)
+    prompts.append(prompt)
+  ranked = config.rank_classification and examples and all(_options(ex) for ex in examples)
+  if ranked:
+    texts = _rank_predictions(examples, prompts, model, config, vocabulary, counts)
+  else:
+    texts = _generate_predictions(examples, prompts, model, config, vocabulary)
+  predictions = [postprocess(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
+  targets = [postprocess(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
              for ex in examples]
   metrics = {}
   for metric_fn in task.predict_metric_fns:
     metrics.update(metric_fn(targets, predictions))
-  if truncated:
-    log.warning("%s: %d of %d prompts were longer than %d tokens and kept only their end.",
-                task.name, truncated, len(examples), prompt_length)
-  return metrics, truncated
+  if counts.inputs_cut or counts.targets_cut:
+    log.warning("%s: %s (lengths %s).", task.name, counts, dict(model.lengths))
+  return metrics, counts
 
 
-def evaluate(tasks: Sequence[seqio.Task], generate: GenerateFn, prompt_length: int,
-             config: EvalConfig, prompt_prefix: Sequence[int] = (0,)) -> dict[str, float]:
+def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig) -> dict[str, float]:
   """{"task/metric": value} over `tasks`."""
   results = {}
   for task in tasks:
-    metrics, _ = evaluate_task(task, generate, prompt_length, config, prompt_prefix)
+    metrics, _ = evaluate_task(task, model, config)
     results.update({f"{task.name}/{name}": float(value) for name, value in metrics.items()})
   return results
 

@@ -80,6 +80,12 @@ class DecoderOnly:
   def prompt_prefix(self) -> list[int]:
     return [self.bos_id]
 
+  @property
+  def inputs_eos(self) -> bool:
+    """Whether prompts end with EOS: seqio's prefix-LM convention, never for causal
+    checkpoints, which were pretrained to continue a prompt directly."""
+    return self.config.prefix_lm
+
   def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
     """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
     return decoding.mask_unused_ids(logits, self.num_token_ids)
@@ -125,6 +131,8 @@ class EncoderDecoder:
 
   def prompt_prefix(self) -> list[int]:
     return []
+
+  inputs_eos = True  # T5's encoder inputs end with EOS, as in its pretraining
 
   def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
     """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""

@@ -166,6 +166,9 @@ def register(data_dir: str) -> list[str]:
       register_flan_task(FlanTaskSpec(name=spec_name, cluster=cluster, records=_loader(path),
                                       templates=IDENTITY, few_shot=False,
                                       metric_fns=metrics_of(cluster)))
+    # Each file is one prompt of a P3 dataset: the dataset, not the file, is what
+    # leave-one-out mixtures weigh (its weight shared among its prompts).
+    clusters.assign(task, cluster, dataset=f"t0_{_name(dataset or stem)}", variant="zs_noopt")
     datasets.setdefault(f"t0_{_name(dataset or stem)}", []).append(task)
 
   if MIXTURE in seqio.MixtureRegistry.names():

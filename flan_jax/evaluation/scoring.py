@@ -1,0 +1,176 @@
+"""Rank classification: score each answer option by its log-likelihood given the prompt.
+
+FLAN evaluates a task with answer options by asking which option the model finds most
+likely, not by whether free generation spells one exactly. Each (prompt, option) pair
+becomes one row laid out exactly as training lays out an example (`packing.row_features`:
+the same BOS, the same prompt format, the option as the target with its EOS), and the
+option's score is the sum of its tokens' log-probabilities, optionally divided by
+their number. Rows of many examples share one forward pass; batches have one fixed
+shape so the scorer compiles once.
+
+For an encoder-decoder model each prompt is encoded once, and its options' decoder
+rows read that encoding. A decoder-only model reads the prompt again in each option's
+row: its prompt and option share one sequence.
+
+Ids beyond the tokenizer's (checkpoints pad their embedding tables) can never be an
+option's token, but they take probability mass; `mask_unused_ids` removes them first,
+as generation does.
+"""
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.data import packing
+from flan_jax.models import t5 as t5_lib
+
+Pair = tuple[np.ndarray, np.ndarray]  # (fitted prompt tokens, fitted option tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredOptions:
+  log_likelihoods: list[list[float]]  # per example, per option: summed log-probabilities
+  token_counts: list[list[int]]  # per example, per option
+
+  def choices(self, length_normalize: bool = False) -> list[int]:
+    """The index of each example's best option (the first on ties)."""
+    chosen = []
+    for scores, counts in zip(self.log_likelihoods, self.token_counts):
+      values = [s / max(c, 1) for s, c in zip(scores, counts)] if length_normalize else scores
+      chosen.append(int(np.argmax(values)))
+    return chosen
+
+
+def _token_log_likelihoods(logits_BxLxV, targets_BxL, weights_BxL):
+  log_probs = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
+  return jnp.sum(picked * weights_BxL, axis=-1)
+
+
+def _identity(logits):
+  return logits
+
+
+def make_row_scorer(network, params, *, mask_unused_ids: Callable | None = None):
+  """batch of training-format rows -> summed target log-likelihood per row [B]."""
+  mask = mask_unused_ids or getattr(network, "mask_unused_ids", None) or _identity
+
+  @jax.jit
+  def score(params, batch):
+    logits = mask(network.logits(params, batch))
+    return _token_log_likelihoods(logits, batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])
+
+  return lambda batch: np.asarray(score(params, batch))
+
+
+def make_encoder_decoder_scorer(network, params, *, mask_unused_ids: Callable | None = None):
+  """(prompt rows [P, Le], option rows [B, Ld] with `prompt_index` [B]) -> [B].
+
+  Each distinct prompt is encoded once; its options' rows gather that encoding.
+  """
+  mask = mask_unused_ids or getattr(network, "mask_unused_ids", None) or _identity
+  module = network.module
+
+  @jax.jit
+  def score(params, prompts, prompt_segments, batch):
+    encoded = module.apply({"params": params}, prompts, prompt_segments,
+                           method=t5_lib.T5.encode)
+    index = batch["prompt_index"]
+    logits, _ = module.apply(
+        {"params": params}, encoded[index], prompt_segments[index],
+        batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+        batch["decoder_positions"], method=t5_lib.T5.decode)
+    return _token_log_likelihoods(mask(logits), batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])
+
+  return lambda prompts, segments, batch: np.asarray(score(params, prompts, segments, batch))
+
+
+def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id: int = 0
+                       ) -> Callable[[Sequence[Sequence[Pair]]], "ScoredOptions"]:
+  """examples -> ScoredOptions: the log-likelihood of every option of every example.
+
+  `examples[i]` lists (prompt, option) token pairs, already fitted to `lengths` by
+  `truncation`'s rule, one pair per option; an example's pairs share one prompt. The
+  forward pass is compiled once, for every call.
+  """
+  if network.encoder_decoder:
+    scorer = make_encoder_decoder_scorer(network, params)
+  else:
+    scorer = make_row_scorer(network, params)
+
+  def score(examples: Sequence[Sequence[Pair]]) -> ScoredOptions:
+    pairs = [(i, j, prompt, option) for i, ex in enumerate(examples)
+             for j, (prompt, option) in enumerate(ex)]
+    scores = np.zeros(len(pairs), np.float64)
+    if network.encoder_decoder:
+      _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores)
+    else:
+      for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        rows = [packing.row_features(p, o, lengths, bos_id=bos_id) for _, _, p, o in chunk]
+        scores[start:start + len(chunk)] = scorer(_stack_padded(rows, batch_size))[:len(chunk)]
+    log_likelihoods = [[0.0] * len(ex) for ex in examples]
+    counts = [[0] * len(ex) for ex in examples]
+    for (i, j, _, option), value in zip(pairs, scores):
+      log_likelihoods[i][j], counts[i][j] = float(value), len(option)
+    return ScoredOptions(log_likelihoods, counts)
+
+  return score
+
+
+def _whole_example_batches(pairs, batch_size: int):
+  """Index ranges into `pairs` (grouped by example) that keep an example's options together.
+
+  An example with more options than a batch holds is split; its prompt is then encoded
+  once per batch it spans.
+  """
+  start = end = 0
+  while end < len(pairs):
+    example_end = end
+    while example_end < len(pairs) and pairs[example_end][0] == pairs[end][0]:
+      example_end += 1
+    if example_end - start > batch_size and end > start:
+      yield start, end
+      start = end
+    while example_end - start > batch_size:
+      yield start, start + batch_size
+      start += batch_size
+    end = example_end
+  if end > start:
+    yield start, end
+
+
+def _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores):
+  for start, end in _whole_example_batches(pairs, batch_size):
+    chunk = pairs[start:end]
+    slot: dict[int, int] = {}
+    prompts = np.zeros((batch_size, lengths["inputs"]), np.int32)
+    for example, _, prompt, _ in chunk:
+      if example not in slot:
+        slot[example] = len(slot)
+        prompts[slot[example], :len(prompt)] = prompt
+    rows = [packing.row_features(p, o, lengths, encoder_decoder=True) for _, _, p, o in chunk]
+    batch = _stack_padded(rows, batch_size, keys=(
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+        "decoder_segment_ids", "decoder_positions"))
+    batch["prompt_index"] = np.zeros(batch_size, np.int32)
+    batch["prompt_index"][:len(chunk)] = [slot[example] for example, _, _, _ in chunk]
+    segments = (prompts != 0).astype(np.int32)
+    scores[start:end] = scorer(prompts, segments, batch)[:len(chunk)]
+
+
+def _stack_padded(rows: list[dict], batch_size: int, keys: Sequence[str] | None = None
+                  ) -> dict[str, np.ndarray]:
+  """Rows stacked into a batch of `batch_size` (zero rows, weight 0, after the real ones)."""
+  keys = keys or tuple(rows[0])
+  batch = {}
+  for key in keys:
+    stacked = np.zeros((batch_size, *rows[0][key].shape), rows[0][key].dtype)
+    stacked[:len(rows)] = np.stack([row[key] for row in rows])
+    batch[key] = stacked
+  return batch
