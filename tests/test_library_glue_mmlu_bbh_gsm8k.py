@@ -11,9 +11,9 @@ import pytest
 import seqio
 
 from flan_jax.data import clusters
-from flan_jax.data.flan_task import cot_postprocessor
-from flan_jax.data.variants import extract_answer, format_options
+from flan_jax.data.variants import format_options
 from flan_jax.errors import UserError
+from flan_jax.evaluation.metrics import accuracy
 from flan_jax_tasks.library import bbh, common, glue, gsm8k, mmlu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,77 +163,214 @@ def test_single_split_datasets_are_held_out_by_group_deterministically(library):
   assert len(glue.load_boolq(DATA, "train")) + len(glue.load_boolq(DATA, "validation")) == 3270
 
 
-def test_mmlu_five_shot_prompt_is_the_five_dev_questions_then_the_test_question(library):
+def _csv(path):
+  with open(path, encoding="utf-8", newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _mmlu_block(row):
+  """A question as lm-eval's default MMLU template writes it, built from the raw CSV row."""
+  return (f"{row['question'].strip()}\nA. {row['choice0']}\nB. {row['choice1']}\n"
+          f"C. {row['choice2']}\nD. {row['choice3']}\nAnswer:")
+
+
+def test_mmlu_five_shot_prompt_is_lm_evals_with_the_first_dev_questions_in_order(library):
+  dev = _csv(os.path.join(DATA, "eval", "mmlu", "dev", "anatomy_dev.csv"))
+  test = _csv(os.path.join(DATA, "eval", "mmlu", "test", "anatomy_test.csv"))
+  description = "The following are multiple choice questions (with answers) about anatomy.\n\n"
+  shots = [f"{_mmlu_block(row)} {'ABCD'[int(row['answer'])]}\n\n" for row in dev[:5]]
+  example = _render("mmlu_anatomy_fs_noopt", "test", index=0)
+  assert example["inputs"] == description + "".join(shots) + _mmlu_block(test[0])
+  assert example["targets"] == "ABCD"[int(test[0]["answer"])] == "A"
+  assert example["options"].split("\x1e") == ["A", "B", "C", "D"]
+  # Fewer exemplars (what a short input length keeps) drop the last ones; none is 0-shot.
+  assert example["inputs_candidates"][1] == description + "".join(shots[:4]) + _mmlu_block(test[0])
+  zero = _render("mmlu_anatomy_zs_noopt", "test", index=0)
+  assert zero["inputs"] == example["inputs_candidates"][-1] == description + _mmlu_block(test[0])
+  assert zero["options"] == example["options"]
+  # The prompt lists A-D itself: no option variants, for any subject.
+  assert _task_names("mmlu_anatomy") == ["mmlu_anatomy_fs_noopt", "mmlu_anatomy_zs_noopt"]
+  assert not [n for n in seqio.TaskRegistry.names()
+              if n.startswith("mmlu_") and n.endswith(("_zs_opt", "_zs_opt_random", "_fs_opt"))]
+  assert seqio.get_mixture_or_task("mmlu_anatomy_fs_noopt").predict_metric_fns == [accuracy]
+
+
+def test_mmlu_every_subject_uses_its_dev_questions_in_file_order(library):
   for subject in mmlu.subjects(DATA):
     dev = mmlu.load(DATA, subject, "train")
     test = mmlu.load(DATA, subject, "test")
-    header = f"This is a multiple-choice question on {mmlu.subject_name(subject)}."
-    example = _render(f"mmlu_{subject}_fs_noopt", "test", index=0)
-    prompt = example["inputs"]
-    assert prompt.count(header) == 6, subject  # five exemplars and the question
-    query = f"{header}\n\n{test[0]['question']}\n{test[0]['choices_block']}\nAnswer:"
-    assert prompt.endswith(query) and example["targets"] == test[0]["answer"]
-    for shot in dev:
-      shown = f"{shot['question']}\n{shot['choices_block']}\nAnswer:\n{shot['answer']}"
-      assert shown in prompt, subject
-    zero = _render(f"mmlu_{subject}_zs_noopt", "test", index=0)["inputs"]
-    assert zero == query
-  anatomy = mmlu.load(DATA, "anatomy", "test")[0]
-  assert anatomy["answer"] == "A" and anatomy["choices_block"].startswith(
-      "A. paralysis of the facial muscles.\nB. ")
+    prompt = _render(f"mmlu_{subject}_fs_noopt", "test", index=len(test) - 1)["inputs"]
+    blocks = [f"{r['question']}\n{r['choices_block']}\nAnswer: {r['answer']}\n\n" for r in dev]
+    assert len(blocks) == 5, subject
+    expected = (f"The following are multiple choice questions (with answers) about "
+                f"{subject.replace('_', ' ')}.\n\n" + "".join(blocks))
+    assert prompt == expected + f"{test[-1]['question']}\n{test[-1]['choices_block']}\nAnswer:"
 
 
 def test_mmlu_five_shot_runs_through_the_seqio_pipeline(library):
   task = seqio.get_mixture_or_task("mmlu_abstract_algebra_fs_noopt")
-  examples = list(task.get_dataset(None, split="test", shuffle=False).take(2).as_numpy_iterator())
+  examples = list(task.get_dataset({"inputs": 4096, "targets": 8}, split="test", shuffle=False)
+                  .take(2).as_numpy_iterator())
   assert len(examples) == 2
-  assert examples[0]["inputs_pretokenized"].decode().count("Answer:\n") == 5
+  assert examples[0]["inputs_pretokenized"].decode().count("\nAnswer: ") == 5
   assert examples[0]["targets_pretokenized"].decode() in mmlu.LETTERS
+  assert examples[0]["options"].decode().split("\x1e") == list(mmlu.LETTERS)
+  # An input length that fits fewer exemplars keeps the first ones.
+  short = next(task.get_dataset({"inputs": 700, "targets": 8}, split="test", shuffle=False)
+               .as_numpy_iterator())["inputs_pretokenized"].decode()
+  assert 0 < short.count("\nAnswer: ") < 5
+  assert examples[0]["inputs_pretokenized"].decode().startswith(short.rsplit("\n\n", 1)[0])
 
 
-def test_bbh_cot_answers_are_read_back_from_gold_chains_of_thought(library):
+def test_mmlu_question_weighted_mean_weights_subjects_by_test_size(library):
+  subjects = mmlu.subjects(DATA)
+  sizes = {s: len(mmlu.load(DATA, s, "test")) for s in subjects}
+  results = {f"mmlu_{s}_fs_noopt/accuracy": (100.0 if s == "anatomy" else 0.0) for s in subjects}
+  assert mmlu.question_weighted_mean(results, DATA) == pytest.approx(
+      100.0 * sizes["anatomy"] / sum(sizes.values()))
+
+
+def test_bbh_example_weighted_mean_weights_tasks_by_size(library):
+  names = bbh.tasks(DATA)
+  sizes = {t: len(bbh.load(DATA, t, "test")) for t in names}
+  results = {f"bbh_{t}_cot/exact_match": (100.0 if t == "navigate" else 0.0) for t in names}
+  assert bbh.example_weighted_mean(results, DATA) == pytest.approx(
+      100.0 * sizes["navigate"] / sum(sizes.values()))
+  with pytest.raises(KeyError, match="bbh_boolean_expressions_zs_noopt"):
+    bbh.example_weighted_mean(results, DATA, variant="zs_noopt")
+
+
+def test_bbh_prompts_are_the_published_exemplars_in_lm_evals_layout(library):
   for task in bbh.tasks(DATA):
-    prompt_file = os.path.join(DATA, "eval", "bbh", "cot-prompts", f"{task}.txt")
-    with open(prompt_file, encoding="utf-8") as f:
+    with open(os.path.join(DATA, "eval", "bbh", "cot-prompts", f"{task}.txt"), encoding="utf-8") as f:
+      body = f.read().split("\n-----\n", 1)[1].strip()
+    record = bbh.load(DATA, task, "test")[0]
+    # CoT: the published prompt, then the question and the cue on its own line. Every
+    # rationale starts on the line after the cue, as in lm-eval (sports_understanding's
+    # file puts its rationales on the cue's line).
+    body = body.replace("A: Let's think step by step. ", "A: Let's think step by step.\n")
+    cot = _render(f"bbh_{task}_cot", "test", index=0)
+    assert cot["inputs"] == f"{body}\n\nQ: {record['input']}\nA: Let's think step by step.\n", task
+    assert cot["targets"] == record["target"]
+    direct = _render(f"bbh_{task}_zs_noopt", "test", index=0)
+    assert direct["inputs"].endswith(f"\n\nQ: {record['input']}\nA:") and "step by step" not in (
+        direct["inputs"])
+    assert direct["inputs"].count("\nA: ") == 3 and direct["targets"] == record["target"]
+  date = _render("bbh_date_understanding_zs_noopt", "test", index=0)["inputs"]
+  assert date.startswith("Infer the date from context.\n\nQ: Today is Christmas Eve of 1937. ")
+  shots = date.split("\n\n")
+  assert [s.rsplit("\nA: ", 1)[1] for s in shots[1:4]] == ["(D)", "(B)", "(B)"]
+
+
+def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
+  assert bbh.cot_answer("December 14, 1937. So the answer is (D).") == "(D)"
+  assert bbh.cot_answer("So the answer is -12.") == "-12"
+  assert bbh.cot_answer("So the answer is ] ) }.") == "] ) }"
+  assert bbh.cot_answer("So the answer is (D)") == "(D"  # lm-eval drops the last character
+  assert bbh.cot_answer("The answer is (D).") == ""  # case-sensitive; no answer scores 0
+  assert bbh.cot_answer("the answer is (A). Or the answer is (B).") == "(A). Or the answer is (B)"
+  for task in bbh.tasks(DATA):
+    with open(os.path.join(DATA, "eval", "bbh", "cot-prompts", f"{task}.txt"), encoding="utf-8") as f:
       _, exemplars = bbh.parse_cot_prompt(f.read())
-    records = bbh.load(DATA, task, "test")
-    targets = {r["target"] for r in records}
+    targets = {r["target"] for r in bbh.load(DATA, task, "test")}
     assert len(exemplars) == 3
-    for _, chain in exemplars:
-      answer = cot_postprocessor(chain)
-      assert chain.endswith(f"So the answer is {answer}.")
+    for _, rationale in exemplars:
+      answer = bbh.cot_answer(rationale)
+      assert rationale.endswith(f"the answer is {answer}."), task
       if len(targets) <= 20:  # a closed answer set (letters, yes/no, valid/invalid, counts)
         assert answer in targets, (task, answer)
-      assert f"\nA: {answer}" in records[0]["direct_prompt"]
-    cot = _render(f"bbh_{task}_cot", "test", index=0)
-    assert cot["inputs"].endswith(f"Q: {records[0]['input']}\nA: {bbh.COT_CUE}")
-    assert cot["inputs"].count("So the answer is") == 3
-    assert cot_postprocessor(cot["targets"], example=cot, is_target=True) == [records[0]["target"]]
-    direct = _render(f"bbh_{task}_zs_noopt", "test", index=0)
-    assert "step by step" not in direct["inputs"] and direct["targets"] == records[0]["target"]
-  # A model's chain of thought scores through the CoT task's own postprocessor.
+  # Through the registered tasks: generation stops at lm-eval's stop sequences, then
+  # the answer must equal the target exactly.
   task = seqio.get_mixture_or_task("bbh_date_understanding_cot")
   example = _render(task.name, "test")
-  assert example["targets"] == "So the answer is (B)."
-  prediction = "Today is 12/24/1937, so tomorrow is 12/25/1937. So the answer is (B)."
-  assert task.postprocess_fn(prediction, example=example) == "(B)"
-
-
-def test_gsm8k_targets_end_in_the_answer_and_are_scored_as_numbers(library):
-  raw = _jsonl(os.path.join(DATA, "eval", "gsm8k", "test.jsonl"))
-  source = _source("gsm8k_cot")
-  assert source.num_input_examples("test") == len(raw)
-  for index in (0, 1, 2):
-    answer = raw[index]["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    example = source.render("test", index, None)
-    assert example["targets"].endswith(f" So the answer is {answer}.")
-    assert extract_answer(example["targets"]) == answer
-    assert "<<" not in example["targets"] and "####" not in example["targets"]
-    assert example["inputs"].count("\nQ: ") == gsm8k.SHOTS + 1  # fixed train exemplars + question
-  assert _render("gsm8k_cot", "test")["inputs"] == source.render("test", 0, 7)["inputs"]
-  task = seqio.get_mixture_or_task("gsm8k_cot")
+  assert example["targets"] == "(B)"
   target = task.postprocess_fn(example["targets"], example=example, is_target=True)
-  predictions = [f"Working... So the answer is ${int(answer):,}.", "So the answer is 1."]
-  scores = [fn([target], [task.postprocess_fn(p, example=example)])
-            for fn in task.predict_metric_fns for p in predictions]
-  assert [s["accuracy"] for s in scores] == [100.0, 0.0]
+  assert target == ["(B)"]
+  prediction = ("Today is 12/24/1937, so tomorrow is 12/25/1937. So the answer is (B).\n\n"
+                "Q: Yesterday was ... So the answer is (C).")
+  predictions = [task.postprocess_fn(p, example=example) for p in
+                 (prediction, "So the answer is (b).", "No final answer.")]
+  assert predictions == ["(B)", "(b)", ""]
+  assert [fn([target], [p]) for fn in task.predict_metric_fns for p in predictions] == [
+      {"exact_match": 100.0}, {"exact_match": 0.0}, {"exact_match": 0.0}]
+  # Dyck answers are all punctuation: they must match as written, not normalised away.
+  dyck = seqio.get_mixture_or_task("bbh_dyck_languages_cot")
+  assert dyck.predict_metric_fns[0]([["] ]"]], [dyck.postprocess_fn("So the answer is ].")]) == {
+      "exact_match": 0.0}
+  direct = seqio.get_mixture_or_task("bbh_date_understanding_zs_noopt")
+  assert [direct.postprocess_fn(t) for t in (" (B)\n\nQ: next", "(B) Quite sure.", "(B)")] == [
+      "(B)", "(B)", "(B)"]
+
+
+def _first_exemplar():
+  raw = _jsonl(os.path.join(DATA, "eval", "gsm8k", "train.jsonl"))[0]
+  assert raw["answer"] == ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                           "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
+                           "#### 72")
+  return (f"Q: {raw['question']}\nA: Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 "
+          "clips altogether in April and May. The answer is 72.\n\n")
+
+
+def test_gsm8k_prompt_is_eight_worked_train_problems_in_order_then_the_question(library):
+  train = _jsonl(os.path.join(DATA, "eval", "gsm8k", "train.jsonl"))
+  test = _jsonl(os.path.join(DATA, "eval", "gsm8k", "test.jsonl"))
+  source = _source("gsm8k_cot")
+  assert source.num_input_examples("test") == len(test)
+  example = _render("gsm8k_cot", "test", index=0)
+  prompt = example["inputs"]
+  assert prompt.startswith(_first_exemplar())
+  assert prompt.endswith(f"\n\nQ: {test[0]['question']}\nA:")
+  blocks = prompt.split("\n\n")
+  assert len(blocks) == gsm8k.SHOTS + 1
+  for block, raw in zip(blocks, train[:gsm8k.SHOTS]):
+    final = raw["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+    assert block.startswith(f"Q: {raw['question']}\nA: ") and block.endswith(f" The answer is {final}.")
+    assert "<<" not in block and "####" not in block and block.count("\n") == 1
+  assert source.render("test", 0, 7)["inputs"] == prompt  # fixed exemplars, whatever the seed
+  answer = test[0]["answer"].rsplit("####", 1)[1].strip()
+  assert example["targets"].endswith(f" The answer is {answer}.")
+  assert example["references"] == answer
+
+
+def test_gsm8k_exemplars_file_replaces_the_train_problems(tmp_path):
+  folder = tmp_path / "eval" / "gsm8k"
+  folder.mkdir(parents=True)
+  (folder / "test.jsonl").write_text(json.dumps(
+      {"question": "What is 2 + 3? ", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}) + "\n")
+  (folder / "cot_exemplars.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+      {"question": "What is 1 + 1?", "target": "1 + 1 = 2. The answer is 2."},
+      {"question": "What is 2 * 3?", "target": "2 * 3 = 6. The answer is 6."})))
+  (record,) = gsm8k.load(str(tmp_path), "test")
+  assert gsm8k.TEMPLATE.render(record) == (
+      "Q: What is 1 + 1?\nA: 1 + 1 = 2. The answer is 2.\n\n"
+      "Q: What is 2 * 3?\nA: 2 * 3 = 6. The answer is 6.\n\n"
+      "Q: What is 2 + 3?\nA:", "2 + 3 = 5. The answer is 5.")
+  assert record["final_answers"] == ["5"]
+
+
+def test_gsm8k_scores_the_number_before_the_next_question(library):
+  task = seqio.get_mixture_or_task("gsm8k_cot")
+  example = _render("gsm8k_cot", "test", index=0)
+  answer = example["references"]
+  target = task.postprocess_fn(example["targets"], example=example, is_target=True)
+  assert target == [answer]
+  # A model that goes on with a new "Q:" is scored on what it said before it.
+  rambling = task.postprocess_fn(
+      f"She has 9 eggs left. The answer is {answer}.\n\nQ: Tom has 3 apples.\nA: The answer is 3.",
+      example=example)
+  assert rambling == f"She has 9 eggs left. The answer is {answer}.\n\n"
+  scores = {}
+  for fn in task.predict_metric_fns:
+    scores.update(fn([target], [rambling]))
+  assert scores == {"numeric_match": 100.0, "strict_match": 100.0, "flexible_extract": 100.0}
+  # By hand: the three readings of one answer.
+  def score(prediction, reference="1200"):
+    return {k: v for fn in task.predict_metric_fns for k, v in fn([[reference]], [prediction]).items()}
+  assert score("So she makes $1,200. The answer is 1,200.") == {
+      "numeric_match": 100.0, "strict_match": 100.0, "flexible_extract": 100.0}
+  assert score("The total is 1200 dollars. The answer is $1,200.") == {
+      "numeric_match": 100.0, "strict_match": 0.0, "flexible_extract": 100.0}
+  assert score("The answer is 1200. Check: 1200 - 200 = 1000.") == {
+      "numeric_match": 100.0, "strict_match": 100.0, "flexible_extract": 0.0}
+  assert score("It costs 1,200.5 dollars.") == {
+      "numeric_match": 0.0, "strict_match": 0.0, "flexible_extract": 0.0}

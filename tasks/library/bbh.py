@@ -1,46 +1,64 @@
-"""BIG-Bench Hard's 27 tasks, answer-only and chain-of-thought, from DATA_DIR/eval/bbh.
+"""BIG-Bench Hard's 27 tasks, 3-shot answer-only and chain-of-thought, as lm-evaluation-harness runs them.
 
 Files: `bbh/<task>.json` (`{"examples": [{"input", "target"}]}`) and
 `cot-prompts/<task>.txt`, the published 3-shot prompt: a canary line, "-----", a
 one-line task description, then three exemplars "Q: ...\\nA: Let's think step by
-step.\\n<rationale> So the answer is <X>." separated by blank lines. That prompt is
-data from the dataset, used as-is; we write no wording here beyond "Q:"/"A:".
+step.\\n<rationale> So the answer is <X>." separated by blank lines. The exemplars
+are the dataset's, used as they are; the prompts around them follow lm-eval's
+`bbh_fewshot` and `bbh_cot_fewshot` (docs/evaluation_conventions.md):
 
-Per task, one FlanTaskSpec with a single split "test" and no framework few-shot
-(the exemplars are fixed by the dataset, so the records loader puts them into
-fields) registers:
+    bbh_<task>_zs_noopt  answer-only: "<description>\\n\\n", each exemplar as
+                         "Q: <input>\\nA: <X>\\n\\n" (X read from its rationale),
+                         then "Q: <input>\\nA:"; the target is the answer
+    bbh_<task>_cot       "<description>\\n\\n", each exemplar as "Q: <input>\\nA:
+                         Let's think step by step.\\n<rationale>\\n\\n", then "Q:
+                         <input>\\nA: Let's think step by step.\\n"; the target is
+                         the answer (the test set has no rationales)
 
-    bbh_<task>_zs_noopt  direct: the description and the three exemplars with their
-                         rationales cut to "A: <X>" (BBH's answer-only prompting),
-                         then "Q: <input>\\nA:"; the target is <X>
-    bbh_<task>_cot       the whole CoT prompt, then "Q: <input>\\nA: Let's think
-                         step by step."; the target is "So the answer is <X>." (the
-                         test set has no rationales) and the postprocessor scores the
-                         answer `extract_answer` reads after the last "answer is"
+plus a mixture `bbh_<task>`; `bbh_direct` and `bbh_cot` collect every task. Both
+are 3-shot although the framework adds no exemplars ("zs" in the name says only
+that). Cluster: `bbh`.
 
-plus a mixture `bbh_<task>`; `bbh_direct` and `bbh_cot` collect every task. Direct
-is 3-shot rather than 0-shot because that is the protocol BBH results are reported
-under; "zs" in the name only says the framework adds no exemplars. Cluster: `bbh`.
+Scoring, both variants: the greedy generation is cut at the first of lm-eval's stop
+sequences (`STOP_SEQUENCES`, among them a bare "Q"), as lm-eval stops generating
+there. Answer-only takes the cut text, stripped; CoT takes what follows the first
+"the answer is " up to, not including, the last character of that line (lm-eval's
+extraction: "... the answer is (B)." gives "(B)"), and nothing when the phrase is
+missing. `exact_match` then requires the string to equal the target exactly: no
+case or punctuation normalisation, which would make Dyck-language answers (all
+brackets) empty and "-12" equal to "12".
 """
 
 import functools
 import os
+import re
+from typing import Sequence
 
+import seqio
 import tensorflow as tf
 
-from flan_jax.data.flan_task import FlanTaskSpec
+from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.data.variants import extract_answer
+from flan_jax.evaluation.metrics import accuracy
 from flan_jax_tasks.library.common import add_mixture_once, register_once
 
 ROOT = os.path.join("eval", "bbh")
 CLUSTER = "bbh"
 COT_CUE = "Let's think step by step."
 MIXTURES = {"zs_noopt": "bbh_direct", "cot": "bbh_cot"}  # variant -> collection mixture
+# lm-eval's `until` for both BBH variants; "</s>" matters only to a tokenizer that
+# decodes its EOS as text (ours stop at the EOS id).
+STOP_SEQUENCES = ("</s>", "Q", "\n\n")
+EXEMPLAR_END = "\n\n"
 
-DIRECT_TEMPLATE = Template("{direct_prompt}\n\nQ: {input}\nA:", "{target}")
-COT_TEMPLATE = Template("{cot_prompt}\n\nQ: {input}\nA: " + COT_CUE, "So the answer is {target}.")
+# The prompt fields end in "\n\n" (see `prompts`).
+DIRECT_TEMPLATE = Template("{direct_prompt}Q: {input}\nA:", "{target}")
+COT_TEMPLATE = Template("{cot_prompt}Q: {input}\nA: " + COT_CUE + "\n", "{target}")
+
+# lm-eval reads the CoT answer as the first "the answer is " followed by the rest of
+# that line less its last character (the period); case-sensitive.
+_COT_ANSWER = re.compile(r"the answer is (.*).")
 
 
 def tasks(data_dir: str) -> list[str]:
@@ -52,8 +70,25 @@ def tasks(data_dir: str) -> list[str]:
   return sorted(listed("bbh", ".json") & listed("cot-prompts", ".txt"))
 
 
+def cut_at_stop_sequences(text: str, stops: Sequence[str]) -> str:
+  """`text` up to the first occurrence of any stop sequence (what stopping there generates)."""
+  for stop in stops:
+    text = text.split(stop, 1)[0]
+  return text
+
+
+def cot_answer(text: str) -> str:
+  """The answer a chain of thought states, read as lm-eval reads it; "" when it states none."""
+  match = _COT_ANSWER.search(text)
+  return match.group(1).strip() if match else ""
+
+
 def parse_cot_prompt(text: str, path: str = "<prompt>") -> tuple[str, list[tuple[str, str]]]:
-  """(description, [(question, chain-of-thought answer), ...]) of a BBH CoT prompt file."""
+  """(description, [(question, rationale), ...]) of a BBH CoT prompt file.
+
+  The rationale is the exemplar's answer after "Let's think step by step.\\n", ending
+  in "So the answer is <X>.".
+  """
   _, separator, body = text.partition("\n-----\n")
   body = (body if separator else text).strip()
   description, *shots = body.split("\n\nQ: ")
@@ -62,27 +97,25 @@ def parse_cot_prompt(text: str, path: str = "<prompt>") -> tuple[str, list[tuple
   exemplars = []
   for shot in shots:
     question, found, answer = shot.partition("\nA: ")
-    if not found or "answer is" not in answer:
-      raise ValueError(f"{path}: an exemplar lacks 'A: ... So the answer is X.': {shot[:80]!r}")
-    exemplars.append((question.strip(), answer.strip()))
+    rationale = answer.strip().removeprefix(COT_CUE).strip()
+    if not found or not cot_answer(rationale):
+      raise ValueError(f"{path}: an exemplar lacks 'A: ... the answer is X.': {shot[:80]!r}")
+    exemplars.append((question.strip(), rationale))
   if not exemplars:
     raise ValueError(f"{path}: no 'Q: ... A: ...' exemplars after the '-----' line.")
   return description.strip(), exemplars
 
 
-def _join(description: str, shots: list[str]) -> str:
-  return "\n\n".join(([description] if description else []) + shots)
-
-
 @functools.lru_cache(maxsize=None)
 def prompts(data_dir: str, task: str) -> tuple[str, str]:
-  """(direct prompt, CoT prompt) of a task: its description and three exemplars."""
+  """(answer-only, CoT) prompt prefixes of a task: description and exemplars, each ending "\\n\\n"."""
   path = os.path.join(data_dir, ROOT, "cot-prompts", f"{task}.txt")
   with tf.io.gfile.GFile(path, "r") as f:
     description, exemplars = parse_cot_prompt(f.read(), path)
-  direct = [f"Q: {q}\nA: {extract_answer(a)}" for q, a in exemplars]
-  cot = [f"Q: {q}\nA: {a}" for q, a in exemplars]
-  return _join(description, direct), _join(description, cot)
+  head = description + EXEMPLAR_END if description else ""
+  direct = "".join(f"Q: {q}\nA: {cot_answer(r)}{EXEMPLAR_END}" for q, r in exemplars)
+  cot = "".join(f"Q: {q}\nA: {COT_CUE}\n{r}{EXEMPLAR_END}" for q, r in exemplars)
+  return head + direct, head + cot
 
 
 def load(data_dir: str, task: str, split: str) -> list[dict]:
@@ -95,15 +128,66 @@ def load(data_dir: str, task: str, split: str) -> list[dict]:
            "cot_prompt": cot} for row in rows]
 
 
+def direct_postprocessor(text: str, example=None, is_target: bool = False):
+  """Answer-only: the generation up to the first stop sequence, stripped; targets: the references."""
+  if is_target:
+    return strip_postprocessor(text, example, is_target=True)
+  return cut_at_stop_sequences(text, STOP_SEQUENCES).strip()
+
+
+def cot_postprocessor(text: str, example=None, is_target: bool = False):
+  """CoT: the answer stated before the first stop sequence; targets: the references."""
+  if is_target:
+    return strip_postprocessor(text, example, is_target=True)
+  return cot_answer(cut_at_stop_sequences(text, STOP_SEQUENCES))
+
+
+def exact_match(targets, predictions) -> dict[str, float]:
+  """Percent of predictions equal, as strings, to one of their references (lm-eval's exact_match)."""
+  return {"exact_match": accuracy(targets, predictions)["accuracy"]}
+
+
+def set_postprocessor(task_name: str, postprocess_fn) -> None:
+  """Gives a registered task another postprocessor.
+
+  `register_flan_task` picks the postprocessor by variant, and for "cot" its choice
+  keeps only what follows the *last* "answer is", after which the stop sequences
+  can no longer be applied. seqio reads the attribute lazily (`metric_objs` is a
+  cached property), so setting it right after registration is consistent.
+  """
+  task = seqio.TaskRegistry.get(task_name)
+  task._postprocess_fn = postprocess_fn  # pylint: disable=protected-access
+
+
 def spec(data_dir: str, task: str) -> FlanTaskSpec:
   return FlanTaskSpec(
       name=f"bbh_{task}", cluster=CLUSTER, records=functools.partial(load, data_dir, task),
       templates=(DIRECT_TEMPLATE,), cot_templates=(COT_TEMPLATE,), splits=("test",),
-      few_shot=False)
+      few_shot=False, metric_fns=(exact_match,))
+
+
+def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str = "cot",
+                          metric: str = "exact_match") -> float:
+  """lm-eval's `bbh_cot_fewshot` / `bbh_fewshot` score: per-task results
+  ("bbh_<task>_<variant>/<metric>", as the evaluator writes them) averaged with each
+  task's example count as its weight. Meaningful only when every example was evaluated.
+  """
+  total = weight = 0.0
+  for task in tasks(data_dir):
+    key = f"bbh_{task}_{variant}/{metric}"
+    if key not in results:
+      raise KeyError(f"No result {key!r}: evaluate every task first.")
+    count = len(load(data_dir, task, "test"))
+    total, weight = total + results[key] * count, weight + count
+  return total / weight
 
 
 def register(data_dir: str) -> list[str]:
   """Registers each task and the collections; returns the mixtures. Idempotent."""
-  names = [register_once(spec(data_dir, task)) for task in tasks(data_dir)]
+  names = []
+  for task in tasks(data_dir):
+    names.append(register_once(spec(data_dir, task)))
+    set_postprocessor(f"{names[-1]}_zs_noopt", direct_postprocessor)
+    set_postprocessor(f"{names[-1]}_cot", cot_postprocessor)
   return names + [add_mixture_once(mixture, [f"{name}_{variant}" for name in names])
                   for variant, mixture in MIXTURES.items() if names]

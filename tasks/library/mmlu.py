@@ -1,45 +1,93 @@
-"""MMLU's 57 subjects as zero-shot and 5-shot evaluation tasks, from DATA_DIR/eval/mmlu.
+"""MMLU's 57 subjects, zero-shot and 5-shot, in lm-evaluation-harness's default layout.
 
 Files: `{dev,test}/<subject>_{dev,test}.csv` with the header
 `question,choice0,choice1,choice2,choice3,answer` (answer is the index 0-3). Each
-record carries the question, its choices as a list, a preformatted `choices_block`
-("A. ...\\nB. ...") and the answer letter, which is the target.
+record carries the question (stripped), its choices as a list, a preformatted
+`choices_block` ("A. ...\\nB. ...\\nC. ...\\nD. ...", choices as in the file) and
+the answer letter, which is the target.
 
-Splits: the dev file is the "train" split, the test file "test". Few-shot exemplars
-come from "train", so the 5-shot prompt holds the subject's five dev questions
-(in an order drawn per example), then the test question: MMLU's protocol. One
-FlanTaskSpec per subject registers two tasks:
+The prompt is lm-eval's `mmlu` default (docs/evaluation_conventions.md): one
+description line, then each exemplar as "<question>\\nA. ..\\nB. ..\\nC. ..\\nD. ..
+\\nAnswer: <letter>" followed by a blank line, then the test question ending in
+"Answer:":
 
-    mmlu_<subject>_zs_noopt   0-shot   (the brief's mmlu_<subject>_0shot)
-    mmlu_<subject>_fs_noopt   5-shot   (the brief's mmlu_<subject>_5shot)
+    The following are multiple choice questions (with answers) about <subject>.
+
+    <dev question 1>
+    A. ...
+    ...
+    Answer: B
+
+    ...
+
+    <test question>
+    A. ...
+    ...
+    Answer:
+
+The exemplars are the subject's five dev records in file order (the dev file is
+the "train" split, `ordered_exemplars`). Scoring is rank classification over the
+options "A".."D": the evaluator scores each letter as the target after the prompt
+and predicts the likeliest; `accuracy` compares it with the answer letter.
+
+One FlanTaskSpec per subject registers
+
+    mmlu_<subject>_zs_noopt   0-shot: the description line and the question
+    mmlu_<subject>_fs_noopt   5-shot: as above
 
 and a mixture `mmlu_<subject>` over both; `mmlu_0shot` and `mmlu_5shot` collect
-every subject. The answer choices are part of the prompt, so the specs have no
-`options` and no _opt variants. The cluster is `mmlu`, for evaluation only: nothing
-here has a "validation" split, so evaluate with split "test".
+every subject. The prompt lists A-D itself, so there are no _opt variants. The
+cluster is `mmlu`, for evaluation only: nothing here has a "validation" split, so
+evaluation reads split "test".
 """
 
+import dataclasses
 import functools
 import os
 
 from flan_jax.data.flan_task import FlanTaskSpec
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
+from flan_jax.data.variants import FewShot
+from flan_jax.evaluation.metrics import accuracy
 from flan_jax_tasks.library.common import add_mixture_once, register_once
 
 ROOT = os.path.join("eval", "mmlu")
 FILES = {"train": ("dev", "_dev.csv"), "test": ("test", "_test.csv")}
 LETTERS = ("A", "B", "C", "D")
 SHOTS = 5
-# A safety net only: MMLU keeps all five exemplars. In bytes (the default vocabulary)
-# the longest 5-shot prompt (high_school_european_history) is about 15k.
-FEW_SHOT_TOKEN_BUDGET = 16_384
 CLUSTER = "mmlu"
 MIXTURES = {"zs_noopt": "mmlu_0shot", "fs_noopt": "mmlu_5shot"}  # variant -> collection mixture
 
-TEMPLATE = Template(
-    "This is a multiple-choice question on {subject_name}.\n\n{question}\n{choices_block}\nAnswer:",
-    "{answer}")
+# lm-eval's conventions: the description ends in a blank line, the answer follows
+# "Answer:" after one space (the target delimiter), exemplars end in a blank line.
+DESCRIPTION = "The following are multiple choice questions (with answers) about {subject_name}.\n\n"
+QUESTION = Template("{question}\n{choices_block}\nAnswer:", "{answer}")
+TARGET_DELIMITER = " "
+EXEMPLAR_END = "\n\n"
+ZERO_SHOT = Template(DESCRIPTION + QUESTION.inputs, QUESTION.targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class DescribedFewShot(FewShot):
+  """A description line, then k exemplars "<inputs> <target>\\n\\n", then the query.
+
+  The framework's FewShot repeats the template per exemplar and puts the target on
+  its own line; lm-eval states the description once and answers on the prompt's line.
+  With k = 0 (the fallback when the run's input length fits no exemplar) this is the
+  zero-shot prompt.
+  """
+  description: str = ""
+
+  def render(self, record, rng, *, exemplars=(), **context):
+    del rng, context  # one template, options never shown
+    (template,) = self.templates
+    query, target = template.render(record)
+    shots = []
+    for exemplar in exemplars[:self.k]:
+      inputs, answer = template.render(exemplar)
+      shots.append(f"{inputs}{TARGET_DELIMITER}{answer}{EXEMPLAR_END}")
+    return self.description.format(**record) + "".join(shots) + query, target, 0
 
 
 def subjects(data_dir: str) -> list[str]:
@@ -53,6 +101,7 @@ def subjects(data_dir: str) -> list[str]:
 
 
 def subject_name(subject: str) -> str:
+  """The subject as the description line names it: "high_school_biology" -> "high school biology"."""
   return subject.replace("_", " ")
 
 
@@ -76,8 +125,28 @@ def load(data_dir: str, subject: str, split: str) -> list[dict]:
 def spec(data_dir: str, subject: str) -> FlanTaskSpec:
   return FlanTaskSpec(
       name=f"mmlu_{subject}", cluster=CLUSTER, records=functools.partial(load, data_dir, subject),
-      templates=(TEMPLATE,), splits=("train", "test"), few_shot_k=SHOTS,
-      few_shot_token_budget=FEW_SHOT_TOKEN_BUDGET)
+      templates=(ZERO_SHOT,), splits=("train", "test"), options=LETTERS, options_variants=False,
+      ordered_exemplars=True, metric_fns=(accuracy,),
+      # The framework's few-shot layout is replaced by lm-eval's (same name, fs_noopt).
+      few_shot=False,
+      extra_variants=(DescribedFewShot("fs_noopt", (QUESTION,), k=SHOTS, description=DESCRIPTION),))
+
+
+def question_weighted_mean(results: dict[str, float], data_dir: str, variant: str = "fs_noopt",
+                           metric: str = "accuracy") -> float:
+  """lm-eval's `mmlu` score: per-subject results ("mmlu_<subject>_<variant>/<metric>", as the
+  evaluator writes them) averaged with each subject's test-question count as its weight.
+
+  Only meaningful when every test question was evaluated (max_examples_per_task=None).
+  """
+  total = weight = 0.0
+  for subject in subjects(data_dir):
+    key = f"mmlu_{subject}_{variant}/{metric}"
+    if key not in results:
+      raise KeyError(f"No result {key!r}: evaluate every subject first.")
+    count = len(load(data_dir, subject, "test"))
+    total, weight = total + results[key] * count, weight + count
+  return total / weight
 
 
 def register(data_dir: str) -> list[str]:
