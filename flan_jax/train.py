@@ -59,6 +59,7 @@ def train(
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
     vocabulary_path: str | None = None,
+    truncation_sample: int = 100,
 ):
   """The whole job; see `finetune.finetune`.
 
@@ -87,6 +88,7 @@ def train(
       evaluation=evaluation or EvalConfig(),
       evaluate_before=evaluate_before,
       initial_checkpoint_path=initial_checkpoint_path,
+      truncation_sample=truncation_sample,
   )
 
 

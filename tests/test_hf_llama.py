@@ -271,10 +271,13 @@ def test_a_finetuning_run_exports_to_transformers_from_its_model_dir(tmp_path):
   # And a prompt continues the same way in both, as our evaluator would decode it.
   prompt = np.array([[0] + [b + 3 for b in b"What is 12 + 30?"] + [1]], np.int32)
   ours = make_greedy_generate(Decoder(config), params, 8, eos_id=-1)(prompt, np.ones_like(prompt))
+  # Two training steps leave near-uniform logits where float noise can flip an exact tie,
+  # so each of our tokens must be transformers' greedy choice up to 1e-4 in the logit.
   with torch.no_grad():
-    theirs = model.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False,
-                            pad_token_id=0, eos_token_id=None)[0, prompt.shape[1]:].numpy()
-  np.testing.assert_array_equal(ours[0], theirs)
+    theirs = model(torch.tensor(np.concatenate([prompt, ours], axis=1))).logits[0].numpy()
+  steps = theirs[prompt.shape[1] - 1:-1]
+  chosen = steps[np.arange(len(ours[0])), ours[0]]
+  np.testing.assert_array_less(steps.max(axis=-1) - chosen, 1e-4)
 
 
 def test_exporting_a_prefix_lm_says_that_transformers_will_run_it_causally(tmp_path):

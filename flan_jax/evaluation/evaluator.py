@@ -133,6 +133,15 @@ def _rank_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
   return [options[c] for options, c in zip(options_of, chosen)]
 
 
+def majority_baseline(targets: Sequence) -> float:
+  """Accuracy (%) of always answering the most frequent target: what "no skill" scores."""
+  if not targets:
+    return 0.0
+  first = [t[0] if isinstance(t, (list, tuple)) else t for t in targets]
+  most_common = max(set(first), key=first.count)
+  return 100.0 * first.count(most_common) / len(first)
+
+
 def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
                   ) -> tuple[dict[str, float], truncation.TruncationCounts]:
   """The task's metrics on its `config.split`, and how many prompts and targets were cut."""
@@ -157,6 +166,8 @@ def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
   metrics = {}
   for metric_fn in task.predict_metric_fns:
     metrics.update(metric_fn(targets, predictions))
+  if ranked:
+    metrics["majority_baseline"] = majority_baseline(targets)
   if counts.inputs_cut or counts.targets_cut:
     log.warning("%s: %s (lengths %s).", task.name, counts, dict(model.lengths))
   return metrics, counts
