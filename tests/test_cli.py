@@ -31,18 +31,23 @@ def test_quickstart_config_with_overrides_writes_config_metrics_and_eval(tmp_pat
                 "--gin.TRAIN_STEPS=3",
                 "--gin_bindings=EvalConfig.max_examples_per_task = 2",
                 "--gin.EvalConfig.batch_size=2", "--gin.DecoderConfig.num_layers=1",
-                "--gin.DecoderConfig.embed_dim=32", "--gin.train.log_every=1")
+                "--gin.DecoderConfig.embed_dim=32", "--gin.train.log_every=1",
+                "--gin.train.truncation_sample=0")
   assert result.returncode == 0, result.stderr[-3000:]
   config = (model_dir / "config.gin").read_text()
   assert "TRAIN_STEPS = 3" in config and "DecoderConfig.num_layers = 1" in config
   logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in logged] == [1, 2, 3]
   heldout = json.loads((model_dir / "eval" / "heldout.json").read_text())
-  assert set(heldout) == {"before", "after"}
-  for results in heldout.values():
-    assert "default_is_even/accuracy" in results  # a held-out task
-    assert "default_add/accuracy" in results  # a seen task's validation split
+  assert set(heldout) == {"before", "after", "groups"}
+  assert "default_is_even_zs_opt" in heldout["groups"]["heldout"]  # FLAN's zero-shot options task
+  for results in (heldout["before"], heldout["after"]):
+    assert "default_is_even_zs_opt/accuracy" in results  # a held-out task
+    assert "default_is_even_zs_opt/majority_baseline" in results  # ranked: with its baseline
+    assert "default_is_even_fs_noopt/accuracy" in results  # a held-out variant
+    assert "default_add_zs_opt/accuracy" in results  # a seen task's validation split
     assert "heldout_mean/accuracy" in results and "seen_mean/accuracy" in results
+    assert "heldout_fs_noopt_mean/accuracy" in results
   assert "Evaluation before and after finetuning" in result.stdout
 
 
@@ -51,13 +56,13 @@ def test_the_t5_quickstart_trains_and_evaluates_an_encoder_decoder(tmp_path):
   result = _run("--gin_file=gin/quickstart_t5.gin", f"--gin.MODEL_DIR={model_dir}",
                 "--gin.TRAIN_STEPS=2", "--gin.EvalConfig.max_examples_per_task=2",
                 "--gin.EvalConfig.batch_size=2", "--gin.T5Config.embed_dim=32",
-                "--gin.train.log_every=1")
+                "--gin.train.log_every=1", "--gin.train.truncation_sample=0")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "train.model = @T5Config()" in (model_dir / "config.gin").read_text()
   logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in logged] == [1, 2]
   after = json.loads((model_dir / "eval" / "heldout.json").read_text())["after"]
-  assert "default_is_even/accuracy" in after and "seen_mean/accuracy" in after
+  assert "default_is_even_zs_opt/accuracy" in after and "seen_mean/accuracy" in after
 
 
 def test_unknown_mixture_names_the_closest_registered_ones(tmp_path):

@@ -27,7 +27,7 @@ t5 = sys.argv[2] == "t5"
 model = (EncoderDecoder(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
                                  mlp_dim=64, scan_layers=True))
          if t5 else DecoderOnly(TINY_DECODER))
-batches = lambda start: train_batches("default_train", {"inputs": 64, "targets": 16}, 8,
+batches = lambda start: train_batches("default_add", {"inputs": 64, "targets": 16}, 8,
                                       seed=0, skip_batches=start, encoder_decoder=t5)
 state = train(model, OptimizerConfig(warmup_steps=1), config, batches,
               sys.argv[1], {"inputs": 64, "targets": 16})

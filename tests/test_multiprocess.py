@@ -23,7 +23,8 @@ def test_two_local_processes_train_checkpoint_and_evaluate(tmp_path):
        "--gin.TRAIN_STEPS=4", "--gin.train.checkpoint_every=2", "--gin.train.log_every=1",
        "--gin.train.evaluate_before=False", "--gin.DecoderConfig.num_layers=1",
        "--gin.DecoderConfig.embed_dim=32", "--gin.EvalConfig.max_examples_per_task=2",
-       "--gin.EvalConfig.batch_size=2"],
+       "--gin.EvalConfig.batch_size=2", "--gin.train.truncation_sample=0",
+       "--gin.EvalConfig.evaluate_seen=False"],
       cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -23,7 +23,7 @@ OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=5)
 
 
 def _batches(start_step):
-  return train_batches("default_train", LENGTHS, 8, seed=0, skip_batches=start_step)
+  return train_batches("default_add", LENGTHS, 8, seed=0, skip_batches=start_step)
 
 
 def _train(model_dir, steps, checkpoint_every=1000):
@@ -102,7 +102,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_learns(tmp_path):
 def test_twenty_packed_encoder_decoder_steps_lower_the_t5_loss(tmp_path):
   model = EncoderDecoder(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
                                   mlp_dim=64, num_encoder_layers=2, num_decoder_layers=2))
-  batches = lambda start: train_batches("default_train", LENGTHS, 8, seed=0,
+  batches = lambda start: train_batches("default_add", LENGTHS, 8, seed=0,
                                         skip_batches=start, encoder_decoder=True)
   assert {"encoder_input_tokens", "encoder_segment_ids"} <= set(next(batches(0)))
   config = TrainerConfig(train_steps=20, log_every=1, progress_bar=False)
