@@ -41,10 +41,14 @@ class Generator:
     # Fields whose values are the options (the two things compared); else the options
     # are the answer and the answer of another random record, in random order.
     option_fields: tuple[str, ...] = ()
+    # A wrong answer drawn from the record itself (another item of the list); else
+    # another record's answer.
+    distractor: Callable[[dict[str, str], random.Random], str] | None = None
 
 
 def _digits(rng: random.Random, low: int = 3, high: int = 5) -> list[int]:
-    return [rng.randint(0, 9) for _ in range(rng.randint(low, high))]
+    # Distinct numbers of one or two digits: comparing them is a skill of its own.
+    return rng.sample(range(100), rng.randint(low, high))
 
 
 def _join(values: list[int]) -> str:
@@ -130,6 +134,23 @@ def _list_sort(rng: random.Random) -> dict[str, str]:
     return {"items": _join(values), "answer": _join(sorted(values))}
 
 
+def _other_item(fields: dict[str, str], rng: random.Random) -> str:
+    return rng.choice([i for i in fields["items"].split(", ") if i != fields["answer"]])
+
+
+def _list_contains(rng: random.Random) -> dict[str, str]:
+    values = _digits(rng)
+    probe = rng.choice(values) if rng.random() < 0.5 else rng.choice(
+        [v for v in range(100) if v not in values])
+    return {"items": _join(values), "n": str(probe), "answer": "yes" if probe in values else "no"}
+
+
+def _starts_with(rng: random.Random) -> dict[str, str]:
+    word = rng.choice(WORDS)
+    letter = word[0] if rng.random() < 0.5 else rng.choice([c for c in "abcdefghlmprst" if c != word[0]])
+    return {"word": word, "letter": letter, "answer": "yes" if word[0] == letter else "no"}
+
+
 # --- comparison --------------------------------------------------------------
 
 def _larger_number(rng: random.Random) -> dict[str, str]:
@@ -205,16 +226,21 @@ GENERATORS: tuple[Generator, ...] = (
         ("Say {word} two times.", "{answer}"),
         ("Write \"{word}\" twice, separated by a space.", "{answer}"),
     )),
+    Generator("starts_with", "string_editing", _starts_with, (
+        ("Does {word} start with the letter {letter}?", "{answer}"),
+        ("Is {letter} the first letter of {word}? Answer yes or no.", "{answer}"),
+        ("Does the word \"{word}\" begin with \"{letter}\"?", "{answer}"),
+    ), answer_options=YES_NO),
     Generator("list_max", "list_reasoning", _list_max, (
         ("What is the largest number in {items}?", "{answer}"),
         ("Find the maximum of: {items}", "{answer}"),
         ("Which is biggest: {items}?", "{answer}"),
-    )),
+    ), distractor=_other_item),
     Generator("list_min", "list_reasoning", _list_min, (
         ("What is the smallest number in {items}?", "{answer}"),
         ("Find the minimum of: {items}", "{answer}"),
         ("Which is lowest: {items}?", "{answer}"),
-    )),
+    ), distractor=_other_item),
     Generator("list_count", "list_reasoning", _list_count, (
         ("How many numbers are in this list: {items}?", "{answer}"),
         ("Count the items: {items}", "{answer}"),
@@ -224,12 +250,17 @@ GENERATORS: tuple[Generator, ...] = (
         ("What is the first number in {items}?", "{answer}"),
         ("List: {items}. Which number comes first?", "{answer}"),
         ("Give the first item of [{items}].", "{answer}"),
-    )),
+    ), distractor=_other_item),
     Generator("list_last", "list_reasoning", _list_last, (
         ("What is the last number in {items}?", "{answer}"),
         ("List: {items}. Which number comes last?", "{answer}"),
         ("Give the final item of [{items}].", "{answer}"),
-    )),
+    ), distractor=_other_item),
+    Generator("list_contains", "list_reasoning", _list_contains, (
+        ("Is {n} in the list {items}?", "{answer}"),
+        ("List: {items}. Does it contain {n}? Answer yes or no.", "{answer}"),
+        ("Can {n} be found in [{items}]?", "{answer}"),
+    ), answer_options=YES_NO),
     Generator("list_sort", "list_reasoning", _list_sort, (
         ("Sort in ascending order: {items}", "{answer}"),
         ("Order from smallest to largest: {items}", "{answer}"),
@@ -263,8 +294,11 @@ def _options(generator: Generator, fields: dict[str, str], rng: random.Random) -
         return list(generator.answer_options)
     if generator.option_fields:
         return [fields[f] for f in generator.option_fields]
-    while True:  # a wrong answer of the same kind: another record's answer
-        other = generator.make_fields(rng)["answer"]
+    while True:  # a wrong answer of the same kind
+        if generator.distractor is not None:
+            other = generator.distractor(fields, rng)
+        else:
+            other = generator.make_fields(rng)["answer"]
         if other != fields["answer"]:
             break
     options = [fields["answer"], other]

@@ -42,6 +42,8 @@ CHECKERS: dict[str, Callable[[dict[str, str]], str]] = {
     "list_first": lambda f: str(_ints(f["items"])[0]),
     "list_last": lambda f: str(_ints(f["items"])[-1]),
     "list_sort": lambda f: ", ".join(str(v) for v in sorted(_ints(f["items"]))),
+    "list_contains": lambda f: "yes" if int(f["n"]) in _ints(f["items"]) else "no",
+    "starts_with": lambda f: "yes" if f["word"].startswith(f["letter"]) else "no",
     "larger_number": lambda f: f["a"] if int(f["a"]) > int(f["b"]) else f["b"],
     "is_even": lambda f: "no" if int(f["n"]) % 2 else "yes",
     "same_word": lambda f: "yes" if f["word1"] == f["word2"] else "no",

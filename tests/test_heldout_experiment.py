@@ -31,11 +31,14 @@ def registry():
                    templates=(Template("{premise} {hypothesis}", "{answer}"),),
                    options=("yes", "no"), few_shot_k=3,
                    cot_templates=(Template("{premise}? {hypothesis}", "{rationale} So the answer is {answer}."),),
-                   inversion_templates=(Template("Answer {answer}: {premise}", "{hypothesis}"),)),
+                   inversion_templates=(Template("Answer {answer}: {premise}", "{hypothesis}"),),
+                   vocabulary=VOCAB),
       FlanTaskSpec(name="exp_b", cluster="exp_nli", records=_records("b"),
-                   templates=(Template("{premise} {hypothesis}", "{answer}"),), few_shot=False),
+                   templates=(Template("{premise} {hypothesis}", "{answer}"),), few_shot=False,
+                   vocabulary=VOCAB),
       FlanTaskSpec(name="exp_c", cluster="exp_sentiment", records=_records("c"),
-                   templates=(Template("{premise} {hypothesis}", "{answer}"),), few_shot=False),
+                   templates=(Template("{premise} {hypothesis}", "{answer}"),), few_shot=False,
+                   vocabulary=VOCAB),
   ]
   names = {spec.name: register_flan_task(spec) for spec in specs}
   yield names
@@ -168,4 +171,5 @@ def test_options_tasks_are_scored_by_rank_classification(registry):
 
   model = evaluator.EvalModel(generate=generate, score=score, lengths=lengths)
   metrics, _ = evaluator.evaluate_task(task, model, evaluator.EvalConfig(split="validation"))
-  assert metrics == {"accuracy": 100.0}
+  # The model always picks right; answering the commoner label would score half.
+  assert metrics == {"accuracy": 100.0, "majority_baseline": 50.0}
