@@ -50,29 +50,23 @@ def _token_log_likelihoods(logits_BxLxV, targets_BxL, weights_BxL):
   return jnp.sum(picked * weights_BxL, axis=-1)
 
 
-def _identity(logits):
-  return logits
-
-
-def make_row_scorer(network, params, *, mask_unused_ids: Callable | None = None):
+def make_row_scorer(network, params):
   """batch of training-format rows -> summed target log-likelihood per row [B]."""
-  mask = mask_unused_ids or getattr(network, "mask_unused_ids", None) or _identity
 
   @jax.jit
   def score(params, batch):
-    logits = mask(network.logits(params, batch))
+    logits = network.mask_unused_ids(network.logits(params, batch))
     return _token_log_likelihoods(logits, batch["decoder_target_tokens"],
                                   batch["decoder_loss_weights"])
 
   return lambda batch: np.asarray(score(params, batch))
 
 
-def make_encoder_decoder_scorer(network, params, *, mask_unused_ids: Callable | None = None):
+def make_encoder_decoder_scorer(network, params):
   """(prompt rows [P, Le], option rows [B, Ld] with `prompt_index` [B]) -> [B].
 
   Each distinct prompt is encoded once; its options' rows gather that encoding.
   """
-  mask = mask_unused_ids or getattr(network, "mask_unused_ids", None) or _identity
   module = network.module
 
   @jax.jit
@@ -84,14 +78,14 @@ def make_encoder_decoder_scorer(network, params, *, mask_unused_ids: Callable | 
         {"params": params}, encoded[index], prompt_segments[index],
         batch["decoder_input_tokens"], batch["decoder_segment_ids"],
         batch["decoder_positions"], method=t5_lib.T5.decode)
-    return _token_log_likelihoods(mask(logits), batch["decoder_target_tokens"],
+    return _token_log_likelihoods(network.mask_unused_ids(logits), batch["decoder_target_tokens"],
                                   batch["decoder_loss_weights"])
 
   return lambda prompts, segments, batch: np.asarray(score(params, prompts, segments, batch))
 
 
 def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id: int = 0
-                       ) -> Callable[[Sequence[Sequence[Pair]]], "ScoredOptions"]:
+                       ) -> Callable[[Sequence[Sequence[Pair]]], ScoredOptions]:
   """examples -> ScoredOptions: the log-likelihood of every option of every example.
 
   `examples[i]` lists (prompt, option) token pairs, already fitted to `lengths` by

@@ -66,19 +66,15 @@ def register(data_dir: str, vocabulary: seqio.Vocabulary | None = None) -> dict[
 def _flat_collection(name: str, dataset_mixtures: list[str]) -> None:
   """Every variant task of the datasets, each dataset weighted by min(examples, cap).
 
-  A dataset's weight is shared among its variants, so a dataset rendered seven ways
-  does not count seven times. Rates are functions, evaluated when first needed, so
-  registering reads no data.
+  A dataset's weight is shared among its variants (`clusters.dataset_shared_rates`), so a
+  dataset rendered seven ways does not count seven times. Rates are evaluated when first
+  needed, so registering reads no data.
   """
-  rates = []
-  for dataset in dataset_mixtures:
-    variants = seqio.get_mixture_or_task(dataset).tasks
-    share = 1.0 / len(variants)
-    rate = lambda task, share=share: share * min(task.num_input_examples("train") or 0, CAP)
-    rates += [(task.name, rate) for task in variants]
+  tasks = [task.name for dataset in dataset_mixtures
+           for task in seqio.get_mixture_or_task(dataset).tasks]
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, rates)
+  seqio.MixtureRegistry.add(name, clusters.dataset_shared_rates(tasks, CAP))
 
 
 def _register_collections(result: dict[str, list[str]]) -> None:

@@ -41,7 +41,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.evaluation.metrics import accuracy
-from flan_jax_tasks.library.common import add_mixture_once, register_once
+from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "bbh")
 CLUSTER = "bbh"
@@ -172,14 +172,9 @@ def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str
   ("bbh_<task>_<variant>/<metric>", as the evaluator writes them) averaged with each
   task's example count as its weight. Meaningful only when every example was evaluated.
   """
-  total = weight = 0.0
-  for task in tasks(data_dir):
-    key = f"bbh_{task}_{variant}/{metric}"
-    if key not in results:
-      raise KeyError(f"No result {key!r}: evaluate every task first.")
-    count = len(load(data_dir, task, "test"))
-    total, weight = total + results[key] * count, weight + count
-  return total / weight
+  weights = {f"bbh_{task}_{variant}/{metric}": len(load(data_dir, task, "test"))
+             for task in tasks(data_dir)}
+  return size_weighted_mean(results, weights, "task")
 
 
 def register(data_dir: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Registration helpers shared by the library's modules."""
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import seqio
 
@@ -47,3 +47,14 @@ def add_mixture_once(mixture: str, tasks: Sequence[str]) -> str:
   return mixture
 
 
+def size_weighted_mean(results: Mapping[str, float], weights: Mapping[str, int], what: str) -> float:
+  """The mean of `results[key]` over `weights`' keys, each weighted by its example count.
+
+  lm-eval's group scores (MMLU, BBH) weight each task by its size; ours are plain means.
+  """
+  total = weight = 0.0
+  for key, count in weights.items():
+    if key not in results:
+      raise KeyError(f"No result {key!r}: evaluate every {what} first.")
+    total, weight = total + results[key] * count, weight + count
+  return total / weight

@@ -50,7 +50,7 @@ from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
 from flan_jax.evaluation.metrics import accuracy
-from flan_jax_tasks.library.common import add_mixture_once, register_once
+from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "mmlu")
 FILES = {"train": ("dev", "_dev.csv"), "test": ("test", "_test.csv")}
@@ -139,14 +139,9 @@ def question_weighted_mean(results: dict[str, float], data_dir: str, variant: st
 
   Only meaningful when every test question was evaluated (max_examples_per_task=None).
   """
-  total = weight = 0.0
-  for subject in subjects(data_dir):
-    key = f"mmlu_{subject}_{variant}/{metric}"
-    if key not in results:
-      raise KeyError(f"No result {key!r}: evaluate every subject first.")
-    count = len(load(data_dir, subject, "test"))
-    total, weight = total + results[key] * count, weight + count
-  return total / weight
+  weights = {f"mmlu_{subject}_{variant}/{metric}": len(load(data_dir, subject, "test"))
+             for subject in subjects(data_dir)}
+  return size_weighted_mean(results, weights, "subject")
 
 
 def register(data_dir: str) -> list[str]:
