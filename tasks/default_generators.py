@@ -79,6 +79,11 @@ def _double(rng: random.Random) -> dict[str, str]:
     return {"n": str(n), "answer": str(2 * n)}
 
 
+def _is_even(rng: random.Random) -> dict[str, str]:
+    n = rng.randint(0, 99)
+    return {"n": str(n), "answer": "yes" if n % 2 == 0 else "no"}
+
+
 # --- string editing ----------------------------------------------------------
 
 def _reverse_word(rng: random.Random) -> dict[str, str]:
@@ -151,6 +156,16 @@ def _starts_with(rng: random.Random) -> dict[str, str]:
     return {"word": word, "letter": letter, "answer": "yes" if word[0] == letter else "no"}
 
 
+def _longest_word(rng: random.Random) -> dict[str, str]:
+    # A unique longest word, so the answer is unambiguous.
+    while True:
+        words = rng.sample(WORDS, rng.randint(3, 4))
+        lengths = sorted(len(w) for w in words)
+        if lengths[-1] != lengths[-2]:
+            break
+    return {"items": ", ".join(words), "answer": max(words, key=len)}
+
+
 # --- comparison --------------------------------------------------------------
 
 def _larger_number(rng: random.Random) -> dict[str, str]:
@@ -159,9 +174,9 @@ def _larger_number(rng: random.Random) -> dict[str, str]:
     return {"a": str(a), "b": str(b), "answer": str(max(a, b))}
 
 
-def _is_even(rng: random.Random) -> dict[str, str]:
-    n = rng.randint(0, 99)
-    return {"n": str(n), "answer": "yes" if n % 2 == 0 else "no"}
+def _smaller_number(rng: random.Random) -> dict[str, str]:
+    a, b = rng.sample(range(100), 2)
+    return {"a": str(a), "b": str(b), "answer": str(min(a, b))}
 
 
 def _same_word(rng: random.Random) -> dict[str, str]:
@@ -206,6 +221,11 @@ GENERATORS: tuple[Generator, ...] = (
         ("What is twice {n}?", "{answer}"),
         ("Compute {n} + {n} =", "{answer}"),
     )),
+    Generator("is_even", "arithmetic", _is_even, (
+        ("Is {n} an even number?", "{answer}"),
+        ("Is {n} even? Answer yes or no.", "{answer}"),
+        ("Is {n} divisible by 2?", "{answer}"),
+    ), answer_options=YES_NO),
     Generator("reverse_word", "string_editing", _reverse_word, (
         ("Reverse the word {word}.", "{answer}"),
         ("Spell {word} backwards.", "{answer}"),
@@ -261,6 +281,11 @@ GENERATORS: tuple[Generator, ...] = (
         ("List: {items}. Does it contain {n}? Answer yes or no.", "{answer}"),
         ("Can {n} be found in [{items}]?", "{answer}"),
     ), answer_options=YES_NO),
+    Generator("longest_word", "list_reasoning", _longest_word, (
+        ("Which word in {items} is the longest?", "{answer}"),
+        ("Find the longest word: {items}", "{answer}"),
+        ("List: {items}. Which word has the most letters?", "{answer}"),
+    ), distractor=_other_item),
     Generator("list_sort", "list_reasoning", _list_sort, (
         ("Sort in ascending order: {items}", "{answer}"),
         ("Order from smallest to largest: {items}", "{answer}"),
@@ -271,11 +296,11 @@ GENERATORS: tuple[Generator, ...] = (
         ("What is the bigger number: {a} or {b}?", "{answer}"),
         ("Pick the greater of {a} and {b}.", "{answer}"),
     ), option_fields=("a", "b")),
-    Generator("is_even", "comparison", _is_even, (
-        ("Is {n} an even number?", "{answer}"),
-        ("Is {n} even? Answer yes or no.", "{answer}"),
-        ("Is {n} divisible by 2?", "{answer}"),
-    ), answer_options=YES_NO),
+    Generator("smaller_number", "comparison", _smaller_number, (
+        ("Which is smaller, {a} or {b}?", "{answer}"),
+        ("What is the lesser number: {a} or {b}?", "{answer}"),
+        ("Pick the smaller of {a} and {b}.", "{answer}"),
+    ), option_fields=("a", "b")),
     Generator("same_word", "comparison", _same_word, (
         ("Are {word1} and {word2} the same word?", "{answer}"),
         ("Is \"{word1}\" identical to \"{word2}\"?", "{answer}"),

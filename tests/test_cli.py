@@ -40,11 +40,11 @@ def test_quickstart_config_with_overrides_writes_config_metrics_and_eval(tmp_pat
   assert [m["step"] for m in logged] == [1, 2, 3]
   heldout = json.loads((model_dir / "eval" / "heldout.json").read_text())
   assert set(heldout) == {"before", "after", "groups"}
-  assert "default_is_even_zs_opt" in heldout["groups"]["heldout"]  # FLAN's zero-shot options task
+  assert "default_same_word_zs_opt" in heldout["groups"]["heldout"]  # FLAN's zero-shot options task
   for results in (heldout["before"], heldout["after"]):
-    assert "default_is_even_zs_opt/accuracy" in results  # a held-out task
-    assert "default_is_even_zs_opt/majority_baseline" in results  # ranked: with its baseline
-    assert "default_is_even_fs_noopt/accuracy" in results  # a held-out variant
+    assert "default_same_word_zs_opt/accuracy" in results  # a held-out task
+    assert "default_same_word_zs_opt/majority_baseline" in results  # ranked: with its baseline
+    assert "default_same_word_fs_noopt/accuracy" in results  # a held-out variant
     assert "default_add_zs_opt/accuracy" in results  # a seen task's validation split
     assert "heldout_mean/accuracy" in results and "seen_mean/accuracy" in results
     assert "heldout_fs_noopt_mean/accuracy" in results
@@ -63,7 +63,7 @@ def test_the_t5_quickstart_trains_and_evaluates_an_encoder_decoder(tmp_path):
   logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in logged] == [1, 2]
   after = json.loads((model_dir / "eval" / "heldout.json").read_text())["after"]
-  assert "default_is_even_zs_opt/accuracy" in after and "seen_mean/accuracy" in after
+  assert "default_same_word_zs_opt/accuracy" in after and "seen_mean/accuracy" in after
 
 
 def test_unknown_mixture_names_the_closest_registered_ones(tmp_path):

@@ -44,7 +44,9 @@ CHECKERS: dict[str, Callable[[dict[str, str]], str]] = {
     "list_sort": lambda f: ", ".join(str(v) for v in sorted(_ints(f["items"]))),
     "list_contains": lambda f: "yes" if int(f["n"]) in _ints(f["items"]) else "no",
     "starts_with": lambda f: "yes" if f["word"].startswith(f["letter"]) else "no",
+    "longest_word": lambda f: max(f["items"].split(", "), key=len),
     "larger_number": lambda f: f["a"] if int(f["a"]) > int(f["b"]) else f["b"],
+    "smaller_number": lambda f: f["a"] if int(f["a"]) < int(f["b"]) else f["b"],
     "is_even": lambda f: "no" if int(f["n"]) % 2 else "yes",
     "same_word": lambda f: "yes" if f["word1"] == f["word2"] else "no",
     "longer_word": lambda f: f["word1"] if len(f["word1"]) > len(f["word2"]) else f["word2"],
@@ -54,6 +56,10 @@ CHECKERS: dict[str, Callable[[dict[str, str]], str]] = {
 VALIDITY: dict[str, Callable[[dict[str, str]], bool]] = {
     "subtract": lambda f: int(f["a"]) >= int(f["b"]),
     "larger_number": lambda f: f["a"] != f["b"],
+    "smaller_number": lambda f: f["a"] != f["b"],
+    # A unique longest word.
+    "longest_word": lambda f: sorted(map(len, f["items"].split(", ")))[-1]
+    != sorted(map(len, f["items"].split(", ")))[-2],
     "longer_word": lambda f: len(f["word1"]) != len(f["word2"]),
 }
 

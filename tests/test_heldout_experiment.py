@@ -173,3 +173,19 @@ def test_options_tasks_are_scored_by_rank_classification(registry):
   metrics, _ = evaluator.evaluate_task(task, model, evaluator.EvalConfig(split="validation"))
   # The model always picks right; answering the commoner label would score half.
   assert metrics == {"accuracy": 100.0, "majority_baseline": 50.0}
+  # Tasks evaluated together share scoring batches; each gets what it gets alone.
+  other = seqio.get_mixture_or_task("exp_a_zs_noopt")
+  together = evaluator.evaluate_tasks([other, task], model, evaluator.EvalConfig(split="validation"))
+  assert together[task.name][0] == metrics
+  assert together[other.name][0] == evaluator.evaluate_task(
+      other, model, evaluator.EvalConfig(split="validation"))[0]
+
+
+def test_majority_baseline_is_always_picking_one_option_position():
+  # Per-record options (the two numbers compared): "always the first" scores 3 of 4,
+  # while the commonest answer string ("42") would claim a meaningless 50%.
+  targets = [["42"], ["42"], ["5"], ["90"]]
+  options = [["42", "17"], ["42", "7"], ["5", "8"], ["3", "90"]]
+  assert evaluator.majority_baseline(targets, options) == 75.0
+  # Fixed labels: the commonest label.
+  assert evaluator.majority_baseline([["no"], ["no"], ["yes"]], [["yes", "no"]] * 3) == pytest.approx(200 / 3)

@@ -24,7 +24,8 @@ def test_list_prints_every_task_and_mixture_one_per_line():
 
 def test_report_shows_the_loss_mask_counts_rates_truncation_and_packing(tmp_path):
   out = io.StringIO()
-  tasks = ["default_add_zs_noopt", "default_list_sort_zs_noopt", "default_double_zs_noopt"]
+  tasks = ["default_add_zs_noopt", "default_list_sort_zs_noopt", "default_double_zs_noopt",
+           "default_double_fs_noopt"]
   seqio.MixtureRegistry.add("inspect_test_mixture", tasks, default_rate=1.0)
   try:
     report = inspect.inspect("inspect_test_mixture", num_examples=1, sample_size=20,
@@ -40,6 +41,9 @@ def test_report_shows_the_loss_mask_counts_rates_truncation_and_packing(tmp_path
   assert report["tasks"]["default_add_zs_noopt"]["truncated_inputs"] > 0
   assert report["tasks"]["default_list_sort_zs_noopt"]["truncated_targets"] > 0
   assert report["tasks"]["default_double_zs_noopt"]["truncated_inputs"] == 0
+  # Few-shot prompts are counted as training reads them: exemplars that do not fit are
+  # dropped first, so at 30 bytes the zero-exemplar prompt remains, and nothing is cut.
+  assert report["tasks"]["default_double_fs_noopt"]["truncated_inputs"] == 0
   assert 0.5 < report["packing_efficiency"] <= 1.0
   assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -78,8 +78,8 @@ def test_nested_mixtures_split_each_weight_by_the_parts_own_rates(tasks):
     inner = sum(rates[t] for t in tasks)
     assert inner == pytest.approx(0.75)
     assert rates["mix_test_small"] == pytest.approx(0.75 * 100 / 5_100)
-    # Four equal arithmetic datasets, each rendered five ways (variants share its weight).
-    assert rates["default_add_zs_opt"] == pytest.approx(0.25 / 4 / 5)
+    # Five equal arithmetic datasets, each rendered five ways (variants share its weight).
+    assert rates["default_add_zs_opt"] == pytest.approx(0.25 / 5 / 5)
   finally:
     seqio.MixtureRegistry.remove("mix_test_outer")
     seqio.MixtureRegistry.remove("mix_test_inner")

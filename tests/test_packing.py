@@ -37,9 +37,14 @@ def _pack(examples):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def _loss(model, params, batch):
+  """Per-token losses, compiled: op-by-op T5 takes seconds per call."""
+  return np.asarray(jax.jit(lambda p, b: per_token_loss(model, p, b))(params, batch))
+
+
 def _losses_by_example(model, params, batch):
   """{target tokens of an example: its summed loss}, over every segment of every row."""
-  token_loss = np.asarray(per_token_loss(model, params, batch)) * batch["decoder_loss_weights"]
+  token_loss = _loss(model, params, batch) * batch["decoder_loss_weights"]
   segments = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(np.int32))
   losses = {}
   for row in range(token_loss.shape[0]):
@@ -74,8 +79,8 @@ def test_packed_rows_give_each_example_its_unpacked_loss():
                decoder_positions=np.broadcast_to(np.arange(packed["decoder_positions"].shape[1]),
                                                  packed["decoder_positions"].shape))
   weights = packed["decoder_loss_weights"]
-  leaky_loss = np.asarray(per_token_loss(model, params, leaky)) * weights
-  packed_loss = np.asarray(per_token_loss(model, params, packed)) * weights
+  leaky_loss = _loss(model, params, leaky) * weights
+  packed_loss = _loss(model, params, packed) * weights
   assert np.abs(leaky_loss - packed_loss).max() > 1e-3
 
 
@@ -153,8 +158,8 @@ def test_packed_encoder_decoder_rows_give_each_example_its_unpacked_t5_loss():
   # Without segment ids the encoder's packed examples would read each other.
   leaky = dict(packed, encoder_segment_ids=(packed["encoder_segment_ids"] > 0).astype(np.int32))
   weights = packed["decoder_loss_weights"]
-  assert np.abs(np.asarray(per_token_loss(model, params, leaky)) * weights
-                - np.asarray(per_token_loss(model, params, packed)) * weights).max() > 1e-3
+  assert np.abs(_loss(model, params, leaky) * weights
+                - _loss(model, params, packed) * weights).max() > 1e-3
 
 
 def test_unpacked_batches_start_from_the_models_bos_too():

@@ -60,6 +60,7 @@ tf.data service or SavedModel graph.
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -70,7 +71,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax.data import registry
+from flan_jax.data import registry, task_reader
 from flan_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -235,14 +236,9 @@ def task_texts(
     raise UserError(
         f"Task {task.name!r} has no {split!r} split (it has {list(task.splits)}); "
         "choose another split for the contamination check.")
-  # seqio caches small sources in memory; a partial read (max_examples) would only
-  # make TensorFlow warn that it discarded the partial cache.
-  dataset = task.get_dataset(
-      sequence_length=None, split=split, shuffle=False, num_epochs=1, seed=seed,
-      use_cached=False, try_in_mem_cache=max_examples is None)
-  if max_examples is not None:
-    dataset = dataset.take(max_examples)
-  for example in dataset.as_numpy_iterator():
+  examples = task_reader.task_examples(task, split, sequence_length=None, seed=seed,
+                                       shuffle=False)
+  for example in itertools.islice(examples, max_examples):
     yield [_field_text(example, field, task) for field in fields]
 
 

@@ -74,6 +74,21 @@ class RenderedSource(seqio.DataSource):
   def num_input_examples(self, split: str) -> int:
     return len(self._records(split))
 
+  def indices(self, split: str, *, shuffle: bool, seed: int | None,
+              shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
+    """The record indices one pass (epoch) reads, in order.
+
+    Shuffling indices here, before rendering, costs nothing; a shuffle buffer after
+    rendering would render thousands of examples of every task before the first batch.
+    Each epoch gets its own order, fixed by the seed.
+    """
+    indices = list(range(len(self._records(split))))
+    if shard_info:
+      indices = indices[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      random.Random(f"{self._salt}:{split}:{seed}:epoch{epoch}").shuffle(indices)
+    return indices
+
   def _options_of(self, record: Record) -> Sequence[str] | None:
     if self._options is None:
       return None
@@ -127,20 +142,9 @@ class RenderedSource(seqio.DataSource):
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs  # seqio repeats the dataset for epochs
-    indices = range(len(self._records(split)))
-    if shard_info:
-      indices = indices[shard_info.index::shard_info.num_shards]
     epochs = itertools.count()
-
-    def ordered():
-      # Shuffling record indices here, before rendering, costs nothing; a shuffle buffer
-      # after rendering would render thousands of examples of every task before the
-      # first batch. Each pass over the data (epoch) gets its own order, fixed by the seed.
-      if not shuffle:
-        return indices
-      order = list(indices)
-      random.Random(f"{self._salt}:{split}:{seed}:epoch{next(epochs)}").shuffle(order)
-      return order
+    ordered = lambda: self.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                                   epoch=next(epochs))
     signature = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string),
                  "template_idx": tf.TensorSpec([], tf.int32), "variant": tf.TensorSpec([], tf.string),
                  "references": tf.TensorSpec([], tf.string), "options": tf.TensorSpec([], tf.string)}
@@ -174,6 +178,11 @@ def fit_few_shot_to_length(dataset: tf.data.Dataset, sequence_length=None) -> tf
     return example
 
   return dataset.map(choose, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# What every FLAN task does to a rendered example; `task_reader` does the same in Python.
+PREPROCESSORS = (fit_few_shot_to_length, seqio.preprocessors.tokenize,
+                 seqio.preprocessors.append_eos)
 
 
 def strip_postprocessor(text: str, example=None, is_target: bool = False):
@@ -217,6 +226,9 @@ class FlanTaskSpec:
   # registered, for tasks whose prompt lists the choices itself (MMLU's A-D).
   options_variants: bool = True
   ordered_exemplars: bool = False  # few-shot from the first k train records, in order
+  # Variant name -> postprocessor, replacing the default (`strip_postprocessor`;
+  # `cot_postprocessor` for "cot"), e.g. BBH's cut at lm-eval's stop sequences.
+  postprocess_fns: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
 
 
 def variants_of(spec: FlanTaskSpec) -> list[Variant]:
@@ -257,10 +269,10 @@ def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
                               # A chain of thought is generated, never picked from options.
                               score_options=variant.name != "cot"),
         # No trimming here: training and evaluation fit lengths by one rule (`truncation`).
-        preprocessors=[fit_few_shot_to_length, seqio.preprocessors.tokenize,
-                       seqio.preprocessors.append_eos],
+        preprocessors=list(PREPROCESSORS),
         output_features=output_features(vocabulary),
-        postprocess_fn=cot_postprocessor if variant.name == "cot" else strip_postprocessor,
+        postprocess_fn=spec.postprocess_fns.get(
+            variant.name, cot_postprocessor if variant.name == "cot" else strip_postprocessor),
         shuffle_buffer_size=SHUFFLE_BUFFER,
         metric_fns=list(spec.metric_fns),
     )

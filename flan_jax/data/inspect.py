@@ -13,6 +13,7 @@ mixture's proportions. The built-in default mixture is always registered;
 """
 
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -22,7 +23,8 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
-from flan_jax.data import mixtures, pipeline, registry  # noqa: E402
+from flan_jax.data import (mixtures, packing, pipeline, registry, task_reader,  # noqa: E402
+                           truncation)
 from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Register the task library from this directory.")
@@ -72,10 +74,14 @@ def show_with_loss_mask(vocabulary: seqio.Vocabulary, row: dict[str, np.ndarray]
   return "".join(f"⟦{render(ids)}⟧" if trained else render(ids) for trained, ids in pieces)
 
 
-def task_lengths(task: seqio.Task, split: str, sample_size: int) -> LengthStats:
+def task_lengths(task: seqio.Task, split: str, sample_size: int,
+                 lengths: dict[str, int] | None = None) -> LengthStats:
+  """Token lengths of the task's first examples, read as a run with `lengths` reads them
+  (few-shot prompts keep the exemplars that fit, as in training)."""
   stats = LengthStats()
-  dataset = task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False)
-  for example in dataset.take(sample_size).as_numpy_iterator():
+  examples = task_reader.task_examples(task, split, sequence_length=lengths, seed=0,
+                                       shuffle=False)
+  for example in itertools.islice(examples, sample_size):
     stats.inputs.append(len(example["inputs"]))
     stats.targets.append(len(example["targets"]))
   return stats
@@ -127,8 +133,12 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   print("## Examples as the model sees them (trained-on tokens in ⟦ ⟧)\n", file=out)
   shown_from = tasks[:num_examples]
   for task in shown_from:
-    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
-    row = next(pipeline.feature_converter(pack=False)(dataset.take(1), lengths).as_numpy_iterator())
+    example = next(task_reader.task_examples(task, split, sequence_length=lengths, seed=0,
+                                             shuffle=False))
+    inputs, _ = truncation.fit_inputs(example["inputs"], lengths["inputs"],
+                                      eos_id=vocabulary.eos_id)
+    targets, _ = truncation.fit_targets(example["targets"], lengths["targets"])
+    row = packing.row_features(inputs, targets, lengths)
     print(f"[{task.name}]\n{show_with_loss_mask(vocabulary, row)}\n", file=out)
 
   print("## Tasks: examples, rate, lengths (tokens), truncated at "
@@ -136,7 +146,7 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   report = {"tasks": {}, "rates": rates}
   for task in tasks:
     count = task.num_input_examples(split)
-    stats = task_lengths(task, split, sample_size)
+    stats = task_lengths(task, split, sample_size, lengths)
     cut_inputs, cut_targets = stats.truncated(lengths["inputs"], lengths["targets"])
     report["tasks"][task.name] = {"examples": count, "rate": rates.get(task.name, 0.0),
                                   "sampled": len(stats.inputs), "truncated_inputs": cut_inputs,

@@ -24,7 +24,7 @@ decoder-only model's own BOS (Llama's is 1; its 0 is <unk>).
 """
 
 import dataclasses
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 import numpy as np
@@ -181,6 +181,20 @@ def row_features(inputs, targets, lengths: Mapping[str, int], *, encoder_decoder
   row = _Row(pieces=[(np.asarray(inputs, np.int32), np.asarray(targets, np.int32))],
              used=[len(inputs), len(targets)] if encoder_decoder else [len(inputs) + len(targets)])
   return packer._emit(row)
+
+
+def prefix_lm_row(examples: Sequence[tuple], length: int, *, bos_id: int = 0
+                  ) -> dict[str, np.ndarray]:
+  """Several fitted (inputs, targets) examples in one decoder row, segments 1, 2, ... in order.
+
+  What the packer emits for them, for callers that choose the grouping themselves
+  (evaluation packs option-scoring rows in order).
+  """
+  pieces = [(np.asarray(i, np.int32), np.asarray(t, np.int32)) for i, t in examples]
+  used = sum(len(i) + len(t) for i, t in pieces)
+  if used > length:
+    raise ValueError(f"{used} tokens do not fit in a row of {length}.")
+  return _fill_prefix_lm(_Row(pieces=pieces, used=[used]), length, bos_id)
 
 
 def pack(examples: Iterable, lengths: Mapping[str, int], max_open_rows: int = 64,

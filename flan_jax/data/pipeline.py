@@ -9,19 +9,20 @@ on target tokens only. Packing is best-fit (`packing.py`); unpacked batches put 
 row, with the features seqio's PrefixLMFeatureConverter or EncDecFeatureConverter
 would give it.
 
-Each host reads its own shard of every task (seqio.ShardInfo) and produces its slice
-of the global batch. Resuming at step N skips the first N batches of the same
+Examples come from `task_reader` (FLAN tasks rendered in Python, mixed at the
+mixture's rates). Each host reads its own shard of every task (seqio.ShardInfo) and
+produces its slice of the global batch. Resuming at step N skips the first N batches of the same
 deterministic stream, so a resumed run sees exactly the data a straight run would.
 """
 
+import itertools
 from typing import Iterator, Mapping
 
 from absl import logging
 import numpy as np
 import seqio
-import tensorflow as tf
 
-from flan_jax.data import packing, registry, truncation
+from flan_jax.data import packing, registry, task_reader, truncation
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -61,13 +62,11 @@ def train_batches(
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   rows_per_batch = global_batch_size // num_shards
   # Untrimmed: the packer fits each example by the rule evaluation uses, and counts cuts.
-  examples = mixture_or_task.get_dataset(
-      dict(task_feature_lengths), split="train", use_cached=False, shuffle=True, seed=seed,
-      shard_info=shard_info, num_epochs=None, trim_output_features=False)
-  examples = examples.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+  examples = task_reader.mixture_examples(mixture_or_task, "train",
+                                          sequence_length=task_feature_lengths, seed=seed,
+                                          shard_info=shard_info)
   eos_id = mixture_or_task.output_features["targets"].vocabulary.eos_id
-  rows = packing.pack(examples.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
-                      task_feature_lengths, name=mixture_or_task_name,
+  rows = packing.pack(examples, task_feature_lengths, name=mixture_or_task_name,
                       encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
                       inputs_eos=inputs_eos, max_examples_per_row=None if pack else 1)
   batches = _stack_rows(rows, rows_per_batch)
@@ -95,10 +94,10 @@ def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_
   counts = {}
   for task in tasks:
     eos_id = task.output_features["targets"].vocabulary.eos_id
-    dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False, seed=seed,
-                               num_epochs=1, use_cached=False, trim_output_features=False)
+    examples = task_reader.task_examples(task, split, sequence_length=task_feature_lengths,
+                                         seed=seed, shuffle=False)
     task_counts = truncation.TruncationCounts()
-    for example in dataset.take(examples_per_task).as_numpy_iterator():
+    for example in itertools.islice(examples, examples_per_task):
       _, inputs_cut = truncation.fit_inputs(example["inputs"], task_feature_lengths["inputs"],
                                             eos_id=eos_id, inputs_eos=inputs_eos)
       _, targets_cut = truncation.fit_targets(example["targets"], task_feature_lengths["targets"])

@@ -13,14 +13,16 @@ exemplars and option formats are the same before and after training), and fitted
 decoder's BOS). Every cut is counted per task and reported.
 """
 
+import collections
 import dataclasses
+import itertools
 import logging
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
 
-from flan_jax.data import truncation
+from flan_jax.data import task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation.decoding import GenerateFn
 from flan_jax.evaluation.scoring import Pair, ScoredOptions
@@ -94,12 +96,9 @@ def _options(example) -> list[str]:
 
 def read_examples(task: seqio.Task, lengths: Mapping[str, int], config: EvalConfig) -> list[dict]:
   """The task's evaluation examples, tokenized untrimmed, the same for the same seed."""
-  dataset = task.get_dataset(sequence_length=dict(lengths), split=eval_split(task, config.split),
-                             shuffle=False, seed=config.seed, num_epochs=1, use_cached=False,
-                             trim_output_features=False)
-  if config.max_examples_per_task:
-    dataset = dataset.take(config.max_examples_per_task)
-  return list(dataset.as_numpy_iterator())
+  examples = task_reader.task_examples(task, eval_split(task, config.split),
+                                       sequence_length=lengths, seed=config.seed, shuffle=False)
+  return list(itertools.islice(examples, config.max_examples_per_task))
 
 
 def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
@@ -116,38 +115,54 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
   return texts
 
 
-def _rank_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
-                      vocabulary, counts: truncation.TruncationCounts) -> list[str]:
-  pairs, options_of = [], []
-  for example, prompt in zip(examples, prompts):
-    options = _options(example)
-    options_of.append(options)
-    fitted = []
-    for option in options:
-      tokens = [*vocabulary.encode(option), vocabulary.eos_id]  # scored as the target it would be
-      option_tokens, cut = truncation.fit_targets(tokens, model.lengths["targets"])
-      counts.targets_cut += int(cut)
-      fitted.append((prompt, option_tokens))
-    pairs.append(fitted)
-  chosen = model.score(pairs).choices(config.length_normalize)
-  return [options[c] for options, c in zip(options_of, chosen)]
+def _option_pairs(example, prompt, model: EvalModel, vocabulary,
+                  counts: truncation.TruncationCounts) -> list[Pair]:
+  """(prompt, option) token pairs, each option scored as the target it would be."""
+  pairs = []
+  for option in _options(example):
+    tokens = [*vocabulary.encode(option), vocabulary.eos_id]
+    option_tokens, cut = truncation.fit_targets(tokens, model.lengths["targets"])
+    counts.targets_cut += int(cut)
+    pairs.append((prompt, option_tokens))
+  return pairs
 
 
-def majority_baseline(targets: Sequence) -> float:
-  """Accuracy (%) of always answering the most frequent target: what "no skill" scores."""
+def majority_baseline(targets: Sequence, options: Sequence[Sequence[str]]) -> float:
+  """Accuracy (%) of always picking the same option: what "no skill" scores.
+
+  The options' position is the class: for fixed labels (yes/no) that is the most
+  frequent label; for options that vary per record (the two numbers compared) it is
+  the better of "always the first" and "always the second", about 50%, where the
+  most frequent answer string would be a meaningless few percent.
+  """
   if not targets:
     return 0.0
-  first = [t[0] if isinstance(t, (list, tuple)) else t for t in targets]
-  most_common = max(set(first), key=first.count)
-  return 100.0 * first.count(most_common) / len(first)
+  positions = []
+  for target, choices in zip(targets, options):
+    answers = target if isinstance(target, (list, tuple)) else [target]
+    positions.append(next((i for i, o in enumerate(choices) if o.strip() in answers), None))
+  hits = collections.Counter(p for p in positions if p is not None)
+  return 100.0 * max(hits.values(), default=0) / len(targets)
 
 
-def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
-                  ) -> tuple[dict[str, float], truncation.TruncationCounts]:
-  """The task's metrics on its `config.split`, and how many prompts and targets were cut."""
+@dataclasses.dataclass
+class _TaskRun:
+  """One task's evaluation in progress: its examples, fitted prompts, and cuts."""
+  task: seqio.Task
+  examples: list[dict]
+  prompts: list
+  counts: truncation.TruncationCounts
+  ranked: bool
+  texts: list[str] | None = None  # the chosen option or the generation, per example
+
+  @property
+  def vocabulary(self) -> seqio.Vocabulary:
+    return self.task.output_features["targets"].vocabulary
+
+
+def _start(task: seqio.Task, model: EvalModel, config: EvalConfig) -> _TaskRun:
   examples = read_examples(task, model.lengths, config)
   vocabulary = task.output_features["targets"].vocabulary
-  postprocess = task.postprocess_fn or (lambda text, **_: text)
   counts = truncation.TruncationCounts()
   prompts = []
   for example in examples:
@@ -155,30 +170,62 @@ def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
                                         eos_id=vocabulary.eos_id, inputs_eos=model.inputs_eos)
     counts.add(cut, False)
     prompts.append(prompt)
-  ranked = config.rank_classification and examples and all(_options(ex) for ex in examples)
-  if ranked:
-    texts = _rank_predictions(examples, prompts, model, config, vocabulary, counts)
-  else:
-    texts = _generate_predictions(examples, prompts, model, config, vocabulary)
-  predictions = [postprocess(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
+  ranked = bool(config.rank_classification and examples and all(_options(ex) for ex in examples))
+  return _TaskRun(task, examples, prompts, counts, ranked)
+
+
+def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) -> None:
+  """Picks every ranked task's options in one scoring call: small tasks share batches
+  instead of each padding a batch of its own."""
+  items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts))
+           for run in runs for example, prompt in zip(run.examples, run.prompts)]
+  if not items:
+    return
+  chosen = model.score([pairs for _, _, pairs in items]).choices(config.length_normalize)
+  for run in runs:
+    run.texts = []
+  for (run, example, _), choice in zip(items, chosen):
+    run.texts.append(_options(example)[choice])
+
+
+def _metrics(run: _TaskRun) -> dict[str, float]:
+  postprocess = run.task.postprocess_fn or (lambda text, **_: text)
+  predictions = [postprocess(text, example=ex, is_target=False)
+                 for text, ex in zip(run.texts, run.examples)]
   targets = [postprocess(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
-             for ex in examples]
+             for ex in run.examples]
   metrics = {}
-  for metric_fn in task.predict_metric_fns:
+  for metric_fn in run.task.predict_metric_fns:
     metrics.update(metric_fn(targets, predictions))
-  if ranked:
-    metrics["majority_baseline"] = majority_baseline(targets)
-  if counts.inputs_cut or counts.targets_cut:
-    log.warning("%s: %s (lengths %s).", task.name, counts, dict(model.lengths))
-  return metrics, counts
+  if run.ranked:
+    metrics["majority_baseline"] = majority_baseline(targets, [_options(ex) for ex in run.examples])
+  if run.counts.inputs_cut or run.counts.targets_cut:
+    log.warning("%s: %s.", run.task.name, run.counts)
+  return metrics
+
+
+def evaluate_tasks(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
+                   ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
+  """task name -> (its metrics on `config.split`, how many prompts and targets were cut)."""
+  runs = [_start(task, model, config) for task in tasks]
+  _rank_all([run for run in runs if run.ranked], model, config)
+  for run in runs:
+    if not run.ranked:
+      run.texts = _generate_predictions(run.examples, run.prompts, model, config, run.vocabulary)
+  return {run.task.name: (_metrics(run), run.counts) for run in runs}
+
+
+def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
+                  ) -> tuple[dict[str, float], truncation.TruncationCounts]:
+  """One task's metrics, and how many of its prompts and targets were cut."""
+  return evaluate_tasks([task], model, config)[task.name]
 
 
 def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig) -> dict[str, float]:
   """{"task/metric": value} over `tasks`."""
   results = {}
-  for task in tasks:
-    metrics, _ = evaluate_task(task, model, config)
-    results.update({f"{task.name}/{name}": float(value) for name, value in metrics.items()})
+  for name, (metrics, _) in evaluate_tasks(tasks, model, config).items():
+    results.update({f"{name}/{metric}": float(value) for metric, value in metrics.items()})
   return results
 
 

@@ -2,15 +2,16 @@
 
 FLAN evaluates a task with answer options by asking which option the model finds most
 likely, not by whether free generation spells one exactly. Each (prompt, option) pair
-becomes one row laid out exactly as training lays out an example (`packing.row_features`:
-the same BOS, the same prompt format, the option as the target with its EOS), and the
-option's score is the sum of its tokens' log-probabilities, optionally divided by
-their number. Rows of many examples share one forward pass; batches have one fixed
-shape so the scorer compiles once.
+is laid out exactly as training lays out an example (`packing`: the same BOS, the
+same prompt format, the option as the target with its EOS), and the option's score
+is the sum of its tokens' log-probabilities, optionally divided by their number.
+For a decoder-only model pairs are packed several to a row, as training packs
+examples (each its own segment, positions restarting), which scores short prompts
+~2x faster than a row per pair. Batches have one fixed shape so the scorer compiles once.
 
 For an encoder-decoder model each prompt is encoded once, and its options' decoder
-rows read that encoding. A decoder-only model reads the prompt again in each option's
-row: its prompt and option share one sequence.
+rows read that encoding. A decoder-only model reads the prompt again for each option:
+its prompt and option share one sequence.
 
 Ids beyond the tokenizer's (checkpoints pad their embedding tables) can never be an
 option's token, but they take probability mass; `mask_unused_ids` removes them first,
@@ -44,22 +45,52 @@ class ScoredOptions:
     return chosen
 
 
-def _token_log_likelihoods(logits_BxLxV, targets_BxL, weights_BxL):
+def _picked_log_probs(logits_BxLxV, targets_BxL, weights_BxL):
   log_probs = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-  return jnp.sum(picked * weights_BxL, axis=-1)
+  return picked * weights_BxL
 
 
 def make_row_scorer(network, params):
-  """batch of training-format rows -> summed target log-likelihood per row [B]."""
+  """batch of training-format rows -> each target token's log-probability [B, L] (0 elsewhere)."""
 
   @jax.jit
   def score(params, batch):
     logits = network.mask_unused_ids(network.logits(params, batch))
-    return _token_log_likelihoods(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
+    return _picked_log_probs(logits, batch["decoder_target_tokens"],
+                             batch["decoder_loss_weights"])
 
   return lambda batch: np.asarray(score(params, batch))
+
+
+def _packed_groups(pairs, length: int):
+  """Consecutive runs of pairs that share one row of `length` tokens (prompt + option each)."""
+  group, used = [], 0
+  for index, (_, _, prompt, option) in enumerate(pairs):
+    size = len(prompt) + len(option)
+    if group and used + size > length:
+      yield group
+      group, used = [], 0
+    group.append(index)
+    used += size
+  if group:
+    yield group
+
+
+def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
+  """Pairs packed several to a row, as training packs examples; sums per segment."""
+  length = lengths["inputs"] + lengths["targets"]
+  groups = list(_packed_groups(pairs, length))
+  for start in range(0, len(groups), batch_size):
+    chunk = groups[start:start + batch_size]
+    rows = [packing.prefix_lm_row([pairs[k][2:] for k in group], length, bos_id=bos_id)
+            for group in chunk]
+    batch = _stack_padded(rows, batch_size)
+    token_scores = scorer(batch)
+    for row, group in enumerate(chunk):
+      per_segment = np.bincount(batch["decoder_segment_ids"][row], weights=token_scores[row],
+                                minlength=len(group) + 1)
+      scores[group] = per_segment[1:len(group) + 1]
 
 
 def make_encoder_decoder_scorer(network, params):
@@ -78,8 +109,9 @@ def make_encoder_decoder_scorer(network, params):
         {"params": params}, encoded[index], prompt_segments[index],
         batch["decoder_input_tokens"], batch["decoder_segment_ids"],
         batch["decoder_positions"], method=t5_lib.T5.decode)
-    return _token_log_likelihoods(network.mask_unused_ids(logits), batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"])
+    return jnp.sum(_picked_log_probs(network.mask_unused_ids(logits),
+                                     batch["decoder_target_tokens"],
+                                     batch["decoder_loss_weights"]), axis=-1)
 
   return lambda prompts, segments, batch: np.asarray(score(params, prompts, segments, batch))
 
@@ -104,10 +136,7 @@ def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id
     if network.encoder_decoder:
       _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores)
     else:
-      for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        rows = [packing.row_features(p, o, lengths, bos_id=bos_id) for _, _, p, o in chunk]
-        scores[start:start + len(chunk)] = scorer(_stack_padded(rows, batch_size))[:len(chunk)]
+      _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores)
     log_likelihoods = [[0.0] * len(ex) for ex in examples]
     counts = [[0] * len(ex) for ex in examples]
     for (i, j, _, option), value in zip(pairs, scores):

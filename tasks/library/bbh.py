@@ -34,7 +34,6 @@ import os
 import re
 from typing import Sequence
 
-import seqio
 import tensorflow as tf
 
 from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
@@ -147,23 +146,12 @@ def exact_match(targets, predictions) -> dict[str, float]:
   return {"exact_match": accuracy(targets, predictions)["accuracy"]}
 
 
-def set_postprocessor(task_name: str, postprocess_fn) -> None:
-  """Gives a registered task another postprocessor.
-
-  `register_flan_task` picks the postprocessor by variant, and for "cot" its choice
-  keeps only what follows the *last* "answer is", after which the stop sequences
-  can no longer be applied. seqio reads the attribute lazily (`metric_objs` is a
-  cached property), so setting it right after registration is consistent.
-  """
-  task = seqio.TaskRegistry.get(task_name)
-  task._postprocess_fn = postprocess_fn  # pylint: disable=protected-access
-
-
 def spec(data_dir: str, task: str) -> FlanTaskSpec:
   return FlanTaskSpec(
       name=f"bbh_{task}", cluster=CLUSTER, records=functools.partial(load, data_dir, task),
       templates=(DIRECT_TEMPLATE,), cot_templates=(COT_TEMPLATE,), splits=("test",),
-      few_shot=False, metric_fns=(exact_match,))
+      few_shot=False, metric_fns=(exact_match,),
+      postprocess_fns={"zs_noopt": direct_postprocessor, "cot": cot_postprocessor})
 
 
 def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str = "cot",
@@ -182,7 +170,5 @@ def register(data_dir: str) -> list[str]:
   names = []
   for task in tasks(data_dir):
     names.append(register_once(spec(data_dir, task)))
-    set_postprocessor(f"{names[-1]}_zs_noopt", direct_postprocessor)
-    set_postprocessor(f"{names[-1]}_cot", cot_postprocessor)
   return names + [add_mixture_once(mixture, [f"{name}_{variant}" for name in names])
                   for variant, mixture in MIXTURES.items() if names]

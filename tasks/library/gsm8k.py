@@ -36,7 +36,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.evaluation.metrics import numeric_match
-from flan_jax_tasks.library.bbh import cut_at_stop_sequences, set_postprocessor
+from flan_jax_tasks.library.bbh import cut_at_stop_sequences
 from flan_jax_tasks.library.common import register_once
 
 ROOT = os.path.join("eval", "gsm8k")
@@ -159,6 +159,6 @@ def register(data_dir: str) -> list[str]:
   mixture = register_once(FlanTaskSpec(
       name=NAME, cluster=CLUSTER, records=functools.partial(load, data_dir), templates=(),
       cot_templates=(TEMPLATE,), splits=("test",), few_shot=False, target_field="final_answers",
-      metric_fns=(numeric_match, strict_match, flexible_extract)))
-  set_postprocessor(f"{NAME}_cot", postprocessor)
+      metric_fns=(numeric_match, strict_match, flexible_extract),
+      postprocess_fns={"cot": postprocessor}))
   return [mixture]

@@ -1,0 +1,114 @@
+"""A task's or mixture's tokenized examples, as Python dicts: what training and evaluation read.
+
+seqio builds a tf.data pipeline per task, and for the tasks `register_flan_task` makes
+that costs ~0.35 s of graph tracing each while all their work happens in Python
+anyway: the source renders templates, and the preprocessors (`flan_task.PREPROCESSORS`:
+pick the few-shot prompt that fits, tokenize, append EOS) are one-example functions.
+A 100-task mixture spent most of the quickstart's start-up building pipelines. So
+those tasks are read here in Python, by the same steps; a test checks the examples
+equal seqio's `task.get_dataset`, field for field. Any other task (TFDS, files with
+their own preprocessors) is read through seqio, unchanged.
+
+Mixing is done here too, for every mixture: each draw picks a task with probability
+proportional to its seqio mixture rate, from a generator seeded by `seed`, and takes
+that task's next example. Each task's stream is endless (epochs reshuffled by seed)
+and built only when first drawn. The stream is deterministic for (seed, shard), as
+resuming requires, though not the same sequence as seqio's `sample_from_datasets`.
+"""
+
+import itertools
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import seqio
+
+from flan_jax.data import flan_task
+
+Example = dict[str, Any]
+_DRAWS_PER_CALL = 1024  # tasks are chosen in blocks: one numpy call per block
+
+
+def python_readable(task: seqio.Task) -> bool:
+  """Whether the task renders in Python with FLAN's standard preprocessors."""
+  return (isinstance(task.source, flan_task.RenderedSource)
+          and tuple(task.preprocessors) == flan_task.PREPROCESSORS)
+
+
+def few_shot_choice(candidate_lengths, inputs_length: int | None) -> int:
+  """Index of the prompt with the most exemplars whose tokens and EOS fit (the last if none).
+
+  The rule of `flan_task.fit_few_shot_to_length`, which applies it in TensorFlow.
+  """
+  if inputs_length is None:
+    return 0
+  for index, length in enumerate(candidate_lengths):
+    if length + 1 <= inputs_length:
+      return index
+  return len(candidate_lengths) - 1
+
+
+def preprocess(task: seqio.Task, example: Example,
+               sequence_length: Mapping[str, int] | None) -> Example:
+  """`flan_task.PREPROCESSORS` on one rendered example, in Python."""
+  example = dict(example)
+  candidates = example.pop("inputs_candidates", None)
+  candidate_lengths = example.pop("inputs_candidate_lengths", None)
+  if candidates is not None:
+    inputs_length = sequence_length.get("inputs") if sequence_length else None
+    example["inputs"] = candidates[few_shot_choice(candidate_lengths, inputs_length)]
+  for name, feature in task.output_features.items():
+    if name not in example:
+      continue
+    text = example[name]
+    ids = feature.vocabulary.encode(text)
+    if feature.add_eos:
+      ids = [*ids, feature.vocabulary.eos_id]
+    example[f"{name}_pretokenized"] = text
+    example[name] = np.asarray(ids, np.int32)
+  return example
+
+
+def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str, int] | None,
+                  seed: int | None, shuffle: bool = True,
+                  shard_info: seqio.ShardInfo | None = None,
+                  num_epochs: int | None = 1) -> Iterator[Example]:
+  """The task's preprocessed, untrimmed examples; `num_epochs=None` repeats forever."""
+  if not python_readable(task):
+    dataset = task.get_dataset(dict(sequence_length) if sequence_length else None, split=split,
+                               shuffle=shuffle, seed=seed, shard_info=shard_info,
+                               num_epochs=num_epochs, use_cached=False,
+                               trim_output_features=False)
+    yield from dataset.as_numpy_iterator()
+    return
+  source = task.source
+  epochs = itertools.count() if num_epochs is None else range(num_epochs)
+  for epoch in epochs:
+    for index in source.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                                epoch=epoch):
+      yield preprocess(task, source.render(split, index, seed), sequence_length)
+
+
+def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
+                     sequence_length: Mapping[str, int], seed: int,
+                     shard_info: seqio.ShardInfo | None = None) -> Iterator[Example]:
+  """An endless stream of the mixture's examples at its rates (a task's, for a task).
+
+  Every host draws the same task sequence and reads its own shard of each task.
+  """
+  if isinstance(mixture_or_task, seqio.Task):
+    tasks, rates = [mixture_or_task], np.ones(1)
+  else:
+    tasks = [t for t in mixture_or_task.tasks if mixture_or_task.get_rate(t) > 0]
+    rates = np.array([mixture_or_task.get_rate(t) for t in tasks], np.float64)
+  if not tasks:
+    raise ValueError(f"{mixture_or_task.name} has no task with a positive rate.")
+  probabilities = rates / rates.sum()
+  streams: dict[int, Iterator[Example]] = {}
+  rng = np.random.default_rng(seed)
+  while True:
+    for choice in rng.choice(len(tasks), size=_DRAWS_PER_CALL, p=probabilities):
+      if choice not in streams:
+        streams[choice] = task_examples(
+            tasks[choice], split, sequence_length=sequence_length, seed=seed, shuffle=True,
+            shard_info=shard_info, num_epochs=None)
+      yield next(streams[choice])

@@ -1,0 +1,114 @@
+"""Python-read FLAN tasks equal seqio's pipelines; mixing follows the rates, per seed and shard."""
+
+import collections
+import itertools
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from flan_jax.data import task_reader
+from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
+from flan_jax.data.templates import Template
+from flan_jax.data.vocabularies import byte_vocabulary, output_features
+
+RECORDS = {
+    "train": [{"question": f"What is {i} plus {i}?", "answer": str(2 * i),
+               "options": [str(2 * i), str(2 * i + 1)]} for i in range(30)],
+    "validation": [{"question": f"Is {i} small?", "answer": "yes" if i < 5 else "no",
+                    "options": ["yes", "no"]} for i in range(12)],
+}
+TEMPLATES = (Template("Q: {question}", "{answer}"), Template("{question} Answer briefly.", "{answer}"))
+LENGTHS = {"inputs": 48, "targets": 8}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+  names = register_flan_task(FlanTaskSpec(
+      name="reader_toy", cluster="toy", records=lambda split: RECORDS[split], templates=TEMPLATES,
+      options="options", few_shot_k=3, vocabulary=byte_vocabulary()))
+  # A task seqio must read itself: its own source and preprocessors.
+  seqio.TaskRegistry.add(
+      "reader_plain",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": [f"plain {i}" for i in range(20)], "targets": ["x"] * 20}),
+          splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features=output_features(byte_vocabulary()))
+  yield names
+  for name in [*names.values(), "reader_plain"]:
+    seqio.TaskRegistry.remove(name)
+  seqio.MixtureRegistry.remove("reader_toy")
+
+
+def _text(value):
+  return value.decode() if isinstance(value, bytes) else value
+
+
+def _seqio_examples(task, split, seed, shard_info=None):
+  dataset = task.get_dataset(LENGTHS, split=split, shuffle=False, seed=seed, shard_info=shard_info,
+                             use_cached=False, trim_output_features=False)
+  return list(dataset.as_numpy_iterator())
+
+
+@pytest.mark.parametrize("variant", ["zs_noopt", "zs_opt_random", "fs_opt"])
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_python_examples_equal_seqio_pipeline(tasks, variant, split):
+  task = seqio.get_mixture_or_task(tasks[variant])
+  assert task_reader.python_readable(task)
+  shard = seqio.ShardInfo(1, 2)
+  ours = list(task_reader.task_examples(task, split, sequence_length=LENGTHS, seed=7,
+                                        shuffle=False, shard_info=shard))
+  theirs = _seqio_examples(task, split, seed=7, shard_info=shard)
+  assert len(ours) == len(theirs) == len(RECORDS[split]) // 2
+  for a, b in zip(ours, theirs):
+    assert set(a) == set(b)
+    for key in a:
+      if isinstance(b[key], np.ndarray):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+      else:
+        assert _text(a[key]) == _text(b[key]), key
+
+
+def test_few_shot_choice_keeps_the_most_exemplars_that_fit():
+  assert task_reader.few_shot_choice([90, 60, 30, 10], 61) == 1  # 60 + EOS fits in 61
+  assert task_reader.few_shot_choice([90, 60, 30, 10], 60) == 2
+  assert task_reader.few_shot_choice([90, 60, 30, 10], 5) == 3  # none fits: zero-shot
+  assert task_reader.few_shot_choice([90, 60], None) == 0
+
+
+def test_epochs_are_reshuffled_permutations(tasks):
+  task = seqio.get_mixture_or_task(tasks["zs_noopt"])
+  stream = task_reader.task_examples(task, "train", sequence_length=LENGTHS, seed=0,
+                                     num_epochs=None)
+  first, second = ([_text(e["inputs_pretokenized"]) for e in itertools.islice(stream, 30)]
+                   for _ in range(2))
+  assert first != second and sorted(first) == sorted(second)
+  assert len(set(first)) == 30
+
+
+def test_seqio_reads_tasks_with_other_preprocessors(tasks):
+  task = seqio.get_mixture_or_task("reader_plain")
+  assert not task_reader.python_readable(task)
+  examples = list(task_reader.task_examples(task, "train", sequence_length=LENGTHS, seed=0,
+                                            shuffle=False))
+  assert [_text(e["inputs_pretokenized"]) for e in examples] == [f"plain {i}" for i in range(20)]
+
+
+def test_mixture_draws_at_its_rates_deterministically(tasks):
+  mixture = seqio.Mixture("reader_mix", [(tasks["zs_noopt"], 3.0), ("reader_plain", 1.0)])
+
+  def draw(seed, shard=None):
+    stream = task_reader.mixture_examples(mixture, "train", sequence_length=LENGTHS, seed=seed,
+                                          shard_info=shard)
+    return [_text(e["inputs_pretokenized"]) for e in itertools.islice(stream, 4000)]
+
+  drawn = draw(0)
+  share = sum(not text.startswith("plain") for text in drawn) / len(drawn)
+  assert abs(share - 0.75) < 0.03
+  assert draw(0)[:200] == drawn[:200] and draw(1)[:200] != drawn[:200]
+  # Two hosts read disjoint shards of each task.
+  host0, host1 = (collections.Counter(draw(0, seqio.ShardInfo(i, 2))[:400]) for i in range(2))
+  assert not set(host0) & set(host1)
