@@ -34,7 +34,7 @@ from flan_jax.data import clusters
 from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.templates import Template
 from flan_jax.data.vocabularies import byte_vocabulary
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 from flan_jax_tasks import default_generators as generators
 
 HELDOUT_CLUSTER = "comparison"

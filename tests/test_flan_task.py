@@ -10,7 +10,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, cot_postprocessor, register_fl
 from flan_jax.data.templates import Template
 from flan_jax.data.vocabularies import byte_vocabulary, output_features
 from flan_jax.data.variants import OPTION_FORMATS, FewShot, extract_answer, format_options
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 
 TEMPLATES = tuple(Template(f"[{i}] Does '{{premise}}' imply '{{hypothesis}}'?", "{answer}")
                   for i in range(5))

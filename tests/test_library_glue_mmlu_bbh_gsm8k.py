@@ -13,7 +13,7 @@ import seqio
 from flan_jax.data import clusters
 from flan_jax.data.variants import format_options
 from flan_jax.errors import UserError
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 from flan_jax_tasks.library import bbh, common, glue, gsm8k, mmlu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

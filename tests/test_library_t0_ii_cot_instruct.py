@@ -16,7 +16,7 @@ import seqio
 from flan_jax.data import clusters, mixtures
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.data.variants import extract_answer
-from flan_jax.evaluation import metrics
+from flan_jax import metrics
 from flan_jax_tasks.library import common, cot, instruct, instruction_induction, t0
 from flan_jax_tasks.library import register as register_library
 

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from flan_jax.evaluation import metrics
-from flan_jax.evaluation.metrics import (accuracy, bleu, cot_exact_match, extract_cot_answer,
+from flan_jax import metrics
+from flan_jax.metrics import (accuracy, bleu, cot_exact_match, extract_cot_answer,
                                          extract_number, normalize_answer, normalized_exact_match,
                                          numeric_match, rouge_l, token_f1)
 

@@ -11,7 +11,7 @@ from flan_jax.data import clusters
 from flan_jax.data.flan_task import strip_postprocessor
 from flan_jax.data.natural_instructions import default_cluster, register_ni_directory, split_indices
 from flan_jax.errors import UserError
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 from flan_jax_tasks.library import natural_instructions as ni_library
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

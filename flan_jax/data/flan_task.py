@@ -37,7 +37,7 @@ from flan_jax.data import clusters
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot, Variant, ZeroShot, extract_answer
 from flan_jax.data.vocabularies import default_vocabulary, output_features
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 
 Record = Mapping[str, Any]
 RecordLoader = Callable[[str], Sequence[Record]]

@@ -75,7 +75,7 @@ from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
 from flan_jax.data.vocabularies import default_vocabulary
 from flan_jax.errors import UserError
-from flan_jax.evaluation.metrics import normalized_exact_match, rouge_l
+from flan_jax.metrics import normalized_exact_match, rouge_l
 
 OnError = Literal["raise", "skip"]
 Record = dict[str, Any]

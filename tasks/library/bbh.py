@@ -39,7 +39,7 @@ import tensorflow as tf
 from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "bbh")

@@ -34,7 +34,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import cot_template
-from flan_jax.evaluation.metrics import cot_exact_match, numeric_match
+from flan_jax.metrics import cot_exact_match, numeric_match
 from flan_jax_tasks.library.common import every_nth_split
 
 SUBDIR = os.path.join("cot", "flan_cot_data")

@@ -48,7 +48,7 @@ import tensorflow as tf
 from flan_jax.data.flan_task import FlanTaskSpec
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.evaluation.metrics import accuracy
+from flan_jax.metrics import accuracy
 from flan_jax_tasks.library.common import register_once
 
 Record = dict[str, Any]

@@ -35,7 +35,7 @@ import tensorflow as tf
 from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.evaluation.metrics import numeric_match
+from flan_jax.metrics import numeric_match
 from flan_jax_tasks.library.bbh import cut_at_stop_sequences
 from flan_jax_tasks.library.common import register_once
 

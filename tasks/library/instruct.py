@@ -33,7 +33,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.errors import UserError
-from flan_jax.evaluation.metrics import rouge_l
+from flan_jax.metrics import rouge_l
 from flan_jax_tasks.library.common import every_nth_split
 
 ALPACA = os.path.join("instruct", "alpaca", "alpaca_en_demo_llamafactory.json")

@@ -40,7 +40,7 @@ import seqio
 from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.evaluation.metrics import accuracy, normalized_exact_match, rouge_l
+from flan_jax.metrics import accuracy, normalized_exact_match, rouge_l
 
 SUBDIR = os.path.join("tasks", "instruction_induction", "raw")
 SPLIT_DIRS = {"train": "induce", "validation": "execute"}

@@ -46,7 +46,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.mixtures import examples_proportional
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
-from flan_jax.evaluation.metrics import normalized_exact_match, rouge_l, token_f1
+from flan_jax.metrics import normalized_exact_match, rouge_l, token_f1
 from flan_jax_tasks.library.common import every_nth_split
 
 SUBDIR = os.path.join("tasks", "t0_per_template")

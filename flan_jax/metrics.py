@@ -1,5 +1,8 @@
 """Metric functions in seqio's form: (targets, predictions) -> {name: value}, in percent.
 
+A leaf module: tasks declare their metrics where they are registered (`data/`) and
+evaluation applies them, so both import this and it imports neither.
+
 Which metric for which kind of task (every library task declares its own through
 `FlanTaskSpec(metric_fns=...)`):
 
