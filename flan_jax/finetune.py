@@ -21,7 +21,7 @@ import seqio
 
 from flan_jax.data import clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import evaluator, scoring
+from flan_jax.evaluation import decoding, evaluator, scoring
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
 from flan_jax.models.decoder import DecoderConfig
@@ -134,7 +134,8 @@ def finetune(
 
   def evaluate(params) -> dict[str, float]:
     model = evaluator.EvalModel(
-        generate=network.make_generate(params, task_feature_lengths["targets"], vocabulary.eos_id),
+        generate=decoding.make_generate(network, params, task_feature_lengths["targets"],
+                                        vocabulary.eos_id),
         score=scoring.make_option_scorer(network, params, task_feature_lengths,
                                          batch_size=evaluation.batch_size,
                                          bos_id=getattr(network, "bos_id", 0)),

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax.evaluation.decoding import make_greedy_generate
+from flan_jax.evaluation.decoding import make_generate, make_greedy_generate
 from flan_jax.evaluation.evaluator import left_pad_prompts
 from flan_jax.models.decoder import Decoder
 from flan_jax.models.families import family_for
@@ -73,16 +73,16 @@ def test_embedding_rows_beyond_the_tokenizer_are_never_generated():
   params = {**params, "lm_head": {"kernel": kernel}}
   prompts, mask, _ = left_pad_prompts([[5, 6, 7], [9, 10, 11, 12, 13]], 8)
 
-  unmasked = family_for(config).make_generate(params, 6, eos_id=-1)(prompts, mask)
+  unmasked = make_generate(family_for(config), params, 6, eos_id=-1)(prompts, mask)
   assert (unmasked >= ids).all()  # the bias works: every step picks an extra row
   network = family_for(config, num_token_ids=ids)
-  masked = network.make_generate(params, 6, eos_id=-1)(prompts, mask)
+  masked = make_generate(network, params, 6, eos_id=-1)(prompts, mask)
   assert (masked < ids).all()
   # Masked, it decodes exactly as the same model cut to the tokenizer's ids.
   same_size = family_for(dataclasses.replace(config, vocab_size=ids))
   rows = same_size.config.padded_vocab_size  # beyond `ids`, padding its logits never show
   cut = {**params, "embedding": params["embedding"][:rows], "lm_head": {"kernel": kernel[:, :rows]}}
-  np.testing.assert_array_equal(masked, same_size.make_generate(cut, 6, eos_id=-1)(prompts, mask))
+  np.testing.assert_array_equal(masked, make_generate(same_size, cut, 6, eos_id=-1)(prompts, mask))
 
 
 def test_masking_unused_ids_keeps_shape_and_is_the_identity_without_extra_rows():

@@ -21,25 +21,9 @@ import numpy as np
 
 from flan_jax.models import t5 as t5_lib
 from flan_jax.models.decoder import Decoder, init_cache
+from flan_jax.models.families import ModelFamily, mask_unused_ids
 
 GenerateFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-# Far below any real logit, yet finite: log_softmax over a row stays free of inf - inf.
-_MASKED_LOGIT = -1e9
-
-
-def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarray:
-  """logits [..., V] with ids >= num_token_ids set to a large negative value.
-
-  The identity when num_token_ids is None or covers all V ids.
-  """
-  vocab = logits.shape[-1]
-  if num_token_ids is None or num_token_ids >= vocab:
-    return logits
-  # -1e9 overflows float16 to -inf; its own minimum / 2 is still far below any logit.
-  fill = max(_MASKED_LOGIT, float(jnp.finfo(logits.dtype).min) / 2)
-  return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
-
 
 def _greedy_loop(first_logits, step_logits, cache, max_new_tokens: int, eos_id: int,
                  num_token_ids: int | None = None):
@@ -122,3 +106,12 @@ def make_encoder_decoder_generate(model: t5_lib.T5, params, max_new_tokens: int,
                         max_new_tokens, eos_id, num_token_ids)
 
   return lambda prompts, mask: np.asarray(generate(params, prompts, mask))
+
+
+def make_generate(network: ModelFamily, params, max_new_tokens: int, eos_id: int) -> GenerateFn:
+  """Greedy generation for either model family, never picking ids beyond its tokenizer's."""
+  if network.encoder_decoder:
+    return make_encoder_decoder_generate(network.module, params, max_new_tokens, eos_id,
+                                         num_token_ids=network.num_token_ids)
+  return make_greedy_generate(network.module, params, max_new_tokens, eos_id,
+                              num_token_ids=network.num_token_ids)

@@ -17,12 +17,29 @@ from typing import Any, Mapping, Union
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax.evaluation import decoding
 from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.t5 import T5, T5Config
 
 Batch = Mapping[str, Any]
 Lengths = Mapping[str, int]
+
+# Far below any real logit, yet finite: log_softmax over a row stays free of inf - inf.
+_MASKED_LOGIT = -1e9
+
+
+def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarray:
+  """logits [..., V] with ids >= num_token_ids set to a large negative value.
+
+  Checkpoints pad their embedding tables beyond the tokenizer's ids (T5 32,100 ->
+  32,128, Qwen2 151,665 -> 151,936); no text has those ids, so generation and scoring
+  leave them out. The identity when num_token_ids is None or covers all V ids.
+  """
+  vocab = logits.shape[-1]
+  if num_token_ids is None or num_token_ids >= vocab:
+    return logits
+  # -1e9 overflows float16 to -inf; its own minimum / 2 is still far below any logit.
+  fill = max(_MASKED_LOGIT, float(jnp.finfo(logits.dtype).min) / 2)
+  return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
 
 
 def _ones_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray:
@@ -88,11 +105,7 @@ class DecoderOnly:
 
   def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
     """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
-    return decoding.mask_unused_ids(logits, self.num_token_ids)
-
-  def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
-    return decoding.make_greedy_generate(self.module, params, max_new_tokens, eos_id,
-                                         num_token_ids=self.num_token_ids)
+    return mask_unused_ids(logits, self.num_token_ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +149,7 @@ class EncoderDecoder:
 
   def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
     """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
-    return decoding.mask_unused_ids(logits, self.num_token_ids)
-
-  def make_generate(self, params, max_new_tokens: int, eos_id: int) -> decoding.GenerateFn:
-    return decoding.make_encoder_decoder_generate(self.module, params, max_new_tokens, eos_id,
-                                                  num_token_ids=self.num_token_ids)
+    return mask_unused_ids(logits, self.num_token_ids)
 
 
 ModelFamily = Union[DecoderOnly, EncoderDecoder]
