@@ -21,7 +21,7 @@ import seqio
 
 from flan_jax.data import clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import decoding, evaluator, scoring
+from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
 from flan_jax.models.decoder import DecoderConfig
@@ -49,7 +49,8 @@ def ensure_writable_dir(path: str) -> str:
   return path
 
 
-def _vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
+def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
+  """The one vocabulary every task shares (a clear error when they differ)."""
   vocabulary = tasks[0].output_features["targets"].vocabulary
   others = [t.name for t in tasks if t.output_features["targets"].vocabulary != vocabulary]
   if others:
@@ -93,7 +94,7 @@ def finetune(
   if set(task_feature_lengths) != {"inputs", "targets"}:
     raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
                     f"{sorted(task_feature_lengths)}.")
-  vocabulary = _vocabulary(seen_tasks + heldout_tasks)
+  vocabulary = task_vocabulary(seen_tasks + heldout_tasks)
   initial_params = None
   if initial_checkpoint_path:
     # The checkpoint fixes the architecture; gin's model config keeps only how it runs.
@@ -133,14 +134,8 @@ def finetune(
   inputs_eos = network.inputs_eos
 
   def evaluate(params) -> dict[str, float]:
-    model = evaluator.EvalModel(
-        generate=decoding.make_generate(network, params, task_feature_lengths["targets"],
-                                        vocabulary.eos_id),
-        score=scoring.make_option_scorer(network, params, task_feature_lengths,
-                                         batch_size=evaluation.batch_size,
-                                         bos_id=getattr(network, "bos_id", 0)),
-        lengths=task_feature_lengths, prompt_prefix=tuple(network.prompt_prefix()),
-        inputs_eos=inputs_eos)
+    model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
+                                      evaluation.batch_size)
     results = evaluator.evaluate(eval_tasks, model, evaluation)
     return {**results, **evaluator.group_means(results, groups)}
 

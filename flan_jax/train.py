@@ -69,7 +69,8 @@ def train(
   """
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
-    library.register(data_dir, _library_vocabulary(vocabulary_path, initial_checkpoint_path))
+    library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path,
+                                                              initial_checkpoint_path))
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -90,18 +91,6 @@ def train(
       initial_checkpoint_path=initial_checkpoint_path,
       truncation_sample=truncation_sample,
   )
-
-
-def _library_vocabulary(vocabulary_path: str | None, checkpoint_path: str | None):
-  if vocabulary_path:
-    return vocabularies.vocabulary_from_path(vocabulary_path)
-  if checkpoint_path:
-    # A Hugging Face directory, or an orbax one from `convert --to_orbax` (hf_files/).
-    for directory in (checkpoint_path, os.path.join(checkpoint_path, "hf_files")):
-      if any(os.path.isfile(os.path.join(directory, name))
-             for name in ("tokenizer.model", "tokenizer.json")):
-        return vocabularies.vocabulary_from_path(directory)
-  return None
 
 
 def main(argv):

@@ -356,3 +356,17 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
       "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
       "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
+
+
+def library_vocabulary(vocabulary_path: str | None, checkpoint_path: str | None):
+  """What the task library tokenizes with: `vocabulary_path` if given, else the
+  checkpoint's own tokenizer (a Hugging Face directory, or an orbax one from
+  `convert --to_orbax`, which keeps it in hf_files/), else None (bytes)."""
+  if vocabulary_path:
+    return vocabulary_from_path(vocabulary_path)
+  if checkpoint_path:
+    for directory in (checkpoint_path, os.path.join(checkpoint_path, "hf_files")):
+      if any(os.path.isfile(os.path.join(directory, name))
+             for name in ("tokenizer.model", "tokenizer.json")):
+        return vocabulary_from_path(directory)
+  return None

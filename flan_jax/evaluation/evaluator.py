@@ -24,8 +24,10 @@ import seqio
 
 from flan_jax.data import task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
+from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import GenerateFn
 from flan_jax.evaluation.scoring import Pair, ScoredOptions
+from flan_jax.models.families import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,18 @@ class EvalModel:
   lengths: Mapping[str, int]  # the run's TASK_FEATURE_LENGTHS
   prompt_prefix: tuple[int, ...] = ()  # a decoder-only model's BOS
   inputs_eos: bool = True  # see `truncation`
+
+
+def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
+                    batch_size: int) -> EvalModel:
+  """A model family's parameters as evaluation uses them: greedy generation, option
+  scoring and the prompt format it was trained with."""
+  return EvalModel(
+      generate=decoding.make_generate(network, params, lengths["targets"], eos_id),
+      score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
+                                       bos_id=getattr(network, "bos_id", 0)),
+      lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
+      inputs_eos=network.inputs_eos)
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:

@@ -1,0 +1,120 @@
+"""Evaluate any checkpoint on a task, a mixture or a held-out cluster: the job behind
+`python -m flan_jax.eval`.
+
+The checkpoint is a training run's MODEL_DIR (its latest checkpoint, or `step`), an
+orbax checkpoint from `convert --to_orbax`, or a Hugging Face directory. Tasks are
+evaluated as training evaluates them (`evaluator`: rank classification for options
+tasks, the task's own metrics, the same prompts for a seed); inverted tasks are
+skipped. Written to OUTPUT_DIR/eval/<name>.json: {"results": {"task/metric": value},
+"groups": {group: [tasks]}} with the means of `eval_groups` (FLAN's zero-shot score
+`all`, one per cluster, one per variant). A table is printed, and
+OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
+"""
+
+import json
+import os
+from typing import Mapping
+
+import jax
+
+from flan_jax import finetune
+from flan_jax.data import clusters, registry, vocabularies
+from flan_jax.errors import UserError
+from flan_jax.evaluation import evaluator
+from flan_jax.evaluation.evaluator import EvalConfig
+from flan_jax.evaluation.report import print_results
+from flan_jax.models import convert, families
+from flan_jax.models.pretrained import load_pretrained
+
+
+def load_checkpoint(path: str, step: int | None = None):
+  """(model config, params) from a run directory, an orbax checkpoint or a Hugging Face one."""
+  if not os.path.isdir(path):
+    raise UserError(f"CHECKPOINT_PATH {path!r} is not a directory.")
+  if os.path.isdir(os.path.join(path, "checkpoints")):  # a training run's MODEL_DIR
+    config, params, _ = convert.load_orbax(path, step)
+    return config, params
+  if step is not None:
+    raise UserError(f"evaluate.step={step} needs a run directory (with checkpoints/); "
+                    f"{path} holds a single checkpoint.")
+  return load_pretrained(path)
+
+
+def eval_groups(task_names: list[str]) -> dict[str, list[str]]:
+  """The tasks behind each reported mean: `mean` (per dataset its zero-shot options task,
+  FLAN's score), one per cluster (`cluster_<name>`, same rule) and one per variant."""
+  headline = clusters.headline_tasks(task_names)
+  groups = {"all": headline}
+  for task in headline:
+    cluster = clusters.cluster_of(task)
+    if cluster:
+      groups.setdefault(f"cluster_{cluster}", []).append(task)
+  for variant, names in sorted(clusters.variant_groups(task_names).items()):
+    groups[f"variant_{variant}"] = names
+  return groups
+
+
+def plot_clusters(means: Mapping[str, float], metric: str, title: str, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = sorted(means)
+  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.5))
+  ax.bar([n.removeprefix("cluster_") for n in names], [means[n] for n in names])
+  ax.set_ylabel(metric)
+  ax.set_title(title)
+  plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    output_dir: str,
+    *,
+    step: int | None = None,
+    evaluation: EvalConfig | None = None,
+    data_dir: str | None = None,
+    vocabulary_path: str | None = None,
+) -> dict:
+  """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json."""
+  evaluation = evaluation or EvalConfig()
+  if data_dir:  # the task library, tokenized as `train` would tokenize it
+    from flan_jax_tasks import library
+    library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path, checkpoint_path))
+  finetune.ensure_writable_dir(output_dir)
+  tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
+           if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]
+  if not tasks:
+    raise UserError(f"{mixture_or_task_name} has no task with a {evaluation.split!r} split "
+                    "to evaluate; set EvalConfig.split.")
+  vocabulary = finetune.task_vocabulary(tasks)
+  config, params = load_checkpoint(checkpoint_path, step)
+  if config.vocab_size < vocabulary.vocab_size:
+    raise UserError(f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint "
+                    f"at {checkpoint_path} has {config.vocab_size} embedding rows: evaluate with "
+                    "the tokenizer it was trained with (--gin.VOCABULARY_PATH=...).")
+  network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
+                                num_token_ids=vocabulary.vocab_size)
+  model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
+                                    evaluation.batch_size)
+  results = evaluator.evaluate(tasks, model, evaluation)
+  groups = eval_groups([t.name for t in tasks])
+  results.update(evaluator.group_means(results, groups))
+  report = {"results": results, "groups": groups}
+  if jax.process_index() == 0:
+    directory = os.path.join(output_dir, "eval")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{mixture_or_task_name}.json"), "w") as f:
+      json.dump(report, f, indent=2, sort_keys=True)
+    metric = next((k.rsplit("/", 1)[1] for k in results if k.startswith("all_mean/")), None)
+    cluster_means = {k.split("_mean/")[0]: v for k, v in results.items()
+                     if k.startswith("cluster_") and k.endswith(f"_mean/{metric}")}
+    if cluster_means:
+      plot_clusters(cluster_means, metric, f"{mixture_or_task_name}: {checkpoint_path}",
+                    os.path.join(directory, f"{mixture_or_task_name}.png"))
+    print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint_path}")
+  return report

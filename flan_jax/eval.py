@@ -1,0 +1,57 @@
+r"""Evaluate a checkpoint on a task, a mixture or a held-out cluster: `python -m flan_jax.eval`.
+
+  python -m flan_jax.eval --gin_file=gin/eval.gin \
+      --gin.CHECKPOINT_PATH=/tmp/flan_jax_quickstart --gin.MIXTURE_OR_TASK_NAME=default_heldout
+
+gin configures `evaluate` below (see gin/eval.gin); the job is
+`checkpoint_eval.evaluate_checkpoint`.
+"""
+
+import os
+import sys
+from typing import Mapping
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+import gin  # noqa: E402
+
+from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
+from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
+
+flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
+flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'MIXTURE_OR_TASK_NAME = \"x\"'.")
+FLAGS = flags.FLAGS
+
+gin.external_configurable(EvalConfig)
+
+
+@gin.configurable
+def evaluate(
+    checkpoint_path: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    step: int | None = None,
+    evaluation: EvalConfig | None = None,
+    data_dir: str | None = None,
+    vocabulary_path: str | None = None,
+) -> dict:
+  return checkpoint_eval.evaluate_checkpoint(
+      checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
+      evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"Unexpected arguments {argv[1:]}; settings go in --gin.NAME=VALUE.")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+  evaluate()
+
+
+if __name__ == "__main__":
+  argv = exit_on_user_error(gin_utils.rewrite_gin_flags)(sys.argv)
+  app.run(exit_on_user_error(main), argv=argv)
