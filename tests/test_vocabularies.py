@@ -278,7 +278,7 @@ def test_seqio_task_tokenizes_with_it(tmp_path):
 
 
 def test_the_library_tokenizes_with_the_starting_checkpoints_own_tokenizer(tmp_path):
-  from flan_jax.train import _library_vocabulary
+  from flan_jax.data.vocabularies import library_vocabulary as _library_vocabulary
 
   hf_dir = tmp_path / "hf"
   _train_bpe(hf_dir)  # a tokenizer.json (+ its config) beside an HF checkpoint
