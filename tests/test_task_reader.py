@@ -1,7 +1,9 @@
 """Python-read FLAN tasks equal seqio's pipelines; mixing follows the rates, per seed and shard."""
 
 import collections
+import contextlib
 import itertools
+import signal
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from flan_jax.data import task_reader
 from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.templates import Template
 from flan_jax.data.vocabularies import byte_vocabulary, output_features
+from flan_jax.errors import UserError
 
 RECORDS = {
     "train": [{"question": f"What is {i} plus {i}?", "answer": str(2 * i),
@@ -112,3 +115,56 @@ def test_mixture_draws_at_its_rates_deterministically(tasks):
   # Two hosts read disjoint shards of each task.
   host0, host1 = (collections.Counter(draw(0, seqio.ShardInfo(i, 2))[:400]) for i in range(2))
   assert not set(host0) & set(host1)
+
+
+@contextlib.contextmanager
+def _fails_after(seconds):
+  """An endless loop fails the test instead of hanging it."""
+  def timeout(*_):
+    raise TimeoutError(f"still running after {seconds} s")
+  previous = signal.signal(signal.SIGALRM, timeout)
+  signal.alarm(seconds)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_host_without_examples_is_an_error_not_an_endless_loop():
+  names = register_flan_task(FlanTaskSpec(
+      name="reader_one", cluster="toy", records=lambda split: RECORDS[split][:1],
+      templates=TEMPLATES, few_shot=False, vocabulary=byte_vocabulary()))
+  try:
+    task = seqio.get_mixture_or_task(names["zs_noopt"])
+    stream = task_reader.task_examples(task, "train", sequence_length=LENGTHS, seed=0,
+                                       shard_info=seqio.ShardInfo(1, 2), num_epochs=None)
+    with _fails_after(20), pytest.raises(UserError, match="no 'train' examples for host 1 of 2"):
+      next(stream)
+  finally:
+    for name in names.values():
+      seqio.TaskRegistry.remove(name)
+    seqio.MixtureRegistry.remove("reader_one")
+
+
+def test_mixtures_leave_out_tasks_without_the_split(tasks):
+  seqio.TaskRegistry.add(
+      "reader_test_only",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": ["held-out test question"], "targets": ["x"]}),
+          splits=["test"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features=output_features(byte_vocabulary()))
+  try:
+    mixture = seqio.Mixture("reader_mix_test", [(tasks["zs_noopt"], 1.0), ("reader_test_only", 1.0)])
+    stream = task_reader.mixture_examples(mixture, "train", sequence_length=LENGTHS, seed=0)
+    drawn = [_text(e["inputs_pretokenized"]) for e in itertools.islice(stream, 200)]
+    assert not any("held-out" in text for text in drawn)  # never trains on a test split
+    with pytest.raises(UserError, match="no task with a 'train' split"):
+      next(task_reader.mixture_examples(seqio.Mixture("reader_only_test", ["reader_test_only"],
+                                                      default_rate=1.0),
+                                        "train", sequence_length=LENGTHS, seed=0))
+  finally:
+    seqio.TaskRegistry.remove("reader_test_only")
+

@@ -93,6 +93,8 @@ def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_
   """
   counts = {}
   for task in tasks:
+    if split not in task.splits:  # evaluation-only tasks, which training leaves out too
+      continue
     eos_id = task.output_features["targets"].vocabulary.eos_id
     examples = task_reader.task_examples(task, split, sequence_length=task_feature_lengths,
                                          seed=seed, shuffle=False)

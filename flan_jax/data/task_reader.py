@@ -5,8 +5,11 @@ that costs ~0.35 s of graph tracing each while all their work happens in Python
 anyway: the source renders templates, and the preprocessors (`flan_task.PREPROCESSORS`:
 pick the few-shot prompt that fits, tokenize, append EOS) are one-example functions.
 A 100-task mixture spent most of the quickstart's start-up building pipelines. So
-those tasks are read here in Python, by the same steps; a test checks the examples
-equal seqio's `task.get_dataset`, field for field. Any other task (TFDS, files with
+those tasks are read here in Python, by the same steps; a test checks that, read in
+order (shuffle=False), the examples equal seqio's `task.get_dataset`, field for
+field. Shuffled reads differ from seqio's in order only: seqio adds a 16-example
+shuffle buffer and, for small tasks, replays its cached first epoch, where this
+reshuffles every epoch by seed. Any other task (TFDS, files with
 their own preprocessors) is read through seqio, unchanged.
 
 Mixing is done here too, for every mixture: each draw picks a task with probability
@@ -19,10 +22,12 @@ resuming requires, though not the same sequence as seqio's `sample_from_datasets
 import itertools
 from typing import Any, Iterator, Mapping
 
+from absl import logging
 import numpy as np
 import seqio
 
 from flan_jax.data import flan_task
+from flan_jax.errors import UserError
 
 Example = dict[str, Any]
 _DRAWS_PER_CALL = 1024  # tasks are chosen in blocks: one numpy call per block
@@ -72,7 +77,12 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
                   seed: int | None, shuffle: bool = True,
                   shard_info: seqio.ShardInfo | None = None,
                   num_epochs: int | None = 1) -> Iterator[Example]:
-  """The task's preprocessed, untrimmed examples; `num_epochs=None` repeats forever."""
+  """The task's preprocessed, untrimmed examples; `num_epochs=None` repeats forever.
+
+  A split or shard with no examples at all is an error: repeating it would never yield.
+  """
+  if split not in task.splits:
+    raise UserError(f"Task {task.name!r} has no {split!r} split (it has {list(task.splits)}).")
   if not python_readable(task):
     dataset = task.get_dataset(dict(sequence_length) if sequence_length else None, split=split,
                                shuffle=shuffle, seed=seed, shard_info=shard_info,
@@ -83,9 +93,18 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
   source = task.source
   epochs = itertools.count() if num_epochs is None else range(num_epochs)
   for epoch in epochs:
-    for index in source.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info,
-                                epoch=epoch):
+    indices = source.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                             epoch=epoch)
+    if not indices:
+      raise UserError(_no_examples(task, split, shard_info))
+    for index in indices:
       yield preprocess(task, source.render(split, index, seed), sequence_length)
+
+
+def _no_examples(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None) -> str:
+  where = f" for host {shard_info.index} of {shard_info.num_shards}" if shard_info else ""
+  return (f"Task {task.name!r} has no {split!r} examples{where}: give it records, or leave it "
+          "out of the mixture (a task needs at least one example per host).")
 
 
 def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
@@ -99,9 +118,17 @@ def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
     tasks, rates = [mixture_or_task], np.ones(1)
   else:
     tasks = [t for t in mixture_or_task.tasks if mixture_or_task.get_rate(t) > 0]
+    # As seqio's Mixture.get_dataset: tasks without the split are left out (evaluation-
+    # only tasks such as BBH have only "test"), with a warning.
+    missing = [t.name for t in tasks if split not in t.splits]
+    if missing:
+      logging.warning("%s: %d task(s) have no %r split and are left out: %s",
+                      mixture_or_task.name, len(missing), split, ", ".join(missing[:10]))
+    tasks = [t for t in tasks if split in t.splits]
     rates = np.array([mixture_or_task.get_rate(t) for t in tasks], np.float64)
   if not tasks:
-    raise ValueError(f"{mixture_or_task.name} has no task with a positive rate.")
+    raise UserError(f"{mixture_or_task.name} has no task with a {split!r} split and a "
+                    "positive rate.")
   probabilities = rates / rates.sum()
   streams: dict[int, Iterator[Example]] = {}
   rng = np.random.default_rng(seed)
@@ -111,4 +138,7 @@ def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
         streams[choice] = task_examples(
             tasks[choice], split, sequence_length=sequence_length, seed=seed, shuffle=True,
             shard_info=shard_info, num_epochs=None)
-      yield next(streams[choice])
+      example = next(streams[choice], None)
+      if example is None:  # a stream seqio reads ended: it had no examples at all
+        raise UserError(_no_examples(tasks[choice], split, shard_info))
+      yield example

@@ -112,7 +112,7 @@ def read_examples(task: seqio.Task, lengths: Mapping[str, int], config: EvalConf
   """The task's evaluation examples, tokenized untrimmed, the same for the same seed."""
   examples = task_reader.task_examples(task, eval_split(task, config.split),
                                        sequence_length=lengths, seed=config.seed, shuffle=False)
-  return list(itertools.islice(examples, config.max_examples_per_task))
+  return list(itertools.islice(examples, config.max_examples_per_task or None))  # 0: all
 
 
 def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
