@@ -23,7 +23,8 @@ def _flan_jax_imports(path: pathlib.Path) -> set[str]:
     names = []
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+    elif isinstance(node, ast.ImportFrom):
+      assert node.level == 0, f"{path}: relative import (import flan_jax.<package> instead)"
       names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
     for name in names:
       parts = name.split(".")
@@ -34,7 +35,7 @@ def _flan_jax_imports(path: pathlib.Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_packages_import_only_downward(package):
-  for path in sorted((PACKAGE / package).glob("*.py")):
+  for path in sorted((PACKAGE / package).rglob("*.py")):
     imported = _flan_jax_imports(path) - {package} - LEAVES
     assert imported <= ALLOWED[package], f"{path.name} imports {sorted(imported - ALLOWED[package])}"
 
