@@ -143,6 +143,38 @@ def _other_item(fields: dict[str, str], rng: random.Random) -> str:
     return rng.choice([i for i in fields["items"].split(", ") if i != fields["answer"]])
 
 
+def _beyond_or_other(beyond: Callable[[dict[str, str]], list[str]]):
+    """A distractor that is, half the time, not in the list but beyond its answer (a
+    number above the maximum, a word at least as long as the longest), else another item.
+
+    Another item alone would always be smaller (or shorter) than the answer, so
+    "pick the larger of the two options" would solve the options variants, and that
+    is the held-out comparison task itself. With out-of-list distractors that rule
+    scores about half; the model has to find the answer in the list.
+    """
+    def distractor(fields: dict[str, str], rng: random.Random) -> str:
+        candidates = beyond(fields)
+        if candidates and rng.random() < 0.5:
+            return rng.choice(candidates)
+        return _other_item(fields, rng)
+    return distractor
+
+
+def _above_max(fields: dict[str, str]) -> list[str]:
+    return [str(v) for v in range(int(fields["answer"]) + 1, 100)]
+
+
+def _below_min(fields: dict[str, str]) -> list[str]:
+    return [str(v) for v in range(int(fields["answer"]))]
+
+
+def _as_long_a_word(fields: dict[str, str]) -> list[str]:
+    # Words of 5 letters are the longest there are, so "at least as long" (a tie
+    # leaves the pairwise rule no answer).
+    items = fields["items"].split(", ")
+    return [w for w in WORDS if len(w) >= len(fields["answer"]) and w not in items]
+
+
 def _list_contains(rng: random.Random) -> dict[str, str]:
     values = _digits(rng)
     probe = rng.choice(values) if rng.random() < 0.5 else rng.choice(
@@ -255,12 +287,12 @@ GENERATORS: tuple[Generator, ...] = (
         ("What is the largest number in {items}?", "{answer}"),
         ("Find the maximum of: {items}", "{answer}"),
         ("Which is biggest: {items}?", "{answer}"),
-    ), distractor=_other_item),
+    ), distractor=_beyond_or_other(_above_max)),
     Generator("list_min", "list_reasoning", _list_min, (
         ("What is the smallest number in {items}?", "{answer}"),
         ("Find the minimum of: {items}", "{answer}"),
         ("Which is lowest: {items}?", "{answer}"),
-    ), distractor=_other_item),
+    ), distractor=_beyond_or_other(_below_min)),
     Generator("list_count", "list_reasoning", _list_count, (
         ("How many numbers are in this list: {items}?", "{answer}"),
         ("Count the items: {items}", "{answer}"),
@@ -285,7 +317,7 @@ GENERATORS: tuple[Generator, ...] = (
         ("Which word in {items} is the longest?", "{answer}"),
         ("Find the longest word: {items}", "{answer}"),
         ("List: {items}. Which word has the most letters?", "{answer}"),
-    ), distractor=_other_item),
+    ), distractor=_beyond_or_other(_as_long_a_word)),
     Generator("list_sort", "list_reasoning", _list_sort, (
         ("Sort in ascending order: {items}", "{answer}"),
         ("Order from smallest to largest: {items}", "{answer}"),

@@ -14,14 +14,19 @@ evaluated by rank classification. Mixtures:
                    is FLAN's score (zero-shot with options, rank classification)
   default_<cluster> one mixture per cluster
 
-Why the held-out cluster can show FLAN's effect at this size: `comparison` asks about
-two named things ("Which is larger, 42 or 17?", "Which word is longer, cat or
-house?", "Are cat and dog the same word?"), a task format no training task has. The
-knowledge it needs is taught elsewhere, in other formats: magnitude and word length
-by the list tasks (the largest, smallest or longest of 3-5 items), identity by
-membership questions (list_contains, starts_with). No held-out task is a training task
-renamed: the training lists never have two items, and no training prompt compares two
-things. Parity (is_even), which nothing else teaches, trains in `arithmetic`.
+The held-out cluster, `comparison`, asks about two named things: "Which is larger, 42
+or 17?", "Which word is longer, cat or house?", "Are cat and dog the same word?".
+No training task has that format. The knowledge it needs is taught elsewhere, in
+other formats: magnitude and word length by the list tasks (the largest, smallest or
+longest of 3-5 items), and identity by membership questions (list_contains,
+starts_with).
+
+No held-out task is a training task renamed. The training lists never have two
+items, and the list tasks' answer options are no pairwise comparison in disguise.
+Half of their distractors lie outside the list and beyond the answer (a number above
+the maximum, a word at least as long as the longest), so "pick the larger of the two
+options" scores about half on them (`test_default_generators` checks it). Parity
+(is_even), which nothing else teaches, trains in `arithmetic`.
 
 Importing this module registers them (gin files do it with an `import` line).
 """

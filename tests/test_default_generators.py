@@ -139,3 +139,25 @@ def test_lengths_fit_tiny_model(generator: dg.Generator) -> None:
         for inputs_template, targets_template in generator.templates:
             assert len(inputs_template.format(**fields)) <= MAX_PROMPT_CHARS
             assert len(targets_template.format(**fields)) <= MAX_ANSWER_CHARS
+
+
+# The held-out comparison tasks pick the larger, smaller or longer of two named things.
+# Training list tasks must not teach that very rule through their options: were the
+# distractor always another list item, "the larger of the two options" would answer
+# list_max every time. Out-of-list distractors bring such a rule down to chance.
+PAIRWISE_RULES = {
+    "list_max": lambda options: max(options, key=int),
+    "list_min": lambda options: min(options, key=int),
+    "longest_word": lambda options: (max(options, key=len)
+                                     if len(options[0]) != len(options[1]) else None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRWISE_RULES))
+def test_heldout_comparison_rules_do_not_solve_training_options(name) -> None:
+    generator = next(g for g in dg.GENERATORS if g.name == name)
+    records = dg.generate(generator, seed=0, count=2000)
+    solved = sum(PAIRWISE_RULES[name](r["options"]) == r["answer"] for r in records)
+    assert solved / len(records) < 0.6
+    # ...while the answer is still the list's own largest / smallest / longest item.
+    assert all(r["answer"] in r["items"].split(", ") for r in records)
