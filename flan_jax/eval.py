@@ -8,16 +8,14 @@ gin configures `evaluate` below (see gin/eval.gin); the job is
 """
 
 import os
-import sys
 from typing import Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 import gin  # noqa: E402
 
 from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
-from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
 
 flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
@@ -44,14 +42,9 @@ def evaluate(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments {argv[1:]}; settings go in --gin.NAME=VALUE.")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+  gin_utils.start_main(argv, FLAGS.gin_file, FLAGS.gin_bindings)
   evaluate()
 
 
 if __name__ == "__main__":
-  argv = exit_on_user_error(gin_utils.rewrite_gin_flags)(sys.argv)
-  app.run(exit_on_user_error(main), argv=argv)
+  gin_utils.run_main(main)

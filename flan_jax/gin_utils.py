@@ -10,12 +10,13 @@ works without shell-quoted quotes.
 import ast
 import contextlib
 import os
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
-from absl import logging
+from absl import app, flags, logging
 import gin
 
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, exit_on_user_error
 
 # The repository's gin/ directory, so `include 'models/decoder_tiny.gin'` resolves
 # from any working directory.
@@ -91,3 +92,20 @@ def _quiet_absl():
 def _first_line(error: Exception) -> str:
   text = str(error).strip() or type(error).__name__
   return text.splitlines()[0] if "\n" in text and len(text) > 300 else text
+
+
+def run_main(main_fn: Callable[[list[str]], None]) -> None:
+  """app.run, with `--gin.NAME=VALUE` flags and UserErrors as one line and exit status 2."""
+  argv = exit_on_user_error(rewrite_gin_flags)(sys.argv)
+  app.run(exit_on_user_error(main_fn), argv=argv)
+
+
+def start_main(argv: Sequence[str], gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """What every entry point's main does first: no stray arguments, quiet library logs
+  unless --verbosity is given, then the gin configuration."""
+  if len(argv) > 1:
+    raise UserError(f"Unexpected arguments {list(argv[1:])}; settings go in --gin.NAME=VALUE.")
+  if not flags.FLAGS["verbosity"].present:
+    # Library INFO logs (orbax, seqio) drown the output; --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
+  parse(gin_files, bindings)

@@ -7,18 +7,16 @@ gin configures `train` below; see gin/quickstart.gin for every setting.
 """
 
 import os
-import sys
 from typing import Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
 
-from absl import app, flags, logging
+from absl import flags
 import gin
 import jax
 
 from flan_jax import finetune, gin_utils
 from flan_jax.data import vocabularies
-from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
@@ -94,24 +92,13 @@ def train(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments {argv[1:]}; settings go in --gin.NAME=VALUE.")
-  if not FLAGS["verbosity"].present:
-    # Library INFO logs (orbax, seqio) drown the progress bar; --verbosity=0 brings them back.
-    logging.set_verbosity(logging.WARNING)
   # Config errors before joining the cluster: a process that fails after joining makes
   # the others wait minutes for it before they exit too.
-  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+  gin_utils.start_main(argv, FLAGS.gin_file, FLAGS.gin_bindings)
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   train()
 
 
-def run_main(main_fn) -> None:
-  """app.run, with `--gin.NAME=VALUE` flags and UserErrors as one line and exit status 2."""
-  argv = exit_on_user_error(gin_utils.rewrite_gin_flags)(sys.argv)
-  app.run(exit_on_user_error(main_fn), argv=argv)
-
-
 if __name__ == "__main__":
-  run_main(main)
+  gin_utils.run_main(main)
