@@ -93,10 +93,7 @@ def evaluate_checkpoint(
                     "to evaluate; set EvalConfig.split.")
   vocabulary = finetune.task_vocabulary(tasks)
   config, params = load_checkpoint(checkpoint_path, step)
-  if config.vocab_size < vocabulary.vocab_size:
-    raise UserError(f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint "
-                    f"at {checkpoint_path} has {config.vocab_size} embedding rows: evaluate with "
-                    "the tokenizer it was trained with (--gin.VOCABULARY_PATH=...).")
+  finetune.check_vocabulary_fits(config, vocabulary, checkpoint_path)
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
   model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,

@@ -59,6 +59,17 @@ def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
   return vocabulary
 
 
+def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Vocabulary,
+                          checkpoint_path: str) -> None:
+  """A checkpoint needs an embedding row for every id the tasks' tokenizer produces."""
+  if model.vocab_size < vocabulary.vocab_size:
+    raise UserError(
+        f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
+        f"{checkpoint_path} has only {model.vocab_size} embedding rows: register the "
+        "tasks with the model's own tokenizer (its tokenizer.model or tokenizer.json; for "
+        "the task library, --gin.VOCABULARY_PATH=...).")
+
+
 # Model-config fields that say how to run a model, not what it is: a pretrained
 # checkpoint's config takes these from gin.
 _HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_implementation")
@@ -106,12 +117,7 @@ def finetune(
     # 32,100 ids to 32,128 rows, Qwen2 its 151,665 to 151,936. No task produces those
     # ids, and generation and scoring mask them out (`num_token_ids` below). Fewer rows
     # than ids cannot run the tasks' tokens at all.
-    if model.vocab_size < vocabulary.vocab_size:
-      raise UserError(
-          f"The tasks' vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
-          f"{initial_checkpoint_path} has only {model.vocab_size} embedding rows: register the "
-          "tasks with the model's own tokenizer (its tokenizer.model or tokenizer.json; for "
-          "the task library, --gin.VOCABULARY_PATH=...).")
+    check_vocabulary_fits(model, vocabulary, initial_checkpoint_path)
   if not model.vocab_size:
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
   network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary),
