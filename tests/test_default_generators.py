@@ -43,6 +43,7 @@ CHECKERS: dict[str, Callable[[dict[str, str]], str]] = {
     "list_last": lambda f: str(_ints(f["items"])[-1]),
     "list_sort": lambda f: ", ".join(str(v) for v in sorted(_ints(f["items"]))),
     "list_contains": lambda f: "yes" if int(f["n"]) in _ints(f["items"]) else "no",
+    "word_in_list": lambda f: "yes" if f["word"] in f["items"].split(", ") else "no",
     "starts_with": lambda f: "yes" if f["word"].startswith(f["letter"]) else "no",
     "longest_word": lambda f: max(f["items"].split(", "), key=len),
     "larger_number": lambda f: f["a"] if int(f["a"]) > int(f["b"]) else f["b"],

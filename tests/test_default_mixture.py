@@ -31,9 +31,9 @@ def test_training_mixture_leaves_out_exactly_the_heldout_cluster_and_weighs_data
                              for t in seqio.get_mixture_or_task(default_mixture.task_name(g)).tasks}
   rates = mixtures.normalized_rates(seqio.get_mixture_or_task("default_train"))
   assert set(rates) == train and abs(sum(rates.values()) - 1) < 1e-9
-  # 18 datasets of equal size (capped at 3,000), five variants each.
-  assert len(train) == 18 * 5
-  assert all(abs(rate - 1 / 90) < 1e-12 for rate in rates.values())
+  # 19 datasets of equal size (capped at 3,000), five variants each.
+  assert len(train) == 19 * 5
+  assert all(abs(rate - 1 / 95) < 1e-12 for rate in rates.values())
 
 
 def test_rendered_examples_are_deterministic_end_in_eos_and_carry_their_options():

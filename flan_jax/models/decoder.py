@@ -20,7 +20,7 @@ import numpy as np
 
 from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, make_attention_mask)
-from flan_jax.models.layer_stack import apply_layers, check_remat_policy
+from flan_jax.models.layer_stack import apply_layers, check_remat_policy, take_cache_rows
 
 Cache = dict[str, Any]
 
@@ -254,6 +254,11 @@ class Decoder(nn.Module):
         "prefix": kv_prefix, "index": cache_index + tokens_BxL.shape[1],
     }
     return logits, new_cache
+
+
+def reorder_cache(config: DecoderConfig, cache: Cache, rows) -> Cache:
+  """The cache of rows `rows` (beam search moves caches with their beams)."""
+  return take_cache_rows(cache, rows, config.scan_layers)
 
 
 def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:

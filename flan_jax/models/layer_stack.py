@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 REMAT_POLICIES: dict[str, Callable | None] = {
@@ -56,6 +57,21 @@ def apply_layers(block: type[nn.Module], config: Any, x, broadcast_args: tuple, 
         x, *broadcast_args, None if per_layer is None else per_layer[i])
     outputs.append(state)
   return x, None if per_layer is None else tuple(outputs)
+
+
+def take_cache_rows(cache, rows, scan: bool):
+  """A decoding cache with its batch rows reordered (beam search keeps the best beams).
+
+  Caches are dicts whose "layers" leaves are [B, ...] ([num_layers, B, ...] scanned),
+  whose "index" is the next slot (shared by all rows), and whose other leaves are
+  [B, ...].
+  """
+  def take(path, leaf):
+    if jnp.ndim(leaf) == 0:
+      return leaf
+    in_layers = path[0].key == "layers"
+    return jnp.take(leaf, rows, axis=1 if (in_layers and scan) else 0)
+  return jax.tree_util.tree_map_with_path(take, cache)
 
 
 _LAYER_KEY = re.compile(r"^(.*)_(\d+)$")

@@ -21,8 +21,9 @@ a key only in the same segment. Padding has segment 0, so padding tokens see eac
 other and no softmax row is ever empty.
 
 Decoding uses a functional cache (see `init_cache`) of the decoder self-attention
-keys and values; cross-attention keys and values are recomputed from `encoded` at
-each step, which costs little for short targets and keeps the cache small.
+keys and values. The first cached `decode` call also projects `encoded` into each
+layer's cross-attention keys and values and keeps them in the cache ("cross"), so
+later steps attend to them without recomputing them from the encoding.
 """
 
 import dataclasses
@@ -145,7 +146,11 @@ class Attention(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x_BxQxE, source_BxKxE, mask, bias, layer_cache=None, cache_index=None):
+  def __call__(self, x_BxQxE, source_BxKxE, mask, bias, layer_cache=None, cache_index=None,
+               memory=None):
+    """(output, keys and values): with `layer_cache`, the updated self-attention cache;
+    else {"k", "v"} as attended, which `memory` passes back in to skip projecting
+    `source` again (cross-attention during decoding)."""
     cfg = self.config
     E, H, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim
     weight = lambda name, init, shape: self.param(
@@ -158,19 +163,22 @@ class Attention(nn.Module):
     w_o_HxDxE = weight("out", _init(("heads", "kv", "embed"), in_axes=(0, 1)), (H, D, E))
 
     q = jnp.einsum("ble,ehd->blhd", x_BxQxE, w_q_ExHxD)
-    k = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_k_ExHxD)
-    v = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_v_ExHxD)
+    if memory is None:
+      k = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_k_ExHxD)
+      v = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_v_ExHxD)
+    else:
+      k, v = memory["k"], memory["v"]
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if layer_cache is not None:
       write = lambda buffer, new: jax.lax.dynamic_update_slice(
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
-      layer_cache = {"k": k, "v": v}
+    keys_values = {"k": k, "v": v}
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
                                        mask=mask, scale=1.0,
                                        implementation=attention_implementation(cfg))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
+    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), keys_values
 
 
 class MLP(nn.Module):
@@ -214,14 +222,20 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, encoded, self_mask, self_bias, cross_mask, cache_index, layer_cache):
     cfg = self.config
+    self_cache = memory = None
+    if layer_cache is not None:
+      self_cache = {"k": layer_cache["k"], "v": layer_cache["v"]}
+      memory = layer_cache.get("cross")  # None on the first cached step: projected below
     normed = _norm(cfg, "self_attention_norm")(x)
-    attended, layer_cache = Attention(cfg, name="self_attention")(
-        normed, normed, self_mask, self_bias, layer_cache, cache_index)
+    attended, self_cache = Attention(cfg, name="self_attention")(
+        normed, normed, self_mask, self_bias, self_cache, cache_index)
     x = x + attended
-    attended, _ = Attention(cfg, name="cross_attention")(
-        _norm(cfg, "cross_attention_norm")(x), encoded, cross_mask, None)
+    attended, memory = Attention(cfg, name="cross_attention")(
+        _norm(cfg, "cross_attention_norm")(x), encoded, cross_mask, None, memory=memory)
     x = x + attended
     x = x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+    if layer_cache is not None:
+      layer_cache = {**self_cache, "cross": memory}
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
 
 
@@ -263,7 +277,7 @@ class DecoderStack(nn.Module):
       # Cache slot j holds the token at position j, so causality over slots also
       # hides the slots not yet written.
       per_layer, cache_index = cache["layers"], cache["index"]
-      length = jax.tree.leaves(per_layer)[0].shape[-3]
+      length = (per_layer if cfg.scan_layers else per_layer[0])["k"].shape[-3]
       slots = jnp.arange(length)[None, :]
       self_mask = (slots[:, None, :] <= positions[:, :, None])[:, None]
       self_bias = position_bias(table, positions, slots, False, cfg)
@@ -354,11 +368,18 @@ class T5(nn.Module):
     return logits[..., :cfg.vocab_size]
 
 
+def reorder_cache(config: T5Config, cache: Cache, rows) -> Cache:
+  """The cache of rows `rows` (beam search moves caches with their beams)."""
+  return layer_stack.take_cache_rows(cache, rows, config.scan_layers)
+
+
 def init_cache(config: T5Config, batch_size: int, length: int) -> Cache:
   """An empty decoder self-attention cache for `length` target tokens.
 
   {"layers": per-layer {"k", "v"} [B, length, H, D] (a tuple of one dict per layer,
   or with `scan_layers` one dict with a leading layer axis), "index": next slot}.
+  The first `decode` with it adds each layer's cross-attention {"k", "v"} [B, Le, H, D]
+  as "cross".
   """
   shape = (batch_size, length, config.num_heads, config.head_dim)
   if config.scan_layers:
