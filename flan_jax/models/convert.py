@@ -50,14 +50,19 @@ ModelConfig = DecoderConfig | T5Config
 _DERIVED_HF_KEYS = set(hf_llama.config_to_hf(DecoderConfig(vocab_size=1))) - {"architectures",
                                                                                 "model_type"}
 
-flags.DEFINE_string("from_hf", None, "Hugging Face checkpoint directory to read.")
-flags.DEFINE_string("to_orbax", None, "Directory to write the orbax checkpoint to.")
-flags.DEFINE_string("from_orbax", None, "Orbax directory written by --to_orbax (or training).")
-flags.DEFINE_string("to_hf", None, "Directory to write the Hugging Face checkpoint to.")
-flags.DEFINE_integer("max_shard_bytes", None, "Split the safetensors into shards of this size.")
-flags.DEFINE_integer("step", None, "With --from_orbax=MODEL_DIR of a run: the checkpoint step "
-                     "to export (default: the latest).")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined only when run as a program: importing the
+  library must not claim flag names (such as --step) that other entry points use."""
+  flags.DEFINE_string("from_hf", None, "Hugging Face checkpoint directory to read.")
+  flags.DEFINE_string("to_orbax", None, "Directory to write the orbax checkpoint to.")
+  flags.DEFINE_string("from_orbax", None, "Orbax directory written by --to_orbax (or training).")
+  flags.DEFINE_string("to_hf", None, "Directory to write the Hugging Face checkpoint to.")
+  flags.DEFINE_integer("max_shard_bytes", None, "Split the safetensors into shards of this size.")
+  flags.DEFINE_integer("step", None, "With --from_orbax=MODEL_DIR of a run: the checkpoint step "
+                       "to export (default: the latest).")
 
 
 def hf_module(config_json: dict):
@@ -228,4 +233,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(exit_on_user_error(main))

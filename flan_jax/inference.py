@@ -1,0 +1,198 @@
+"""Talk to a checkpoint: generate from prompts, or score answer options. The library
+behind `python -m flan_jax.infer`.
+
+A prompt is tokenized exactly as training tokenized a task's inputs: the vocabulary's
+tokens, seqio's EOS kept or dropped by the family's rule (`truncation.fit_inputs`),
+the decoder-only BOS in front (`left_pad_prompts`), and an over-long prompt cut from
+its front, never its end. So `infer` sees the prompts a finetune was trained on.
+
+The vocabulary is the checkpoint's own tokenizer when it has one (a Hugging Face
+directory, or a run or orbax checkpoint that started from one), else `vocabulary_path`,
+else bytes (the built-in default mixture's vocabulary).
+"""
+
+import dataclasses
+import json
+import sys
+from typing import Callable, Iterable, Iterator, Sequence, TextIO
+
+import numpy as np
+import seqio
+
+from flan_jax.data import truncation, vocabularies
+from flan_jax.errors import UserError
+from flan_jax.evaluation import decoding, scoring
+from flan_jax.evaluation.decoding import DecodeConfig
+from flan_jax.evaluation.evaluator import left_pad_prompts
+from flan_jax.models import families
+from flan_jax.models.families import ModelFamily
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A model with its vocabulary and prompt format; `generate` and `score` take text."""
+  network: ModelFamily
+  params: object
+  vocabulary: seqio.Vocabulary
+  max_input_length: int = 512
+  max_new_tokens: int = 64
+  decode: DecodeConfig = DecodeConfig()
+  stop: Sequence[str] = ()
+  batch_size: int = 8
+  _generate: Callable | None = dataclasses.field(default=None, repr=False)
+  _score: Callable | None = dataclasses.field(default=None, repr=False)
+
+  def prompt_tokens(self, text: str) -> tuple[np.ndarray, bool]:
+    """(the prompt's tokens as training saw them, without the BOS; whether it was cut)."""
+    tokens = [*self.vocabulary.encode(text), self.vocabulary.eos_id]
+    return truncation.fit_inputs(tokens, self.max_input_length, eos_id=self.vocabulary.eos_id,
+                                 inputs_eos=self.network.inputs_eos)
+
+  def generate(self, texts: Sequence[str], seed: int | None = None) -> list[str]:
+    """One completion per prompt, cut before the first stop string."""
+    if self._generate is None:
+      self._generate = decoding.make_generate(self.network, self.params, self.max_new_tokens,
+                                              self.vocabulary.eos_id, self.decode)
+    prefix = tuple(self.network.prompt_prefix())
+    outputs = []
+    for start in range(0, len(texts), self.batch_size):
+      chunk = [self.prompt_tokens(t)[0] for t in texts[start:start + self.batch_size]]
+      tokens, mask, _ = left_pad_prompts(chunk, self.max_input_length + len(prefix), prefix)
+      # Full batches only (the last row repeated), so generation compiles once.
+      fill = ((0, self.batch_size - len(chunk)), (0, 0))
+      batch_seed = None if seed is None else seed + start
+      generated = self._generate(np.pad(tokens, fill, mode="edge"),
+                                 np.pad(mask, fill, mode="edge"), batch_seed)
+      outputs += [self._text(ids) for ids in generated[:len(chunk)]]
+    return outputs
+
+  def _text(self, ids: np.ndarray) -> str:
+    ids = ids.tolist()
+    if self.vocabulary.eos_id in ids:
+      ids = ids[:ids.index(self.vocabulary.eos_id)]
+    text = self.vocabulary.decode(ids)
+    for stop in self.stop:
+      if stop and stop in text:
+        text = text[:text.index(stop)]
+    return text
+
+  def score(self, examples: Sequence[tuple[str, Sequence[str]]]) -> scoring.ScoredOptions:
+    """Each option's log-likelihood as the answer to its prompt: the option's tokens and
+    EOS, as training scored a target."""
+    lengths = {"inputs": self.max_input_length, "targets": self.max_new_tokens}
+    if self._score is None:
+      self._score = scoring.make_option_scorer(
+          self.network, self.params, lengths, batch_size=self.batch_size,
+          bos_id=getattr(self.network, "bos_id", 0))
+    pairs = []
+    for text, options in examples:
+      prompt = self.prompt_tokens(text)[0]
+      pairs.append([(prompt, truncation.fit_targets(
+          [*self.vocabulary.encode(option), self.vocabulary.eos_id], lengths["targets"])[0])
+          for option in options])
+    return self._score(pairs)
+
+
+def load_predictor(checkpoint_path: str, *, step: int | None = None,
+                   vocabulary_path: str | None = None, **settings) -> Predictor:
+  """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory."""
+  from flan_jax import checkpoint_eval  # the checkpoint formats; imports seqio tasks
+  vocabulary = (vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
+                or vocabularies.byte_vocabulary())
+  config, params = checkpoint_eval.load_checkpoint(checkpoint_path, step)
+  if config.vocab_size < vocabulary.vocab_size:
+    raise UserError(f"The vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
+                    f"{checkpoint_path} has {config.vocab_size} embedding rows: pass the "
+                    "tokenizer it was trained with (--vocabulary=...).")
+  network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
+                                num_token_ids=vocabulary.vocab_size)
+  return Predictor(network, params, vocabulary, **settings)
+
+
+def read_requests(lines: Iterable[str], source: str) -> Iterator[dict]:
+  """JSONL objects with "inputs" (and optionally "options"); errors name the line."""
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      request = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{source}:{number}: not JSON ({e.msg}); write one object per line, "
+                      'e.g. {"inputs": "What is 2 plus 3?"}.') from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), str):
+      raise UserError(f'{source}:{number}: needs a string field "inputs".')
+    options = request.get("options")
+    if options is not None and (not isinstance(options, list) or not options
+                                or not all(isinstance(o, str) for o in options)):
+      raise UserError(f'{source}:{number}: "options" must be a non-empty list of strings.')
+    yield request
+
+
+def answer(predictor: Predictor, requests: Sequence[dict], seed: int | None = None,
+           length_normalize: bool = False) -> list[dict]:
+  """Each request with "prediction" added: generated, or with "options" the best-scored
+  option, its "scores" (summed log-likelihoods) beside it."""
+  answers = [dict(r) for r in requests]
+  scored = [a for a in answers if a.get("options")]
+  generated = [a for a in answers if not a.get("options")]
+  if scored:
+    result = predictor.score([(a["inputs"], a["options"]) for a in scored])
+    for a, scores, choice in zip(scored, result.log_likelihoods,
+                                 result.choices(length_normalize)):
+      a["scores"] = scores
+      a["prediction"] = a["options"][choice]
+  if generated:
+    for a, text in zip(generated, predictor.generate([a["inputs"] for a in generated], seed)):
+      a["prediction"] = text
+  return answers
+
+
+def run_jsonl(predictor: Predictor, lines: Iterable[str], out: TextIO, source: str = "<stdin>",
+              seed: int | None = None, length_normalize: bool = False,
+              chunk: int = 64) -> int:
+  """Answers JSONL requests in chunks, writing one JSON line per request; returns the count."""
+  count, pending = 0, []
+
+  def flush():
+    nonlocal count
+    for a in answer(predictor, pending, None if seed is None else seed + count, length_normalize):
+      out.write(json.dumps(a, ensure_ascii=False) + "\n")
+    out.flush()
+    count += len(pending)
+    pending.clear()
+
+  for request in read_requests(lines, source):
+    pending.append(request)
+    if len(pending) == chunk:
+      flush()
+  if pending:
+    flush()
+  return count
+
+
+def interactive(predictor: Predictor, read: Callable[[str], str] = input,
+                write: Callable[[str], None] = print) -> None:
+  """A prompt loop: each line is a prompt, the model's completion is printed. Ends at
+  EOF (Ctrl-D) or an empty `:quit`."""
+  write("Type a prompt and press Enter; Ctrl-D or :quit ends.")
+  turn = 0
+  while True:
+    try:
+      line = read("> ")
+    except EOFError:
+      write("")
+      return
+    if line.strip() == ":quit":
+      return
+    if line.strip():
+      write(predictor.generate([line], seed=turn)[0])
+      turn += 1
+
+
+def open_input(path: str) -> tuple[Iterable[str], str]:
+  if path == "-":
+    return sys.stdin, "<stdin>"
+  try:
+    return open(path, encoding="utf-8"), path
+  except OSError as e:
+    raise UserError(f"--input {path!r} cannot be read ({e.strerror}).") from None
