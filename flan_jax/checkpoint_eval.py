@@ -20,11 +20,13 @@ import jax
 from flan_jax import finetune
 from flan_jax.data import clusters, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import evaluator
+from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.evaluation.report import print_results
 from flan_jax.models import convert, families
 from flan_jax.models.pretrained import load_pretrained
+from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import train_step as step_lib
 
 
 def load_checkpoint(path: str, step: int | None = None):
@@ -79,6 +81,7 @@ def evaluate_checkpoint(
     evaluation: EvalConfig | None = None,
     data_dir: str | None = None,
     vocabulary_path: str | None = None,
+    mesh_shape: tuple[int, ...] = (-1, 1, 1),
 ) -> dict:
   """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json."""
   evaluation = evaluation or EvalConfig()
@@ -96,8 +99,12 @@ def evaluate_checkpoint(
   finetune.check_vocabulary_fits(config, vocabulary, checkpoint_path)
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
+  # Parameters go to the devices once, in training's layout; rows split over the data axes.
+  mesh = mesh_lib.make_mesh(mesh_shape)
+  params = step_lib.place_params(network, mesh, task_feature_lengths, params)
   model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
-                                    evaluation.batch_size)
+                                    evaluation.batch_size,
+                                    placement=placement.sharded_rows(mesh_lib.batch_sharding(mesh)))
   results = evaluator.evaluate(tasks, model, evaluation)
   groups = eval_groups([t.name for t in tasks])
   results.update(evaluator.group_means(results, groups))

@@ -21,16 +21,18 @@ import seqio
 
 from flan_jax.data import clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
-from flan_jax.evaluation import evaluator
+from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.layer_stack import stack_layers
 from flan_jax.models.pretrained import load_pretrained
 from flan_jax.models.t5 import T5Config
+from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
 from flan_jax.training import train_step as step_lib
+from flan_jax.training.metrics_writer import MetricsWriter
 
 
 def ensure_writable_dir(path: str) -> str:
@@ -139,9 +141,14 @@ def finetune(
   groups = report_groups([t.name for t in seen_eval_tasks], [t.name for t in heldout_tasks])
   inputs_eos = network.inputs_eos
 
+  # Evaluation runs on training's mesh: parameters in training's layout, each batch's
+  # rows split over the data axes and the hosts.
+  mesh = mesh_lib.make_mesh(trainer.mesh_shape)
+  rows = placement.sharded_rows(mesh_lib.batch_sharding(mesh))
+
   def evaluate(params) -> dict[str, float]:
     model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
-                                      evaluation.batch_size)
+                                      evaluation.batch_size, placement=rows)
     results = evaluator.evaluate(eval_tasks, model, evaluation)
     return {**results, **evaluator.group_means(results, groups)}
 
@@ -151,11 +158,13 @@ def finetune(
 
   before = {}
   if evaluate_before and eval_tasks:
-    if initial_params is None:
-      before = evaluate(step_lib.init_params(network, jax.random.key(trainer.seed),
-                                             task_feature_lengths))
-    else:
-      before = evaluate(initial_params)
+    # The parameters training starts from (the same seed), placed as training places them.
+    before = evaluate(step_lib.place_params(network, mesh, task_feature_lengths,
+                                            initial_params, seed=trainer.seed))
+
+  # The evaluation curve in metrics.jsonl and TensorBoard: before at step 0, every
+  # `trainer.eval_every` steps (the trainer), and after at the last step.
+  _log_evaluation(model_dir, 0, before)
 
   def batches(start_step: int):
     return pipeline.train_batches(
@@ -165,8 +174,10 @@ def finetune(
         inputs_eos=inputs_eos)
 
   state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
-                            initial_params=initial_params)
+                            initial_params=initial_params,
+                            evaluate=(lambda p: logged_means(evaluate(p))) if eval_tasks else None)
   after = evaluate(state.params) if eval_tasks else {}
+  _log_evaluation(model_dir, trainer.train_steps, after)
 
   results = {"before": before, "after": after, "groups": groups}
   if jax.process_index() == 0:
@@ -177,14 +188,32 @@ def finetune(
   return results
 
 
+def _log_evaluation(model_dir: str, step: int, results: Mapping[str, float]) -> None:
+  if results and jax.process_index() == 0:
+    writer = MetricsWriter(model_dir)
+    writer.write(step, {f"eval/{name}": value for name, value in logged_means(results).items()})
+    writer.close()
+
+
+def logged_means(results: Mapping[str, float]) -> dict[str, float]:
+  """The means among evaluation results ("heldout_mean/accuracy", ...): what goes to
+  TensorBoard during training; per-task scores stay in eval/heldout.json."""
+  return {name: value for name, value in results.items() if "_mean/" in name}
+
+
 def report_groups(seen: list[str], heldout: list[str]) -> dict[str, list[str]]:
   """The tasks each reported mean averages.
 
   `heldout` is FLAN's zero-shot score: per held-out dataset its zero-shot options task
   (else its zero-shot task). `heldout_<variant>` gives each variant's mean beside it
-  (few-shot, no options, CoT, ...). `seen` uses the same rule on the training tasks.
+  (few-shot, no options, CoT, ...). `seen` uses the same rule on the training tasks,
+  and `cluster_<name>` on each task cluster's share of both.
   """
   groups = {"seen": clusters.headline_tasks(seen), "heldout": clusters.headline_tasks(heldout)}
   for variant, names in sorted(clusters.variant_groups(heldout).items()):
     groups[f"heldout_{variant}"] = names
+  for task in groups["seen"] + groups["heldout"]:
+    cluster = clusters.cluster_of(task)
+    if cluster:
+      groups.setdefault(f"cluster_{cluster}", []).append(task)
   return {name: tasks for name, tasks in groups.items() if tasks}

@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
+import jax
 import numpy as np
 import seqio
 
@@ -106,7 +107,8 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
                     "tokenizer it was trained with (--vocabulary=...).")
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
-  return Predictor(network, params, vocabulary, **settings)
+  # On the device once, not sent with every batch.
+  return Predictor(network, jax.device_put(params), vocabulary, **settings)
 
 
 def read_requests(lines: Iterable[str], source: str) -> Iterator[dict]:

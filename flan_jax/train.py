@@ -50,6 +50,7 @@ def train(
     optimizer: OptimizerConfig | None = None,
     evaluation: EvalConfig | None = None,
     checkpoint_every: int = 500,
+    eval_every: int = 0,
     log_every: int = 10,
     z_loss: float = 1e-4,
     seed: int = 0,
@@ -60,6 +61,9 @@ def train(
     truncation_sample: int = 100,
 ):
   """The whole job; see `finetune.finetune`.
+
+  `eval_every` (gin's EVAL_PERIOD): evaluate during training every this many steps,
+  into metrics.jsonl and TensorBoard as eval/<mean> (0: only before and after).
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -80,7 +84,7 @@ def train(
       batch_size=batch_size,
       trainer=TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
                             log_every=log_every, z_loss=z_loss, seed=seed,
-                            mesh_shape=tuple(mesh_shape)),
+                            mesh_shape=tuple(mesh_shape), eval_every=eval_every),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

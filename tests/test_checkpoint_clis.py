@@ -32,7 +32,8 @@ def run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run")
   results = finetune.finetune(
       model_dir=str(model_dir), mixture_or_task_name="default_add", task_feature_lengths=LENGTHS,
-      batch_size=4, trainer=TrainerConfig(train_steps=3, checkpoint_every=2, progress_bar=False),
+      batch_size=4, trainer=TrainerConfig(train_steps=4, checkpoint_every=2, eval_every=2,
+                                          progress_bar=False),
       model=DecoderConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=2, head_dim=16,
                           mlp_dim=64),
       heldout_mixture_or_task_name="default_same_word", evaluation=EVALUATION,
@@ -59,6 +60,23 @@ def test_the_cli_reproduces_the_runs_own_final_evaluation(run, tmp_path):
   assert report["groups"]["cluster_comparison"] == ["default_same_word_zs_opt"]
   assert (out / "eval" / "default_same_word.png").read_bytes()[:4] == b"\x89PNG"
   assert "all_mean" in completed.stdout
+
+
+def test_evaluation_during_training_logs_what_evaluating_that_step_gives(run, tmp_path):
+  model_dir, results = run
+  lines = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  logged = {line["step"]: line for line in lines if "eval/heldout_mean/accuracy" in line}
+  assert sorted(logged) == [2, 4]  # every 2 steps, and after training (no "before" here)
+  assert logged[4]["eval/heldout_mean/accuracy"] == results["after"]["heldout_mean/accuracy"]
+  assert "eval/cluster_comparison_mean/accuracy" in logged[2]
+  assert not any("/" in k and "_mean/" not in k for k in logged[2] if k != "step")
+  # Step 2's scalars are the step-2 checkpoint's evaluation, done afresh.
+  report = checkpoint_eval.evaluate_checkpoint(
+      str(model_dir), "default_same_word", LENGTHS, str(tmp_path), step=2,
+      evaluation=EVALUATION)
+  assert logged[2]["eval/heldout_mean/accuracy"] == report["results"]["all_mean/accuracy"]
+  assert logged[2]["eval/heldout_fs_opt_mean/accuracy"] == report["results"][
+      "variant_fs_opt_mean/accuracy"]
 
 
 def test_an_earlier_step_and_bad_paths(run, tmp_path):

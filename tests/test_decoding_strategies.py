@@ -139,3 +139,41 @@ def test_beam_search_equals_transformers_generate_on_stories260k(num_beams, leng
     assert until_stop(our_row) == until_stop(their_row)
     lengths.add(len(until_stop(their_row)))
   assert min(lengths) < 40  # hypotheses that ended, not just the length limit
+
+
+SHARDED = """
+import sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from flan_jax.evaluation.decoding import DecodeConfig, make_generate
+from flan_jax.evaluation.evaluator import left_pad_prompts
+from flan_jax.evaluation.placement import sharded_rows
+from flan_jax.models.families import family_for
+from flan_jax.training import mesh as mesh_lib, train_step
+from tiny import TINY_DECODER
+
+network = family_for(TINY_DECODER)
+mesh = mesh_lib.make_mesh((2, 2, 1))
+lengths = {"inputs": 12, "targets": 8}
+params = train_step.place_params(network, mesh, lengths, seed=1)  # fsdp-sharded, never whole
+rng = np.random.default_rng(0)
+prompts, mask, _ = left_pad_prompts([list(rng.integers(3, 259, n)) for n in (3, 11, 7, 5)], 12)
+host_params = jax.tree.map(np.asarray, params)
+for config in (DecodeConfig(), DecodeConfig(strategy="beam", num_beams=3)):
+  alone = make_generate(network, jax.device_put(host_params, jax.devices()[0]), 8, 1, config)
+  spread = make_generate(network, params, 8, 1, config,
+                         placement=sharded_rows(mesh_lib.batch_sharding(mesh)))
+  np.testing.assert_array_equal(spread(prompts, mask), alone(prompts, mask))
+print("same")
+"""
+
+
+def test_decoding_with_rows_and_parameters_sharded_over_devices_equals_one_device():
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("same")

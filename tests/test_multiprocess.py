@@ -1,4 +1,5 @@
-"""Two processes joined by jax.distributed train one model and checkpoint it together."""
+"""Two processes joined by jax.distributed train one model, checkpoint it and evaluate it
+together; their evaluation (rows split over the processes) equals one process's."""
 
 import json
 import os
@@ -30,5 +31,17 @@ def test_two_local_processes_train_checkpoint_and_evaluate(tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert sorted(os.listdir(model_dir / "checkpoints")) == ["2", "4"]
   logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
-  assert [m["step"] for m in logged] == [1, 2, 3, 4]  # one writer, not one per process
-  assert "after" in json.loads((model_dir / "eval" / "heldout.json").read_text())
+  # one writer, not one per process: the loss every step, the evaluation after
+  assert [m["step"] for m in logged if "loss" in m] == [1, 2, 3, 4]
+  assert [m["step"] for m in logged if "eval/heldout_mean/accuracy" in m] == [4]
+  after = json.loads((model_dir / "eval" / "heldout.json").read_text())["after"]
+  # One process evaluates the same checkpoint alone: the same scores, task by task.
+  import flan_jax_tasks.default_mixture  # noqa: F401
+  from flan_jax import checkpoint_eval
+  from flan_jax.evaluation.evaluator import EvalConfig
+  alone = checkpoint_eval.evaluate_checkpoint(
+      str(model_dir), "default_heldout", {"inputs": 96, "targets": 32}, str(tmp_path / "alone"),
+      evaluation=EvalConfig(max_examples_per_task=2, batch_size=2, evaluate_seen=False,
+                            length_normalize=True))["results"]
+  per_task = {k: v for k, v in after.items() if "_mean/" not in k}
+  assert per_task and per_task == {k: v for k, v in alone.items() if "_mean/" not in k}

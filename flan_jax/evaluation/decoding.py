@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
+from flan_jax.evaluation.placement import RowPlacement
 from flan_jax.models import decoder as decoder_lib
 from flan_jax.models import t5 as t5_lib
 from flan_jax.models.families import DecoderOnly, EncoderDecoder, ModelFamily, mask_unused_ids
@@ -221,10 +222,12 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
 
 
 def make_generate(network: ModelFamily, params, max_new_tokens: int, eos_id: int,
-                  config: DecodeConfig = DecodeConfig()) -> GenerateFn:
+                  config: DecodeConfig = DecodeConfig(),
+                  placement: RowPlacement = RowPlacement()) -> GenerateFn:
   """(prompts [B, P], prompt_mask [B, P], seed=None) -> generated tokens [B, max_new_tokens].
 
   `seed` (sampling only) defaults to `config.seed`; the same seed gives the same tokens.
+  `placement` says where the rows run (B must be a multiple of its devices).
   """
   num_token_ids = network.num_token_ids
 
@@ -250,7 +253,7 @@ def make_generate(network: ModelFamily, params, max_new_tokens: int, eos_id: int
 
   def run(prompts, mask, seed: int | None = None) -> np.ndarray:
     key = jax.random.key(config.seed if seed is None else seed)
-    return np.asarray(generate(params, jnp.asarray(prompts), jnp.asarray(mask), key))
+    return placement.get(generate(params, placement.put(prompts), placement.put(mask), key))
 
   return run
 

@@ -26,6 +26,7 @@ from flan_jax.data import task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import GenerateFn
+from flan_jax.evaluation.placement import RowPlacement
 from flan_jax.evaluation.scoring import Pair, ScoredOptions
 from flan_jax.models.families import ModelFamily
 
@@ -52,18 +53,25 @@ class EvalModel:
   lengths: Mapping[str, int]  # the run's TASK_FEATURE_LENGTHS
   prompt_prefix: tuple[int, ...] = ()  # a decoder-only model's BOS
   inputs_eos: bool = True  # see `truncation`
+  batch_size: int | None = None  # generation's rows per call (None: EvalConfig.batch_size)
 
 
 def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
-                    batch_size: int) -> EvalModel:
+                    batch_size: int, placement: RowPlacement = RowPlacement()) -> EvalModel:
   """A model family's parameters as evaluation uses them: greedy generation, option
-  scoring and the prompt format it was trained with."""
+  scoring and the prompt format it was trained with.
+
+  `params` should already be on the devices (placed once, as training shards them);
+  `placement` spreads each batch's rows over the devices and hosts.
+  """
+  batch_size = placement.batch_size(batch_size)
   return EvalModel(
-      generate=decoding.make_generate(network, params, lengths["targets"], eos_id),
+      generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
+                                      placement=placement),
       score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
-                                       bos_id=getattr(network, "bos_id", 0)),
+                                       bos_id=getattr(network, "bos_id", 0), placement=placement),
       lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
-      inputs_eos=network.inputs_eos)
+      inputs_eos=network.inputs_eos, batch_size=batch_size)
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
@@ -118,12 +126,13 @@ def read_examples(task: seqio.Task, lengths: Mapping[str, int], config: EvalConf
 def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
                           vocabulary) -> list[str]:
   buffer = model.lengths["inputs"] + len(model.prompt_prefix)
+  batch_size = model.batch_size or config.batch_size
   texts = []
-  for start in range(0, len(examples), config.batch_size):
-    chunk = prompts[start:start + config.batch_size]
+  for start in range(0, len(examples), batch_size):
+    chunk = prompts[start:start + batch_size]
     tokens, mask, _ = left_pad_prompts(chunk, buffer, model.prompt_prefix)
     # Full-size batches only (repeating the last row), so generate compiles once.
-    fill = ((0, config.batch_size - len(chunk)), (0, 0))
+    fill = ((0, batch_size - len(chunk)), (0, 0))
     generated = model.generate(np.pad(tokens, fill, mode="edge"), np.pad(mask, fill, mode="edge"))
     texts += [_decode(vocabulary, ids) for ids in generated[:len(chunk)]]
   return texts

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.data import packing
+from flan_jax.evaluation.placement import RowPlacement
 from flan_jax.models import t5 as t5_lib
 
 Pair = tuple[np.ndarray, np.ndarray]  # (fitted prompt tokens, fitted option tokens)
@@ -51,7 +52,7 @@ def _picked_log_probs(logits_BxLxV, targets_BxL, weights_BxL):
   return picked * weights_BxL
 
 
-def make_row_scorer(network, params):
+def make_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
   """batch of training-format rows -> each target token's log-probability [B, L] (0 elsewhere)."""
 
   @jax.jit
@@ -60,7 +61,7 @@ def make_row_scorer(network, params):
     return _picked_log_probs(logits, batch["decoder_target_tokens"],
                              batch["decoder_loss_weights"])
 
-  return lambda batch: np.asarray(score(params, batch))
+  return lambda batch: placement.get(score(params, {k: placement.put(v) for k, v in batch.items()}))
 
 
 def _packed_groups(pairs, length: int):
@@ -93,7 +94,7 @@ def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
       scores[group] = per_segment[1:len(group) + 1]
 
 
-def make_encoder_decoder_scorer(network, params):
+def make_encoder_decoder_scorer(network, params, placement: RowPlacement = RowPlacement()):
   """(prompt rows [P, Le], option rows [B, Ld] with `prompt_index` [B]) -> [B].
 
   Each distinct prompt is encoded once; its options' rows gather that encoding.
@@ -113,21 +114,29 @@ def make_encoder_decoder_scorer(network, params):
                                      batch["decoder_target_tokens"],
                                      batch["decoder_loss_weights"]), axis=-1)
 
-  return lambda prompts, segments, batch: np.asarray(score(params, prompts, segments, batch))
+  def run(prompts, segments, batch):
+    put = placement.put
+    return placement.get(score(params, put(prompts), put(segments),
+                               {k: put(v) for k, v in batch.items()}))
+
+  return run
 
 
-def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id: int = 0
+def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id: int = 0,
+                       placement: RowPlacement = RowPlacement()
                        ) -> Callable[[Sequence[Sequence[Pair]]], ScoredOptions]:
   """examples -> ScoredOptions: the log-likelihood of every option of every example.
 
   `examples[i]` lists (prompt, option) token pairs, already fitted to `lengths` by
   `truncation`'s rule, one pair per option; an example's pairs share one prompt. The
-  forward pass is compiled once, for every call.
+  forward pass is compiled once, for every call; `placement` says where its rows run
+  (`batch_size` is rounded up to a multiple of its devices).
   """
+  batch_size = placement.batch_size(batch_size)
   if network.encoder_decoder:
-    scorer = make_encoder_decoder_scorer(network, params)
+    scorer = make_encoder_decoder_scorer(network, params, placement)
   else:
-    scorer = make_row_scorer(network, params)
+    scorer = make_row_scorer(network, params, placement)
 
   def score(examples: Sequence[Sequence[Pair]]) -> ScoredOptions:
     pairs = [(i, j, prompt, option) for i, ex in enumerate(examples)

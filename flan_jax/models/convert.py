@@ -30,6 +30,8 @@ import shutil
 import sys
 
 from absl import app, flags
+import jax
+import numpy as np
 
 from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
@@ -156,9 +158,14 @@ def _run_params(directory: str, step: int | None):
     raise UserError(f"{checkpoints} has no finished checkpoint"
                     f"{'' if step is None else f' for step {step}'} (found: {steps or 'none'}).")
   path = os.path.join(checkpoints, str(step if step is not None else steps[-1]), "default")
-  # The whole train state is read (orbax restores a tree it is not told the shape of);
-  # only its parameters are kept.
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  # The whole train state is read and only its parameters kept. Restored onto this
+  # process's first device, whatever devices and processes saved it (a run on 2 hosts is
+  # evaluated or exported by one), then handed back as host arrays.
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  return jax.tree.map(np.asarray, checkpointer.restore(path, target)["params"])
 
 
 def load_orbax(directory: str, step: int | None = None):

@@ -53,19 +53,36 @@ def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformati
   return init
 
 
+def param_shardings(model: ModelFamily, mesh: Mesh, lengths: Lengths):
+  """NamedShardings for every parameter, from its logical axes (training's layout)."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), lengths)["params"])
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
+                                     mesh_lib.LOGICAL_AXIS_RULES)
+
+
+def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, seed: int = 0):
+  """Parameters on the mesh in training's layout: `params` (host arrays) moved once, or a
+  random initialisation created sharded, never whole on one device first."""
+  shardings = param_shardings(model, mesh, lengths)
+  if params is not None:
+    return jax.device_put(params, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+    return jax.jit(lambda rng: init_params(model, rng, lengths),
+                   out_shardings=shardings)(jax.random.key(seed))
+
+
 def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     lengths: Lengths) -> TrainState:
   """NamedShardings for every leaf of the train state, from the parameters' logical axes."""
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), lengths)["params"])
-  param_shardings = nn.logical_to_mesh_sharding(
-      nn.get_partition_spec(boxed), mesh, mesh_lib.LOGICAL_AXIS_RULES)
+  params = param_shardings(model, mesh, lengths)
   abstract_opt_state = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
   # Optimizer moments are shaped like the parameters and sharded like them; counts
   # and other scalars are replicated.
   opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+      optimizer, lambda _, sharding: sharding, abstract_opt_state, params,
       transform_non_params=lambda _: mesh_lib.replicated(mesh))
-  return TrainState(step=mesh_lib.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+  return TrainState(step=mesh_lib.replicated(mesh), params=params, opt_state=opt_shardings)
 
 
 def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,

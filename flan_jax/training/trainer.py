@@ -8,7 +8,7 @@ with the same parameters as one that ran straight through.
 
 import dataclasses
 import time
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -22,6 +22,8 @@ from flan_jax.training.checkpoints import Checkpointer
 from flan_jax.training.metrics_writer import MetricsWriter
 
 BatchStream = Callable[[int], Iterator[dict[str, np.ndarray]]]
+# params -> scalars to log under "eval/" (every process calls it: it may be collective)
+EvalFn = Callable[[Any], Mapping[str, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,9 @@ class TrainerConfig:
   seed: int = 0
   mesh_shape: tuple[int, ...] = (-1, 1, 1)
   progress_bar: bool = True
+  # Evaluate every this many steps during training (0: never); the caller evaluates
+  # before and after.
+  eval_every: int = 0
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
@@ -49,11 +54,14 @@ def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
 
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
-          task_feature_lengths: Mapping[str, int], initial_params=None) -> step_lib.TrainState:
+          task_feature_lengths: Mapping[str, int], initial_params=None,
+          evaluate: EvalFn | None = None) -> step_lib.TrainState:
   """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
   A fresh run starts from `initial_params` (pretrained weights) when given, else from
-  a random initialisation; a resumed run ignores them.
+  a random initialisation; a resumed run ignores them. Every `config.eval_every` steps
+  before the last, `evaluate(params)`'s scalars go to metrics.jsonl and TensorBoard as
+  "eval/<name>".
   """
   mesh = mesh_lib.make_mesh(config.mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
@@ -99,6 +107,11 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
       tokens, timer = 0, time.perf_counter()
     if done % config.checkpoint_every == 0 or done == config.train_steps:
       checkpointer.save(done, state)
+    if evaluate and config.eval_every and done % config.eval_every == 0 and done < config.train_steps:
+      scalars = evaluate(state.params)
+      writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
+      bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
+                                             for name, value in sorted(scalars.items())))
     bar.update(1)
   bar.close()
   writer.close()
