@@ -9,6 +9,15 @@ class UserError(Exception):
   """Bad input from the user: the entry point prints the message and exits non-zero."""
 
 
+class Interrupted(Exception):
+  """The run was asked to stop (SIGTERM, SIGINT) and saved where it was: the entry point
+  prints the message and exits with the signal's conventional status (128 + signal)."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.exit_code = 128 + signal_number
+
+
 def closest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
   """The registered names most similar to `name`, best first."""
   candidates = sorted(set(candidates))
@@ -21,10 +30,14 @@ def closest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[
 
 
 def exit_on_user_error(main: Callable) -> Callable:
-  """Wraps an absl `main`: a UserError becomes one `error:` line and exit status 2."""
+  """Wraps an absl `main`: a UserError becomes one `error:` line and exit status 2; an
+  Interrupted run prints where it stopped and exits with 128 + the signal."""
   def guarded(argv):
     try:
       return main(argv)
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
     except UserError as e:
       # gin appends "In call to configurable ..." lines: the first line says it all.
       print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -33,6 +33,7 @@ from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.metrics_writer import MetricsWriter
+from flan_jax.training.run_lock import RunLock
 
 
 def ensure_writable_dir(path: str) -> str:
@@ -81,7 +82,14 @@ def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
   return [t for t in tasks if evaluator.eval_split(t, split)]
 
 
-def finetune(
+def finetune(**settings) -> dict[str, dict[str, float]]:
+  """`_finetune`, holding MODEL_DIR's run lock: a second run on it is refused."""
+  model_dir = ensure_writable_dir(settings["model_dir"])
+  with RunLock(model_dir, enabled=jax.process_index() == 0):
+    return _finetune(**settings)
+
+
+def _finetune(
     *,
     model_dir: str,
     mixture_or_task_name: str,

@@ -63,7 +63,10 @@ def main(argv):
     inference.interactive(predictor)
     return
   lines, source = inference.open_input(FLAGS.input)
-  out = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w", encoding="utf-8")
+  try:
+    out = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w", encoding="utf-8")
+  except OSError as e:
+    raise UserError(f"--output {FLAGS.output!r} cannot be written ({e.strerror}).") from None
   try:
     count = inference.run_jsonl(predictor, lines, out, source, seed=FLAGS.seed,
                                 length_normalize=FLAGS.length_normalize)

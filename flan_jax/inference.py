@@ -13,6 +13,7 @@ else bytes (the built-in default mixture's vocabulary).
 
 import dataclasses
 import json
+import logging
 import sys
 from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
@@ -24,7 +25,7 @@ from flan_jax.data import truncation, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import DecodeConfig
-from flan_jax.evaluation.evaluator import left_pad_prompts
+from flan_jax.evaluation.evaluator import decode_until_eos, left_pad_prompts
 from flan_jax.models import families
 from flan_jax.models.families import ModelFamily
 
@@ -49,6 +50,13 @@ class Predictor:
     return truncation.fit_inputs(tokens, self.max_input_length, eos_id=self.vocabulary.eos_id,
                                  inputs_eos=self.network.inputs_eos)
 
+  def _fitted(self, text: str) -> np.ndarray:
+    tokens, cut = self.prompt_tokens(text)
+    if cut:
+      logging.warning("A prompt longer than --max_input_length=%d tokens lost its front: "
+                      "%.60r...", self.max_input_length, text)
+    return tokens
+
   def generate(self, texts: Sequence[str], seed: int | None = None) -> list[str]:
     """One completion per prompt, cut before the first stop string."""
     if self._generate is None:
@@ -57,21 +65,19 @@ class Predictor:
     prefix = tuple(self.network.prompt_prefix())
     outputs = []
     for start in range(0, len(texts), self.batch_size):
-      chunk = [self.prompt_tokens(t)[0] for t in texts[start:start + self.batch_size]]
+      chunk = [self._fitted(t) for t in texts[start:start + self.batch_size]]
       tokens, mask, _ = left_pad_prompts(chunk, self.max_input_length + len(prefix), prefix)
       # Full batches only (the last row repeated), so generation compiles once.
       fill = ((0, self.batch_size - len(chunk)), (0, 0))
-      batch_seed = None if seed is None else seed + start
+      # One seed per batch, so rows of different batches draw different samples.
+      batch_seed = (self.decode.seed if seed is None else seed) + start
       generated = self._generate(np.pad(tokens, fill, mode="edge"),
                                  np.pad(mask, fill, mode="edge"), batch_seed)
       outputs += [self._text(ids) for ids in generated[:len(chunk)]]
     return outputs
 
   def _text(self, ids: np.ndarray) -> str:
-    ids = ids.tolist()
-    if self.vocabulary.eos_id in ids:
-      ids = ids[:ids.index(self.vocabulary.eos_id)]
-    text = self.vocabulary.decode(ids)
+    text = decode_until_eos(self.vocabulary, ids)
     for stop in self.stop:
       if stop and stop in text:
         text = text[:text.index(stop)]
@@ -87,7 +93,7 @@ class Predictor:
           bos_id=getattr(self.network, "bos_id", 0))
     pairs = []
     for text, options in examples:
-      prompt = self.prompt_tokens(text)[0]
+      prompt = self._fitted(text)
       pairs.append([(prompt, truncation.fit_targets(
           [*self.vocabulary.encode(option), self.vocabulary.eos_id], lengths["targets"])[0])
           for option in options])
@@ -97,14 +103,16 @@ class Predictor:
 def load_predictor(checkpoint_path: str, *, step: int | None = None,
                    vocabulary_path: str | None = None, **settings) -> Predictor:
   """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory."""
-  from flan_jax import checkpoint_eval  # the checkpoint formats; imports seqio tasks
-  vocabulary = (vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
-                or vocabularies.byte_vocabulary())
+  from flan_jax import checkpoint_eval, finetune  # the checkpoint formats
+  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
   config, params = checkpoint_eval.load_checkpoint(checkpoint_path, step)
-  if config.vocab_size < vocabulary.vocab_size:
-    raise UserError(f"The vocabulary has {vocabulary.vocab_size} ids but the checkpoint at "
-                    f"{checkpoint_path} has {config.vocab_size} embedding rows: pass the "
-                    "tokenizer it was trained with (--vocabulary=...).")
+  if vocabulary is None:
+    vocabulary = vocabularies.byte_vocabulary()
+    if config.vocab_size != vocabulary.vocab_size:  # not a byte-level model: bytes would be noise
+      raise UserError(f"{checkpoint_path} keeps no tokenizer and its {config.vocab_size} "
+                      "embedding rows are not the byte vocabulary's: pass the tokenizer it was "
+                      "trained with (--vocabulary=PATH, e.g. the run's VOCABULARY_PATH).")
+  finetune.check_vocabulary_fits(config, vocabulary, checkpoint_path)
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
   # On the device once, not sent with every batch.
@@ -187,7 +195,7 @@ def interactive(predictor: Predictor, read: Callable[[str], str] = input,
     if line.strip() == ":quit":
       return
     if line.strip():
-      write(predictor.generate([line], seed=turn)[0])
+      write(predictor.generate([line], seed=predictor.decode.seed + turn)[0])
       turn += 1
 
 

@@ -163,8 +163,9 @@ def test_interactive_loop_answers_each_line_until_eof(run):
       raise EOFError from None
 
   inference.interactive(predictor, read, written.append)
-  expected = predictor.generate(["What is 1 plus 1?"], seed=0) + predictor.generate(
-      ["What is 2 plus 2?"], seed=1)
+  seed = predictor.decode.seed  # each turn its own seed after it
+  expected = predictor.generate(["What is 1 plus 1?"], seed=seed) + predictor.generate(
+      ["What is 2 plus 2?"], seed=seed + 1)
   assert written[1:3] == expected and len(written) == 4
 
 

@@ -3,6 +3,7 @@ transformers' `generate` on the real pretrained stories260K."""
 
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +178,24 @@ def test_decoding_with_rows_and_parameters_sharded_over_devices_equals_one_devic
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("same")
+
+
+@pytest.mark.parametrize("family", ["decoder", "t5"])
+def test_beam_search_moves_scanned_caches_with_their_beams_as_unscanned_ones(family):
+  # Three beams reorder the cache every step: the scanned layout keeps its layer axis
+  # first, and T5's cross-attention memory travels too.
+  import dataclasses
+  from flan_jax.models.layer_stack import stack_layers
+  if family == "decoder":
+    params = Decoder(TINY_DECODER).init(jax.random.key(1), *dummy_inputs(8))["params"]
+    config = TINY_DECODER
+  else:
+    zeros = np.zeros((1, 8), np.int32)
+    params, config = T5(TINY_T5).init(jax.random.key(1), zeros, zeros)["params"], TINY_T5
+  params = flax.linen.meta.unbox(params)
+  beam = dict(strategy="beam", num_beams=3, length_penalty=0.7)
+  unscanned = _generate(family_for(config), params, **beam)
+  scanned = _generate(family_for(dataclasses.replace(config, scan_layers=True)),
+                      stack_layers(params), **beam)
+  np.testing.assert_array_equal(scanned, unscanned)
+  assert not np.array_equal(unscanned, _generate(family_for(config), params))  # not greedy

@@ -26,6 +26,7 @@ rows a checkpoint pads its vocabulary with) are never generated.
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -174,8 +175,9 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
   gather = lambda x, idx: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), 1)
 
   def log_probs(logits):
-    logits = mask_unused_ids(logits.astype(jnp.float32), num_token_ids)
-    return jax.nn.log_softmax(logits, axis=-1).reshape(batch, K, -1)
+    # Normalised over every row, as Hugging Face does, then the unused ids are ruled out.
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return mask_unused_ids(log_p, num_token_ids).reshape(batch, K, -1)
 
   def body(c):
     t, logits, cache, running, running_scores, finished, finished_scores, finished_flag, open_, _ = c
@@ -229,6 +231,20 @@ def make_generate(network: ModelFamily, params, max_new_tokens: int, eos_id: int
   `seed` (sampling only) defaults to `config.seed`; the same seed gives the same tokens.
   `placement` says where the rows run (B must be a multiple of its devices).
   """
+  generate = _compiled_generate(network, max_new_tokens, eos_id, config)
+
+  def run(prompts, mask, seed: int | None = None) -> np.ndarray:
+    key = jax.random.key(config.seed if seed is None else seed)
+    return placement.get(generate(params, placement.put(prompts), placement.put(mask), key))
+
+  return run
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_generate(network: ModelFamily, max_new_tokens: int, eos_id: int,
+                       config: DecodeConfig):
+  """One compiled function per model and setting, whatever the parameters: evaluating
+  every EVAL_PERIOD steps reuses it instead of compiling anew."""
   num_token_ids = network.num_token_ids
 
   @jax.jit
@@ -251,11 +267,7 @@ def make_generate(network: ModelFamily, params, max_new_tokens: int, eos_id: int
         return jax.random.categorical(jax.random.fold_in(key, t), logits).astype(jnp.int32)
     return _token_by_token(first, cache, step, pick, max_new_tokens, eos_id)
 
-  def run(prompts, mask, seed: int | None = None) -> np.ndarray:
-    key = jax.random.key(config.seed if seed is None else seed)
-    return placement.get(generate(params, placement.put(prompts), placement.put(mask), key))
-
-  return run
+  return generate
 
 
 def make_greedy_generate(model: decoder_lib.Decoder, params, max_new_tokens: int, eos_id: int,

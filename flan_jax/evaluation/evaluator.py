@@ -100,7 +100,7 @@ def left_pad_prompts(token_lists: Sequence[Sequence[int]], length: int,
   return prompts, mask, truncated
 
 
-def _decode(vocabulary: seqio.Vocabulary, ids: np.ndarray) -> str:
+def decode_until_eos(vocabulary: seqio.Vocabulary, ids: np.ndarray) -> str:
   ids = ids.tolist()
   if vocabulary.eos_id in ids:
     ids = ids[:ids.index(vocabulary.eos_id)]
@@ -134,7 +134,7 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
     # Full-size batches only (repeating the last row), so generate compiles once.
     fill = ((0, batch_size - len(chunk)), (0, 0))
     generated = model.generate(np.pad(tokens, fill, mode="edge"), np.pad(mask, fill, mode="edge"))
-    texts += [_decode(vocabulary, ids) for ids in generated[:len(chunk)]]
+    texts += [decode_until_eos(vocabulary, ids) for ids in generated[:len(chunk)]]
   return texts
 
 

@@ -19,6 +19,7 @@ as generation does.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -52,8 +53,9 @@ def _picked_log_probs(logits_BxLxV, targets_BxL, weights_BxL):
   return picked * weights_BxL
 
 
-def make_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
-  """batch of training-format rows -> each target token's log-probability [B, L] (0 elsewhere)."""
+@functools.lru_cache(maxsize=32)
+def _compiled_row_scorer(network):
+  """One compiled function per model, whatever the parameters (see `make_row_scorer`)."""
 
   @jax.jit
   def score(params, batch):
@@ -61,6 +63,12 @@ def make_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
     return _picked_log_probs(logits, batch["decoder_target_tokens"],
                              batch["decoder_loss_weights"])
 
+  return score
+
+
+def make_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
+  """batch of training-format rows -> each target token's log-probability [B, L] (0 elsewhere)."""
+  score = _compiled_row_scorer(network)
   return lambda batch: placement.get(score(params, {k: placement.put(v) for k, v in batch.items()}))
 
 
@@ -94,11 +102,8 @@ def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
       scores[group] = per_segment[1:len(group) + 1]
 
 
-def make_encoder_decoder_scorer(network, params, placement: RowPlacement = RowPlacement()):
-  """(prompt rows [P, Le], option rows [B, Ld] with `prompt_index` [B]) -> [B].
-
-  Each distinct prompt is encoded once; its options' rows gather that encoding.
-  """
+@functools.lru_cache(maxsize=32)
+def _compiled_encoder_decoder_scorer(network):
   module = network.module
 
   @jax.jit
@@ -113,6 +118,16 @@ def make_encoder_decoder_scorer(network, params, placement: RowPlacement = RowPl
     return jnp.sum(_picked_log_probs(network.mask_unused_ids(logits),
                                      batch["decoder_target_tokens"],
                                      batch["decoder_loss_weights"]), axis=-1)
+
+  return score
+
+
+def make_encoder_decoder_scorer(network, params, placement: RowPlacement = RowPlacement()):
+  """(prompt rows [P, Le], option rows [B, Ld] with `prompt_index` [B]) -> [B].
+
+  Each distinct prompt is encoded once; its options' rows gather that encoding.
+  """
+  score = _compiled_encoder_decoder_scorer(network)
 
   def run(prompts, segments, batch):
     put = placement.put

@@ -31,6 +31,10 @@ class Checkpointer:
     """Starts saving `step` (asynchronously); `close` waits for it to finish."""
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+  def wait(self) -> None:
+    """Until the saves in flight are finished."""
+    self._manager.wait_until_finished()
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

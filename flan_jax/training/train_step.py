@@ -127,8 +127,10 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state)
-    metrics = {"loss": ce_mean, "z_loss": z_mean, "grad_norm": optax.tree.norm(grads),
-               "target_tokens": weights.sum()}
+    grad_norm = optax.tree.norm(grads)
+    metrics = {"loss": ce_mean, "z_loss": z_mean, "grad_norm": grad_norm,
+               "target_tokens": weights.sum(),
+               "finite": jnp.isfinite(ce_mean) & jnp.isfinite(z_mean) & jnp.isfinite(grad_norm)}
     return new_state, metrics
 
   jitted = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),

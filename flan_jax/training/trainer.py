@@ -4,6 +4,12 @@ It knows nothing of tasks: it is handed a function that starts the batch stream 
 given step. Resuming restores the latest checkpoint under MODEL_DIR/checkpoints and
 asks for the stream from that step, so a run cut at any checkpoint and restarted ends
 with the same parameters as one that ran straight through.
+
+Faults cost at most the work since the last save:
+- SIGTERM or SIGINT: the step in flight finishes, a checkpoint of it is saved, and the
+  run stops with `Interrupted` (the entry point exits with 128 + the signal).
+- A loss or gradient norm that is not finite stops the run with an error naming the
+  step, before anything from that step on is saved, so every checkpoint kept is finite.
 """
 
 import dataclasses
@@ -14,12 +20,14 @@ import jax
 import numpy as np
 import tqdm
 
+from flan_jax.errors import Interrupted, UserError
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
 from flan_jax.training.metrics_writer import MetricsWriter
+from flan_jax.training.stop_signals import StopSignals
 
 BatchStream = Callable[[int], Iterator[dict[str, np.ndarray]]]
 # params -> scalars to log under "eval/" (every process calls it: it may be collective)
@@ -50,6 +58,21 @@ def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
   if "encoder_input_tokens" in batch:
     counted.append(batch.get("encoder_segment_ids", batch["encoder_input_tokens"]))
   return sum(int(np.count_nonzero(ids)) for ids in counted)
+
+
+def _check_finite(step: int, metrics, checkpointer: Checkpointer, model_dir: str) -> None:
+  """Stops the run at the first step whose loss or gradient norm is not finite."""
+  if bool(jax.device_get(metrics["finite"])):
+    return
+  loss, grad_norm = (float(jax.device_get(metrics[k])) for k in ("loss", "grad_norm"))
+  checkpointer.wait()
+  latest = checkpointer.latest_step()
+  where = (f"the last checkpoint, step {latest} in {model_dir}/checkpoints, is finite"
+           if latest is not None else "no checkpoint was saved")
+  raise UserError(
+      f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Nothing "
+      f"from that step on was saved; {where}. Lower the learning rate or check the data "
+      "(then rerun: it resumes from the last checkpoint).")
 
 
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
@@ -86,34 +109,59 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   writer = MetricsWriter(model_dir, enabled=is_primary)
   bar = tqdm.tqdm(total=config.train_steps, initial=start, unit="step", dynamic_ncols=True,
                   disable=not (config.progress_bar and is_primary))
-  if start:
+  if start and is_primary:
     bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
   tokens, timer = 0, time.perf_counter()
-  for step in range(start, config.train_steps):
-    local_batch = next(stream)
-    state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
-    done = step + 1
-    # Counted per host and assumed alike across hosts. The first window's rate
-    # includes compilation.
-    tokens += _non_padding_tokens(local_batch) * jax.process_count()
-    if done % config.log_every == 0 or done == config.train_steps:
-      metrics = jax.device_get(metrics)
-      elapsed = max(time.perf_counter() - timer, 1e-9)
-      scalars = {"loss": metrics["loss"], "z_loss": metrics["z_loss"],
-                 "grad_norm": metrics["grad_norm"], "learning_rate": float(schedule(step)),
-                 "tokens_per_second": tokens / elapsed}
-      writer.write(done, scalars)
-      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_second']:,.0f}")
-      tokens, timer = 0, time.perf_counter()
-    if done % config.checkpoint_every == 0 or done == config.train_steps:
-      checkpointer.save(done, state)
-    if evaluate and config.eval_every and done % config.eval_every == 0 and done < config.train_steps:
-      scalars = evaluate(state.params)
-      writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
-      bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
-                                             for name, value in sorted(scalars.items())))
-    bar.update(1)
-  bar.close()
-  writer.close()
-  checkpointer.close()
+  saved, unchecked = start, None
+  check = lambda step, metrics: _check_finite(step, metrics, checkpointer, model_dir)
+  try:
+    with StopSignals() as stop:
+      for step in range(start, config.train_steps):
+        local_batch = next(stream)
+        state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
+        done = step + 1
+        # The previous step's loss is checked now, one step late, so that reading it
+        # does not leave the device idle.
+        if unchecked:
+          check(*unchecked)
+        unchecked = (done, metrics)
+        # Counted per host and assumed alike across hosts. The first window's rate
+        # includes compilation.
+        tokens += _non_padding_tokens(local_batch) * jax.process_count()
+        logging_step = done % config.log_every == 0 or done == config.train_steps
+        if logging_step:
+          host_metrics = jax.device_get(metrics)
+          elapsed = max(time.perf_counter() - timer, 1e-9)
+          scalars = {"loss": host_metrics["loss"], "z_loss": host_metrics["z_loss"],
+                     "grad_norm": host_metrics["grad_norm"],
+                     "learning_rate": float(schedule(step)), "tokens_per_second": tokens / elapsed}
+          writer.write(done, scalars)
+          bar.set_postfix(loss=f"{scalars['loss']:.3f}",
+                          tok_s=f"{scalars['tokens_per_second']:,.0f}")
+          tokens, timer = 0, time.perf_counter()
+        if done % config.checkpoint_every == 0 or done == config.train_steps:
+          check(done, metrics)  # nothing non-finite is ever saved
+          checkpointer.save(done, state)
+          saved = done
+        if (evaluate and config.eval_every and done % config.eval_every == 0
+            and done < config.train_steps):
+          scalars = evaluate(state.params)
+          writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
+          if is_primary:
+            bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
+                                                   for name, value in sorted(scalars.items())))
+          tokens, timer = 0, time.perf_counter()  # the next tokens/s leaves evaluation out
+        bar.update(1)
+        if done < config.train_steps and stop.requested(sync=logging_step):
+          check(done, metrics)
+          if saved != done:
+            checkpointer.save(done, state)
+          raise Interrupted(
+              f"Stopped by {stop.name} at step {done}: checkpoint {done} is saved in "
+              f"{model_dir}/checkpoints. Run the same command again to resume from it.",
+              stop.received)
+  finally:
+    bar.close()
+    writer.close()
+    checkpointer.close()  # waits for the saves in flight
   return state

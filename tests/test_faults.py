@@ -1,0 +1,126 @@
+"""Faults cost at most the work since the last save: SIGTERM/SIGINT save and stop, a
+diverged loss stops before anything non-finite is saved, one run per MODEL_DIR."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
+from flan_jax.data.pipeline import train_batches
+from flan_jax.errors import Interrupted, UserError
+from flan_jax.models.families import DecoderOnly
+from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.run_lock import LOCK_FILE, RunLock
+from flan_jax.training.trainer import TrainerConfig, train
+from tiny import TINY_DECODER
+
+LENGTHS = {"inputs": 64, "targets": 16}
+OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=2)
+
+
+def _batches_signalling(at_step: int | None, number=signal.SIGTERM):
+  """The training stream, sending this process `number` as step `at_step` starts."""
+  def batches(start):
+    for step, batch in enumerate(train_batches("default_add", LENGTHS, 4, seed=0,
+                                               skip_batches=start), start):
+      if step == at_step:
+        os.kill(os.getpid(), number)
+      yield batch
+  return batches
+
+
+def _train(model_dir, steps, batches, optimizer=OPTIMIZER, checkpoint_every=100):
+  config = TrainerConfig(train_steps=steps, checkpoint_every=checkpoint_every, log_every=1,
+                         progress_bar=False)
+  return train(DecoderOnly(TINY_DECODER), optimizer, config, batches, str(model_dir), LENGTHS)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_current_step_and_the_rerun_ends_as_a_straight_run(tmp_path, number):
+  with pytest.raises(Interrupted, match=f"Stopped by {signal.Signals(number).name} at step 4") as e:
+    _train(tmp_path / "cut", 8, _batches_signalling(3, number))
+  assert e.value.exit_code == 128 + number
+  assert Checkpointer(str(tmp_path / "cut" / "checkpoints")).latest_step() == 4
+  assert signal.getsignal(number) is not None  # our handler is gone again
+  resumed = _train(tmp_path / "cut", 8, _batches_signalling(None))
+  straight = _train(tmp_path / "straight", 8, _batches_signalling(None))
+  for ours, theirs in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_sigterm_to_the_cli_saves_and_exits_with_143(tmp_path):
+  model_dir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/quickstart.gin",
+       f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=100000", "--gin.train.log_every=1",
+       "--gin.train.evaluate_before=False", "--gin.DecoderConfig.num_layers=1",
+       "--gin.DecoderConfig.embed_dim=32", "--gin.train.truncation_sample=0"],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = model_dir / "metrics.jsonl"
+  try:
+    for _ in range(1200):  # wait (up to 2 minutes) until it trains
+      if process.poll() is not None or (
+          metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        break
+      time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == 143, stderr[-3000:]
+  saved = Checkpointer(str(model_dir / "checkpoints")).latest_step()
+  assert saved and f"Stopped by SIGTERM at step {saved}" in stderr
+  assert "Traceback" not in stderr
+  assert not (model_dir / LOCK_FILE).exists()  # the lock went with the run
+
+
+def test_a_diverging_loss_stops_at_its_step_and_only_finite_checkpoints_remain(tmp_path):
+  explosive = OptimizerConfig(learning_rate=1e12, warmup_steps=0)
+  with pytest.raises(UserError, match=r"training diverged at step (\d+)") as e:
+    _train(tmp_path, 50, _batches_signalling(None), optimizer=explosive, checkpoint_every=1)
+  bad_step = int(e.value.args[0].split("at step ")[1].split(":")[0])
+  checkpoints = Checkpointer(str(tmp_path / "checkpoints"))
+  latest = checkpoints.latest_step()
+  assert latest == bad_step - 1 and f"step {latest} in" in str(e.value)
+  logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(m["loss"]) for m in logged if m["step"] < bad_step)
+  # Every checkpoint kept restores to finite parameters.
+  from flan_jax.models import convert
+  for step in (latest,):
+    params = convert._run_params(str(tmp_path), step)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_a_second_run_on_a_model_dir_is_refused_while_the_first_lives(tmp_path):
+  with RunLock(str(tmp_path)):
+    with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+      RunLock(str(tmp_path)).acquire()
+  assert not (tmp_path / LOCK_FILE).exists()
+  with RunLock(str(tmp_path)):  # free again
+    pass
+
+
+def test_a_lock_left_by_a_dead_process_or_a_silent_host_is_taken_over(tmp_path):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  lock = tmp_path / LOCK_FILE
+  lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead)}))
+  with RunLock(str(tmp_path)):
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+  # Another host: taken over only once its heartbeat is older than stale_after_s.
+  lock.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+  with pytest.raises(UserError, match="in use by process 1 on elsewhere"):
+    RunLock(str(tmp_path), stale_after_s=600).acquire()
+  os.utime(lock, (0, 0))
+  with RunLock(str(tmp_path), stale_after_s=600):
+    assert json.loads(lock.read_text())["host"] != "elsewhere"
