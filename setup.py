@@ -7,9 +7,13 @@ setuptools.setup(
     version="0.1.0",
     description="FLAN-style multitask instruction finetuning in JAX/Flax on seqio tasks.",
     python_requires=">=3.10",
-    # `tasks/` holds the task registrations; it is imported as `flan_jax_tasks`.
-    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"]) + ["flan_jax_tasks"],
-    package_dir={"flan_jax_tasks": "tasks"},
+    # `tasks/` holds the task registrations; it is imported as `flan_jax_tasks`. The gin
+    # configs in `gin/` travel as data of `flan_jax_gin`, so `--gin_file=quickstart.gin`
+    # resolves in a normal (non-editable) install too.
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"])
+    + ["flan_jax_tasks", "flan_jax_tasks.library", "flan_jax_gin"],
+    package_dir={"flan_jax_tasks": "tasks", "flan_jax_gin": "gin"},
+    package_data={"flan_jax_gin": ["*.gin", "models/*.gin"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

@@ -9,6 +9,7 @@ works without shell-quoted quotes.
 
 import ast
 import contextlib
+import importlib.util
 import os
 import sys
 from typing import Callable, Sequence
@@ -18,9 +19,22 @@ import gin
 
 from flan_jax.errors import UserError, exit_on_user_error
 
-# The repository's gin/ directory, so `include 'models/decoder_tiny.gin'` resolves
-# from any working directory.
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def _gin_dir() -> str:
+  """The repository's gin/ directory (an editable install, a checkout), else the copy a
+  normal install carries as `flan_jax_gin`: `include 'models/decoder_tiny.gin'` then
+  resolves from any working directory."""
+  checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+  if os.path.isdir(checkout):
+    return checkout
+  spec = importlib.util.find_spec("flan_jax_gin")
+  if spec and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return checkout
+
+
+GIN_DIR = _gin_dir()
 
 
 def _as_gin_value(text: str) -> str:
