@@ -73,6 +73,24 @@ def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Voc
         "the task library, --gin.VOCABULARY_PATH=...).")
 
 
+def check_same_model(model_dir: str, model: DecoderConfig | T5Config) -> None:
+  """A run resumes only into the model it saved: other shapes cannot restore."""
+  path = os.path.join(model_dir, convert.CONFIG_FILE)
+  if not os.path.isdir(os.path.join(model_dir, "checkpoints")) or not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = {"family": convert.family(model), **dataclasses.asdict(model)}
+  # Compute settings may change between runs; the parameters' shapes, dtypes and
+  # layout (scan_layers) may not.
+  free = ("dtype", "remat_policy", "attention_implementation")
+  differ = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in current.items()
+            if k not in free and saved.get(k, v) != v]
+  if differ:
+    raise UserError(f"{model_dir} holds checkpoints of another model: {', '.join(differ)}. "
+                    "Resume with the same model settings, or choose a new MODEL_DIR.")
+
+
 # Model-config fields that say how to run a model, not what it is: a pretrained
 # checkpoint's config takes these from gin.
 _HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_implementation")
@@ -132,6 +150,7 @@ def _finetune(
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
   network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
+  check_same_model(model_dir, model)
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
 
@@ -197,10 +216,27 @@ def _finetune(
 
 
 def _log_evaluation(model_dir: str, step: int, results: Mapping[str, float]) -> None:
-  if results and jax.process_index() == 0:
+  """Evaluation means at `step`, unless a run on this MODEL_DIR logged them already (a
+  resumed run evaluates "before" again; a finished run rerun evaluates "after" again)."""
+  if results and jax.process_index() == 0 and not _evaluation_logged(model_dir, step):
     writer = MetricsWriter(model_dir)
     writer.write(step, {f"eval/{name}": value for name, value in logged_means(results).items()})
     writer.close()
+
+
+def _evaluation_logged(model_dir: str, step: int) -> bool:
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record.get("step") == step and any(k.startswith("eval/") for k in record):
+        return True
+  return False
 
 
 def logged_means(results: Mapping[str, float]) -> dict[str, float]:

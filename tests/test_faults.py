@@ -124,3 +124,62 @@ def test_a_lock_left_by_a_dead_process_or_a_silent_host_is_taken_over(tmp_path):
   os.utime(lock, (0, 0))
   with RunLock(str(tmp_path), stale_after_s=600):
     assert json.loads(lock.read_text())["host"] != "elsewhere"
+
+
+def _damage(step_dir):
+  """Truncates every array data file of a saved step (as a disk fault would)."""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[:7])
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_older_intact_one(tmp_path, caplog):
+  batches = _batches_signalling(None)
+  _train(tmp_path / "run", 4, batches, checkpoint_every=2)
+  _damage(tmp_path / "run" / "checkpoints" / "4")
+  with caplog.at_level("WARNING"):
+    resumed = _train(tmp_path / "run", 6, batches, checkpoint_every=2)
+  assert "Checkpoint 4 in" in caplog.text and "does not restore" in caplog.text
+  straight = _train(tmp_path / "straight", 6, batches, checkpoint_every=2)
+  for ours, theirs in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+  for step in ("2", "4", "6"):
+    _damage(tmp_path / "run" / "checkpoints" / step)
+  with pytest.raises(UserError, match="No checkpoint in .* restores: step 6 .*step 4 .*step 2"):
+    _train(tmp_path / "run", 8, batches, checkpoint_every=2)
+
+
+def test_resuming_with_another_model_is_one_clear_error(tmp_path):
+  import dataclasses
+  from flan_jax import finetune
+  from flan_jax.models import convert
+  (tmp_path / "checkpoints").mkdir()
+  convert.save_run_config(str(tmp_path), TINY_DECODER)
+  finetune.check_same_model(str(tmp_path), dataclasses.replace(TINY_DECODER, dtype="bfloat16"))
+  with pytest.raises(UserError, match=r"another model: num_layers=2 \(now 3\)"):
+    finetune.check_same_model(str(tmp_path), dataclasses.replace(TINY_DECODER, num_layers=3))
+
+
+def test_a_resumed_run_logs_each_step_once_in_metrics_and_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  batches = _batches_signalling(None)
+  _train(tmp_path / "run", 4, batches, checkpoint_every=2)
+  # Killed after logging step 4 but before its checkpoint finished: the rerun resumes at 2.
+  import shutil
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
+  with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "loss": 1.')  # and a line cut short by the kill
+  _train(tmp_path / "run", 6, batches, checkpoint_every=2)
+  _train(tmp_path / "straight", 6, batches, checkpoint_every=2)
+  logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  straight = [json.loads(l) for l in
+              (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+  assert [m["loss"] for m in logged] == [m["loss"] for m in straight]
+  events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "train"))
+  events.Reload()
+  tag = "loss" if "loss" in events.Tags()["scalars"] else None
+  steps = ([e.step for e in events.Scalars(tag)] if tag else
+           [e.step for e in events.Tensors("loss")])
+  assert steps == [1, 2, 3, 4, 5, 6]

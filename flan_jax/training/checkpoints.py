@@ -7,6 +7,8 @@ finished step is what a restarted run resumes from.
 
 import os
 
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from flan_jax.training.train_step import TrainState
@@ -16,12 +18,32 @@ class Checkpointer:
   """Saves and restores TrainStates under `directory` (MODEL_DIR/checkpoints)."""
 
   def __init__(self, directory: str, keep: int | None = 3):
+    self._directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self._directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged step's directory (kept for a look, no longer a checkpoint), so
+    the run can save that step again; returns the new path."""
+    source = os.path.join(self._directory, str(step))
+    target = f"{source}.damaged"
+    if jax.process_index() == 0:
+      suffix = 1
+      while os.path.exists(target):
+        target, suffix = f"{source}.damaged{suffix}", suffix + 1
+      os.rename(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self._manager.reload()
+    return target
+
+  def all_steps(self) -> list[int]:
+    """The finished steps, oldest first."""
+    return sorted(self._manager.all_steps())
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restore `step` into the shapes, dtypes and shardings of `abstract_state`."""

@@ -13,6 +13,7 @@ Faults cost at most the work since the last save:
 """
 
 import dataclasses
+import logging
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -26,6 +27,7 @@ from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
 from flan_jax.training.stop_signals import StopSignals
 
@@ -75,6 +77,22 @@ def _check_finite(step: int, metrics, checkpointer: Checkpointer, model_dir: str
       "(then rerun: it resumes from the last checkpoint).")
 
 
+def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir: str):
+  """The newest checkpoint that restores; a damaged one is reported in a line and skipped."""
+  failures = []
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      return checkpointer.restore(step, abstract_state)
+    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      aside = checkpointer.set_aside(step)
+      logging.warning("Checkpoint %d in %s/checkpoints does not restore (%s); moved it to %s "
+                      "and trying an older one.", step, model_dir, reason, aside)
+      failures.append(f"step {step} ({reason})")
+  raise UserError(f"No checkpoint in {model_dir}/checkpoints restores: {'; '.join(failures)}. "
+                  "Move that directory aside to train from the start.")
+
+
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
           task_feature_lengths: Mapping[str, int], initial_params=None,
@@ -96,8 +114,9 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
                                                  config.seed, params=initial_params)
   else:
     shardings = step_lib.state_shardings(model, optimizer, mesh, task_feature_lengths)
-    state = checkpointer.restore(
-        latest, step_lib.abstract_train_state(model, optimizer, shardings, task_feature_lengths))
+    state = _restore_newest_intact(
+        checkpointer, step_lib.abstract_train_state(model, optimizer, shardings,
+                                                    task_feature_lengths), model_dir)
   start = int(state.step)
   if start >= config.train_steps:
     checkpointer.close()
@@ -106,6 +125,11 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss)
   stream = batches(start)
   is_primary = jax.process_index() == 0
+  if is_primary and start:
+    dropped = metrics_writer.rewind(model_dir, start)
+    if dropped:
+      logging.info("Dropped %d metrics lines logged after step %d by the run that stopped.",
+                   dropped, start)
   writer = MetricsWriter(model_dir, enabled=is_primary)
   bar = tqdm.tqdm(total=config.train_steps, initial=start, unit="step", dynamic_ncols=True,
                   disable=not (config.progress_bar and is_primary))
