@@ -36,6 +36,7 @@ def evaluate(
     data_dir: str | None = None,
     vocabulary_path: str | None = None,
 ) -> dict:
+  gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   return checkpoint_eval.evaluate_checkpoint(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path)

@@ -171,6 +171,7 @@ def _finetune(
   # Evaluation runs on training's mesh: parameters in training's layout, each batch's
   # rows split over the data axes and the hosts.
   mesh = mesh_lib.make_mesh(trainer.mesh_shape)
+  mesh_lib.check_batch_fits(mesh, batch_size)
   rows = placement.sharded_rows(mesh_lib.batch_sharding(mesh))
 
   def evaluate(params) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 import gin
 
-from flan_jax.errors import UserError, exit_on_user_error
+from flan_jax.errors import UserError, closest_names, exit_on_user_error
 
 
 
@@ -91,6 +91,32 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     gin.finalize()
   except Exception as e:
     raise UserError(f"gin configuration: {_first_line(e)}") from None
+
+
+def check_bindings_used(bindings: Sequence[str]) -> None:
+  """Call from inside the configured function, once gin has built its arguments: a macro
+  that nothing reads (`--gin.TRAIN_STEPZ=5`), or a command-line binding of a
+  configurable that nothing built (`--gin.T5Config.embed_dim=32` for a decoder), is an
+  error rather than a setting silently ignored."""
+  from gin import config as gin_config  # gin keeps what was bound and what was used here
+  used = set(gin_config._OPERATIVE_CONFIG)
+  unused = sorted(name for name, selector in gin_config._CONFIG
+                  if selector == "gin.macro" and (name, selector) not in used)
+  built = {selector.rsplit(".", 1)[-1] for _, selector in used} | {
+      selector for _, selector in used}
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    configurable = name.rsplit(".", 1)[0].rsplit("/", 1)[-1] if "." in name else None
+    if configurable and configurable not in built:
+      unused.append(name)
+  if unused:
+    macros = [name for name, selector in gin_config._CONFIG if selector == "gin.macro"]
+    def hint(name: str) -> str:
+      close = closest_names(name, [m for m in macros if m != name]) if "." not in name else []
+      return f"{name} (did you mean {', '.join(close)}?)" if close else name
+    hints = [hint(n) for n in unused]
+    raise UserError(f"gin settings that nothing uses: {'; '.join(hints)}. Remove them or fix "
+                    "their names.")
 
 
 @contextlib.contextmanager

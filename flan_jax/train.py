@@ -69,6 +69,7 @@ def train(
   one) is what the task library tokenizes with; by default the initial checkpoint's
   own tokenizer when it has one, else bytes.
   """
+  gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
     library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path,

@@ -116,3 +116,32 @@ def test_leave_one_cluster_out_run_on_the_real_library(tmp_path):
   assert all(k.startswith(("rte", "cb_", "anli", "heldout_", "cluster_nli_")) for k in after)
   assert "heldout_fs_opt_mean/accuracy" in after  # the per-variant breakdown
   assert not any("_inverted/" in k for k in after)  # not scorable against labels
+
+
+def test_a_misspelt_macro_is_an_error_not_a_silently_ignored_setting(tmp_path):
+  result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={tmp_path}",
+                "--gin.TRAIN_STEPZ=5")
+  _assert_clean_error(result, "TRAIN_STEPZ", "did you mean TRAIN_STEPS")
+  assert not (tmp_path / "checkpoints").exists()  # nothing ran
+
+
+def test_a_binding_of_a_configurable_nothing_builds_is_an_error(tmp_path):
+  # The decoder quickstart builds no T5Config: this setting would be silently ignored.
+  result = _run("--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={tmp_path}",
+                "--gin.T5Config.embed_dim=32")
+  _assert_clean_error(result, "nothing uses: T5Config.embed_dim")
+
+
+def test_bad_step_counts_and_batch_sizes_are_one_clear_error():
+  from types import SimpleNamespace
+  from flan_jax.errors import UserError
+  from flan_jax.training import mesh as mesh_lib
+  from flan_jax.training.trainer import TrainerConfig
+  for bad in (dict(train_steps=0), dict(train_steps=-1), dict(train_steps=5, checkpoint_every=0),
+              dict(train_steps=5, log_every=0), dict(train_steps=5, eval_every=-1)):
+    with pytest.raises(UserError, match="must be"):
+      TrainerConfig(**bad)
+  mesh = SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 1})
+  mesh_lib.check_batch_fits(mesh, 8)
+  with pytest.raises(UserError, match="BATCH_SIZE=6 .* 4 devices .* use a multiple of 4"):
+    mesh_lib.check_batch_fits(mesh, 6)

@@ -309,3 +309,11 @@ def test_imported_checkpoints_stay_causal_and_prefix_lm_reads_prompts_both_ways(
   causal = logits(False, 0 * ones)
   np.testing.assert_array_equal(logits(False, prompt), causal)  # prompt flags ignored
   assert np.abs(logits(True, prompt) - causal)[:, :6].max() > 1e-3  # the prompt looks ahead
+
+
+def test_a_damaged_safetensors_file_is_one_error_naming_it(tmp_path):
+  make_hf_model("llama_tied").save_pretrained(tmp_path)
+  weights = tmp_path / "model.safetensors"
+  weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + b"\x00" * 64)
+  with pytest.raises(UserError, match="model.safetensors is not a readable safetensors file"):
+    hf_llama.load_hf_checkpoint(str(tmp_path))

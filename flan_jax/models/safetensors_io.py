@@ -31,9 +31,18 @@ def tensor_files(directory: str) -> dict[str, str]:
   single = os.path.join(directory, SINGLE_FILE)
   if not os.path.exists(single):
     raise UserError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}.")
-  from safetensors import safe_open
-  with safe_open(single, framework="flax") as f:
+  with _open(single) as f:
     return {name: single for name in f.keys()}
+
+
+def _open(path: str):
+  """safe_open, with a damaged file as one clear error naming it."""
+  from safetensors import SafetensorError, safe_open  # optional dependency: only needed here
+  try:
+    return safe_open(path, framework="flax")
+  except (SafetensorError, OSError) as e:
+    raise UserError(f"{path} is not a readable safetensors file ({e}); download or export "
+                    "the checkpoint again.") from None
 
 
 class TensorReader:
@@ -56,12 +65,16 @@ class TensorReader:
     self._handles.clear()
 
   def get(self, name: str) -> np.ndarray:
-    from safetensors import safe_open  # optional dependency: only needed here
+    from safetensors import SafetensorError
     path = self._files[name]
     if path not in self._handles:
-      self._handles[path] = safe_open(path, framework="flax").__enter__()
-    # Through jax (not numpy) so bfloat16 checkpoints read too.
-    return np.asarray(self._handles[path].get_tensor(name))
+      self._handles[path] = _open(path).__enter__()
+    try:
+      # Through jax (not numpy) so bfloat16 checkpoints read too.
+      return np.asarray(self._handles[path].get_tensor(name))
+    except SafetensorError as e:
+      raise UserError(f"{path}: tensor {name} cannot be read ({e}); download or export the "
+                      "checkpoint again.") from None
 
 
 def write_tensors(tensors: dict[str, np.ndarray], directory: str,

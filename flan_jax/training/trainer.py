@@ -50,6 +50,14 @@ class TrainerConfig:
   # before and after.
   eval_every: int = 0
 
+  def __post_init__(self):
+    for name in ("train_steps", "checkpoint_every", "log_every"):
+      if getattr(self, name) < 1:
+        raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+    if self.eval_every < 0:
+      raise UserError(f"eval_every must be >= 0 (0: no evaluation during training), "
+                      f"got {self.eval_every}.")
+
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
   """Tokens the model read: the decoder's, plus the encoder's for an encoder-decoder.
