@@ -172,6 +172,9 @@ def _finetune(
   # rows split over the data axes and the hosts.
   mesh = mesh_lib.make_mesh(trainer.mesh_shape)
   mesh_lib.check_batch_fits(mesh, batch_size)
+  if batch_size % trainer.microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
+                    f"{trainer.microbatches} equal slices.")
   rows = placement.sharded_rows(mesh_lib.batch_sharding(mesh))
 
   def evaluate(params) -> dict[str, float]:

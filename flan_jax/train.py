@@ -51,6 +51,8 @@ def train(
     evaluation: EvalConfig | None = None,
     checkpoint_every: int = 500,
     eval_every: int = 0,
+    microbatches: int = 1,
+    label_smoothing: float = 0.0,
     log_every: int = 10,
     z_loss: float = 1e-4,
     seed: int = 0,
@@ -64,6 +66,7 @@ def train(
 
   `eval_every` (gin's EVAL_PERIOD): evaluate during training every this many steps,
   into metrics.jsonl and TensorBoard as eval/<mean> (0: only before and after).
+  `microbatches`: accumulate each step's gradient over this many slices of the batch.
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -85,7 +88,8 @@ def train(
       batch_size=batch_size,
       trainer=TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
                             log_every=log_every, z_loss=z_loss, seed=seed,
-                            mesh_shape=tuple(mesh_shape), eval_every=eval_every),
+                            mesh_shape=tuple(mesh_shape), eval_every=eval_every,
+                            microbatches=microbatches, label_smoothing=label_smoothing),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

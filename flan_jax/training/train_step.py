@@ -28,11 +28,18 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
-def token_losses(logits_BxLxV, targets_BxL, z_loss: float):
-  """Per-token cross-entropy and z-loss, both [B, L] float32."""
+def token_losses(logits_BxLxV, targets_BxL, z_loss: float, label_smoothing: float = 0.0):
+  """Per-token cross-entropy and z-loss, both [B, L] float32.
+
+  With label smoothing ε the target is (1 - ε) on the label plus ε spread evenly over
+  the vocabulary, whose cross-entropy is logsumexp - mean(logits).
+  """
   log_z = jax.nn.logsumexp(logits_BxLxV, axis=-1)
   target_logit = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  return log_z - target_logit, z_loss * jnp.square(log_z)
+  ce = log_z - target_logit
+  if label_smoothing:
+    ce = (1.0 - label_smoothing) * ce + label_smoothing * (log_z - logits_BxLxV.mean(axis=-1))
+  return ce, z_loss * jnp.square(log_z)
 
 
 def per_token_loss(model: ModelFamily, params, batch: Batch) -> jnp.ndarray:
@@ -108,22 +115,48 @@ def abstract_train_state(model: ModelFamily, optimizer: optax.GradientTransforma
                       shapes, shardings)
 
 
+def _microbatches(batch: Batch, count: int) -> Batch:
+  """[B, ...] -> [count, B / count, ...]: microbatch m holds rows m, m + count, ..., so
+  each device keeps rows of every microbatch."""
+  def split(x):
+    rows = x.shape[0]
+    return jnp.swapaxes(x.reshape(rows // count, count, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    shardings: TrainState, z_loss: float = 1e-4) -> Callable:
-  """jit(state, batch) -> (state, metrics); the old state's buffers are donated."""
+                    shardings: TrainState, z_loss: float = 1e-4, microbatches: int = 1,
+                    label_smoothing: float = 0.0) -> Callable:
+  """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
+
+  With `microbatches` > 1 the batch's gradient is accumulated over that many slices,
+  each one's loss divided by the whole batch's target tokens, so the step equals the
+  one-slice step (up to float summation order) in a fraction of the activation memory.
+  """
 
   def step(state: TrainState, batch: Batch):
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     num_targets = jnp.maximum(weights.sum(), 1.0)
 
-    def loss_fn(params):
-      logits = model.logits(params, batch)
-      ce, z = token_losses(logits, batch["decoder_target_tokens"], z_loss)
-      ce_mean = (ce * weights).sum() / num_targets
-      z_mean = (z * weights).sum() / num_targets
-      return ce_mean + z_mean, (ce_mean, z_mean)
+    def loss_fn(params, part):
+      logits = model.logits(params, part)
+      ce, z = token_losses(logits, part["decoder_target_tokens"], z_loss, label_smoothing)
+      part_weights = part["decoder_loss_weights"].astype(jnp.float32)
+      ce_sum, z_sum = (ce * part_weights).sum(), (z * part_weights).sum()
+      return (ce_sum + z_sum) / num_targets, (ce_sum, z_sum)
 
-    (_, (ce_mean, z_mean)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+      (_, (ce_sum, z_sum)), grads = grad_fn(state.params, batch)
+    else:
+      def accumulate(carry, part):
+        grads, ce_sum, z_sum = carry
+        (_, (ce, z)), part_grads = grad_fn(state.params, part)
+        return (jax.tree.map(jnp.add, grads, part_grads), ce_sum + ce, z_sum + z), None
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, ce_sum, z_sum), _ = jax.lax.scan(
+          accumulate, (zeros, jnp.zeros(()), jnp.zeros(())), _microbatches(batch, microbatches))
+    ce_mean, z_mean = ce_sum / num_targets, z_sum / num_targets
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state)

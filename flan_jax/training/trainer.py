@@ -49,11 +49,17 @@ class TrainerConfig:
   # Evaluate every this many steps during training (0: never); the caller evaluates
   # before and after.
   eval_every: int = 0
+  # Accumulate each step's gradient over this many slices of the batch (less memory).
+  microbatches: int = 1
+  label_smoothing: float = 0.0
 
   def __post_init__(self):
     for name in ("train_steps", "checkpoint_every", "log_every"):
       if getattr(self, name) < 1:
         raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+    if self.microbatches < 1 or not 0.0 <= self.label_smoothing < 1.0:
+      raise UserError(f"microbatches must be >= 1 and label_smoothing in [0, 1) (got "
+                      f"{self.microbatches}, {self.label_smoothing}).")
     if self.eval_every < 0:
       raise UserError(f"eval_every must be >= 0 (0: no evaluation during training), "
                       f"got {self.eval_every}.")
@@ -130,7 +136,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     checkpointer.close()
     return state
 
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
+                                        config.microbatches, config.label_smoothing)
   stream = batches(start)
   is_primary = jax.process_index() == 0
   if is_primary and start:
