@@ -197,12 +197,12 @@ def _finetune(
   # `trainer.eval_every` steps (the trainer), and after at the last step.
   _log_evaluation(model_dir, 0, before)
 
-  def batches(start_step: int):
+  def batches(start_step: int, state=None):
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
         encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
-        inputs_eos=inputs_eos)
+        inputs_eos=inputs_eos, state=state)
 
   state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                             initial_params=initial_params,

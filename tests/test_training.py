@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches
@@ -22,8 +23,8 @@ LENGTHS = {"inputs": 64, "targets": 16}
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=5)
 
 
-def _batches(start_step):
-  return train_batches("default_add", LENGTHS, 8, seed=0, skip_batches=start_step)
+def _batches(start_step, state=None):
+  return train_batches("default_add", LENGTHS, 8, seed=0, skip_batches=start_step, state=state)
 
 
 def _train(model_dir, steps, checkpoint_every=1000):
@@ -67,13 +68,18 @@ def test_checkpoint_round_trip_restores_an_equal_state(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_resumed_run_ends_exactly_where_a_straight_run_does(tmp_path):
+@pytest.mark.parametrize("saved_data_position", [True, False])
+def test_a_resumed_run_ends_exactly_where_a_straight_run_does(tmp_path, saved_data_position):
   straight = _train(tmp_path / "straight", 6, checkpoint_every=3)
 
-  # An interrupted run: its last checkpoint is step 3.
+  # An interrupted run: its last checkpoint is step 3. With its data position saved the
+  # stream restarts there; without (an older run), it is replayed up to step 3.
   interrupted = tmp_path / "interrupted"
   shutil.copytree(tmp_path / "straight" / "checkpoints", interrupted / "checkpoints")
   shutil.rmtree(interrupted / "checkpoints" / "6")
+  assert (tmp_path / "straight" / "data_state" / "3" / "host_0.json").exists()
+  if saved_data_position:
+    shutil.copytree(tmp_path / "straight" / "data_state", interrupted / "data_state")
   resumed = _train(interrupted, 6, checkpoint_every=3)
 
   assert int(resumed.step) == 6
@@ -102,8 +108,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_learns(tmp_path):
 def test_twenty_packed_encoder_decoder_steps_lower_the_t5_loss(tmp_path):
   model = EncoderDecoder(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
                                   mlp_dim=64, num_encoder_layers=2, num_decoder_layers=2))
-  batches = lambda start: train_batches("default_add", LENGTHS, 8, seed=0,
-                                        skip_batches=start, encoder_decoder=True)
+  batches = lambda start, state=None: train_batches(
+      "default_add", LENGTHS, 8, seed=0, skip_batches=start, encoder_decoder=True, state=state)
   assert {"encoder_input_tokens", "encoder_segment_ids"} <= set(next(batches(0)))
   config = TrainerConfig(train_steps=20, log_every=1, progress_bar=False)
   train(model, OPTIMIZER, config, batches, str(tmp_path), LENGTHS)

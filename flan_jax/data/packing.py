@@ -173,6 +173,18 @@ class BestFitPacker:
       yield self._emit(row)
     self._open = []
 
+  def state(self) -> dict:
+    """The open rows and counts, JSON-able: `restore` continues exactly from here."""
+    return {"open": [{"pieces": [[i.tolist(), t.tolist()] for i, t in row.pieces],
+                      "used": list(row.used)} for row in self._open],
+            "stats": dataclasses.asdict(self.stats)}
+
+  def restore(self, state: dict) -> None:
+    self._open = [_Row(pieces=[(np.asarray(i, np.int32), np.asarray(t, np.int32))
+                               for i, t in row["pieces"]], used=list(row["used"]))
+                  for row in state["open"]]
+    self.stats = PackingStats(**state["stats"])
+
 
 def row_features(inputs, targets, lengths: Mapping[str, int], *, encoder_decoder: bool = False,
                  bos_id: int = 0) -> dict[str, np.ndarray]:

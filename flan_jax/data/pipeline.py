@@ -11,12 +11,13 @@ would give it.
 
 Examples come from `task_reader` (FLAN tasks rendered in Python, mixed at the
 mixture's rates). Each host reads its own shard of every task (seqio.ShardInfo) and
-produces its slice of the global batch. Resuming at step N skips the first N batches of the same
-deterministic stream, so a resumed run sees exactly the data a straight run would.
+produces its slice of the global batch. The stream's `state()` is saved with each
+checkpoint; resuming restores it, so a resumed run sees exactly the data a straight run
+would without rendering, tokenizing and packing the batches it already trained on.
 """
 
 import itertools
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 import numpy as np
@@ -48,39 +49,61 @@ def train_batches(
     encoder_decoder: bool = False,
     bos_id: int = 0,
     inputs_eos: bool = True,
-) -> Iterator[Batch]:
+    state: Mapping[str, Any] | None = None,
+) -> "TrainStream":
   """An endless iterator of this host's part of each global batch.
 
   `bos_id` starts every decoder sequence (seqio uses 0; see `packing`); `inputs_eos`
   keeps seqio's EOS at the end of the inputs (see `truncation`). Unpacked batches
-  hold one example per row, laid out by the same packer.
+  hold one example per row, laid out by the same packer. `state` (what the stream's
+  `state()` returned) restarts it where it stood, at about the cost of starting;
+  without it, `skip_batches` replays that many batches.
   """
   mixture_or_task = registry.get_mixture_or_task(mixture_or_task_name)  # clear unknown-name error
   if global_batch_size % num_shards:
     raise UserError(
         f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
-  rows_per_batch = global_batch_size // num_shards
   # Untrimmed: the packer fits each example by the rule evaluation uses, and counts cuts.
-  examples = task_reader.mixture_examples(mixture_or_task, "train",
-                                          sequence_length=task_feature_lengths, seed=seed,
-                                          shard_info=shard_info)
+  examples = task_reader.mixture_examples(
+      mixture_or_task, "train", sequence_length=task_feature_lengths, seed=seed,
+      shard_info=shard_info, state=state["examples"] if state else None)
   eos_id = mixture_or_task.output_features["targets"].vocabulary.eos_id
-  rows = packing.pack(examples, task_feature_lengths, name=mixture_or_task_name,
-                      encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
-                      inputs_eos=inputs_eos, max_examples_per_row=None if pack else 1)
-  batches = _stack_rows(rows, rows_per_batch)
-  for _ in range(skip_batches):
-    next(batches)
-  return batches
+  packer = packing.BestFitPacker(task_feature_lengths, name=mixture_or_task_name,
+                                 encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
+                                 inputs_eos=inputs_eos, max_examples_per_row=None if pack else 1)
+  stream = TrainStream(examples, packer, global_batch_size // num_shards, state)
+  if not state:
+    for _ in range(skip_batches):
+      next(stream)
+  return stream
 
 
-def _stack_rows(rows: Iterator[Batch], rows_per_batch: int) -> Iterator[Batch]:
-  while True:
-    chunk = [row for _, row in zip(range(rows_per_batch), rows)]
-    if len(chunk) < rows_per_batch:
-      return
-    yield {k: np.stack([row[k] for row in chunk]) for k in chunk[0]}
+class TrainStream:
+  """Batches of packed rows, with `state()`: the examples' position, the packer's open
+  rows and the rows made but not yet batched (all JSON-able)."""
+
+  def __init__(self, examples: task_reader.MixtureStream, packer: packing.BestFitPacker,
+               rows_per_batch: int, state: Mapping[str, Any] | None = None):
+    self._examples, self._packer, self._rows_per_batch = examples, packer, rows_per_batch
+    self._ready: list[Batch] = []
+    if state:
+      packer.restore(state["packer"])
+      self._ready = [{k: np.asarray(v, np.int32) for k, v in row.items()}
+                     for row in state["ready"]]
+
+  def __iter__(self) -> "TrainStream":
+    return self
+
+  def __next__(self) -> Batch:
+    while len(self._ready) < self._rows_per_batch:
+      self._ready.extend(self._packer.add(next(self._examples)))
+    rows, self._ready = self._ready[:self._rows_per_batch], self._ready[self._rows_per_batch:]
+    return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+  def state(self) -> dict[str, Any]:
+    return {"examples": self._examples.state(), "packer": self._packer.state(),
+            "ready": [{k: v.tolist() for k, v in row.items()} for row in self._ready]}
 
 
 def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_eos: bool = True,

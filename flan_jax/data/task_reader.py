@@ -76,10 +76,13 @@ def preprocess(task: seqio.Task, example: Example,
 def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str, int] | None,
                   seed: int | None, shuffle: bool = True,
                   shard_info: seqio.ShardInfo | None = None,
-                  num_epochs: int | None = 1) -> Iterator[Example]:
+                  num_epochs: int | None = 1, start: int = 0) -> Iterator[Example]:
   """The task's preprocessed, untrimmed examples; `num_epochs=None` repeats forever.
 
-  A split or shard with no examples at all is an error: repeating it would never yield.
+  `start` skips that many examples of the stream. For FLAN tasks read in Python it
+  costs nothing (only record indices are skipped, nothing is rendered); other tasks
+  read and drop them. A split or shard with no examples at all is an error: repeating
+  it would never yield.
   """
   if split not in task.splits:
     raise UserError(f"Task {task.name!r} has no {split!r} split (it has {list(task.splits)}).")
@@ -88,7 +91,7 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
                                shuffle=shuffle, seed=seed, shard_info=shard_info,
                                num_epochs=num_epochs, use_cached=False,
                                trim_output_features=False)
-    yield from dataset.as_numpy_iterator()
+    yield from itertools.islice(dataset.as_numpy_iterator(), start, None)
     return
   source = task.source
   epochs = itertools.count() if num_epochs is None else range(num_epochs)
@@ -97,8 +100,12 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
                              epoch=epoch)
     if not indices:
       raise UserError(_no_examples(task, split, shard_info))
-    for index in indices:
+    if start >= len(indices):  # every epoch has the same length: skip it whole
+      start -= len(indices)
+      continue
+    for index in indices[start:]:
       yield preprocess(task, source.render(split, index, seed), sequence_length)
+    start = 0
 
 
 def _no_examples(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None) -> str:
@@ -109,10 +116,13 @@ def _no_examples(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | Non
 
 def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
                      sequence_length: Mapping[str, int], seed: int,
-                     shard_info: seqio.ShardInfo | None = None) -> Iterator[Example]:
+                     shard_info: seqio.ShardInfo | None = None,
+                     state: Mapping[str, Any] | None = None) -> "MixtureStream":
   """An endless stream of the mixture's examples at its rates (a task's, for a task).
 
-  Every host draws the same task sequence and reads its own shard of each task.
+  Every host draws the same task sequence and reads its own shard of each task. The
+  stream's `state()` (a JSON-able dict) restarts it where it stood (`state=`), at the
+  cost of replaying the random task choices, not of rendering the examples.
   """
   if isinstance(mixture_or_task, seqio.Task):
     tasks, rates = [mixture_or_task], np.ones(1)
@@ -129,16 +139,63 @@ def mixture_examples(mixture_or_task: seqio.Task | seqio.Mixture, split: str, *,
   if not tasks:
     raise UserError(f"{mixture_or_task.name} has no task with a {split!r} split and a "
                     "positive rate.")
-  probabilities = rates / rates.sum()
-  streams: dict[int, Iterator[Example]] = {}
-  rng = np.random.default_rng(seed)
-  while True:
-    for choice in rng.choice(len(tasks), size=_DRAWS_PER_CALL, p=probabilities):
-      if choice not in streams:
-        streams[choice] = task_examples(
-            tasks[choice], split, sequence_length=sequence_length, seed=seed, shuffle=True,
-            shard_info=shard_info, num_epochs=None)
-      example = next(streams[choice], None)
-      if example is None:  # a stream seqio reads ended: it had no examples at all
-        raise UserError(_no_examples(tasks[choice], split, shard_info))
-      yield example
+  return MixtureStream(mixture_or_task.name, tasks, rates / rates.sum(), split,
+                       sequence_length, seed, shard_info, state)
+
+
+class MixtureStream:
+  """The iterator `mixture_examples` returns: examples, and the state to restart from."""
+
+  def __init__(self, name, tasks, probabilities, split, sequence_length, seed, shard_info,
+               state=None):
+    self._name, self._tasks, self._probabilities = name, tasks, probabilities
+    self._split, self._lengths, self._seed, self._shard_info = (
+        split, sequence_length, seed, shard_info)
+    self._rng = np.random.default_rng(seed)
+    self._draws = 0  # task choices made so far
+    self._taken = {t.name: 0 for t in tasks}  # examples read from each task
+    self._streams: dict[int, Iterator[Example]] = {}
+    self._block: np.ndarray = np.zeros(0, np.int64)
+    self._block_rng = None
+    if state:
+      self._restore(state)
+
+  def _restore(self, state: Mapping[str, Any]) -> None:
+    if state.get("mixture") != self._name or set(state["taken"]) != set(self._taken):
+      raise UserError(f"The saved data position is for {state.get('mixture')!r} with other "
+                      f"tasks than {self._name!r} has now; resume with the same mixture.")
+    self._taken = dict(state["taken"])
+    self._draws = int(state["draws"])
+    if state["block_rng"] is not None:  # redraw the current block of choices, then cut it
+      self._rng.bit_generator.state = state["block_rng"]
+      self._next_block()
+      self._block = self._block[state["block_used"]:]
+
+  def _next_block(self) -> None:
+    # The generator's state before the block: with the block's used count, all a
+    # restart needs to draw the same choices again.
+    self._block_rng = self._rng.bit_generator.state
+    self._block = self._rng.choice(len(self._tasks), size=_DRAWS_PER_CALL, p=self._probabilities)
+
+  def state(self) -> dict[str, Any]:
+    return {"mixture": self._name, "draws": self._draws, "taken": dict(self._taken),
+            "block_rng": self._block_rng, "block_used": _DRAWS_PER_CALL - len(self._block)}
+
+  def __iter__(self) -> "MixtureStream":
+    return self
+
+  def __next__(self) -> Example:
+    if not len(self._block):
+      self._next_block()
+    choice, self._block = int(self._block[0]), self._block[1:]
+    self._draws += 1
+    task = self._tasks[choice]
+    if choice not in self._streams:
+      self._streams[choice] = task_examples(
+          task, self._split, sequence_length=self._lengths, seed=self._seed, shuffle=True,
+          shard_info=self._shard_info, num_epochs=None, start=self._taken[task.name])
+    example = next(self._streams[choice], None)
+    if example is None:  # a stream seqio reads ended: it had no examples at all
+      raise UserError(_no_examples(task, self._split, self._shard_info))
+    self._taken[task.name] += 1
+    return example

@@ -49,15 +49,13 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
   return Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
-def check_batch_fits(mesh: Mesh, local_batch_size: int) -> None:
-  """Each host's rows must split evenly over its devices on the data-like axes."""
+def check_batch_fits(mesh: Mesh, global_batch_size: int) -> None:
+  """The global batch's rows must split evenly over the devices of the data-like axes."""
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  global_batch = local_batch_size * jax.process_count()
-  if local_batch_size < 1 or global_batch % rows:
+  if global_batch_size < 1 or global_batch_size % rows:
     raise UserError(
-        f"BATCH_SIZE={local_batch_size} ({global_batch} rows over {jax.process_count()} "
-        f"process(es)) does not split evenly over the {rows} devices of the data and fsdp "
-        f"axes of mesh {dict(mesh.shape)}: use a multiple of {rows // jax.process_count() or 1}.")
+        f"BATCH_SIZE={global_batch_size} does not split evenly over the {rows} devices of "
+        f"the data and fsdp axes of mesh {dict(mesh.shape)}: use a multiple of {rows}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

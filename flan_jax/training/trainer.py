@@ -13,7 +13,10 @@ Faults cost at most the work since the last save:
 """
 
 import dataclasses
+import json
 import logging
+import os
+import shutil
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -31,7 +34,11 @@ from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
 from flan_jax.training.stop_signals import StopSignals
 
-BatchStream = Callable[[int], Iterator[dict[str, np.ndarray]]]
+# (start step, saved stream state or None) -> batches from that step. A stream with a
+# `state()` method has it saved with every checkpoint, as MODEL_DIR/data_state/<step>/
+# host_<i>.json, and gets it back on resume; one without is replayed from the start.
+BatchStream = Callable[..., Iterator[dict[str, np.ndarray]]]
+DATA_STATE_DIR = "data_state"
 # params -> scalars to log under "eval/" (every process calls it: it may be collective)
 EvalFn = Callable[[Any], Mapping[str, float]]
 
@@ -91,6 +98,39 @@ def _check_finite(step: int, metrics, checkpointer: Checkpointer, model_dir: str
       "(then rerun: it resumes from the last checkpoint).")
 
 
+def _data_state_path(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, DATA_STATE_DIR, str(step), f"host_{jax.process_index()}.json")
+
+
+def _save_data_state(model_dir: str, step: int, stream, checkpointer: Checkpointer) -> None:
+  """The stream's position after `step`, beside that step's checkpoint (written whole
+  or not at all); positions of checkpoints no longer kept are removed."""
+  if not hasattr(stream, "state"):
+    return
+  path = _data_state_path(model_dir, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(stream.state(), f)
+  os.replace(f"{path}.tmp", path)
+  kept = set(checkpointer.all_steps()) | {step}
+  root = os.path.join(model_dir, DATA_STATE_DIR)
+  for name in os.listdir(root):
+    if name.isdigit() and int(name) not in kept:
+      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _load_data_state(model_dir: str, step: int) -> dict | None:
+  path = _data_state_path(model_dir, step)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    logging.info("No data position saved for step %d: replaying the stream up to it.", step)
+  except ValueError as e:
+    logging.warning("%s is damaged (%s): replaying the stream up to step %d.", path, e, step)
+  return None
+
+
 def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir: str):
   """The newest checkpoint that restores; a damaged one is reported in a line and skipped."""
   failures = []
@@ -138,7 +178,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
 
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
                                         config.microbatches, config.label_smoothing)
-  stream = batches(start)
+  data_state = _load_data_state(model_dir, start) if start else None
+  stream = batches(start, data_state) if data_state is not None else batches(start)
   is_primary = jax.process_index() == 0
   if is_primary and start:
     dropped = metrics_writer.rewind(model_dir, start)
@@ -180,6 +221,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           tokens, timer = 0, time.perf_counter()
         if done % config.checkpoint_every == 0 or done == config.train_steps:
           check(done, metrics)  # nothing non-finite is ever saved
+          _save_data_state(model_dir, done, stream, checkpointer)
           checkpointer.save(done, state)
           saved = done
         if (evaluate and config.eval_every and done % config.eval_every == 0
@@ -194,6 +236,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         if done < config.train_steps and stop.requested(sync=logging_step):
           check(done, metrics)
           if saved != done:
+            _save_data_state(model_dir, done, stream, checkpointer)
             checkpointer.save(done, state)
           raise Interrupted(
               f"Stopped by {stop.name} at step {done}: checkpoint {done} is saved in "
