@@ -55,3 +55,39 @@ def test_parameters_shard_over_fsdp_and_tensor_axes_and_training_runs(family, tm
   assert report["shards"] == 4
   losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+SAME_STEPS = """
+import json, sys
+sys.path.insert(0, "tests")
+import flan_jax_tasks.default_mixture
+from flan_jax.data.pipeline import train_batches
+from flan_jax.models.families import DecoderOnly
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.trainer import TrainerConfig, train
+from tiny import TINY_DECODER
+
+losses = {}
+for shape in ((4, 1, 1), (1, 2, 2)):
+  directory = f"{sys.argv[1]}/{shape[0]}{shape[1]}{shape[2]}"
+  config = TrainerConfig(train_steps=3, log_every=1, mesh_shape=shape, progress_bar=False)
+  batches = lambda start, state=None: train_batches(
+      "default_add", {"inputs": 64, "targets": 16}, 8, seed=0, skip_batches=start, state=state)
+  train(DecoderOnly(TINY_DECODER), OptimizerConfig(warmup_steps=1), config, batches, directory,
+        {"inputs": 64, "targets": 16})
+  losses[str(shape)] = [json.loads(l)["loss"] for l in open(f"{directory}/metrics.jsonl")]
+print(json.dumps(losses))
+"""
+
+
+def test_data_parallel_and_fsdp_tensor_meshes_take_the_same_steps(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", SAME_STEPS, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  losses = json.loads(result.stdout.strip().splitlines()[-1])
+  data_parallel, sharded = losses["(4, 1, 1)"], losses["(1, 2, 2)"]
+  assert len(data_parallel) == 3
+  for a, b in zip(data_parallel, sharded):
+    assert abs(a - b) < 1e-5

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,17 +20,26 @@ def _free_port() -> int:
 
 def test_two_local_processes_train_checkpoint_and_evaluate(tmp_path):
   model_dir, logs = tmp_path / "run", tmp_path / "logs"
+  args = ["--gin_file=gin/quickstart.gin", "--gin.TRAIN_STEPS=4", "--gin.train.checkpoint_every=2",
+          "--gin.train.log_every=1", "--gin.train.evaluate_before=False",
+          "--gin.DecoderConfig.num_layers=1", "--gin.DecoderConfig.embed_dim=32",
+          "--gin.EvalConfig.max_examples_per_task=2", "--gin.EvalConfig.batch_size=2",
+          "--gin.train.truncation_sample=0", "--gin.EvalConfig.evaluate_seen=False"]
   result = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "-n", "2", "-p", str(_free_port()),
-       "-l", str(logs), "--gin_file=gin/quickstart.gin", f"--gin.MODEL_DIR={model_dir}",
-       "--gin.TRAIN_STEPS=4", "--gin.train.checkpoint_every=2", "--gin.train.log_every=1",
-       "--gin.train.evaluate_before=False", "--gin.DecoderConfig.num_layers=1",
-       "--gin.DecoderConfig.embed_dim=32", "--gin.EvalConfig.max_examples_per_task=2",
-       "--gin.EvalConfig.batch_size=2", "--gin.train.truncation_sample=0",
-       "--gin.EvalConfig.evaluate_seen=False"],
+       "-l", str(logs), *args, f"--gin.MODEL_DIR={model_dir}"],
       cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  # One process with the same arguments trains on the same global batches: same losses.
+  alone_dir = tmp_path / "alone_run"
+  alone = subprocess.run([sys.executable, "-m", "flan_jax.train", *args,
+                          f"--gin.MODEL_DIR={alone_dir}", "--gin.HELDOUT_MIXTURE_OR_TASK_NAME=None"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  losses = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()
+                      if "loss" in json.loads(l)]
+  np.testing.assert_allclose(losses(model_dir), losses(alone_dir), rtol=0, atol=1e-5)
   assert sorted(os.listdir(model_dir / "checkpoints")) == ["2", "4"]
   logged = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
   # one writer, not one per process: the loss every step, the evaluation after

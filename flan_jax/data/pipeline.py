@@ -10,8 +10,8 @@ row, with the features seqio's PrefixLMFeatureConverter or EncDecFeatureConverte
 would give it.
 
 Examples come from `task_reader` (FLAN tasks rendered in Python, mixed at the
-mixture's rates). Each host reads its own shard of every task (seqio.ShardInfo) and
-produces its slice of the global batch. The stream's `state()` is saved with each
+mixture's rates). Every host builds the same global batches and keeps its own slice of
+rows, so a step trains on the same data whatever the number of hosts. The stream's `state()` is saved with each
 checkpoint; resuming restores it, so a resumed run sees exactly the data a straight run
 would without rendering, tokenizing and packing the batches it already trained on.
 """
@@ -63,16 +63,19 @@ def train_batches(
   if global_batch_size % num_shards:
     raise UserError(
         f"BATCH_SIZE={global_batch_size} must be divisible by the number of hosts ({num_shards}).")
-  shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+  # Every host builds the same global batches and keeps its own rows of each, so a step
+  # trains on the same data whatever the number of hosts (and a 2-host run repeats a
+  # 1-host one). The price: each host renders and packs every row.
   # Untrimmed: the packer fits each example by the rule evaluation uses, and counts cuts.
   examples = task_reader.mixture_examples(
       mixture_or_task, "train", sequence_length=task_feature_lengths, seed=seed,
-      shard_info=shard_info, state=state["examples"] if state else None)
+      state=state["examples"] if state else None)
   eos_id = mixture_or_task.output_features["targets"].vocabulary.eos_id
   packer = packing.BestFitPacker(task_feature_lengths, name=mixture_or_task_name,
                                  encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
                                  inputs_eos=inputs_eos, max_examples_per_row=None if pack else 1)
-  stream = TrainStream(examples, packer, global_batch_size // num_shards, state)
+  stream = TrainStream(examples, packer, global_batch_size, state,
+                       host_rows=(shard_index, num_shards))
   if not state:
     for _ in range(skip_batches):
       next(stream)
@@ -84,8 +87,12 @@ class TrainStream:
   rows and the rows made but not yet batched (all JSON-able)."""
 
   def __init__(self, examples: task_reader.MixtureStream, packer: packing.BestFitPacker,
-               rows_per_batch: int, state: Mapping[str, Any] | None = None):
+               rows_per_batch: int, state: Mapping[str, Any] | None = None,
+               host_rows: tuple[int, int] = (0, 1)):
     self._examples, self._packer, self._rows_per_batch = examples, packer, rows_per_batch
+    index, count = host_rows  # this host keeps the index-th of `count` equal slices
+    per_host = rows_per_batch // count
+    self._keep = slice(index * per_host, (index + 1) * per_host)
     self._ready: list[Batch] = []
     if state:
       packer.restore(state["packer"])
@@ -99,6 +106,7 @@ class TrainStream:
     while len(self._ready) < self._rows_per_batch:
       self._ready.extend(self._packer.add(next(self._examples)))
     rows, self._ready = self._ready[:self._rows_per_batch], self._ready[self._rows_per_batch:]
+    rows = rows[self._keep]
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
   def state(self) -> dict[str, Any]:
