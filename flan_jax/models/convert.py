@@ -158,14 +158,16 @@ def _run_params(directory: str, step: int | None):
     raise UserError(f"{checkpoints} has no finished checkpoint"
                     f"{'' if step is None else f' for step {step}'} (found: {steps or 'none'}).")
   path = os.path.join(checkpoints, str(step if step is not None else steps[-1]), "default")
-  # The whole train state is read and only its parameters kept. Restored onto this
-  # process's first device, whatever devices and processes saved it (a run on 2 hosts is
-  # evaluated or exported by one), then handed back as host arrays.
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata.tree)
-  return jax.tree.map(np.asarray, checkpointer.restore(path, target)["params"])
+  # Only the parameters are read (not the optimizer state, twice their size for Adam),
+  # straight into host arrays, whatever devices and processes saved them: a run on 2
+  # hosts is evaluated or exported by one.
+  saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree["params"]
+  args = ocp.args.PyTreeRestore(
+      item={"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)},
+      restore_args={"params": jax.tree.map(
+          lambda m: ocp.RestoreArgs(restore_type=np.ndarray), saved)},
+      partial_restore=True)
+  return ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
 
 
 def load_orbax(directory: str, step: int | None = None):
