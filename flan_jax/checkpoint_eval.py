@@ -46,11 +46,7 @@ def eval_groups(task_names: list[str]) -> dict[str, list[str]]:
   """The tasks behind each reported mean: `mean` (per dataset its zero-shot options task,
   FLAN's score), one per cluster (`cluster_<name>`, same rule) and one per variant."""
   headline = clusters.headline_tasks(task_names)
-  groups = {"all": headline}
-  for task in headline:
-    cluster = clusters.cluster_of(task)
-    if cluster:
-      groups.setdefault(f"cluster_{cluster}", []).append(task)
+  groups = {"all": headline, **clusters.cluster_groups(headline)}
   for variant, names in sorted(clusters.variant_groups(task_names).items()):
     groups[f"variant_{variant}"] = names
   return groups

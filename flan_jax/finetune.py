@@ -260,8 +260,5 @@ def report_groups(seen: list[str], heldout: list[str]) -> dict[str, list[str]]:
   groups = {"seen": clusters.headline_tasks(seen), "heldout": clusters.headline_tasks(heldout)}
   for variant, names in sorted(clusters.variant_groups(heldout).items()):
     groups[f"heldout_{variant}"] = names
-  for task in groups["seen"] + groups["heldout"]:
-    cluster = clusters.cluster_of(task)
-    if cluster:
-      groups.setdefault(f"cluster_{cluster}", []).append(task)
+  groups.update(clusters.cluster_groups(groups["seen"] + groups["heldout"]))
   return {name: tasks for name, tasks in groups.items() if tasks}

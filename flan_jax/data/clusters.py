@@ -93,6 +93,16 @@ def is_evaluated(task_name: str) -> bool:
   return variant_of(task_name) not in NOT_EVALUATED_VARIANTS
 
 
+def cluster_groups(task_names: Sequence[str]) -> dict[str, list[str]]:
+  """"cluster_<name>" -> the tasks of that cluster, in order (tasks without one left out)."""
+  groups: dict[str, list[str]] = {}
+  for task in task_names:
+    cluster = cluster_of(task)
+    if cluster:
+      groups.setdefault(f"cluster_{cluster}", []).append(task)
+  return groups
+
+
 def headline_tasks(task_names: Sequence[str]) -> list[str]:
   """Per dataset, the task FLAN's zero-shot score counts: `zs_opt`, else `zs_noopt`.
 
