@@ -78,6 +78,7 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     vocabulary_path: str | None = None,
     mesh_shape: tuple[int, ...] = (-1, 1, 1),
+    dcn_mesh_shape: tuple[int, ...] | None = None,
 ) -> dict:
   """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json."""
   evaluation = evaluation or EvalConfig()
@@ -96,7 +97,7 @@ def evaluate_checkpoint(
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
   # Parameters go to the devices once, in training's layout; rows split over the data axes.
-  mesh = mesh_lib.make_mesh(mesh_shape)
+  mesh = mesh_lib.make_mesh(mesh_shape, dcn_shape=dcn_mesh_shape)
   params = step_lib.place_params(network, mesh, task_feature_lengths, params)
   model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
                                     evaluation.batch_size,

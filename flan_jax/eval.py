@@ -35,11 +35,15 @@ def evaluate(
     evaluation: EvalConfig | None = None,
     data_dir: str | None = None,
     vocabulary_path: str | None = None,
+    mesh_shape=(-1, 1, 1),
+    dcn_mesh_shape=None,
 ) -> dict:
+  """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`."""
   gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   return checkpoint_eval.evaluate_checkpoint(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
-      evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path)
+      evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,
+      mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape))
 
 
 def main(argv):

@@ -83,7 +83,7 @@ def check_same_model(model_dir: str, model: DecoderConfig | T5Config) -> None:
   current = {"family": convert.family(model), **dataclasses.asdict(model)}
   # Compute settings may change between runs; the parameters' shapes, dtypes and
   # layout (scan_layers) may not.
-  free = ("dtype", "remat_policy", "attention_implementation")
+  free = ("dtype", "remat_policy", "attention_implementation", "dropout_rate")
   differ = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in current.items()
             if k not in free and saved.get(k, v) != v]
   if differ:
@@ -93,7 +93,8 @@ def check_same_model(model_dir: str, model: DecoderConfig | T5Config) -> None:
 
 # Model-config fields that say how to run a model, not what it is: a pretrained
 # checkpoint's config takes these from gin.
-_HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_implementation")
+_HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_implementation",
+                "dropout_rate")
 
 
 def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
@@ -170,7 +171,7 @@ def _finetune(
 
   # Evaluation runs on training's mesh: parameters in training's layout, each batch's
   # rows split over the data axes and the hosts.
-  mesh = mesh_lib.make_mesh(trainer.mesh_shape)
+  mesh = mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape)
   mesh_lib.check_batch_fits(mesh, batch_size)
   if batch_size % trainer.microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="

@@ -57,6 +57,7 @@ def train(
     z_loss: float = 1e-4,
     seed: int = 0,
     mesh_shape=(-1, 1, 1),
+    dcn_mesh_shape=None,
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
     vocabulary_path: str | None = None,
@@ -67,6 +68,8 @@ def train(
   `eval_every` (gin's EVAL_PERIOD): evaluate during training every this many steps,
   into metrics.jsonl and TensorBoard as eval/<mean> (0: only before and after).
   `microbatches`: accumulate each step's gradient over this many slices of the batch.
+  `mesh_shape`: (data, fsdp, tensor) over all devices; with `dcn_mesh_shape`, over each
+  TPU slice's (or GPU host's) devices, and `dcn_mesh_shape` over the slices or hosts.
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -89,6 +92,7 @@ def train(
       trainer=TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
                             log_every=log_every, z_loss=z_loss, seed=seed,
                             mesh_shape=tuple(mesh_shape), eval_every=eval_every,
+                            dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
                             microbatches=microbatches, label_smoothing=label_smoothing),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),

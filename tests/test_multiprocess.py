@@ -27,7 +27,9 @@ def test_two_local_processes_train_checkpoint_and_evaluate(tmp_path):
           "--gin.train.truncation_sample=0", "--gin.EvalConfig.evaluate_seen=False"]
   result = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "-n", "2", "-p", str(_free_port()),
-       "-l", str(logs), *args, f"--gin.MODEL_DIR={model_dir}"],
+       "-l", str(logs), *args, f"--gin.MODEL_DIR={model_dir}",
+       # the hosts joined over DCN: jax's hybrid mesh, one host per data-axis slot
+       "--gin.train.dcn_mesh_shape=(2, 1, 1)"],
       cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -20,7 +20,7 @@ import numpy as np
 
 from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, make_attention_mask)
-from flan_jax.models.layer_stack import apply_layers, check_remat_policy, take_cache_rows
+from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
 
 Cache = dict[str, Any]
 
@@ -64,6 +64,9 @@ class DecoderConfig:
   # jax.nn.dot_product_attention's implementation: "xla" runs everywhere; "cudnn" is
   # the fused flash-attention kernel on NVIDIA GPUs (bf16/fp16 compute only).
   attention_implementation: str = "xla"
+  # Dropout on the embeddings and on each attention and MLP output before it joins the
+  # residual stream; only while training (see `layer_stack.dropout`).
+  dropout_rate: float = 0.0
 
   @property
   def padded_vocab_size(self) -> int:
@@ -77,6 +80,8 @@ class DecoderConfig:
       raise ValueError(f"rope_scaling={self.rope_scaling!r} is not one of {ROPE_SCALINGS}.")
     check_remat_policy(self.remat_policy)
     check_attention_implementation(self.attention_implementation)
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
 
 
 def _dense_init(*axes: str, in_axes: tuple[int, ...] = (0,)):
@@ -199,8 +204,8 @@ class Block(nn.Module):
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
     attended, layer_cache = Attention(cfg, name="attention")(
         norm("attention_norm")(x), mask, cos, sin, layer_cache, cache_index)
-    x = x + attended
-    x = x + MLP(cfg, name="mlp")(norm("mlp_norm")(x))
+    x = x + dropout(self, attended, cfg.dropout_rate)
+    x = x + dropout(self, MLP(cfg, name="mlp")(norm("mlp_norm")(x)), cfg.dropout_rate)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
 
 
@@ -217,7 +222,7 @@ class Decoder(nn.Module):
     embedding = self.param(
         "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
         (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
-    x = jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype)
+    x = dropout(self, jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype), cfg.dropout_rate)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     if cache is None:

@@ -42,6 +42,11 @@ def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarr
   return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
 
 
+def _dropout_rngs(rng) -> dict:
+  """The models drop out only when handed a "dropout" rng (`layer_stack.dropout`)."""
+  return {} if rng is None else {"dropout": rng}
+
+
 def _ones_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray:
   value = batch.get(key)
   return jnp.ones_like(like) if value is None else value
@@ -91,8 +96,10 @@ class DecoderOnly:
             _ones_if_missing(batch, "decoder_segment_ids", tokens),
             batch["decoder_causal_attention"])
 
-  def logits(self, params, batch: Batch) -> jnp.ndarray:
-    return self.module.apply({"params": params}, *self.inputs(batch))[0]
+  def logits(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
+    """[B, L, V]; with `dropout_rng`, as in training (dropout applied)."""
+    return self.module.apply({"params": params}, *self.inputs(batch),
+                             rngs=_dropout_rngs(dropout_rng))[0]
 
   def prompt_prefix(self) -> list[int]:
     return [self.bos_id]
@@ -134,13 +141,14 @@ class EncoderDecoder:
     batch = self.example_batch(task_feature_lengths)
     return self.module.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
 
-  def logits(self, params, batch: Batch) -> jnp.ndarray:
+  def logits(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
+    """[B, Ld, V]; with `dropout_rng`, as in training (dropout applied)."""
     return self.module.apply(
         {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
         encoder_segment_ids=batch.get("encoder_segment_ids"),
         decoder_segment_ids=batch.get("decoder_segment_ids"),
         encoder_positions=batch.get("encoder_positions"),
-        decoder_positions=batch.get("decoder_positions"))
+        decoder_positions=batch.get("decoder_positions"), rngs=_dropout_rngs(dropout_rng))
 
   def prompt_prefix(self) -> list[int]:
     return []

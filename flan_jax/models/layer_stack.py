@@ -27,6 +27,19 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+def dropout(module: nn.Module, x, rate: float):
+  """Inverted dropout while training, the identity otherwise.
+
+  Training is told apart by the rng: the train step applies the model with a "dropout"
+  rng, evaluation and decoding without one, so no `deterministic` flag is threaded
+  through every call.
+  """
+  if not rate or not module.has_rng("dropout"):
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 def check_remat_policy(name: str) -> None:
   if name not in REMAT_POLICIES:
     raise ValueError(f"remat_policy={name!r} is not one of {sorted(REMAT_POLICIES)}.")
@@ -47,7 +60,7 @@ def apply_layers(block: type[nn.Module], config: Any, x, broadcast_args: tuple, 
     block = nn.remat(block, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)
   if scan:
     scanned = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * len(broadcast_args) + (0,), length=num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(config, name=name)(x, *broadcast_args, per_layer)

@@ -72,6 +72,11 @@ class T5Config:
   scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
   remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
   attention_implementation: str = "xla"  # or "cudnn"; see DecoderConfig
+  # t5x's dropout: on the embeddings, the MLP's hidden units, each sub-layer's output
+  # before it joins the residual stream, and each stack's output; only while training
+  # (see `layer_stack.dropout`). Attention probabilities are not dropped: the fused
+  # attention kernels take no dropout.
+  dropout_rate: float = 0.0
 
   @property
   def padded_vocab_size(self) -> int:
@@ -82,6 +87,8 @@ class T5Config:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
     layer_stack.check_remat_policy(self.remat_policy)
     check_attention_implementation(self.attention_implementation)
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
 
 
 def _init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: float = 1.0):
@@ -195,12 +202,17 @@ class MLP(nn.Module):
     hidden = activation(dense(cfg.mlp_dim, ("embed", "mlp"), "gate" if gated else "up")(x_BxLxE))
     if gated:
       hidden = hidden * dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_BxLxE)
-    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    hidden = nn.with_logical_constraint(layer_stack.dropout(self, hidden, cfg.dropout_rate),
+                                        ("batch", "length", "mlp"))
     return dense(cfg.embed_dim, ("mlp", "embed"), "down")(hidden)
 
 
 def _norm(cfg: T5Config, name: str) -> RMSNorm:
   return RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+
+
+def _dropout(module: nn.Module, x):
+  return layer_stack.dropout(module, x, module.config.dropout_rate)
 
 
 class EncoderBlock(nn.Module):
@@ -211,8 +223,8 @@ class EncoderBlock(nn.Module):
     cfg = self.config
     normed = _norm(cfg, "attention_norm")(x)
     attended, _ = Attention(cfg, name="attention")(normed, normed, mask, bias)
-    x = x + attended
-    x = x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+    x = x + _dropout(self, attended)
+    x = x + _dropout(self, MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x)))
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_state
 
 
@@ -229,11 +241,11 @@ class DecoderBlock(nn.Module):
     normed = _norm(cfg, "self_attention_norm")(x)
     attended, self_cache = Attention(cfg, name="self_attention")(
         normed, normed, self_mask, self_bias, self_cache, cache_index)
-    x = x + attended
+    x = x + _dropout(self, attended)
     attended, memory = Attention(cfg, name="cross_attention")(
         _norm(cfg, "cross_attention_norm")(x), encoded, cross_mask, None, memory=memory)
-    x = x + attended
-    x = x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+    x = x + _dropout(self, attended)
+    x = x + _dropout(self, MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x)))
     if layer_cache is not None:
       layer_cache = {**self_cache, "cross": memory}
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
@@ -258,7 +270,7 @@ class EncoderStack(nn.Module):
     x, _ = layer_stack.apply_layers(
         EncoderBlock, cfg, x, (mask, bias), None, num_layers=cfg.num_encoder_layers,
         scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
-    return _norm(cfg, "final_norm")(x)
+    return _dropout(self, _norm(cfg, "final_norm")(x))
 
 
 class DecoderStack(nn.Module):
@@ -285,7 +297,7 @@ class DecoderStack(nn.Module):
     x, per_layer = layer_stack.apply_layers(
         DecoderBlock, cfg, x, (encoded, self_mask, self_bias, cross_mask, cache_index), per_layer,
         num_layers=cfg.num_decoder_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
-    x = _norm(cfg, "final_norm")(x)
+    x = _dropout(self, _norm(cfg, "final_norm")(x))
     if cache is None:
       return x, None
     return x, {"layers": per_layer, "index": cache_index + x.shape[1]}
@@ -314,7 +326,7 @@ class T5(nn.Module):
 
   def _embed(self, tokens_BxL):
     x = jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.config.dtype)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(_dropout(self, x), ("batch", "length", "embed"))
 
   def __call__(self, encoder_tokens, decoder_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, encoder_positions=None, decoder_positions=None):

@@ -126,20 +126,25 @@ def _microbatches(batch: Batch, count: int) -> Batch:
 
 def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState, z_loss: float = 1e-4, microbatches: int = 1,
-                    label_smoothing: float = 0.0) -> Callable:
+                    label_smoothing: float = 0.0, seed: int = 0) -> Callable:
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
 
   With `microbatches` > 1 the batch's gradient is accumulated over that many slices,
   each one's loss divided by the whole batch's target tokens, so the step equals the
   one-slice step (up to float summation order) in a fraction of the activation memory.
+
+  Dropout (a model's `dropout_rate`) draws its masks from `seed`, the step number and
+  the microbatch, so a resumed run drops exactly what a straight run drops, on any mesh.
   """
 
   def step(state: TrainState, batch: Batch):
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     num_targets = jnp.maximum(weights.sum(), 1.0)
 
-    def loss_fn(params, part):
-      logits = model.logits(params, part)
+    step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+    def loss_fn(params, part, index=0):
+      logits = model.logits(params, part, dropout_rng=jax.random.fold_in(step_rng, index))
       ce, z = token_losses(logits, part["decoder_target_tokens"], z_loss, label_smoothing)
       part_weights = part["decoder_loss_weights"].astype(jnp.float32)
       ce_sum, z_sum = (ce * part_weights).sum(), (z * part_weights).sum()
@@ -149,13 +154,15 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
     if microbatches == 1:
       (_, (ce_sum, z_sum)), grads = grad_fn(state.params, batch)
     else:
-      def accumulate(carry, part):
+      def accumulate(carry, indexed_part):
         grads, ce_sum, z_sum = carry
-        (_, (ce, z)), part_grads = grad_fn(state.params, part)
+        index, part = indexed_part
+        (_, (ce, z)), part_grads = grad_fn(state.params, part, index)
         return (jax.tree.map(jnp.add, grads, part_grads), ce_sum + ce, z_sum + z), None
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, ce_sum, z_sum), _ = jax.lax.scan(
-          accumulate, (zeros, jnp.zeros(()), jnp.zeros(())), _microbatches(batch, microbatches))
+          accumulate, (zeros, jnp.zeros(()), jnp.zeros(())),
+          (jnp.arange(microbatches), _microbatches(batch, microbatches)))
     ce_mean, z_mean = ce_sum / num_targets, z_sum / num_targets
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),

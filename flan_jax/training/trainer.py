@@ -51,7 +51,10 @@ class TrainerConfig:
   log_every: int = 10
   z_loss: float = 1e-4
   seed: int = 0
+  # The mesh's (data, fsdp, tensor) split of each slice or host's devices, and of the
+  # slices or hosts (None: `mesh_shape` splits all devices); see `mesh`.
   mesh_shape: tuple[int, ...] = (-1, 1, 1)
+  dcn_mesh_shape: tuple[int, ...] | None = None
   progress_bar: bool = True
   # Evaluate every this many steps during training (0: never); the caller evaluates
   # before and after.
@@ -158,7 +161,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   before the last, `evaluate(params)`'s scalars go to metrics.jsonl and TensorBoard as
   "eval/<name>".
   """
-  mesh = mesh_lib.make_mesh(config.mesh_shape)
+  mesh = mesh_lib.make_mesh(config.mesh_shape, dcn_shape=config.dcn_mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
   checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.keep_checkpoints)
@@ -177,7 +180,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     return state
 
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
-                                        config.microbatches, config.label_smoothing)
+                                        config.microbatches, config.label_smoothing, config.seed)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   is_primary = jax.process_index() == 0
