@@ -13,12 +13,13 @@ Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to
 import dataclasses
 import json
 import os
-import tempfile
+import socket
 from typing import Mapping
 
 import jax
 import seqio
 
+from flan_jax import paths
 from flan_jax.data import clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator, placement
@@ -32,6 +33,7 @@ from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
 from flan_jax.training import train_step as step_lib
+from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
 from flan_jax.training.run_lock import RunLock
 
@@ -40,14 +42,16 @@ def ensure_writable_dir(path: str) -> str:
   """Creates `path` if needed and proves it writable, before any expensive work."""
   if not path:
     raise UserError("MODEL_DIR is empty: set it, e.g. --gin.MODEL_DIR=/tmp/my_run.")
+  # A unique probe name: in a multi-host run every process checks the same directory
+  # at once, and a shared name would let one process delete another's probe.
+  probe = paths.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
   try:
-    os.makedirs(path, exist_ok=True)
-    # A unique probe name: in a multi-host run every process checks the same directory
-    # at once, and a shared name would let one process delete another's probe.
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
-      pass
-  except OSError as e:
-    raise UserError(f"MODEL_DIR {path!r} is not writable ({e.strerror}); choose a directory "
+    paths.makedirs(path)
+    paths.write_atomically(probe, "")
+    paths.remove(probe)
+  except Exception as e:  # OSError locally; the bucket clients raise their own kinds
+    reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    raise UserError(f"MODEL_DIR {path!r} is not writable ({reason}); choose a directory "
                     "you can write to, e.g. --gin.MODEL_DIR=/tmp/my_run.") from None
   return path
 
@@ -75,11 +79,10 @@ def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Voc
 
 def check_same_model(model_dir: str, model: DecoderConfig | T5Config) -> None:
   """A run resumes only into the model it saved: other shapes cannot restore."""
-  path = os.path.join(model_dir, convert.CONFIG_FILE)
-  if not os.path.isdir(os.path.join(model_dir, "checkpoints")) or not os.path.isfile(path):
+  path = paths.join(model_dir, convert.CONFIG_FILE)
+  if not paths.isdir(paths.join(model_dir, "checkpoints")) or not paths.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(paths.read_text(path))
   current = {"family": convert.family(model), **dataclasses.asdict(model)}
   # Compute settings may change between runs; the parameters' shapes, dtypes and
   # layout (scan_layers) may not.
@@ -213,9 +216,8 @@ def _finetune(
 
   results = {"before": before, "after": after, "groups": groups}
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
-    with open(os.path.join(model_dir, "eval", "heldout.json"), "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    paths.write_atomically(paths.join(model_dir, "eval", "heldout.json"),
+                           json.dumps(results, indent=2, sort_keys=True))
     print_comparison(before, after, groups)
   return results
 
@@ -230,18 +232,8 @@ def _log_evaluation(model_dir: str, step: int, results: Mapping[str, float]) -> 
 
 
 def _evaluation_logged(model_dir: str, step: int) -> bool:
-  path = os.path.join(model_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if record.get("step") == step and any(k.startswith("eval/") for k in record):
-        return True
-  return False
+  return any(record.get("step") == step and any(k.startswith("eval/") for k in record)
+             for record in metrics_writer.read_records(model_dir))
 
 
 def logged_means(results: Mapping[str, float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from absl import flags
 import gin
 import jax
 
-from flan_jax import finetune, gin_utils
+from flan_jax import finetune, gin_utils, paths
 from flan_jax.data import vocabularies
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
@@ -82,8 +82,7 @@ def train(
                                                               initial_checkpoint_path))
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    paths.write_atomically(paths.join(model_dir, "config.gin"), gin.config_str())
   return finetune.finetune(
       model_dir=model_dir,
       mixture_or_task_name=mixture_or_task_name,

@@ -33,6 +33,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from flan_jax import paths
 from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
 from flan_jax.models.decoder import DecoderConfig
@@ -95,11 +96,11 @@ def family(config: ModelConfig) -> str:
 
 
 def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:
-  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump({"family": family(config), **dataclasses.asdict(config)}, f, indent=2)
+  paths.write_atomically(paths.join(directory, CONFIG_FILE),
+                         json.dumps({"family": family(config), **dataclasses.asdict(config)},
+                                    indent=2))
   if hf_config is not None:
-    with open(os.path.join(directory, HF_CONFIG_FILE), "w") as f:
-      json.dump(hf_config, f, indent=2)
+    paths.write_atomically(paths.join(directory, HF_CONFIG_FILE), json.dumps(hf_config, indent=2))
 
 
 def _copy_hf_files(hf_dir: str, directory: str) -> None:
@@ -108,8 +109,7 @@ def _copy_hf_files(hf_dir: str, directory: str) -> None:
   for name in sorted(os.listdir(hf_dir)):
     path = os.path.join(hf_dir, name)
     if os.path.isfile(path) and name not in weights and not name.endswith(".safetensors"):
-      os.makedirs(os.path.join(directory, HF_FILES_DIR), exist_ok=True)
-      shutil.copy(path, os.path.join(directory, HF_FILES_DIR, name))
+      paths.copy(path, paths.join(directory, HF_FILES_DIR, name))
 
 
 def save_run_config(model_dir: str, config: ModelConfig,
@@ -126,9 +126,9 @@ def save_run_config(model_dir: str, config: ModelConfig,
       if os.path.isfile(os.path.join(source, HF_CONFIG_FILE)):
         with open(os.path.join(source, HF_CONFIG_FILE)) as f:
           hf_config = json.load(f)
-      if os.path.isdir(os.path.join(source, HF_FILES_DIR)):
-        shutil.copytree(os.path.join(source, HF_FILES_DIR),
-                        os.path.join(model_dir, HF_FILES_DIR), dirs_exist_ok=True)
+      extras = os.path.join(source, HF_FILES_DIR)
+      for name in os.listdir(extras) if os.path.isdir(extras) else []:
+        paths.copy(os.path.join(extras, name), paths.join(model_dir, HF_FILES_DIR, name))
   _write_config(model_dir, config, hf_config)
 
 

@@ -5,12 +5,11 @@ so an interrupted save never leaves a checkpoint that looks finished; the latest
 finished step is what a restarted run resumes from.
 """
 
-import os
-
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from flan_jax import paths
 from flan_jax.training.train_step import TrainState
 
 
@@ -18,7 +17,7 @@ class Checkpointer:
   """Saves and restores TrainStates under `directory` (MODEL_DIR/checkpoints)."""
 
   def __init__(self, directory: str, keep: int | None = 3):
-    self._directory = os.path.abspath(directory)
+    self._directory = paths.absolute(directory)  # gs://... stays as it is
     self._manager = ocp.CheckpointManager(
         self._directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -29,13 +28,13 @@ class Checkpointer:
   def set_aside(self, step: int) -> str:
     """Renames a damaged step's directory (kept for a look, no longer a checkpoint), so
     the run can save that step again; returns the new path."""
-    source = os.path.join(self._directory, str(step))
+    source = paths.join(self._directory, str(step))
     target = f"{source}.damaged"
     if jax.process_index() == 0:
       suffix = 1
-      while os.path.exists(target):
+      while paths.exists(target):
         target, suffix = f"{source}.damaged{suffix}", suffix + 1
-      os.rename(source, target)
+      paths.rename(source, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
     self._manager.reload()

@@ -3,46 +3,59 @@
 Only the primary host writes, so multi-host runs produce one log, not one per host.
 A resumed run first `rewind`s both to its checkpoint's step, so the steps a killed run
 logged past its last save appear once, as the resumed run logs them again.
+
+In a bucket (gs://...), where nothing appends, metrics.jsonl is rewritten whole: at
+most every `remote_flush_s` seconds and when the writer closes.
 """
 
 import json
-import os
-import shutil
+import time
 from typing import Mapping
 
 from clu import metric_writers
 
+from flan_jax import paths
 
-TENSORBOARD_DIR = os.path.join("tensorboard", "train")
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard/train"
+
+
+def read_records(model_dir: str) -> list[dict]:
+  """The records of MODEL_DIR/metrics.jsonl (none if absent); a line cut short by a
+  kill is left out."""
+  path = paths.join(model_dir, METRICS_FILE)
+  if not paths.exists(path):
+    return []
+  records = []
+  for line in paths.read_text(path).splitlines():
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
+  return records
+
+
+def _lines(records: list[dict]) -> str:
+  return "".join(json.dumps(record) + "\n" for record in records)
 
 
 def rewind(model_dir: str, step: int) -> int:
   """Drops what was logged after `step` (and a line cut short by a kill); TensorBoard's
   events are rebuilt from the lines kept. Returns the number of lines dropped."""
-  path = os.path.join(model_dir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.join(model_dir, METRICS_FILE)
+  if not paths.exists(path):
     return 0
-  kept, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        dropped += 1
-        continue
-      if record.get("step", 0) <= step:
-        kept.append(record)
-      else:
-        dropped += 1
+  lines = paths.read_text(path).splitlines()
+  kept = [r for r in read_records(model_dir) if r.get("step", 0) <= step]
+  dropped = len([line for line in lines if line.strip()]) - len(kept)
   if not dropped:
     return 0
-  temporary = f"{path}.rewind"
-  with open(temporary, "w") as f:
-    f.writelines(json.dumps(record) + "\n" for record in kept)
-  os.replace(temporary, path)
-  shutil.rmtree(os.path.join(model_dir, TENSORBOARD_DIR), ignore_errors=True)
-  tensorboard = metric_writers.SummaryWriter(os.path.join(model_dir, TENSORBOARD_DIR))
+  paths.write_atomically(path, _lines(kept))
+  tensorboard_dir = paths.join(model_dir, TENSORBOARD_DIR)
+  paths.rmtree(tensorboard_dir)
+  tensorboard = metric_writers.SummaryWriter(tensorboard_dir)
   for record in kept:
+    record = dict(record)
     tensorboard.write_scalars(int(record.pop("step")), record)
   tensorboard.close()
   return dropped
@@ -50,23 +63,42 @@ def rewind(model_dir: str, step: int) -> int:
 
 class MetricsWriter:
 
-  def __init__(self, model_dir: str, enabled: bool = True):
+  def __init__(self, model_dir: str, enabled: bool = True, remote_flush_s: float = 30.0):
     self._enabled = enabled
     if not enabled:
       return
-    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
-    self._tensorboard = metric_writers.SummaryWriter(os.path.join(model_dir, TENSORBOARD_DIR))
+    self._path = paths.join(model_dir, METRICS_FILE)
+    self._remote = paths.is_remote(model_dir)
+    if self._remote:
+      self._records = read_records(model_dir)
+      self._remote_flush_s, self._flushed_at = remote_flush_s, time.monotonic()
+    else:
+      self._jsonl = open(self._path, "a")
+    self._tensorboard = metric_writers.SummaryWriter(paths.join(model_dir, TENSORBOARD_DIR))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._jsonl.flush()
+    record = {"step": int(step), **scalars}
+    if self._remote:
+      self._records.append(record)
+      if time.monotonic() - self._flushed_at >= self._remote_flush_s:
+        self._rewrite()
+    else:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
     self._tensorboard.write_scalars(int(step), scalars)
+
+  def _rewrite(self) -> None:
+    paths.write_atomically(self._path, _lines(self._records))
+    self._flushed_at = time.monotonic()
 
   def close(self) -> None:
     if self._enabled:
-      self._jsonl.close()
+      if self._remote:
+        self._rewrite()
+      else:
+        self._jsonl.close()
       self._tensorboard.flush()
       self._tensorboard.close()

@@ -5,6 +5,10 @@ metrics. The primary process of a run holds MODEL_DIR/.run_lock (its host, proce
 and a heartbeat it refreshes while it runs). Another run finding the lock is refused
 with a message naming the holder, unless the holder is gone: a dead process on this
 host, or, for another host, a heartbeat older than `stale_after_s`.
+
+In a bucket (gs://...) nothing creates a file only if it is absent, so there the lock
+is checked, then written: it refuses a run started after another has begun, but two
+started within the same moment may both go on.
 """
 
 import json
@@ -14,6 +18,7 @@ import socket
 import threading
 import time
 
+from flan_jax import paths
 from flan_jax.errors import UserError
 
 LOCK_FILE = ".run_lock"
@@ -33,18 +38,17 @@ class RunLock:
   """`with RunLock(model_dir):` holds the lock for the block, refreshing it meanwhile."""
 
   def __init__(self, model_dir: str, stale_after_s: float = 600.0, enabled: bool = True):
-    self.path = os.path.join(model_dir, LOCK_FILE)
+    self.path = paths.join(model_dir, LOCK_FILE)
     self.stale_after_s = stale_after_s
     self.enabled = enabled
     self._held = False
     self._stopped = threading.Event()
 
   def _holder(self) -> dict | None:
-    try:
-      with open(self.path) as f:
-        return json.load(f)
-    except FileNotFoundError:
+    if not paths.exists(self.path):
       return None
+    try:
+      return json.loads(paths.read_text(self.path))
     except (OSError, ValueError):
       return {}  # unreadable: treat as stale below
 
@@ -54,7 +58,7 @@ class RunLock:
     if holder.get("host") == socket.gethostname():
       return not _alive(int(holder.get("pid", -1)))
     try:
-      age = time.time() - os.path.getmtime(self.path)
+      age = time.time() - paths.modified_time(self.path)
     except OSError:
       return True
     return age > self.stale_after_s
@@ -64,8 +68,15 @@ class RunLock:
       return
     record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                          "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    self._record = record
     try:  # created only if absent, atomically: of two runs starting together, one wins
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      if paths.is_remote(self.path):
+        if paths.exists(self.path):
+          raise FileExistsError(self.path)
+        paths.write_atomically(self.path, record)
+        fd = None
+      else:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
       holder = self._holder()
       if not self._is_stale(holder):
@@ -74,13 +85,11 @@ class RunLock:
             f"on {holder.get('host')} (started {holder.get('started')}): wait for that run to "
             f"end, or choose another MODEL_DIR. If that run is gone, delete {self.path}.") from None
       logging.warning("Taking over %s from a run that is gone (%s).", self.path, holder)
-      temporary = f"{self.path}.{os.getpid()}"
-      with open(temporary, "w") as f:
-        f.write(record)
-      os.replace(temporary, self.path)
+      paths.write_atomically(self.path, record)
     else:
-      with os.fdopen(fd, "w") as f:
-        f.write(record)
+      if fd is not None:
+        with os.fdopen(fd, "w") as f:
+          f.write(record)
     self._held = True
     threading.Thread(target=self._beat, daemon=True).start()
 
@@ -89,20 +98,19 @@ class RunLock:
     # cannot see this process) only take it over once it has stopped beating.
     while not self._stopped.wait(self.stale_after_s / 10):
       try:
-        os.utime(self.path)
-      except OSError:
+        if paths.is_remote(self.path):  # objects cannot be touched, only rewritten
+          paths.write_atomically(self.path, self._record)
+        else:
+          os.utime(self.path)
+      except Exception:  # a failing heartbeat must not kill the run; the lock just ages
         return
 
   def release(self) -> None:
     self._stopped.set()
     if self._held:
-      try:
-        with open(self.path) as f:
-          mine = json.load(f).get("pid") == os.getpid()
-      except (OSError, ValueError):
-        mine = False
-      if mine:
-        os.remove(self.path)
+      holder = self._holder() or {}
+      if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        paths.remove(self.path)
       self._held = False
 
   def __enter__(self) -> "RunLock":

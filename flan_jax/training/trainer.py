@@ -15,8 +15,6 @@ Faults cost at most the work since the last save:
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -24,6 +22,7 @@ import jax
 import numpy as np
 import tqdm
 
+from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
@@ -102,7 +101,7 @@ def _check_finite(step: int, metrics, checkpointer: Checkpointer, model_dir: str
 
 
 def _data_state_path(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, DATA_STATE_DIR, str(step), f"host_{jax.process_index()}.json")
+  return paths.join(model_dir, DATA_STATE_DIR, str(step), f"host_{jax.process_index()}.json")
 
 
 def _save_data_state(model_dir: str, step: int, stream, checkpointer: Checkpointer) -> None:
@@ -110,25 +109,21 @@ def _save_data_state(model_dir: str, step: int, stream, checkpointer: Checkpoint
   or not at all); positions of checkpoints no longer kept are removed."""
   if not hasattr(stream, "state"):
     return
-  path = _data_state_path(model_dir, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(stream.state(), f)
-  os.replace(f"{path}.tmp", path)
+  paths.write_atomically(_data_state_path(model_dir, step), json.dumps(stream.state()))
   kept = set(checkpointer.all_steps()) | {step}
-  root = os.path.join(model_dir, DATA_STATE_DIR)
-  for name in os.listdir(root):
+  root = paths.join(model_dir, DATA_STATE_DIR)
+  for name in paths.listdir(root):
     if name.isdigit() and int(name) not in kept:
-      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+      paths.rmtree(paths.join(root, name))
 
 
 def _load_data_state(model_dir: str, step: int) -> dict | None:
   path = _data_state_path(model_dir, step)
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
+  if not paths.exists(path):
     logging.info("No data position saved for step %d: replaying the stream up to it.", step)
+    return None
+  try:
+    return json.loads(paths.read_text(path))
   except ValueError as e:
     logging.warning("%s is damaged (%s): replaying the stream up to step %d.", path, e, step)
   return None
