@@ -183,3 +183,69 @@ def test_a_resumed_run_logs_each_step_once_in_metrics_and_tensorboard(tmp_path):
   steps = ([e.step for e in events.Scalars(tag)] if tag else
            [e.step for e in events.Tensors("loss")])
   assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_too_little_disk_space_stops_at_that_save_and_the_rerun_resumes(tmp_path, monkeypatch):
+  from flan_jax.training import checkpoints
+  real = checkpoints.shutil.disk_usage
+  calls = []
+
+  def disk_usage(path):  # room for the first save only
+    calls.append(path)
+    usage = real(path)
+    return usage._replace(free=usage.free if len(calls) == 1 else 1000)
+
+  monkeypatch.setattr(checkpoints.shutil, "disk_usage", disk_usage)
+  with pytest.raises(UserError, match=r"not enough disk space to save checkpoint 4: .*"
+                                      r"Checkpoint 2 is intact"):
+    _train(tmp_path, 6, _batches_signalling(None), checkpoint_every=2)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # nothing half-written
+  monkeypatch.setattr(checkpoints.shutil, "disk_usage", real)
+  state = _train(tmp_path, 6, _batches_signalling(None), checkpoint_every=2)
+  assert int(state.step) == 6
+  assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+          ] == [1, 2, 3, 4, 5, 6]
+
+
+FILE_SIZE_LIMITED = """
+import resource, signal, sys
+sys.path.insert(0, "tests")
+import flan_jax_tasks.default_mixture
+from flan_jax.data.pipeline import train_batches
+from flan_jax.errors import UserError
+from flan_jax.models.families import DecoderOnly
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.trainer import TrainerConfig, train
+from tiny import TINY_DECODER
+
+# Every file is limited to 60 kB, less than the checkpoint's arrays: each write of them
+# fails with EFBIG, as on a full disk with ENOSPC.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.RLIM_INFINITY))
+lengths = {"inputs": 64, "targets": 16}
+batches = lambda start, state=None: train_batches("default_add", lengths, 4, seed=0,
+                                                  skip_batches=start, state=state)
+try:
+  train(DecoderOnly(TINY_DECODER), OptimizerConfig(), TrainerConfig(
+      train_steps=8, checkpoint_every=2, log_every=1, progress_bar=False), batches,
+      sys.argv[1], lengths)
+except UserError as e:
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(1)
+"""
+
+
+def test_a_save_that_cannot_be_written_is_one_error_naming_that_step(tmp_path):
+  result = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, str(tmp_path)],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(
+      "error: saving checkpoint 2 to ") and "failed: File too large" in errors[0], errors
+  # Stopped within a step of the failed save, not at the next one (step 4).
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps[-1] <= 4 and "checkpoint 4" not in result.stderr
+  assert 'flan_jax/training' not in result.stderr  # no traceback through our code
+  # Orbax's writer threads logged their failures in one line each, not with tracebacks.
+  assert not [l for l in result.stderr.splitlines() if l.startswith('  File "') and "orbax" in l]

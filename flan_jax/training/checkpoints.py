@@ -3,14 +3,53 @@
 Orbax writes each step into a temporary directory and renames it only once complete,
 so an interrupted save never leaves a checkpoint that looks finished; the latest
 finished step is what a restarted run resumes from.
+
+A save that cannot be written (a full disk, a quota) costs only itself: before saving,
+the free space is compared with the state's size, and a save that fails while being
+written is reported as soon as it fails (`raise_if_failed`, called every step), in
+one line naming the step, the cause and the intact checkpoint to resume from, in
+place of orbax's tracebacks from each of its writer threads. (Tensorstore may still
+print "Event loop is closed" tracebacks for its writes left pending: it prints them
+itself, past Python's hooks.)
 """
+
+import logging
+import re
+import shutil
 
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from flan_jax import paths
+from flan_jax.errors import UserError
 from flan_jax.training.train_step import TrainState
+
+# Room a save needs beyond the state's bytes (metadata, and estimates that fall short).
+_SPACE_MARGIN = 1.05
+_SPACE_SLACK_BYTES = 16 << 20
+_NOISY_LOGGERS = ("absl", "asyncio")
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+  """Orbax's writer threads (and their asyncio tasks) each log a failed write with its
+  traceback; the run reports the failure once itself, so their records keep only
+  their first line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and ("orbax" in record.pathname or
+                                            record.name == "asyncio"):
+      record.msg, record.args = record.getMessage().splitlines()[0][:300], None
+      record.exc_info = record.exc_text = None
+    return True
+
+
+def _cause(error: BaseException) -> str:
+  """The operating system's reason ("No space left on device") if the error carries one."""
+  text = str(error)
+  reason = re.search(r"Failed to write [^:]*: ([^\[\]\n]+)", text) or re.search(
+      r"\[Errno \d+\] ([^:\n]+)", text)
+  return reason.group(1).strip() if reason else f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 class Checkpointer:
@@ -21,6 +60,10 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self._directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self._in_flight: int | None = None  # the step being written in the background
+    self._quiet = _OneLineOrbaxErrors()
+    for logger in _NOISY_LOGGERS:
+      logging.getLogger(logger).addFilter(self._quiet)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -50,12 +93,62 @@ class Checkpointer:
 
   def save(self, step: int, state: TrainState) -> None:
     """Starts saving `step` (asynchronously); `close` waits for it to finish."""
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self.wait()  # orbax would wait for the previous save anyway; this names its failure
+    self._check_space(step, state)
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as e:
+      raise self._failure(step, e) from None
+    self._in_flight = step
+
+  def _check_space(self, step: int, state: TrainState) -> None:
+    if paths.is_remote(self._directory):
+      return  # buckets have no free-space figure; a failed write is still reported
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) * _SPACE_MARGIN
+    needed += _SPACE_SLACK_BYTES
+    free = shutil.disk_usage(self._directory).free
+    if free < needed:
+      raise UserError(
+          f"not enough disk space to save checkpoint {step}: it needs about "
+          f"{needed / 2**30:.2f} GiB in {self._directory} but {free / 2**30:.2f} GiB are free. "
+          f"{self._resume_hint()}")
+
+  def _resume_hint(self) -> str:
+    latest = self._manager.latest_step()
+    where = (f"Checkpoint {latest} is intact: free space (or point MODEL_DIR elsewhere, "
+             "copying its contents) and rerun to resume from it."
+             if latest is not None else "No checkpoint was saved yet.")
+    return where
+
+  def _failure(self, step: int, error: BaseException) -> UserError:
+    self._in_flight = None
+    try:  # let orbax finish its threads and drop the partial step
+      self._manager.wait_until_finished()
+    except Exception:
+      pass
+    self._manager.reload()
+    return UserError(f"saving checkpoint {step} to {self._directory} failed: {_cause(error)}. "
+                     f"{self._resume_hint()}")
+
+  def raise_if_failed(self) -> None:
+    """Raises the failure of the save in flight, if it has failed (cheap: call often)."""
+    if self._in_flight is not None and not self._manager.is_saving_in_progress():
+      self.wait()  # finished: returns at once, or raises what went wrong
 
   def wait(self) -> None:
     """Until the saves in flight are finished."""
-    self._manager.wait_until_finished()
+    if self._in_flight is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._failure(self._in_flight, e) from None
+    self._in_flight = None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+      for logger in _NOISY_LOGGERS:
+        logging.getLogger(logger).removeFilter(self._quiet)

@@ -10,6 +10,8 @@ Faults cost at most the work since the last save:
   run stops with `Interrupted` (the entry point exits with 128 + the signal).
 - A loss or gradient norm that is not finite stops the run with an error naming the
   step, before anything from that step on is saved, so every checkpoint kept is finite.
+- A save that cannot be written (a full disk) stops the run with one error naming the
+  step and the checkpoint it can resume from (see `checkpoints`).
 """
 
 import dataclasses
@@ -198,6 +200,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         local_batch = next(stream)
         state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
         done = step + 1
+        checkpointer.raise_if_failed()  # a save that failed in the background stops the run
         # The previous step's loss is checked now, one step late, so that reading it
         # does not leave the device idle.
         if unchecked:
