@@ -77,3 +77,22 @@ def test_schedules_follow_their_formulas():
     OptimizerConfig(schedule="linear")
   with pytest.raises(UserError, match="not one of"):
     OptimizerConfig(name="sgd")
+
+
+def test_adafactor_trains_with_factored_moments_on_a_sharded_mesh():
+  # Matrices of 128 or more get factored moments (rank 1 rows and columns), which
+  # cannot take their parameter's 2-D sharding.
+  network = DecoderOnly(dataclasses.replace(TINY_DECODER, embed_dim=128, mlp_dim=256))
+  optimizer = make_optimizer(OptimizerConfig(name="adafactor", warmup_steps=0), 10)
+  mesh = mesh_lib.make_mesh((1, -1, 1))
+  state, shardings = step_lib.init_train_state(network, optimizer, mesh, LENGTHS, seed=0)
+  factored = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "v_row"))
+              if hasattr(s, "v_row")][0]
+  assert factored.v_row["layers_0"]["mlp"]["gate"]["kernel"].ndim == 1  # really factored
+  step = step_lib.make_train_step(network, optimizer, mesh, shardings)
+  batches = train_batches("default_add", LENGTHS, 8, seed=0)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, step_lib.global_batch(next(batches), mesh))
+    losses.append(float(metrics["loss"]))
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

@@ -83,11 +83,17 @@ def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation,
   """NamedShardings for every leaf of the train state, from the parameters' logical axes."""
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), lengths)["params"])
   params = param_shardings(model, mesh, lengths)
-  abstract_opt_state = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
-  # Optimizer moments are shaped like the parameters and sharded like them; counts
-  # and other scalars are replicated.
+  abstract_params = nn.meta.unbox(boxed)
+  abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
+
+  def like_parameter(moment, sharding, parameter):
+    # Moments shaped like their parameter are sharded like it. Adafactor's factored
+    # ones (a row and a column vector per matrix) are small: replicated.
+    return sharding if moment.shape == parameter.shape else mesh_lib.replicated(mesh)
+
+  # Counts and other scalars are replicated.
   opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, abstract_opt_state, params,
+      optimizer, like_parameter, abstract_opt_state, params, abstract_params,
       transform_non_params=lambda _: mesh_lib.replicated(mesh))
   return TrainState(step=mesh_lib.replicated(mesh), params=params, opt_state=opt_shardings)
 
@@ -180,6 +186,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
       return jitted(state, batch)
 
+  run.jitted = jitted  # to lower and compile without running (benchmarks/memory_fit)
   return run
 
 
