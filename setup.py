@@ -19,6 +19,8 @@ setuptools.setup(
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        # MODEL_DIR on local disks and in buckets alike (flan_jax.paths); orbax uses it too.
+        "etils[epath]>=1.5",
         "seqio>=0.0.19",
         "tensorflow-datasets>=4.9",
         "gin-config>=0.5",
