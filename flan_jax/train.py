@@ -53,6 +53,7 @@ def train(
     eval_every: int = 0,
     microbatches: int = 1,
     label_smoothing: float = 0.0,
+    loss_chunk_length: int = 512,
     log_every: int = 10,
     z_loss: float = 1e-4,
     seed: int = 0,
@@ -68,6 +69,8 @@ def train(
   `eval_every` (gin's EVAL_PERIOD): evaluate during training every this many steps,
   into metrics.jsonl and TensorBoard as eval/<mean> (0: only before and after).
   `microbatches`: accumulate each step's gradient over this many slices of the batch.
+  `loss_chunk_length`: rows longer than this get their loss this many positions at a
+  time, never holding the whole batch's float32 logits (0: all at once).
   `mesh_shape`: (data, fsdp, tensor) over all devices; with `dcn_mesh_shape`, over each
   TPU slice's (or GPU host's) devices, and `dcn_mesh_shape` over the slices or hosts.
 
@@ -92,7 +95,8 @@ def train(
                             log_every=log_every, z_loss=z_loss, seed=seed,
                             mesh_shape=tuple(mesh_shape), eval_every=eval_every,
                             dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
-                            microbatches=microbatches, label_smoothing=label_smoothing),
+                            microbatches=microbatches, label_smoothing=label_smoothing,
+                            loss_chunk_length=loss_chunk_length),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

@@ -215,7 +215,9 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, prefix_BxL,
-               cache: Cache | None = None):
+               cache: Cache | None = None, return_hidden: bool = False):
+    """(logits, new cache or None); with `return_hidden`, (final hidden states [B, L, E]
+    that the logits are projected from (`families.DecoderOnly.project`), None)."""
     cfg = self.config
     if not cfg.prefix_lm:
       prefix_BxL = jnp.zeros_like(prefix_BxL)
@@ -243,6 +245,8 @@ class Decoder(nn.Module):
         Block, cfg, x, (mask, cos, sin, cache_index), None if cache is None else cache["layers"],
         num_layers=cfg.num_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+    if return_hidden:
+      return x, None
 
     if cfg.tie_embeddings:
       logits = jnp.einsum("ble,ve->blv", x, embedding.astype(cfg.dtype))

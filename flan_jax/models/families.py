@@ -42,6 +42,17 @@ def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarr
   return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
 
 
+def _project(config, params, hidden_BxLxE) -> jnp.ndarray:
+  """The output layer both model families end with (tied: the embedding; else lm_head),
+  for losses that project a chunk of positions at a time."""
+  if config.tie_embeddings:
+    table = params["embedding"].astype(config.dtype)
+    logits = jnp.einsum("ble,ve->blv", hidden_BxLxE, table)
+  else:
+    logits = jnp.einsum("ble,ev->blv", hidden_BxLxE, params["lm_head"]["kernel"].astype(config.dtype))
+  return logits.astype(jnp.float32)[..., :config.vocab_size]
+
+
 def _dropout_rngs(rng) -> dict:
   """The models drop out only when handed a "dropout" rng (`layer_stack.dropout`)."""
   return {} if rng is None else {"dropout": rng}
@@ -101,6 +112,15 @@ class DecoderOnly:
     return self.module.apply({"params": params}, *self.inputs(batch),
                              rngs=_dropout_rngs(dropout_rng))[0]
 
+  def hidden_states(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
+    """[B, L, E]: what `logits` projects onto the vocabulary (`project`)."""
+    return self.module.apply({"params": params}, *self.inputs(batch), return_hidden=True,
+                             rngs=_dropout_rngs(dropout_rng))[0]
+
+  def project(self, params, hidden_BxLxE) -> jnp.ndarray:
+    """Hidden states -> float32 logits [B, L, vocab_size], as the model's output layer."""
+    return _project(self.config, params, hidden_BxLxE)
+
   def prompt_prefix(self) -> list[int]:
     return [self.bos_id]
 
@@ -149,6 +169,23 @@ class EncoderDecoder:
         decoder_segment_ids=batch.get("decoder_segment_ids"),
         encoder_positions=batch.get("encoder_positions"),
         decoder_positions=batch.get("decoder_positions"), rngs=_dropout_rngs(dropout_rng))
+
+  def hidden_states(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
+    """[B, Ld, E]: what `logits` projects onto the vocabulary (`project`)."""
+    return self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        encoder_segment_ids=batch.get("encoder_segment_ids"),
+        decoder_segment_ids=batch.get("decoder_segment_ids"),
+        encoder_positions=batch.get("encoder_positions"),
+        decoder_positions=batch.get("decoder_positions"), return_hidden=True,
+        rngs=_dropout_rngs(dropout_rng))
+
+  def project(self, params, hidden_BxLxE) -> jnp.ndarray:
+    """Hidden states -> float32 logits [B, Ld, vocab_size], as T5's output layer: original
+    T5 scales by embed_dim**-0.5 before reusing the embedding."""
+    if self.config.tie_embeddings:
+      hidden_BxLxE = hidden_BxLxE * (self.config.embed_dim ** -0.5)
+    return _project(self.config, params, hidden_BxLxE)
 
   def prompt_prefix(self) -> list[int]:
     return []

@@ -329,14 +329,17 @@ class T5(nn.Module):
     return nn.with_logical_constraint(_dropout(self, x), ("batch", "length", "embed"))
 
   def __call__(self, encoder_tokens, decoder_tokens, encoder_segment_ids=None,
-               decoder_segment_ids=None, encoder_positions=None, decoder_positions=None):
-    """Teacher-forced logits [B, Ld, vocab_size] (float32)."""
+               decoder_segment_ids=None, encoder_positions=None, decoder_positions=None,
+               return_hidden: bool = False):
+    """Teacher-forced logits [B, Ld, vocab_size] (float32); with `return_hidden`, the
+    decoder's final hidden states [B, Ld, E] that the logits are projected from
+    (`families.EncoderDecoder.project`), for a loss computed a chunk at a time."""
     if encoder_segment_ids is None:
       encoder_segment_ids = (encoder_tokens != 0).astype(jnp.int32)
     encoded = self.encode(encoder_tokens, encoder_segment_ids, encoder_positions)
-    logits, _ = self.decode(encoded, encoder_segment_ids, decoder_tokens, decoder_segment_ids,
-                            decoder_positions)
-    return logits
+    x, _ = self._decode_hidden(encoded, encoder_segment_ids, decoder_tokens,
+                               decoder_segment_ids, decoder_positions, None)
+    return x if return_hidden else self._logits(x)
 
   def encode(self, encoder_tokens, encoder_segment_ids=None, encoder_positions=None):
     """Encoded inputs [B, Le, E] in the compute dtype."""
@@ -356,6 +359,12 @@ class T5(nn.Module):
     the written slots (one example per row), while `decoder_segment_ids` still
     select what cross-attention sees.
     """
+    x, new_cache = self._decode_hidden(encoded, encoder_segment_ids, decoder_tokens,
+                                       decoder_segment_ids, decoder_positions, cache)
+    return self._logits(x), new_cache
+
+  def _decode_hidden(self, encoded, encoder_segment_ids, decoder_tokens, decoder_segment_ids,
+                     decoder_positions, cache):
     batch, length = decoder_tokens.shape
     if encoder_segment_ids is None:
       encoder_segment_ids = jnp.ones(encoded.shape[:2], jnp.int32)
@@ -364,9 +373,8 @@ class T5(nn.Module):
     if decoder_positions is None:
       start = 0 if cache is None else cache["index"]
       decoder_positions = jnp.broadcast_to(start + jnp.arange(length)[None, :], (batch, length))
-    x, new_cache = self.decoder(self._embed(decoder_tokens), encoded, encoder_segment_ids,
-                                decoder_segment_ids, decoder_positions, cache)
-    return self._logits(x), new_cache
+    return self.decoder(self._embed(decoder_tokens), encoded, encoder_segment_ids,
+                        decoder_segment_ids, decoder_positions, cache)
 
   def _logits(self, x_BxLxE):
     cfg = self.config

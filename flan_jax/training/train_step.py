@@ -42,6 +42,31 @@ def token_losses(logits_BxLxV, targets_BxL, z_loss: float, label_smoothing: floa
   return ce, z_loss * jnp.square(log_z)
 
 
+def chunked_loss_sums(model: ModelFamily, params, hidden_BxLxE, targets_BxL, weights_BxL,
+                      z_loss: float, label_smoothing: float, chunk_length: int):
+  """(sum of weighted cross-entropy, sum of weighted z-loss), projecting `chunk_length`
+  positions at a time: only one chunk's float32 logits [B, chunk, V] exist at once, in
+  the forward pass and (recomputed) in the backward pass, never the whole [B, L, V].
+  """
+  batch, length = targets_BxL.shape
+  chunks = -(-length // chunk_length)
+  pad = chunks * chunk_length - length  # padded positions weigh 0
+  if pad:
+    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
+    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
+  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
+  def chunk_sums(sums, chunk):
+    hidden, targets, weights = chunk
+    ce, z = token_losses(model.project(params, hidden), targets, z_loss, label_smoothing)
+    return (sums[0] + (ce * weights).sum(), sums[1] + (z * weights).sum()), None
+
+  sums, _ = jax.lax.scan(chunk_sums, (jnp.zeros(()), jnp.zeros(())),
+                         (split(hidden_BxLxE), split(targets_BxL), split(weights_BxL)))
+  return sums
+
+
 def per_token_loss(model: ModelFamily, params, batch: Batch) -> jnp.ndarray:
   """Cross-entropy of every target position ([B, L]); callers apply the loss weights."""
   return token_losses(model.logits(params, batch), batch["decoder_target_tokens"], 0.0)[0]
@@ -132,7 +157,8 @@ def _microbatches(batch: Batch, count: int) -> Batch:
 
 def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState, z_loss: float = 1e-4, microbatches: int = 1,
-                    label_smoothing: float = 0.0, seed: int = 0) -> Callable:
+                    label_smoothing: float = 0.0, seed: int = 0,
+                    loss_chunk_length: int = 0) -> Callable:
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
 
   With `microbatches` > 1 the batch's gradient is accumulated over that many slices,
@@ -141,6 +167,10 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
 
   Dropout (a model's `dropout_rate`) draws its masks from `seed`, the step number and
   the microbatch, so a resumed run drops exactly what a straight run drops, on any mesh.
+
+  Targets longer than `loss_chunk_length` (0: never) have their loss computed that many
+  positions at a time (`chunked_loss_sums`), so large vocabularies never hold the whole
+  batch's float32 logits.
   """
 
   def step(state: TrainState, batch: Batch):
@@ -150,10 +180,17 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
     step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params, part, index=0):
-      logits = model.logits(params, part, dropout_rng=jax.random.fold_in(step_rng, index))
-      ce, z = token_losses(logits, part["decoder_target_tokens"], z_loss, label_smoothing)
+      rng = jax.random.fold_in(step_rng, index)
+      targets = part["decoder_target_tokens"]
       part_weights = part["decoder_loss_weights"].astype(jnp.float32)
-      ce_sum, z_sum = (ce * part_weights).sum(), (z * part_weights).sum()
+      if loss_chunk_length and targets.shape[1] > loss_chunk_length:
+        ce_sum, z_sum = chunked_loss_sums(
+            model, params, model.hidden_states(params, part, dropout_rng=rng), targets,
+            part_weights, z_loss, label_smoothing, loss_chunk_length)
+      else:
+        ce, z = token_losses(model.logits(params, part, dropout_rng=rng), targets, z_loss,
+                             label_smoothing)
+        ce_sum, z_sum = (ce * part_weights).sum(), (z * part_weights).sum()
       return (ce_sum + z_sum) / num_targets, (ce_sum, z_sum)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -63,6 +63,9 @@ class TrainerConfig:
   # Accumulate each step's gradient over this many slices of the batch (less memory).
   microbatches: int = 1
   label_smoothing: float = 0.0
+  # Targets longer than this have their loss computed this many positions at a time,
+  # never holding the whole batch's float32 logits (0: all at once).
+  loss_chunk_length: int = 512
 
   def __post_init__(self):
     for name in ("train_steps", "checkpoint_every", "log_every"):
@@ -71,6 +74,9 @@ class TrainerConfig:
     if self.microbatches < 1 or not 0.0 <= self.label_smoothing < 1.0:
       raise UserError(f"microbatches must be >= 1 and label_smoothing in [0, 1) (got "
                       f"{self.microbatches}, {self.label_smoothing}).")
+    if self.loss_chunk_length < 0:
+      raise UserError(f"loss_chunk_length must be >= 0 (0: no chunks), got "
+                      f"{self.loss_chunk_length}.")
     if self.eval_every < 0:
       raise UserError(f"eval_every must be >= 0 (0: no evaluation during training), "
                       f"got {self.eval_every}.")
@@ -177,7 +183,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     return state
 
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
-                                        config.microbatches, config.label_smoothing, config.seed)
+                                        config.microbatches, config.label_smoothing, config.seed,
+                                        config.loss_chunk_length)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   is_primary = jax.process_index() == 0
