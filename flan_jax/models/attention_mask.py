@@ -13,12 +13,18 @@ segment 0 and so see each other: no row is ever fully masked, which keeps softma
 free of NaNs without a special case. The loss mask is a separate thing and lives
 with the loss.
 
-The mask goes to `jax.nn.dot_product_attention`, whose "cudnn" implementation is
-the fused flash-attention kernel on NVIDIA GPUs; a model config's
-`attention_implementation` chooses it.
+A model config's `attention_implementation` says how attention runs:
+- "xla": `jax.nn.dot_product_attention`'s XLA path, which holds every float32 score;
+- "cudnn": its fused flash-attention kernel (NVIDIA GPUs, 16-bit compute);
+- "blocked": `blocked_attention`, a block of keys at a time, masks built per block;
+- "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits, else "blocked"
+  from BLOCKED_FROM_KEYS keys on (where the scores would be large), else "xla".
 """
 
+import jax
 import jax.numpy as jnp
+
+from flan_jax.models.blocked_attention import block_size_for
 
 
 def make_attention_mask(
@@ -36,7 +42,10 @@ def make_attention_mask(
   return (same_segment & (causal | both_prefix))[:, None, :, :]
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked")
+# From this many keys on, "auto" takes the blocked path off cuDNN: below it the scores
+# are small and the XLA path is faster.
+BLOCKED_FROM_KEYS = 1024
 
 
 def check_attention_implementation(name: str) -> None:
@@ -45,6 +54,20 @@ def check_attention_implementation(name: str) -> None:
                      f"{ATTENTION_IMPLEMENTATIONS}.")
 
 
-def attention_implementation(config) -> str | None:
-  """The `implementation` argument of jax.nn.dot_product_attention for a model config."""
-  return None if config.attention_implementation == "xla" else config.attention_implementation
+def attention_implementation(config, num_keys: int) -> str:
+  """"xla", "cudnn" or "blocked": how a config attends over `num_keys` keys."""
+  choice = config.attention_implementation
+  if choice == "auto":
+    sixteen_bit = jnp.dtype(config.dtype).itemsize == 2
+    if jax.default_backend() == "gpu" and sixteen_bit:
+      choice = "cudnn"
+    else:
+      choice = "blocked" if num_keys >= BLOCKED_FROM_KEYS else "xla"
+  if choice == "blocked" and block_size_for(num_keys) is None:
+    return "xla"  # no block of 64+ keys divides them: small or odd lengths
+  return choice
+
+
+def xla_or_cudnn(implementation: str) -> str | None:
+  """jax.nn.dot_product_attention's `implementation` argument."""
+  return "cudnn" if implementation == "cudnn" else None

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.models.attention_mask import (attention_implementation,
-                                            check_attention_implementation, make_attention_mask)
+                                            check_attention_implementation, make_attention_mask,
+                                            xla_or_cudnn)
+from flan_jax.models.blocked_attention import block_size_for, blocked_attention
 from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
 
 Cache = dict[str, Any]
@@ -63,7 +65,7 @@ class DecoderConfig:
   remat_policy: str = "none"
   # jax.nn.dot_product_attention's implementation: "xla" runs everywhere; "cudnn" is
   # the fused flash-attention kernel on NVIDIA GPUs (bf16/fp16 compute only).
-  attention_implementation: str = "xla"
+  attention_implementation: str = "auto"
   # Dropout on the embeddings and on each attention and MLP output before it joins the
   # residual stream; only while training (see `layer_stack.dropout`).
   dropout_rate: float = 0.0
@@ -147,7 +149,9 @@ class Attention(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask, cos, sin, layer_cache=None, cache_index=None):
+  def __call__(self, x_BxLxE, mask_ids, cos, sin, layer_cache=None, cache_index=None):
+    """`mask_ids`: (the whole mask,), or for the blocked path the queries' then the keys'
+    (segment ids, positions, prefix flags), from which each block's mask is built."""
     cfg = self.config
     E, H, K, D = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     weight = lambda name, axes, shape, in_axes=(0,): self.param(
@@ -174,8 +178,19 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
       layer_cache = {"k": k, "v": v}
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                       implementation=attention_implementation(cfg))
+    implementation = attention_implementation(cfg, k.shape[1])
+    if implementation == "blocked":
+      query_ids, key_ids = mask_ids[:3], mask_ids[3:]
+      block = lambda ids, start, size: tuple(
+          jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) for x in ids)
+      out = blocked_attention(
+          q, k, v, mask_fn=lambda start, size: make_attention_mask(
+              *query_ids, *block(key_ids, start, size)),
+          scale=D ** -0.5, block_size=block_size_for(k.shape[1]))
+    else:
+      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                         mask=mask_ids[0],
+                                         implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
 
@@ -199,11 +214,11 @@ class Block(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, mask, cos, sin, cache_index, layer_cache):
+  def __call__(self, x, mask_ids, cos, sin, cache_index, layer_cache):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
     attended, layer_cache = Attention(cfg, name="attention")(
-        norm("attention_norm")(x), mask, cos, sin, layer_cache, cache_index)
+        norm("attention_norm")(x), mask_ids, cos, sin, layer_cache, cache_index)
     x = x + dropout(self, attended, cfg.dropout_rate)
     x = x + dropout(self, MLP(cfg, name="mlp")(norm("mlp_norm")(x)), cfg.dropout_rate)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
@@ -237,12 +252,14 @@ class Decoder(nn.Module):
       kv_segment_ids = write(cache["segment_ids"], segment_ids_BxL)
       kv_positions = write(cache["positions"], positions_BxL)
       kv_prefix = write(cache["prefix"], prefix_BxL)
-    mask = make_attention_mask(segment_ids_BxL, positions_BxL, prefix_BxL,
-                               kv_segment_ids, kv_positions, kv_prefix)
+    mask_ids = (segment_ids_BxL, positions_BxL, prefix_BxL, kv_segment_ids, kv_positions,
+                kv_prefix)
+    if attention_implementation(cfg, kv_segment_ids.shape[1]) != "blocked":
+      mask_ids = (make_attention_mask(*mask_ids),)  # built once, shared by every layer
     cos, sin = rope_tables(positions_BxL, rope_frequencies(cfg))
 
     x, new_layers = apply_layers(
-        Block, cfg, x, (mask, cos, sin, cache_index), None if cache is None else cache["layers"],
+        Block, cfg, x, (mask_ids, cos, sin, cache_index), None if cache is None else cache["layers"],
         num_layers=cfg.num_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if return_hidden:

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax.models import layer_stack
-from flan_jax.models.attention_mask import attention_implementation, check_attention_implementation
+from flan_jax.models.attention_mask import (attention_implementation,
+                                            check_attention_implementation, xla_or_cudnn)
 from flan_jax.models.decoder import RMSNorm
 
 Cache = dict[str, Any]
@@ -71,7 +72,8 @@ class T5Config:
   param_dtype: str = "float32"
   scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
   remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
-  attention_implementation: str = "xla"  # or "cudnn"; see DecoderConfig
+  # "auto", "xla" or "cudnn" (see DecoderConfig; T5 has no "blocked" path yet)
+  attention_implementation: str = "auto"
   # t5x's dropout: on the embeddings, the MLP's hidden units, each sub-layer's output
   # before it joins the residual stream, and each stack's output; only while training
   # (see `layer_stack.dropout`). Attention probabilities are not dropped: the fused
@@ -87,6 +89,8 @@ class T5Config:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
     layer_stack.check_remat_policy(self.remat_policy)
     check_attention_implementation(self.attention_implementation)
+    if self.attention_implementation == "blocked":
+      raise ValueError("T5 has no blocked attention yet: use 'auto', 'xla' or 'cudnn'.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
 
@@ -181,9 +185,12 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
     keys_values = {"k": k, "v": v}
+    # T5's stacks build its position bias whole, so its attention has no blocked path
+    # yet: "auto" takes cuDNN on NVIDIA GPUs in 16 bits, else XLA.
+    implementation = attention_implementation(cfg, k.shape[1])
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
                                        mask=mask, scale=1.0,
-                                       implementation=attention_implementation(cfg))
+                                       implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), keys_values
 

@@ -1,0 +1,76 @@
+"""Attention over one block of keys at a time, never holding [B, H, Q, K] scores.
+
+The XLA path of `jax.nn.dot_product_attention` builds every query-key score in float32
+(64 GiB for a 1B model at 8 x 2,048 tokens); the cuDNN kernel does not, but only
+runs on NVIDIA GPUs in 16-bit compute. This is the portable memory-efficient path: an
+online softmax (as in flash attention) walks the keys a block at a time, keeping per
+query a running maximum, normaliser and weighted sum of values. Each block's scores
+exist only inside its step, and the backward pass recomputes them (`jax.checkpoint`),
+so memory grows with queries x block, not queries x keys.
+
+Masks and biases come per block from callables of (first key, block size), computed
+from token ids (segments, positions, prefix flags) and never built whole.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# (first key of the block, block size) -> bool [B, 1, Q, block] / float32 [B or 1, H, Q, block]
+BlockMask = Callable[[jnp.ndarray, int], jnp.ndarray]
+BlockBias = Callable[[jnp.ndarray, int], jnp.ndarray]
+
+# Scores of masked keys. Finite, so a block whose keys are all masked for a query
+# (exp(-1e30 - (-1e30)) = 1) is caught by zeroing masked probabilities, not by NaNs.
+_MASKED = -1e30
+
+
+def block_size_for(num_keys: int, preferred: int = 256) -> int | None:
+  """The largest power-of-two block <= `preferred` that divides `num_keys` (None if
+  only tiny blocks do, where the plain path is as good)."""
+  size = preferred
+  while size >= 64:
+    if num_keys % size == 0:
+      return size
+    size //= 2
+  return None
+
+
+def blocked_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, *, mask_fn: BlockMask,
+                      bias_fn: BlockBias | None = None, scale: float,
+                      block_size: int) -> jnp.ndarray:
+  """softmax(q k^T * scale + bias, masked) v, for H query heads over G <= H key heads."""
+  B, Q, H, D = q_BxQxHxD.shape
+  num_keys, G = k_BxKxGxD.shape[1], k_BxKxGxD.shape[2]
+  R = H // G  # query heads per key head (grouped-query attention)
+  if num_keys % block_size:
+    raise ValueError(f"{num_keys} keys do not split into blocks of {block_size}.")
+  q = q_BxQxHxD.reshape(B, Q, G, R, D)
+
+  @jax.checkpoint  # the backward pass recomputes a block's scores instead of keeping them
+  def step(carry, index):
+    running_max, normaliser, weighted = carry  # [B,G,R,Q], [B,G,R,Q], [B,Q,G,R,D]
+    start = index * block_size
+    k = jax.lax.dynamic_slice_in_dim(k_BxKxGxD, start, block_size, axis=1)
+    v = jax.lax.dynamic_slice_in_dim(v_BxKxGxD, start, block_size, axis=1)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * scale
+    if bias_fn is not None:
+      bias = bias_fn(start, block_size)
+      scores = scores + bias.reshape(bias.shape[0], G, R, Q, block_size)
+    mask = mask_fn(start, block_size)[:, :, None]  # [B, 1, 1, Q, block]
+    scores = jnp.where(mask, scores, _MASKED)
+    new_max = jnp.maximum(running_max, scores.max(axis=-1))
+    probabilities = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+    rescale = jnp.exp(running_max - new_max)
+    normaliser = normaliser * rescale + probabilities.sum(axis=-1)
+    weighted = (weighted * jnp.moveaxis(rescale, -1, 1)[..., None]
+                + jnp.einsum("bgrqk,bkgd->bqgrd", probabilities, v.astype(jnp.float32)))
+    return (new_max, normaliser, weighted), None
+
+  init = (jnp.full((B, G, R, Q), _MASKED, jnp.float32), jnp.zeros((B, G, R, Q), jnp.float32),
+          jnp.zeros((B, Q, G, R, D), jnp.float32))
+  (_, normaliser, weighted), _ = jax.lax.scan(step, init, jnp.arange(num_keys // block_size))
+  out = weighted / jnp.moveaxis(normaliser, -1, 1)[..., None]
+  return out.reshape(B, Q, H, D).astype(q_BxQxHxD.dtype)

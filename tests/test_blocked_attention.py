@@ -1,0 +1,118 @@
+"""Blocked attention equals jax.nn.dot_product_attention, with masks and biases built a
+block at a time, in values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax.models.attention_mask import make_attention_mask
+from flan_jax.models.blocked_attention import block_size_for, blocked_attention
+
+
+def _packed_ids(rows, length, rng):
+  """Segment ids, positions restarting per segment, prefix flags; padding at the end."""
+  segments, positions, prefix = (np.zeros((rows, length), np.int32) for _ in range(3))
+  for row in range(rows):
+    start, segment = 0, 1
+    while start < length - 8:
+      size = int(rng.integers(8, length // 2))
+      end = min(start + size, length - 4)
+      segments[row, start:end] = segment
+      positions[row, start:end] = np.arange(end - start)
+      prefix[row, start:start + (end - start) // 2] = 1
+      start, segment = end, segment + 1
+  return segments, positions, prefix
+
+
+@pytest.mark.parametrize("heads, kv_heads, with_bias", [(4, 2, False), (4, 4, True)])
+def test_blocked_attention_equals_the_xla_path_in_values_and_gradients(heads, kv_heads, with_bias):
+  rng = np.random.default_rng(0)
+  B, L, D = 2, 256, 16
+  q = jnp.asarray(rng.normal(size=(B, L, heads, D)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(B, L, kv_heads, D)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(B, L, kv_heads, D)), jnp.float32)
+  ids = [jnp.asarray(x) for x in _packed_ids(B, L, rng)]
+  bias = jnp.asarray(rng.normal(size=(1, heads, L, L)), jnp.float32) if with_bias else None
+  full_mask = make_attention_mask(*ids, *ids)
+
+  def reference(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=full_mask, scale=0.3)
+
+  def blocked(q, k, v):
+    keys = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    mask_fn = lambda start, size: make_attention_mask(*ids, *(keys(x, start, size) for x in ids))
+    bias_fn = (lambda start, size: jax.lax.dynamic_slice_in_dim(bias, start, size, axis=3)
+               ) if with_bias else None
+    return blocked_attention(q, k, v, mask_fn=mask_fn, bias_fn=bias_fn, scale=0.3, block_size=64)
+
+  np.testing.assert_allclose(blocked(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda *a: (f(*a) * jnp.cos(jnp.arange(D))).sum()
+  for got, want in zip(jax.grad(loss(blocked), (0, 1, 2))(q, k, v),
+                       jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_block_sizes_divide_the_keys():
+  assert block_size_for(2048) == 256 and block_size_for(1536) == 256
+  assert block_size_for(640) == 128 and block_size_for(100) is None
+
+
+def _decoder(implementation, **overrides):
+  from flan_jax.models.decoder import DecoderConfig
+  settings = dict(vocab_size=300, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
+                  head_dim=8, mlp_dim=64)
+  return DecoderConfig(**{**settings, **overrides}, attention_implementation=implementation)
+
+
+def test_the_decoder_on_the_blocked_path_equals_the_xla_path_packed_and_cached():
+  from flan_jax.models.decoder import Decoder, init_cache
+  rng = np.random.default_rng(1)
+  B, L = 2, 1024  # four blocks of 256 keys
+  segments, positions, prefix = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  tokens = jnp.asarray(rng.integers(1, 300, (B, L)), jnp.int32) * (segments > 0)
+  xla, blocked = Decoder(_decoder("xla")), Decoder(_decoder("blocked"))
+  params = jax.jit(xla.init)(jax.random.key(0), tokens, positions, segments, prefix)
+  run = lambda model: jax.jit(lambda p: model.apply(p, tokens, positions, segments, prefix)[0])
+  np.testing.assert_allclose(run(blocked)(params), run(xla)(params), rtol=1e-4, atol=1e-4)
+  # Decoding: a prompt into a 1,024-slot cache, then one more token.
+  def decode(model):
+    cache = init_cache(model.config, B, L)
+    step = jax.jit(lambda p, t, pos, c: model.apply(p, t, pos, jnp.ones_like(t), jnp.zeros_like(t),
+                                                    cache=c))
+    prompt = tokens[:, :16]
+    logits, cache = step(params, prompt, jnp.broadcast_to(jnp.arange(16), (B, 16)), cache)
+    nxt = jnp.argmax(logits[:, -1:], -1).astype(jnp.int32)
+    logits2, _ = step(params, nxt, jnp.full((B, 1), 16), cache)
+    return logits, logits2
+  for got, want in zip(decode(blocked), decode(xla)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_takes_the_blocked_path_for_long_rows_on_cpu_and_it_holds_no_whole_scores():
+  from flan_jax.models.attention_mask import attention_implementation
+  from flan_jax.models.families import DecoderOnly
+  from flan_jax.training import mesh as mesh_lib
+  from flan_jax.training import train_step as step_lib
+  from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
+  assert attention_implementation(_decoder("auto"), 2048) == "blocked"
+  assert attention_implementation(_decoder("auto"), 128) == "xla"
+
+  def temp_bytes(implementation):
+    network = DecoderOnly(_decoder(implementation, num_heads=8, num_kv_heads=8, head_dim=4))
+    lengths = {"inputs": 1024, "targets": 1024}
+    optimizer = make_optimizer(OptimizerConfig(warmup_steps=0), 10)
+    mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    shardings = step_lib.state_shardings(network, optimizer, mesh, lengths)
+    state = step_lib.abstract_train_state(network, optimizer, shardings, lengths)
+    row = jax.ShapeDtypeStruct((2, 2048), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
+    batch = {k: row for k in ("decoder_input_tokens", "decoder_target_tokens",
+                              "decoder_loss_weights", "decoder_segment_ids",
+                              "decoder_positions", "decoder_causal_attention")}
+    step = step_lib.make_train_step(network, optimizer, mesh, shardings)
+    with jax.set_mesh(mesh):
+      return step.jitted.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+
+  scores_per_layer = 2 * 8 * 2048 * 2048 * 4  # [B, H, L, L] float32: 256 MiB
+  xla, auto = temp_bytes("xla"), temp_bytes("auto")
+  assert xla > 2 * scores_per_layer and auto < scores_per_layer, (xla, auto)
