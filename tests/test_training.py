@@ -46,6 +46,9 @@ def test_twenty_steps_lower_the_loss_and_log_every_step(tmp_path):
   first, last = np.mean([m["loss"] for m in logged[:3]]), np.mean([m["loss"] for m in logged[-3:]])
   assert last < first - 1.0, (first, last)
   assert logged[-1]["tokens_per_second"] > 0
+  # Reported once, with the first step (setup and compilation included).
+  assert [m["step"] for m in logged if "time_to_first_step_s" in m] == [1]
+  assert logged[0]["time_to_first_step_s"] > 0
   assert os.listdir(tmp_path / "tensorboard" / "train")  # event files written
   assert os.listdir(tmp_path / "checkpoints") == ["20"]  # the final step is always saved
 

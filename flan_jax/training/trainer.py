@@ -163,7 +163,11 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   a random initialisation; a resumed run ignores them. Every `config.eval_every` steps
   before the last, `evaluate(params)`'s scalars go to metrics.jsonl and TensorBoard as
   "eval/<name>".
+
+  The first logged step also records `time_to_first_step_s`: from this call to the end
+  of the run's first step (setup, restoring, compiling and the step itself).
   """
+  began = time.perf_counter()
   mesh = mesh_lib.make_mesh(config.mesh_shape, dcn_shape=config.dcn_mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
@@ -199,7 +203,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   if start and is_primary:
     bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
   tokens, timer = 0, time.perf_counter()
-  saved, unchecked = start, None
+  saved, unchecked, first_step_s = start, None, None
   check = lambda step, metrics: _check_finite(step, metrics, checkpointer, model_dir)
   try:
     with StopSignals() as stop:
@@ -207,6 +211,10 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         local_batch = next(stream)
         state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
         done = step + 1
+        if step == start:
+          jax.block_until_ready(metrics["loss"])
+          first_step_s = time.perf_counter() - began
+          logging.info("Time to first step: %.1f s.", first_step_s)
         checkpointer.raise_if_failed()  # a save that failed in the background stops the run
         # The previous step's loss is checked now, one step late, so that reading it
         # does not leave the device idle.
@@ -223,6 +231,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           scalars = {"loss": host_metrics["loss"], "z_loss": host_metrics["z_loss"],
                      "grad_norm": host_metrics["grad_norm"],
                      "learning_rate": float(schedule(step)), "tokens_per_second": tokens / elapsed}
+          if first_step_s is not None:
+            scalars["time_to_first_step_s"], first_step_s = first_step_s, None
           writer.write(done, scalars)
           bar.set_postfix(loss=f"{scalars['loss']:.3f}",
                           tok_s=f"{scalars['tokens_per_second']:,.0f}")
