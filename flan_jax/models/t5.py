@@ -265,6 +265,16 @@ def _relpos_table(module: nn.Module, cfg: T5Config):
                       cfg.param_dtype)
 
 
+def _row_indices(x_BxLxE):
+  """Query and key indices 0..L-1 for all rows: the relative position bias from these is
+  one [1, H, L, L] table shared by every row, not one per row. It equals the bias from
+  the tokens' own positions wherever attention is allowed: within an example (a packed
+  segment, or a left-padded prompt) positions rise by one per index, so key position -
+  query position = key index - query index; across examples the mask hides the score."""
+  indices = jnp.arange(x_BxLxE.shape[1])[None, :]
+  return indices, indices
+
+
 class EncoderStack(nn.Module):
   """Embedded inputs [B, L, E] -> encoded [B, L, E] (after the final norm)."""
   config: T5Config
@@ -272,7 +282,7 @@ class EncoderStack(nn.Module):
   @nn.compact
   def __call__(self, x, segment_ids_BxL, positions_BxL):
     cfg = self.config
-    bias = position_bias(_relpos_table(self, cfg), positions_BxL, positions_BxL, True, cfg)
+    bias = position_bias(_relpos_table(self, cfg), *_row_indices(x), True, cfg)
     mask = segment_mask(segment_ids_BxL, segment_ids_BxL)
     x, _ = layer_stack.apply_layers(
         EncoderBlock, cfg, x, (mask, bias), None, num_layers=cfg.num_encoder_layers,
@@ -291,7 +301,7 @@ class DecoderStack(nn.Module):
     if cache is None:
       per_layer, cache_index = None, None
       self_mask = segment_mask(segment_ids, segment_ids, positions, positions)
-      self_bias = position_bias(table, positions, positions, False, cfg)
+      self_bias = position_bias(table, *_row_indices(x), False, cfg)
     else:
       # Cache slot j holds the token at position j, so causality over slots also
       # hides the slots not yet written.
