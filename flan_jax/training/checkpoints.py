@@ -61,9 +61,11 @@ class Checkpointer:
         self._directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
     self._in_flight: int | None = None  # the step being written in the background
-    self._quiet = _OneLineOrbaxErrors()
+    # Kept for the life of the process: orbax's pending tasks log their failures as late
+    # as the interpreter's exit, after the checkpointer has closed.
     for logger in _NOISY_LOGGERS:
-      logging.getLogger(logger).addFilter(self._quiet)
+      if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger(logger).filters):
+        logging.getLogger(logger).addFilter(_OneLineOrbaxErrors())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -150,5 +152,3 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
-      for logger in _NOISY_LOGGERS:
-        logging.getLogger(logger).removeFilter(self._quiet)

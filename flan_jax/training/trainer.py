@@ -31,6 +31,7 @@ from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.prefetch import Placed, Prefetcher
 from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
 from flan_jax.training.stop_signals import StopSignals
@@ -63,6 +64,9 @@ class TrainerConfig:
   # Accumulate each step's gradient over this many slices of the batch (less memory).
   microbatches: int = 1
   label_smoothing: float = 0.0
+  # Batches made and copied to the devices ahead of training, on a background thread
+  # (0: made when needed, on the training thread).
+  prefetch: int = 2
   # Targets longer than this have their loss computed this many positions at a time,
   # never holding the whole batch's float32 logits (0: all at once).
   loss_chunk_length: int = 512
@@ -71,6 +75,8 @@ class TrainerConfig:
     for name in ("train_steps", "checkpoint_every", "log_every"):
       if getattr(self, name) < 1:
         raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+    if self.prefetch < 0:
+      raise UserError(f"prefetch must be >= 0 (0: no batches made ahead), got {self.prefetch}.")
     if self.microbatches < 1 or not 0.0 <= self.label_smoothing < 1.0:
       raise UserError(f"microbatches must be >= 1 and label_smoothing in [0, 1) (got "
                       f"{self.microbatches}, {self.label_smoothing}).")
@@ -115,9 +121,10 @@ def _data_state_path(model_dir: str, step: int) -> str:
 def _save_data_state(model_dir: str, step: int, stream, checkpointer: Checkpointer) -> None:
   """The stream's position after `step`, beside that step's checkpoint (written whole
   or not at all); positions of checkpoints no longer kept are removed."""
-  if not hasattr(stream, "state"):
+  state = stream.state() if hasattr(stream, "state") else None
+  if state is None:
     return
-  paths.write_atomically(_data_state_path(model_dir, step), json.dumps(stream.state()))
+  paths.write_atomically(_data_state_path(model_dir, step), json.dumps(state))
   kept = set(checkpointer.all_steps()) | {step}
   root = paths.join(model_dir, DATA_STATE_DIR)
   for name in paths.listdir(root):
@@ -191,6 +198,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
                                         config.loss_chunk_length)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
+  place = lambda local_batch: step_lib.global_batch(local_batch, mesh)
+  stream = Prefetcher(stream, place, config.prefetch) if config.prefetch else Placed(stream, place)
   is_primary = jax.process_index() == 0
   if is_primary and start:
     dropped = metrics_writer.rewind(model_dir, start)
@@ -208,8 +217,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   try:
     with StopSignals() as stop:
       for step in range(start, config.train_steps):
-        local_batch = next(stream)
-        state, metrics = train_step(state, step_lib.global_batch(local_batch, mesh))
+        local_batch, placed_batch = next(stream)
+        state, metrics = train_step(state, placed_batch)
         done = step + 1
         if step == start:
           jax.block_until_ready(metrics["loss"])
@@ -261,6 +270,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
               f"{model_dir}/checkpoints. Run the same command again to resume from it.",
               stop.received)
   finally:
+    stream.close()
     bar.close()
     writer.close()
     checkpointer.close()  # waits for the saves in flight
