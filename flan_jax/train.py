@@ -54,6 +54,7 @@ def train(
     microbatches: int = 1,
     label_smoothing: float = 0.0,
     loss_chunk_length: int = 512,
+    prefetch: int = 2,
     log_every: int = 10,
     z_loss: float = 1e-4,
     seed: int = 0,
@@ -71,6 +72,7 @@ def train(
   `microbatches`: accumulate each step's gradient over this many slices of the batch.
   `loss_chunk_length`: rows longer than this get their loss this many positions at a
   time, never holding the whole batch's float32 logits (0: all at once).
+  `prefetch`: batches made and copied to the devices ahead, on a background thread.
   `mesh_shape`: (data, fsdp, tensor) over all devices; with `dcn_mesh_shape`, over each
   TPU slice's (or GPU host's) devices, and `dcn_mesh_shape` over the slices or hosts.
 
@@ -96,7 +98,7 @@ def train(
                             mesh_shape=tuple(mesh_shape), eval_every=eval_every,
                             dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
                             microbatches=microbatches, label_smoothing=label_smoothing,
-                            loss_chunk_length=loss_chunk_length),
+                            loss_chunk_length=loss_chunk_length, prefetch=prefetch),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,
