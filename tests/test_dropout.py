@@ -60,7 +60,7 @@ def _jitted_logits(network):
 def test_dropout_changes_training_logits_only(config):
   family = EncoderDecoder if isinstance(config, T5Config) else DecoderOnly
   plain, dropping = family(config), family(dataclasses.replace(config, dropout_rate=0.2))
-  params = step_lib.init_params(plain, jax.random.key(0), LENGTHS)
+  params = jax.jit(lambda rng: step_lib.init_params(plain, rng, LENGTHS))(jax.random.key(0))
   batch = _batch(plain)
   (plain_eval, plain_train), (drop_eval, drop_train) = map(_jitted_logits, (plain, dropping))
   reference = plain_eval(params, batch)
