@@ -161,24 +161,22 @@ class EncoderDecoder:
     batch = self.example_batch(task_feature_lengths)
     return self.module.init(rng, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
 
-  def logits(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
-    """[B, Ld, V]; with `dropout_rng`, as in training (dropout applied)."""
+  def _apply(self, params, batch: Batch, dropout_rng, return_hidden: bool) -> jnp.ndarray:
     return self.module.apply(
         {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
         encoder_segment_ids=batch.get("encoder_segment_ids"),
         decoder_segment_ids=batch.get("decoder_segment_ids"),
         encoder_positions=batch.get("encoder_positions"),
-        decoder_positions=batch.get("decoder_positions"), rngs=_dropout_rngs(dropout_rng))
+        decoder_positions=batch.get("decoder_positions"), return_hidden=return_hidden,
+        rngs=_dropout_rngs(dropout_rng))
+
+  def logits(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
+    """[B, Ld, V]; with `dropout_rng`, as in training (dropout applied)."""
+    return self._apply(params, batch, dropout_rng, return_hidden=False)
 
   def hidden_states(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray:
     """[B, Ld, E]: what `logits` projects onto the vocabulary (`project`)."""
-    return self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-        encoder_segment_ids=batch.get("encoder_segment_ids"),
-        decoder_segment_ids=batch.get("decoder_segment_ids"),
-        encoder_positions=batch.get("encoder_positions"),
-        decoder_positions=batch.get("decoder_positions"), return_hidden=True,
-        rngs=_dropout_rngs(dropout_rng))
+    return self._apply(params, batch, dropout_rng, return_hidden=True)
 
   def project(self, params, hidden_BxLxE) -> jnp.ndarray:
     """Hidden states -> float32 logits [B, Ld, vocab_size], as T5's output layer: original
