@@ -17,7 +17,7 @@ would without rendering, tokenizing and packing the batches it already trained o
 """
 
 import itertools
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from absl import logging
 import numpy as np

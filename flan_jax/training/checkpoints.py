@@ -117,10 +117,10 @@ class Checkpointer:
 
   def _resume_hint(self) -> str:
     latest = self._manager.latest_step()
-    where = (f"Checkpoint {latest} is intact: free space (or point MODEL_DIR elsewhere, "
-             "copying its contents) and rerun to resume from it."
-             if latest is not None else "No checkpoint was saved yet.")
-    return where
+    if latest is None:
+      return "No checkpoint was saved yet."
+    return (f"Checkpoint {latest} is intact: free space (or point MODEL_DIR elsewhere, "
+            "copying its contents) and rerun to resume from it.")
 
   def _failure(self, step: int, error: BaseException) -> UserError:
     self._in_flight = None
