@@ -125,11 +125,14 @@ def _finetune(
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
     truncation_sample: int = 100,
+    data_workers: int | None = None,
 ) -> dict[str, dict[str, float]]:
   """Evaluates, trains, evaluates again; returns {"before", "after", "groups"}.
 
   `truncation_sample`: examples per training task read before training to count and
   report prompts and targets that the run's lengths cut (0: skip the report).
+  `data_workers`: processes that render and tokenize training examples (None: one per
+  spare core on an accelerator, none on the CPU; the data is the same for any number).
   """
   ensure_writable_dir(model_dir)
   seen_tasks = registry.leaf_tasks(mixture_or_task_name)
@@ -201,12 +204,17 @@ def _finetune(
   # `trainer.eval_every` steps (the trainer), and after at the last step.
   _log_evaluation(model_dir, 0, before)
 
+  workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
+  if workers < 0:
+    raise UserError(f"data_workers must be >= 0 (0: render examples in the training process), "
+                    f"got {workers}.")
+
   def batches(start_step: int, state=None):
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
         encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
-        inputs_eos=inputs_eos, state=state)
+        inputs_eos=inputs_eos, state=state, workers=workers)
 
   state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                             initial_params=initial_params,

@@ -55,6 +55,7 @@ def train(
     label_smoothing: float = 0.0,
     loss_chunk_length: int = 512,
     prefetch: int = 2,
+    data_workers: int | None = None,
     log_every: int = 10,
     z_loss: float = 1e-4,
     seed: int = 0,
@@ -73,6 +74,8 @@ def train(
   `loss_chunk_length`: rows longer than this get their loss this many positions at a
   time, never holding the whole batch's float32 logits (0: all at once).
   `prefetch`: batches made and copied to the devices ahead, on a background thread.
+  `data_workers`: processes that render and tokenize examples (None: one per spare core,
+  up to 8, on an accelerator; none on the CPU, whose cores run the model).
   `mesh_shape`: (data, fsdp, tensor) over all devices; with `dcn_mesh_shape`, over each
   TPU slice's (or GPU host's) devices, and `dcn_mesh_shape` over the slices or hosts.
 
@@ -106,6 +109,7 @@ def train(
       evaluate_before=evaluate_before,
       initial_checkpoint_path=initial_checkpoint_path,
       truncation_sample=truncation_sample,
+      data_workers=data_workers,
   )
 
 

@@ -66,7 +66,8 @@ def test_sigterm_to_the_cli_saves_and_exits_with_143(tmp_path):
       [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/quickstart.gin",
        f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=100000", "--gin.train.log_every=1",
        "--gin.train.evaluate_before=False", "--gin.DecoderConfig.num_layers=1",
-       "--gin.DecoderConfig.embed_dim=32", "--gin.train.truncation_sample=0"],
+       "--gin.DecoderConfig.embed_dim=32", "--gin.train.truncation_sample=0",
+       "--gin.train.data_workers=1"],  # a worker process must not keep the run from exiting
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = model_dir / "metrics.jsonl"

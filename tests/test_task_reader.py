@@ -4,6 +4,7 @@ import collections
 import contextlib
 import itertools
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -199,7 +200,8 @@ def test_packed_batches_restart_from_their_saved_state():
   state = json.loads(json.dumps(straight.state()))
   assert state["packer"]["open"]  # rows in the making travel with the state
   expected = [next(straight) for _ in range(10)]
-  resumed = train_batches("default_train", lengths, 8, seed=0, state=state)
+  # Resumed with data workers: the same batches as the straight run without them.
+  resumed = train_batches("default_train", lengths, 8, seed=0, state=state, workers=2)
   for ours, theirs in zip([next(resumed) for _ in range(10)], expected):
     assert ours.keys() == theirs.keys()
     for key in ours:
@@ -207,3 +209,32 @@ def test_packed_batches_restart_from_their_saved_state():
   replayed = train_batches("default_train", lengths, 8, seed=0, skip_batches=25)
   np.testing.assert_array_equal(next(replayed)["decoder_input_tokens"],
                                 expected[0]["decoder_input_tokens"])
+
+
+def test_workers_render_the_same_examples_and_states_in_the_same_order(tasks):
+  import json
+  import multiprocessing
+  import os
+  from flan_jax.data.workers import ParallelExamples
+  # A task rendered in Python (by the workers) and one seqio reads (in this process).
+  mixture = seqio.Mixture("reader_mix_workers", [(tasks["fs_opt"], 3.0), ("reader_plain", 1.0)])
+  stream = lambda state=None: task_reader.mixture_examples(
+      mixture, "train", sequence_length=LENGTHS, seed=2, state=state)
+  alone, parallel = stream(), ParallelExamples(stream(), workers=2)
+  for n in range(400):
+    if n == 150:  # a stop signal is the trainer's to handle: workers ignore it
+      workers = multiprocessing.active_children()
+      for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+      time.sleep(0.5)
+      assert len(workers) == 2 and all(worker.is_alive() for worker in workers)
+    ours, theirs = next(parallel), next(alone)
+    assert _text(ours["inputs_pretokenized"]) == _text(theirs["inputs_pretokenized"])
+    np.testing.assert_array_equal(ours["targets"], theirs["targets"])
+    if n % 50 == 0:
+      assert parallel.state() == alone.state()
+  # Its state resumes a stream without workers where the one with workers goes on.
+  resumed = stream(json.loads(json.dumps(parallel.state())))
+  expected = [_text(e["inputs_pretokenized"]) for e in itertools.islice(parallel, 50)]
+  assert [_text(e["inputs_pretokenized"]) for e in itertools.islice(resumed, 50)] == expected
+  parallel.close()

@@ -17,6 +17,7 @@ would without rendering, tokenizing and packing the batches it already trained o
 """
 
 import itertools
+import os
 from typing import Any, Mapping
 
 from absl import logging
@@ -24,6 +25,7 @@ import numpy as np
 import seqio
 
 from flan_jax.data import packing, registry, task_reader, truncation
+from flan_jax.data import workers as workers_lib
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -50,6 +52,7 @@ def train_batches(
     bos_id: int = 0,
     inputs_eos: bool = True,
     state: Mapping[str, Any] | None = None,
+    workers: int = 0,
 ) -> "TrainStream":
   """An endless iterator of this host's part of each global batch.
 
@@ -57,7 +60,8 @@ def train_batches(
   keeps seqio's EOS at the end of the inputs (see `truncation`). Unpacked batches
   hold one example per row, laid out by the same packer. `state` (what the stream's
   `state()` returned) restarts it where it stood, at about the cost of starting;
-  without it, `skip_batches` replays that many batches.
+  without it, `skip_batches` replays that many batches. `workers` processes render
+  and tokenize examples (`workers.py`); the batches are the same for any number.
   """
   mixture_or_task = registry.get_mixture_or_task(mixture_or_task_name)  # clear unknown-name error
   if global_batch_size % num_shards:
@@ -70,6 +74,8 @@ def train_batches(
   examples = task_reader.mixture_examples(
       mixture_or_task, "train", sequence_length=task_feature_lengths, seed=seed,
       state=state["examples"] if state else None)
+  if workers:
+    examples = workers_lib.ParallelExamples(examples, workers)
   eos_id = mixture_or_task.output_features["targets"].vocabulary.eos_id
   packer = packing.BestFitPacker(task_feature_lengths, name=mixture_or_task_name,
                                  encoder_decoder=encoder_decoder, bos_id=bos_id, eos_id=eos_id,
@@ -86,8 +92,8 @@ class TrainStream:
   """Batches of packed rows, with `state()`: the examples' position, the packer's open
   rows and the rows made but not yet batched (all JSON-able)."""
 
-  def __init__(self, examples: task_reader.MixtureStream, packer: packing.BestFitPacker,
-               rows_per_batch: int, state: Mapping[str, Any] | None = None,
+  def __init__(self, examples: "task_reader.MixtureStream | workers_lib.ParallelExamples",
+               packer: packing.BestFitPacker, rows_per_batch: int, state: Mapping[str, Any] | None = None,
                host_rows: tuple[int, int] = (0, 1)):
     self._examples, self._packer, self._rows_per_batch = examples, packer, rows_per_batch
     index, count = host_rows  # this host keeps the index-th of `count` equal slices
@@ -112,6 +118,14 @@ class TrainStream:
   def state(self) -> dict[str, Any]:
     return {"examples": self._examples.state(), "packer": self._packer.state(),
             "ready": [{k: v.tolist() for k, v in row.items()} for row in self._ready]}
+
+
+def default_workers(backend: str) -> int:
+  """Data workers when a run does not say: on an accelerator, one per core the host
+  can spare (up to 8); on the CPU none, since its cores run the model."""
+  if backend == "cpu":
+    return 0
+  return min(8, max(len(os.sched_getaffinity(0)) - 2, 0))
 
 
 def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_eos: bool = True,

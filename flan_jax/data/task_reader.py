@@ -93,6 +93,15 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
                                trim_output_features=False)
     yield from itertools.islice(dataset.as_numpy_iterator(), start, None)
     return
+  for index in _record_indices(task, split, seed=seed, shuffle=shuffle, shard_info=shard_info,
+                                num_epochs=num_epochs, start=start):
+    yield render(task, split, index, seed, sequence_length)
+
+
+def _record_indices(task: seqio.Task, split: str, *, seed: int | None, shuffle: bool,
+                    shard_info: seqio.ShardInfo | None, num_epochs: int | None,
+                    start: int) -> Iterator[int]:
+  """The record indices a FLAN task read in Python renders, in order (cheap: no rendering)."""
   source = task.source
   epochs = itertools.count() if num_epochs is None else range(num_epochs)
   for epoch in epochs:
@@ -103,9 +112,14 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
     if start >= len(indices):  # every epoch has the same length: skip it whole
       start -= len(indices)
       continue
-    for index in indices[start:]:
-      yield preprocess(task, source.render(split, index, seed), sequence_length)
+    yield from indices[start:]
     start = 0
+
+
+def render(task: seqio.Task, split: str, index: int, seed: int | None,
+           sequence_length: Mapping[str, int] | None) -> Example:
+  """Record `index` of a FLAN task read in Python, rendered and preprocessed."""
+  return preprocess(task, task.source.render(split, index, seed), sequence_length)
 
 
 def _no_examples(task: seqio.Task, split: str, shard_info: seqio.ShardInfo | None) -> str:
@@ -154,7 +168,8 @@ class MixtureStream:
     self._rng = np.random.default_rng(seed)
     self._draws = 0  # task choices made so far
     self._taken = {t.name: 0 for t in tasks}  # examples read from each task
-    self._streams: dict[int, Iterator[Example]] = {}
+    self._streams: dict[int, Iterator] = {}  # record indices, or examples seqio reads
+    self._in_python = [python_readable(task) for task in tasks]
     self._block: np.ndarray = np.zeros(0, np.int64)
     self._block_rng = None
     if state:
@@ -185,17 +200,32 @@ class MixtureStream:
     return self
 
   def __next__(self) -> Example:
+    return self.read(*self.draw())
+
+  def draw(self) -> tuple[int, int | None]:
+    """Chooses the next example: (task, record index), or (task, None) for a task seqio
+    reads, whose examples come in stream order. All the stream's randomness is here;
+    `read` is a pure function of the draw, so workers can render draws (`workers`)."""
     if not len(self._block):
       self._next_block()
     choice, self._block = int(self._block[0]), self._block[1:]
     self._draws += 1
     task = self._tasks[choice]
     if choice not in self._streams:
-      self._streams[choice] = task_examples(
-          task, self._split, sequence_length=self._lengths, seed=self._seed, shuffle=True,
-          shard_info=self._shard_info, num_epochs=None, start=self._taken[task.name])
+      where = dict(seed=self._seed, shuffle=True, shard_info=self._shard_info, num_epochs=None,
+                   start=self._taken[task.name])
+      self._streams[choice] = (
+          _record_indices(task, self._split, **where) if self._in_python[choice]
+          else task_examples(task, self._split, sequence_length=self._lengths, **where))
+    self._taken[task.name] += 1
+    return choice, next(self._streams[choice]) if self._in_python[choice] else None
+
+  def read(self, choice: int, index: int | None) -> Example:
+    """The example `draw` chose."""
+    task = self._tasks[choice]
+    if index is not None:
+      return render(task, self._split, index, self._seed, self._lengths)
     example = next(self._streams[choice], None)
     if example is None:  # a stream seqio reads ended: it had no examples at all
       raise UserError(_no_examples(task, self._split, self._shard_info))
-    self._taken[task.name] += 1
     return example
