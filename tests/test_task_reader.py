@@ -238,3 +238,29 @@ def test_workers_render_the_same_examples_and_states_in_the_same_order(tasks):
   expected = [_text(e["inputs_pretokenized"]) for e in itertools.islice(parallel, 50)]
   assert [_text(e["inputs_pretokenized"]) for e in itertools.islice(resumed, 50)] == expected
   parallel.close()
+
+
+def test_a_killed_worker_is_one_error_and_live_workers_do_not_hold_up_the_exit(tasks):
+  import multiprocessing
+  import os
+  import subprocess
+  import sys
+  from flan_jax.data.workers import ParallelExamples
+  parallel = ParallelExamples(task_reader.mixture_examples(
+      seqio.get_mixture_or_task(tasks["zs_noopt"]), "train", sequence_length=LENGTHS, seed=0),
+      workers=2)
+  next(parallel)
+  for worker in multiprocessing.active_children():
+    os.kill(worker.pid, signal.SIGKILL)
+  with _fails_after(60), pytest.raises(UserError, match="data worker process died"):
+    for _ in range(1000):  # past the chunks rendered before the kill
+      next(parallel)
+  # A process that ends with its workers busy exits promptly (they stop by message).
+  script = ("import itertools, flan_jax_tasks.default_mixture\n"
+            "from flan_jax.data import pipeline\n"
+            "stream = pipeline.train_batches('default_train', {'inputs': 96, 'targets': 32}, 8,"
+            " seed=0, workers=2)\n"
+            "print(next(stream)['decoder_segment_ids'].shape)\n")
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0 and "(8, 128)" in done.stdout, done.stderr[-2000:]

@@ -12,10 +12,11 @@ Tasks seqio reads through tf.data (TFDS, files with their own preprocessors) are
 in the parent, in order, when their turn comes. Workers are forked (they inherit the
 registered tasks and open vocabularies without pickling them) and ignore SIGINT and
 SIGTERM: a stop signal is the trainer's to handle, which finishes its step (its batch
-may still need workers) and saves.
+may still need workers) and saves. They are stopped by message, at exit or `close()`.
 """
 
 import collections
+from concurrent import futures
 import multiprocessing
 import signal
 import warnings
@@ -26,7 +27,6 @@ from flan_jax.data import task_reader
 from flan_jax.errors import UserError
 
 _CHUNK = 32  # draws per task sent to a worker: big enough to amortise the round trip
-_PATIENCE_S = 300  # a chunk renders in well under a second; this long means a dead worker
 
 _worker_stream: task_reader.MixtureStream | None = None  # each worker's forked copy
 
@@ -49,12 +49,15 @@ class ParallelExamples:
     self._stream = stream
     self._state = stream.state()
     # Forking a process that runs JAX makes JAX warn that the child may deadlock in
-    # JAX; the workers never call JAX (rendering and tokenizing only).
+    # JAX; the workers never call JAX (rendering and tokenizing only). The executor forks
+    # all its workers at the first submission: here, under this warning filter.
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message=r".*os\.fork\(\)")
-      self._pool = multiprocessing.get_context("fork").Pool(
-          workers, initializer=_start_worker, initargs=(stream,))
-    weakref.finalize(self, self._pool.terminate)
+      self._pool = futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+          initargs=(stream,))
+      self._pool.submit(int).result()
+    weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
     self._ahead = 2 * workers  # chunks in flight: every worker busy, one chunk queued each
     self._in_flight: collections.deque = collections.deque()
     self._ready: collections.deque = collections.deque()
@@ -65,23 +68,23 @@ class ParallelExamples:
       draws.append(self._stream.draw())
       states.append(self._stream.state())
     to_render = [draw if draw[1] is not None else None for draw in draws]
-    self._in_flight.append((draws, states, self._pool.apply_async(_render, (to_render,))))
+    self._in_flight.append((draws, states, self._pool.submit(_render, to_render)))
 
   def __iter__(self) -> "ParallelExamples":
     return self
 
   def __next__(self) -> task_reader.Example:
-    while len(self._in_flight) < self._ahead:
-      self._send_chunk()
-    if not self._ready:
-      draws, states, result = self._in_flight.popleft()
-      try:
-        examples = result.get(timeout=_PATIENCE_S)
-      except multiprocessing.TimeoutError:
-        raise UserError(
-            f"A data worker sent nothing for {_PATIENCE_S} s: it was probably killed (out of "
-            "memory?). Rerun with fewer data workers (train.data_workers) or none (0).") from None
-      self._ready.extend(zip(draws, examples, states))
+    try:
+      while len(self._in_flight) < self._ahead:
+        self._send_chunk()
+      if not self._ready:
+        draws, states, result = self._in_flight.popleft()
+        self._ready.extend(zip(draws, result.result(), states))
+    except futures.process.BrokenProcessPool:
+      raise UserError(
+          "A data worker process died (killed? out of memory?). Rerun with fewer data "
+          "workers (train.data_workers) or none (0); the run resumes from its last "
+          "checkpoint.") from None
     (choice, index), example, state = self._ready.popleft()
     if example is None:  # a task seqio reads: read here, in draw order
       example = self._stream.read(choice, index)
@@ -92,4 +95,4 @@ class ParallelExamples:
     return self._state
 
   def close(self) -> None:
-    self._pool.terminate()
+    self._pool.shutdown(wait=True, cancel_futures=True)
