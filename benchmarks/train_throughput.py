@@ -2,15 +2,18 @@ r"""Training throughput: flan_jax's train step against transformers + torch, sam
 
     python -m benchmarks.train_throughput --model=decoder_10m --compare=hf
     python -m benchmarks.train_throughput --model=decoder_50m --compare=hf --steps=2
+    python -m benchmarks.train_throughput --model=t5_small --compare=hf --targets_length=128 --steps=2
 
 One process builds flan_jax's decoder (`DecoderOnly`, causal, untied embeddings) and
-exports its initial weights to a Hugging Face `LlamaForCausalLM`, so both start from
-the same parameters and compute the same function. Both train on the same synthetic
-batch (random token ids, one example per row): forward, backward, gradient clipping at
-1.0 and an AdamW update (lr 1e-4, betas 0.9/0.95, weight decay 0.01 except norms and
-the input embedding) per step. flan_jax runs `make_train_step` (jit, donated state);
-torch runs eager with SDPA attention and fused AdamW (transformers' Trainer default
-optimizer), optionally also `torch.compile`.
+exports its initial weights to a Hugging Face `LlamaForCausalLM`, or its T5
+(`EncoderDecoder`, v1.1: gated GELU, untied output layer) exported to a
+`T5ForConditionalGeneration`, so both start from the same parameters and compute the
+same function. Both train on the same synthetic batch (random token ids, one example
+per row; for T5 --length encoder and --targets_length decoder tokens): forward,
+backward, gradient clipping at 1.0 and an AdamW update (lr 1e-4, betas 0.9/0.95,
+weight decay 0.01 except norms and the input embedding) per step. flan_jax runs
+`make_train_step` (jit, donated state); torch runs eager with SDPA attention and fused
+AdamW (transformers' Trainer default optimizer), optionally also `torch.compile`.
 
 After the first step (flan_jax: compile + run, the time to first step) and one warm-up
 step each, the two alternate for --rounds rounds of --steps timed steps, so a noisy
@@ -22,6 +25,11 @@ stay float32, as in mixed-precision training on both sides; torch under autocast
 the peak is the datasheet's dense bf16 989 TFLOP/s on an H100 / H200, else measured
 (8192-square matmuls). flan_jax runs with its defaults (attention implementation,
 loss chunking) unless --attention / --loss_chunk_length say otherwise.
+
+Tokens per step: the predicted tokens for a decoder, B * (L - 1); for T5 every token
+either stack reads, B * (encoder + decoder length), reported with sequences (rows) per
+second, the unit T5 throughputs are usually quoted in. T5's MFU counts each stack's
+weights and attention over its own tokens (`t5_flops_per_step`).
 
 The last line is `ratio_vs_hf=X.XX mfu=Y.YY` (tokens/s ours over theirs; flan_jax's
 MFU as a fraction of that peak). Results go to
@@ -57,17 +65,30 @@ MODELS = {
     "tiny": dict(vocab_size=256, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=128),  # for tests
 }
+# T5 v1.1 shapes (gated GELU, untied lm_head); 32,128 rows as in the released
+# checkpoints, already a multiple of the 128 our embedding is padded to.
+T5_MODELS = {
+    "t5_small": dict(vocab_size=32128, num_encoder_layers=8, num_decoder_layers=8,
+                     embed_dim=512, num_heads=6, head_dim=64, mlp_dim=1024),
+    "t5_base": dict(vocab_size=32128, num_encoder_layers=12, num_decoder_layers=12,
+                    embed_dim=768, num_heads=12, head_dim=64, mlp_dim=2048),
+    "t5_tiny": dict(vocab_size=256, num_encoder_layers=2, num_decoder_layers=2, embed_dim=64,
+                    num_heads=4, head_dim=16, mlp_dim=128),  # for tests
+}
 LEARNING_RATE, BETAS, WEIGHT_DECAY, CLIP_NORM = 1e-4, (0.9, 0.95), 0.01, 1.0
 DATASHEET_BF16_FLOPS = {"H200": 989e12, "H100": 989e12}  # dense, SXM
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="decoder_10m", choices=sorted(MODELS))
+  parser.add_argument("--model", default="decoder_10m", choices=sorted({**MODELS, **T5_MODELS}))
   parser.add_argument("--compare", default="hf", choices=["hf"],
-                      help="what to compare with: transformers' LlamaForCausalLM on torch")
+                      help="what to compare with: transformers' LlamaForCausalLM (T5: "
+                           "T5ForConditionalGeneration) on torch")
   parser.add_argument("--batch", type=int, default=8, help="rows per step")
-  parser.add_argument("--length", type=int, default=512, help="tokens per row")
+  parser.add_argument("--length", type=int, default=512, help="tokens per row (T5: encoder's)")
+  parser.add_argument("--targets_length", type=int, default=128,
+                      help="T5 only: decoder tokens per row")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per round and framework")
   parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
   parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -112,22 +133,45 @@ def jax_device(device: str):
   return jax.devices("cpu")[0] if device == "cpu" else jax.devices()[0]
 
 
+def is_t5(model: str) -> bool:
+  return model in T5_MODELS
+
+
+def _attention_setting(args: argparse.Namespace) -> dict:
+  # The framework's default attention unless asked: "fast by default" is what is measured.
+  return {} if args.attention == "default" else {"attention_implementation": args.attention}
+
+
 def decoder_config(args: argparse.Namespace, dtype: str):
   from flan_jax.models.decoder import DecoderConfig
-  # The framework's default attention unless asked: "fast by default" is what is measured.
-  attention = {} if args.attention == "default" else {"attention_implementation": args.attention}
   # prefix_lm=False: causal everywhere, the function LlamaForCausalLM computes.
   return DecoderConfig(**MODELS[args.model], tie_embeddings=False, prefix_lm=False,
-                       dtype=dtype, param_dtype="float32", **attention)
+                       dtype=dtype, param_dtype="float32", **_attention_setting(args))
+
+
+def t5_config(args: argparse.Namespace, dtype: str):
+  from flan_jax.models.t5 import T5Config
+  # v1.1: gated GELU, its own lm_head, no output scaling. No dropout (T5Config's default;
+  # the exported HF config says so too), so both sides compute one deterministic function.
+  return T5Config(**T5_MODELS[args.model], feed_forward="gated-gelu", tie_embeddings=False,
+                  dropout_rate=0.0, dtype=dtype, param_dtype="float32",
+                  **_attention_setting(args))
+
+
+def model_config(args: argparse.Namespace, dtype: str):
+  return (t5_config if is_t5(args.model) else decoder_config)(args, dtype)
 
 
 def resolved_attention(config, length: int) -> str:
   """What the config's attention setting comes to at `length` keys on this backend."""
   from flan_jax.models import attention_mask
+  from flan_jax.models.t5 import T5Config
   try:
-    return attention_mask.attention_implementation(config, length)
+    resolved = attention_mask.attention_implementation(config, length)
   except TypeError:  # an older signature without the key count
     return str(attention_mask.attention_implementation(config) or "xla")
+  # T5 has no blocked path: where "auto" would block, its attention runs XLA's.
+  return "xla" if isinstance(config, T5Config) and resolved == "blocked" else resolved
 
 
 def synthetic_batch(batch: int, length: int, vocab_size: int, seed: int = 0):
@@ -153,6 +197,31 @@ def synthetic_batch(batch: int, length: int, vocab_size: int, seed: int = 0):
   return flan_batch, ids
 
 
+def synthetic_t5_batch(batch: int, inputs_length: int, targets_length: int, vocab_size: int,
+                       seed: int = 0):
+  """(flan_jax batch, transformers' inputs): random ids, one example per row, no padding.
+
+  The decoder reads the targets shifted right behind the start token 0 and predicts
+  every one of them: B * targets_length loss tokens on both sides. transformers gets
+  the same decoder_input_ids explicitly (what its own shift of the labels would make).
+  Segment ids are given as 1 everywhere: ours would otherwise treat id 0 in the
+  random inputs as padding, which HF (with no attention mask) attends to.
+  """
+  rng = np.random.default_rng(seed)
+  inputs = rng.integers(0, vocab_size, (batch, inputs_length), dtype=np.int32)
+  targets = rng.integers(0, vocab_size, (batch, targets_length), dtype=np.int32)
+  decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+  positions = lambda x: np.broadcast_to(np.arange(x.shape[1], dtype=np.int32), x.shape).copy()
+  flan_batch = {
+      "encoder_input_tokens": inputs, "encoder_segment_ids": np.ones_like(inputs),
+      "encoder_positions": positions(inputs),
+      "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
+      "decoder_loss_weights": np.ones_like(targets),
+      "decoder_segment_ids": np.ones_like(targets), "decoder_positions": positions(targets),
+  }
+  return flan_batch, {"input_ids": inputs, "decoder_input_ids": decoder_inputs, "labels": targets}
+
+
 @dataclasses.dataclass
 class Contestants:
   """Both trainers, ready to step on their own copy of the one batch."""
@@ -164,8 +233,9 @@ class Contestants:
   torch_sync: Callable
   flan_parameters: int
   hf_parameters: int
-  matmul_parameters: int  # all but the input embedding table and the norm scales
-  tokens_per_step: int  # B * (L - 1) predicted tokens
+  matmul_parameters: dict[str, int]  # see `matmul_parameters`
+  tokens_per_step: int  # decoder: B * (L - 1) predicted tokens; T5: B * (Le + Ld)
+  flops_per_step: float
   flan_setup_s: float
 
 
@@ -174,16 +244,24 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   import torch
   import transformers
 
-  from flan_jax.models import hf_llama
-  from flan_jax.models.families import DecoderOnly
+  from flan_jax.models import hf_llama, hf_t5
+  from flan_jax.models.families import DecoderOnly, EncoderDecoder
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import optimizer as optimizer_lib
   from flan_jax.training import train_step as step_lib
 
-  config = decoder_config(args, dtype)
-  flan_batch, ids = synthetic_batch(args.batch, args.length, config.vocab_size, args.seed)
-  model = DecoderOnly(config)
-  lengths = {"inputs": 0, "targets": args.length}  # one decoder row of args.length
+  t5 = is_t5(args.model)
+  config = model_config(args, dtype)
+  if t5:
+    flan_batch, hf_inputs = synthetic_t5_batch(args.batch, args.length, args.targets_length,
+                                               config.vocab_size, args.seed)
+    model = EncoderDecoder(config)
+    lengths = {"inputs": args.length, "targets": args.targets_length}
+  else:
+    flan_batch, ids = synthetic_batch(args.batch, args.length, config.vocab_size, args.seed)
+    hf_inputs = {"input_ids": ids, "labels": ids}  # transformers shifts the labels itself
+    model = DecoderOnly(config)
+    lengths = {"inputs": 0, "targets": args.length}  # one decoder row of args.length
   mesh = mesh_lib.make_mesh(devices=[jax_device(device)])  # one device, as torch uses one
   # Constant lr, no warmup: the same update rule as torch's AdamW below.
   optimizer = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
@@ -204,22 +282,26 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
     holder["state"], metrics = train_step(holder["state"], batch)
     return metrics["loss"]
 
-  leaves = jax.tree_util.tree_leaves_with_path(params)
-  flan_parameters = sum(int(np.size(x)) for _, x in leaves)
-  key = lambda path: getattr(path[-1], "key", str(path[-1]))
-  matmul_parameters = sum(int(np.size(x)) for path, x in leaves
-                          if key(path) not in ("embedding", "scale"))
+  flan_parameters = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+  matmuls = matmul_parameters(params)
 
   # The same weights in transformers' layout, through our exporter.
   with tempfile.TemporaryDirectory() as tmp:
-    hf_llama.save_hf_checkpoint(params, config, tmp, extra_config={
-        "max_position_embeddings": max(args.length, 2048)})
-    hf_model = transformers.LlamaForCausalLM.from_pretrained(
-        tmp, dtype=torch.float32, attn_implementation="sdpa")
+    if t5:
+      # HF's T5Config defaults to dropout 0.1, which .train() would switch on.
+      hf_t5.save_hf_checkpoint(params, config, tmp, hf_config={"dropout_rate": 0.0})
+      hf_class = transformers.T5ForConditionalGeneration
+    else:
+      hf_llama.save_hf_checkpoint(params, config, tmp, extra_config={
+          "max_position_embeddings": max(args.length, 2048)})
+      hf_class = transformers.LlamaForCausalLM
+    hf_model = hf_class.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
   hf_model.to(device).train()
   hf_parameters = sum(p.numel() for p in hf_model.parameters())
-  # Our decay mask: no decay on norm scales and the input embedding.
-  no_decay = lambda name: name.endswith("norm.weight") or "embed_tokens" in name
+  # Our decay mask: no decay on norm scales and the input embedding (Llama's
+  # embed_tokens; T5's shared, which its stacks' embed_tokens alias).
+  no_decay = lambda name: (name.endswith("norm.weight") or "embed_tokens" in name
+                           or name == "shared.weight")
   groups = [
       {"params": [p for n, p in hf_model.named_parameters() if not no_decay(n)],
        "weight_decay": WEIGHT_DECAY},
@@ -230,7 +312,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
                                         fused=True)
   except (RuntimeError, TypeError):
     torch_optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, betas=BETAS, eps=1e-8)
-  input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+  hf_tensors = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in hf_inputs.items()}
   autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16))
               if device == "cuda" and dtype == "bfloat16" else contextlib.nullcontext)
   all_params = list(hf_model.parameters())
@@ -238,7 +320,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   def make_torch_step(forward):
     def step():
       with autocast():
-        loss = forward(input_ids=input_ids, labels=input_ids).loss
+        loss = forward(**hf_tensors).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(all_params, CLIP_NORM)
       torch_optimizer.step()
@@ -247,13 +329,37 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
     return step
 
   torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  if t5:
+    tokens_per_step = args.batch * (args.length + args.targets_length)
+    flops_per_step = t5_flops_per_step(config, matmuls, args.batch, args.length,
+                                       args.targets_length)
+  else:
+    tokens_per_step = args.batch * (args.length - 1)
+    flops_per_step = tokens_per_step * flops_per_token(config, matmuls["decoder"], args.length)
   return Contestants(
       config=config, flan_step=flan_step, torch_step=make_torch_step(hf_model),
       torch_compiled_step=make_torch_step(torch.compile(hf_model)) if args.torch_compile else None,
       flan_sync=lambda: jax.block_until_ready(holder["state"]), torch_sync=torch_sync,
       flan_parameters=flan_parameters, hf_parameters=hf_parameters,
-      matmul_parameters=matmul_parameters, tokens_per_step=args.batch * (args.length - 1),
+      matmul_parameters=matmuls, tokens_per_step=tokens_per_step, flops_per_step=flops_per_step,
       flan_setup_s=flan_setup_s)
+
+
+def matmul_parameters(params) -> dict[str, int]:
+  """Matmul weights (all but the embedding table, norm scales and T5's relative position
+  tables, which are gathered or multiplied elementwise) by the tokens they multiply:
+  "encoder" for T5's encoder and its decoder's cross-attention keys and values (which
+  project the encoded inputs), "decoder" for the rest (a decoder-only model: all)."""
+  import jax
+  counts = {"encoder": 0, "decoder": 0}
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    if keys[-1] in ("embedding", "scale", "relpos_bias"):
+      continue
+    reads_inputs = keys[0] == "encoder" or ("cross_attention" in keys
+                                            and keys[-1] in ("key", "value"))
+    counts["encoder" if reads_inputs else "decoder"] += int(np.size(x))
+  return counts
 
 
 def flops_per_token(config, matmul_parameters: int, length: int) -> float:
@@ -261,6 +367,28 @@ def flops_per_token(config, matmul_parameters: int, length: int) -> float:
   attention's scores and values (PaLM's count, full not causal, as usual)."""
   width = config.num_heads * config.head_dim
   return 6 * matmul_parameters + 12 * config.num_layers * width * length
+
+
+def t5_flops_per_step(config, matmuls: dict[str, int], batch: int, inputs_length: int,
+                      targets_length: int) -> float:
+  """Forward + backward FLOPs of one T5 step, the decoder's count applied to each stack:
+
+      6 * (N_enc * T_enc + N_dec * T_dec)
+      + 12 * width * (L_enc * S_enc * T_enc + L_dec * (S_dec + S_enc) * T_dec)
+
+  N_enc: matmul weights that read encoder tokens (the encoder, and the decoder's
+  cross-attention keys and values), N_dec the rest (with lm_head); T = B * S the tokens
+  of each stack in a step; width = heads * head_dim. Attention's scores and values per
+  query token: encoder self-attention over S_enc keys, decoder self-attention over S_dec
+  and cross-attention over S_enc (PaLM's 12 * layers * width * keys, full not causal).
+  """
+  enc_tokens, dec_tokens = batch * inputs_length, batch * targets_length
+  width = config.num_heads * config.head_dim
+  weights = 6 * (matmuls["encoder"] * enc_tokens + matmuls["decoder"] * dec_tokens)
+  attention = 12 * width * (config.num_encoder_layers * inputs_length * enc_tokens
+                            + config.num_decoder_layers * (targets_length + inputs_length)
+                            * dec_tokens)
+  return weights + attention
 
 
 def measure_peak_flops(device: str, dtype: str, size: int, repeats: int = 10) -> dict:
@@ -386,15 +514,20 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
   rates = {name: [round(c.tokens_per_step * args.steps / s, 1) for s in times]
            for name, times in seconds.items()}
   median = {name: statistics.median(r) for name, r in rates.items()}
-  per_token = flops_per_token(c.config, c.matmul_parameters, args.length)
+  sequences = {name: rate * args.batch / c.tokens_per_step for name, rate in median.items()}
+  per_token = c.flops_per_step / c.tokens_per_step
   mfu = {name: per_token * rate / peak["peak_flops"] for name, rate in median.items()}
   ratio = median["flan_jax"] / median["torch"]
+  fields = (T5_MODELS if is_t5(args.model) else MODELS)[args.model]
 
   result = {
       "model": args.model, "compare": args.compare, "parameters": c.flan_parameters,
-      "hf_parameters": c.hf_parameters, "matmul_parameters": c.matmul_parameters,
-      "config": {k: getattr(c.config, k) for k in MODELS[args.model]},
-      "batch": args.batch, "length": args.length, "tokens_per_step": c.tokens_per_step,
+      "hf_parameters": c.hf_parameters, "matmul_parameters": sum(c.matmul_parameters.values()),
+      "matmul_parameters_by_stack": c.matmul_parameters,
+      "config": {k: getattr(c.config, k) for k in fields},
+      "batch": args.batch, "length": args.length,
+      "targets_length": args.targets_length if is_t5(args.model) else None,
+      "tokens_per_step": c.tokens_per_step,
       "steps_per_round": args.steps, "rounds": args.rounds, "device": device,
       "jax_backend": jax_device(device).platform, "dtype": dtype,
       "attention": {"flan_jax": f"{c.config.attention_implementation} -> "
@@ -404,9 +537,11 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
       "attention_fallback": attention_fallback,
       "flan_jax_tokens_per_s": round(median["flan_jax"], 1),
       "torch_tokens_per_s": round(median["torch"], 1),
+      "flan_jax_sequences_per_s": round(sequences["flan_jax"], 3),
+      "torch_sequences_per_s": round(sequences["torch"], 3),
       "tokens_per_s_by_round": rates,
       "ratio_vs_hf": round(ratio, 3),
-      "flops_per_token": per_token,
+      "flops_per_token": per_token, "flops_per_step": c.flops_per_step,
       "peak_flops": peak["peak_flops"], "peak_source": peak["peak_source"],
       "matmul_flops_before_after": [
           {"jax": round(m["jax_matmul_flops"]), "torch": round(m["torch_matmul_flops"])}
@@ -429,6 +564,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
   if compiled_first_s is not None:
     result["torch_compile_first_step_s"] = round(compiled_first_s, 2)
     result["torch_compile_tokens_per_s"] = round(median["torch_compile"], 1)
+    result["torch_compile_sequences_per_s"] = round(sequences["torch_compile"], 3)
   return result, f"ratio_vs_hf={ratio:.2f} mfu={mfu['flan_jax']:.2f}"
 
 
