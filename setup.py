@@ -31,6 +31,8 @@ setuptools.setup(
         "rich>=13.0",
         "matplotlib>=3.7",
         "safetensors>=0.4",
+        # Chat templates (flan_jax.data.chat_templates), rendered as transformers renders them.
+        "jinja2>=3.1",
         # Hugging Face tokenizer.json vocabularies (flan_jax.data.vocabularies); 0.15.1
         # added Tokenizer.encode_special_tokens.
         "tokenizers>=0.15.1",
