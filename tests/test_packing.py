@@ -171,3 +171,31 @@ def test_unpacked_batches_start_from_the_models_bos_too():
   assert np.all(with_bos["decoder_input_tokens"][:, 0] == 5)
   np.testing.assert_array_equal(with_bos["decoder_input_tokens"][:, 1:],
                                 plain["decoder_input_tokens"][:, 1:])
+
+
+def test_packed_conversations_give_each_its_unpacked_loss_on_assistant_tokens_only():
+  from flan_jax.data import chat_examples, chat_templates, vocabularies
+  template, vocabulary = chat_templates.builtin("chatml"), vocabularies.byte_vocabulary()
+  lengths = {"inputs": 0, "targets": 320}  # a conversation here is about 90 tokens
+  conversations = [[{"role": "user", "content": f"What is {i} + {i}?"},
+                    {"role": "assistant", "content": str(2 * i)},
+                    {"role": "user", "content": "Double it."},
+                    {"role": "assistant", "content": str(4 * i)}] for i in range(6)]
+  examples = []
+  for turns in conversations:
+    ids, weights = chat_examples.tokenize(template, vocabulary, turns)
+    examples.append({"inputs": np.zeros(0, np.int32), "targets": ids, "targets_weights": weights})
+  packed = {k: np.stack([r[k] for r in rows]) for rows in [list(packing.pack(examples, lengths))]
+            for k in rows[0]}
+  single = {k: np.stack([r[k] for r in rows])
+            for rows in [list(packing.pack(examples, lengths, max_examples_per_row=1))]
+            for k in rows[0]}
+  assert packed["decoder_target_tokens"].shape[0] < len(examples)  # really packed
+  assert packed["decoder_loss_weights"].sum() == sum(e["targets_weights"].sum() for e in examples)
+  model = DecoderOnly(TINY_DECODER)
+  params = init_params(model, jax.random.key(0), lengths)
+  packed_losses = _losses_by_example(model, params, packed)
+  single_losses = _losses_by_example(model, params, single)
+  assert packed_losses.keys() == single_losses.keys() and len(packed_losses) == len(examples)
+  for key, loss in single_losses.items():
+    np.testing.assert_allclose(packed_losses[key], loss, rtol=1e-5)

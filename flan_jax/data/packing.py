@@ -30,6 +30,7 @@ from absl import logging
 import numpy as np
 
 from flan_jax.data import truncation
+from flan_jax.errors import UserError
 
 FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
@@ -44,6 +45,10 @@ class PackingStats:
   examples: int = 0
   truncated_inputs: int = 0
   truncated_targets: int = 0
+  # Conversations (`chat_examples`): exchanges left out to fit, and conversations dropped
+  # because not even their last exchange fit (nothing to train).
+  dropped_exchanges: int = 0
+  dropped_examples: int = 0
   rows: int = 0
   tokens: int = 0  # non-padding tokens in emitted rows
 
@@ -54,20 +59,20 @@ class PackingStats:
 
 @dataclasses.dataclass(eq=False)  # rows are compared by identity
 class _Row:
-  pieces: list  # (inputs, targets) token arrays
+  pieces: list  # (inputs, targets, target weights or None for all ones) token arrays
   used: list  # tokens used in each bin
 
 
 def _fill_prefix_lm(row: _Row, length: int, bos_id: int) -> dict[str, np.ndarray]:
   out = {k: np.zeros(length, np.int32) for k in FEATURES}
   start = 0
-  for segment, (inputs, targets) in enumerate(row.pieces, start=1):
+  for segment, (inputs, targets, weights) in enumerate(row.pieces, start=1):
     tokens = np.concatenate([inputs, targets])
     end = start + len(tokens)
     out["decoder_target_tokens"][start:end] = tokens
     out["decoder_input_tokens"][start] = bos_id
     out["decoder_input_tokens"][start + 1:end] = tokens[:-1]
-    out["decoder_loss_weights"][start + len(inputs):end] = 1
+    out["decoder_loss_weights"][start + len(inputs):end] = 1 if weights is None else weights
     out["decoder_segment_ids"][start:end] = segment
     out["decoder_positions"][start:end] = np.arange(len(tokens))
     # The prompt and the position that predicts the first target token see each other.
@@ -81,7 +86,7 @@ def _fill_encoder_decoder(row: _Row, lengths: tuple[int, int], bos_id: int) -> d
   out = {k: np.zeros(encoder_length if k.startswith("encoder") else decoder_length, np.int32)
          for k in ENCODER_DECODER_FEATURES}
   enc, dec = 0, 0
-  for segment, (inputs, targets) in enumerate(row.pieces, start=1):
+  for segment, (inputs, targets, _) in enumerate(row.pieces, start=1):
     out["encoder_input_tokens"][enc:enc + len(inputs)] = inputs
     out["encoder_segment_ids"][enc:enc + len(inputs)] = segment
     out["encoder_positions"][enc:enc + len(inputs)] = np.arange(len(inputs))
@@ -115,7 +120,9 @@ class BestFitPacker:
     self.stats = PackingStats(self.length)
     self._open: list[_Row] = []
 
-  def _trim(self, example) -> tuple[np.ndarray, np.ndarray]:
+  def _trim(self, example) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if "targets_weights" in example:  # a conversation, fitted by its source
+      return self._conversation(example)
     inputs, inputs_cut = truncation.fit_inputs(example["inputs"], self.input_length,
                                                eos_id=self.eos_id, inputs_eos=self.inputs_eos)
     targets, targets_cut = truncation.fit_targets(example["targets"], self.target_length)
@@ -123,7 +130,36 @@ class BestFitPacker:
     self.stats.truncated_targets += int(targets_cut)
     if inputs_cut or targets_cut:
       self._report_truncation()
-    return inputs, targets
+    return inputs, targets, None
+
+  def _conversation(self, example) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if self.encoder_decoder:
+      raise UserError(f"{self.name or 'the mixture'}: conversations train decoder-only models; "
+                      "an encoder-decoder model needs (inputs, targets) tasks.")
+    targets = np.asarray(example["targets"], np.int32)
+    if len(targets) > self.length:
+      raise ValueError(f"a conversation of {len(targets)} tokens reached the packer, whose rows "
+                       f"hold {self.length}: its source should have fitted it.")
+    dropped = int(example.get("dropped_exchanges", 0))
+    if dropped:
+      self.stats.dropped_exchanges += dropped
+      self._report_dropped()
+    return (np.zeros(0, np.int32), targets,
+            np.asarray(example["targets_weights"], np.int32))
+
+  def drop(self) -> None:
+    """Counts an example with nothing left to train, which the stream left out."""
+    self.stats.dropped_examples += 1
+    self._report_dropped()
+
+  def _report_dropped(self) -> None:
+    count = self.stats.dropped_exchanges + self.stats.dropped_examples
+    if count & (count - 1) == 0:  # 1, 2, 4, 8, ...
+      logging.warning(
+          "packing%s: conversations longer than the row (%d tokens) so far: %d exchanges left "
+          "out from the front, %d conversations dropped whole (their last exchange alone did "
+          "not fit; nothing to train).", f" {self.name}" if self.name else "", self.length,
+          self.stats.dropped_exchanges, self.stats.dropped_examples)
 
   def _report_truncation(self) -> None:
     cut = self.stats.truncated_inputs + self.stats.truncated_targets
@@ -148,7 +184,7 @@ class BestFitPacker:
   def add(self, example) -> Iterator[dict[str, np.ndarray]]:
     """Places one example; yields any rows that are finished."""
     self.stats.examples += 1
-    inputs, targets = self._trim(example)
+    inputs, targets, weights = self._trim(example)
     size = ((len(inputs), len(targets)) if self.encoder_decoder
             else (len(inputs) + len(targets),))
     fitting = [r for r in self._open if all(room >= s for room, s in zip(self._room(r), size))]
@@ -157,7 +193,7 @@ class BestFitPacker:
     else:
       row = _Row(pieces=[], used=[0] * len(self.capacity))
       self._open.append(row)
-    row.pieces.append((inputs, targets))
+    row.pieces.append((inputs, targets, weights))
     row.used = [u + s for u, s in zip(row.used, size)]
     full = self.max_examples_per_row and len(row.pieces) >= self.max_examples_per_row
     if full or min(self._room(row)) < 4:  # nothing useful fits any more
@@ -175,13 +211,15 @@ class BestFitPacker:
 
   def state(self) -> dict:
     """The open rows and counts, JSON-able: `restore` continues exactly from here."""
-    return {"open": [{"pieces": [[i.tolist(), t.tolist()] for i, t in row.pieces],
+    return {"open": [{"pieces": [[i.tolist(), t.tolist()] + ([] if w is None else [w.tolist()])
+                                 for i, t, w in row.pieces],
                       "used": list(row.used)} for row in self._open],
             "stats": dataclasses.asdict(self.stats)}
 
   def restore(self, state: dict) -> None:
-    self._open = [_Row(pieces=[(np.asarray(i, np.int32), np.asarray(t, np.int32))
-                               for i, t in row["pieces"]], used=list(row["used"]))
+    self._open = [_Row(pieces=[(np.asarray(i, np.int32), np.asarray(t, np.int32),
+                                np.asarray(w[0], np.int32) if w else None)
+                               for i, t, *w in row["pieces"]], used=list(row["used"]))
                   for row in state["open"]]
     self.stats = PackingStats(**state["stats"])
 
@@ -190,7 +228,7 @@ def row_features(inputs, targets, lengths: Mapping[str, int], *, encoder_decoder
                  bos_id: int = 0) -> dict[str, np.ndarray]:
   """One example alone in a row, already fitted to `lengths`: the features training sees."""
   packer = BestFitPacker(lengths, encoder_decoder=encoder_decoder, bos_id=bos_id)
-  row = _Row(pieces=[(np.asarray(inputs, np.int32), np.asarray(targets, np.int32))],
+  row = _Row(pieces=[(np.asarray(inputs, np.int32), np.asarray(targets, np.int32), None)],
              used=[len(inputs), len(targets)] if encoder_decoder else [len(inputs) + len(targets)])
   return packer._emit(row)
 
@@ -202,8 +240,8 @@ def prefix_lm_row(examples: Sequence[tuple], length: int, *, bos_id: int = 0
   What the packer emits for them, for callers that choose the grouping themselves
   (evaluation packs option-scoring rows in order).
   """
-  pieces = [(np.asarray(i, np.int32), np.asarray(t, np.int32)) for i, t in examples]
-  used = sum(len(i) + len(t) for i, t in pieces)
+  pieces = [(np.asarray(i, np.int32), np.asarray(t, np.int32), None) for i, t in examples]
+  used = sum(len(i) + len(t) for i, t, _ in pieces)
   if used > length:
     raise ValueError(f"{used} tokens do not fit in a row of {length}.")
   return _fill_prefix_lm(_Row(pieces=pieces, used=[used]), length, bos_id)

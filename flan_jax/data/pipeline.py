@@ -29,6 +29,9 @@ from flan_jax.data import workers as workers_lib
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
+# Conversations too long to train on, drawn one after another: past this many, the data
+# cannot fill a batch (rather than loop forever).
+_MOST_DROPPED_IN_A_ROW = 1000
 
 
 def feature_converter(pack: bool, encoder_decoder: bool = False) -> seqio.FeatureConverter:
@@ -109,8 +112,20 @@ class TrainStream:
     return self
 
   def __next__(self) -> Batch:
+    dropped_in_a_row = 0
     while len(self._ready) < self._rows_per_batch:
-      self._ready.extend(self._packer.add(next(self._examples)))
+      example = next(self._examples)
+      if example is None:  # a conversation with nothing left to train: counted, not trained
+        self._packer.drop()
+        dropped_in_a_row += 1
+        if dropped_in_a_row == _MOST_DROPPED_IN_A_ROW:
+          raise UserError(
+              f"The last {dropped_in_a_row} examples drawn were all conversations whose last "
+              f"exchange alone is longer than a row ({self._packer.length} tokens), so nothing "
+              "is left to train. Raise TASK_FEATURE_LENGTHS or shorten the conversations.")
+        continue
+      dropped_in_a_row = 0
+      self._ready.extend(self._packer.add(example))
     rows, self._ready = self._ready[:self._rows_per_batch], self._ready[self._rows_per_batch:]
     rows = rows[self._keep]
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}

@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax.data import flan_task
+from flan_jax.data import chat_examples, flan_task
 from flan_jax.errors import UserError
 
 Example = dict[str, Any]
@@ -34,9 +34,10 @@ _DRAWS_PER_CALL = 1024  # tasks are chosen in blocks: one numpy call per block
 
 
 def python_readable(task: seqio.Task) -> bool:
-  """Whether the task renders in Python with FLAN's standard preprocessors."""
-  return (isinstance(task.source, flan_task.RenderedSource)
-          and tuple(task.preprocessors) == flan_task.PREPROCESSORS)
+  """Whether the task renders in Python: FLAN's standard preprocessors, or conversations."""
+  return ((isinstance(task.source, flan_task.RenderedSource)
+           and tuple(task.preprocessors) == flan_task.PREPROCESSORS)
+          or (isinstance(task.source, chat_examples.ChatSource) and not task.preprocessors))
 
 
 def few_shot_choice(candidate_lengths, inputs_length: int | None) -> int:
@@ -95,7 +96,9 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
     return
   for index in _record_indices(task, split, seed=seed, shuffle=shuffle, shard_info=shard_info,
                                 num_epochs=num_epochs, start=start):
-    yield render(task, split, index, seed, sequence_length)
+    example = render(task, split, index, seed, sequence_length)
+    if example is not None:
+      yield example
 
 
 def _record_indices(task: seqio.Task, split: str, *, seed: int | None, shuffle: bool,
@@ -118,7 +121,10 @@ def _record_indices(task: seqio.Task, split: str, *, seed: int | None, shuffle: 
 
 def render(task: seqio.Task, split: str, index: int, seed: int | None,
            sequence_length: Mapping[str, int] | None) -> Example:
-  """Record `index` of a FLAN task read in Python, rendered and preprocessed."""
+  """Record `index` of a task read in Python, rendered and preprocessed (None: a
+  conversation with nothing left to train at these lengths)."""
+  if isinstance(task.source, chat_examples.ChatSource):
+    return task.source.example(split, index, sequence_length)
   return preprocess(task, task.source.render(split, index, seed), sequence_length)
 
 
@@ -220,8 +226,9 @@ class MixtureStream:
     self._taken[task.name] += 1
     return choice, next(self._streams[choice]) if self._in_python[choice] else None
 
-  def read(self, choice: int, index: int | None) -> Example:
-    """The example `draw` chose."""
+  def read(self, choice: int, index: int | None) -> Example | None:
+    """The example `draw` chose (None: a conversation with nothing to train, which the
+    packer counts)."""
     task = self._tasks[choice]
     if index is not None:
       return render(task, self._split, index, self._seed, self._lengths)

@@ -86,7 +86,7 @@ class ParallelExamples:
           "workers (train.data_workers) or none (0); the run resumes from its last "
           "checkpoint.") from None
     (choice, index), example, state = self._ready.popleft()
-    if example is None:  # a task seqio reads: read here, in draw order
+    if index is None:  # a task seqio reads: read here, in draw order
       example = self._stream.read(choice, index)
     self._state = state
     return example

@@ -1,0 +1,237 @@
+"""Conversations as training examples: token ids, a loss weight per token, and their seqio task.
+
+A conversation becomes one causal sequence (everything in "targets", nothing in
+"inputs") with `targets_weights`: 1 on the tokens of the assistant turns the run
+trains, 0 elsewhere. The packer lays it out like any other example (its own segment
+id, positions restarting at 0), so packed conversations never attend to each other.
+
+Tokens follow the spans `chat_templates.assistant_spans` finds (by the prefix
+property, not generation markers). The text is encoded piece by piece, prompt,
+answer, prompt, answer, so every trained token lies inside an answer's span, and the
+same function encodes a prompt at inference time (`prompt_ids`): the prompt the model
+answers is, token for token, the one it was trained to answer. The template's BOS and
+EOS strings are encoded as the vocabulary's BOS and EOS ids, never as their letters,
+so the model learns to stop with the EOS id generation stops at; a BOS the template
+writes is dropped, because the packer starts every row with the model's BOS: never
+two.
+
+Too long for the row: whole exchanges (a user turn and its answers) are left out from
+the front, the system prompt kept, until the rest fits; the final answer is never
+cut. A conversation whose last exchange alone does not fit has nothing left to train
+and is dropped, counted by the packer; it is never trained as a row of zero loss.
+"""
+
+import random
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flan_jax.data import chat_templates, conversations, vocabularies
+from flan_jax.errors import UserError
+
+TrainOn = Literal["all", "last"]
+TRAIN_ON: tuple[str, ...] = ("all", "last")
+
+
+def encode(vocabulary: seqio.Vocabulary, text: str, specials: Mapping[str, int]) -> list[int]:
+  """`text`'s ids, with each occurrence of a `specials` string as its one id."""
+  if not text:
+    return []
+  for special, special_id in specials.items():
+    if special and special in text:
+      parts = text.split(special)
+      ids = encode(vocabulary, parts[0], specials)
+      for part in parts[1:]:
+        ids += [special_id, *encode(vocabulary, part, specials)]
+      return ids
+  return list(vocabulary.encode(text))
+
+
+def _specials(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+              bos_id: int | None) -> dict[str, int]:
+  specials = {template.eos: vocabulary.eos_id}
+  if template.bos and bos_id is not None:
+    specials[template.bos] = bos_id
+  # The longer string first, so "</s>" is not split by a shorter special inside it.
+  return dict(sorted(specials.items(), key=lambda item: -len(item[0])))
+
+
+def _strip_bos(template: chat_templates.TemplateSpec, text: str) -> tuple[str, int]:
+  """The text without a leading BOS the template wrote (the row's start token is BOS)."""
+  if chat_templates.starts_with_bos(text, template):
+    return text[len(template.bos):], len(template.bos)
+  return text, 0
+
+
+def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+             turns: Sequence[Mapping[str, str]], *, train_on: TrainOn = "all",
+             bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, weights) of one conversation: weight 1 on the trained answers' tokens."""
+  if train_on not in TRAIN_ON:
+    raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
+  text, spans = chat_templates.assistant_spans(template, turns)
+  text, shift = _strip_bos(template, text)
+  spans = [(start - shift, end - shift) for start, end in spans]
+  if train_on == "last":
+    spans = spans[-1:]
+  specials = _specials(template, vocabulary, bos_id)
+  ids, weights, at = [], [], 0
+  for start, end in spans:
+    for piece, weight in ((text[at:start], 0), (text[start:end], 1)):
+      piece_ids = encode(vocabulary, piece, specials)
+      ids += piece_ids
+      weights += [weight] * len(piece_ids)
+    at = end
+  tail = encode(vocabulary, text[at:], specials)  # e.g. the newline after the last answer
+  return (np.asarray(ids + tail, np.int32),
+          np.asarray(weights + [0] * len(tail), np.int32))
+
+
+def prompt_ids(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+               turns: Sequence[Mapping[str, str]], *, bos_id: int | None = None) -> np.ndarray:
+  """The ids a model answers at inference: the turns and the generation prompt, split
+  into pieces at the earlier answers' spans exactly as `tokenize` splits them."""
+  text = template.render(turns, add_generation_prompt=True)
+  _, spans = chat_templates.assistant_spans(template, turns) if any(
+      turn.get("role") == "assistant" for turn in turns) else ("", [])
+  text, shift = _strip_bos(template, text)
+  specials = _specials(template, vocabulary, bos_id)
+  ids, at = [], 0
+  for start, end in spans:
+    ids += encode(vocabulary, text[at:start - shift], specials)
+    ids += encode(vocabulary, text[start - shift:end - shift], specials)
+    at = end - shift
+  return np.asarray(ids + encode(vocabulary, text[at:], specials), np.int32)
+
+
+def _exchanges(turns: Sequence[Mapping[str, str]]) -> list[int]:
+  """Indices where each exchange (a user turn and what answers it) starts."""
+  return [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+
+
+def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+        turns: Sequence[Mapping[str, str]], length: int, *, train_on: TrainOn = "all",
+        bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+  """(ids, weights, exchanges left out) fitting `length` tokens, or None if even the
+  last exchange does not fit (nothing would be trained)."""
+  system = [turn for turn in turns[:1] if turn["role"] == "system"]
+  starts = _exchanges(turns)
+  for dropped, start in enumerate(starts or [len(system)]):
+    kept = [*system, *turns[start:]] if dropped else list(turns)
+    ids, weights = tokenize(template, vocabulary, kept, train_on=train_on, bos_id=bos_id)
+    if len(ids) <= length:
+      return (ids, weights, dropped) if weights.any() else None
+  return None
+
+
+class ChatSource(seqio.DataSource):
+  """A conversation file as a seqio source of tokenized, weighted, fitted examples.
+
+  Read by `task_reader` in Python (`example`), like FLAN's rendered tasks; seqio's
+  own readers get the same examples through `get_dataset`.
+  """
+
+  def __init__(self, load: Callable[[], conversations.Conversations],
+               template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, *,
+               train_on: TrainOn = "all", bos_id: int | None = None, salt: str = ""):
+    super().__init__(splits=("train",))
+    self._load, self._template, self._vocabulary = load, template, vocabulary
+    self._train_on, self._bos_id, self._salt = train_on, bos_id, salt
+    self._conversations: conversations.Conversations | None = None
+
+  @property
+  def template(self) -> chat_templates.TemplateSpec:
+    return self._template
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def _all(self) -> list:
+    if self._conversations is None:  # loaded on first use, never at registration
+      self._conversations = self._load()
+    return self._conversations.conversations
+
+  def num_input_examples(self, split: str) -> int:
+    return len(self._all())
+
+  def indices(self, split: str, *, shuffle: bool, seed: int | None,
+              shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
+    indices = list(range(len(self._all())))
+    if shard_info:
+      indices = indices[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      random.Random(f"{self._salt}:{split}:{seed}:epoch{epoch}").shuffle(indices)
+    return indices
+
+  def example(self, split: str, index: int,
+              sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
+    """Conversation `index`, fitted to the whole row (inputs + targets lengths); None
+    when nothing would be left to train."""
+    del split
+    turns = self._all()[index]
+    length = sum(sequence_length.values()) if sequence_length else 1 << 30
+    fitted = fit(self._template, self._vocabulary, turns, length, train_on=self._train_on,
+                 bos_id=self._bos_id)
+    if fitted is None:
+      return None
+    ids, weights, dropped = fitted
+    return {"inputs": np.zeros(0, np.int32), "targets": ids, "targets_weights": weights,
+            "dropped_exchanges": dropped, "inputs_pretokenized": "",
+            "targets_pretokenized": self._template.render(turns)}
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    del use_cached, num_epochs
+    order = lambda: self.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+    examples = lambda: (e for e in (self.example(split, i, sequence_length) for i in order())
+                        if e is not None)
+    signature = {"inputs": tf.TensorSpec([None], tf.int32),
+                 "targets": tf.TensorSpec([None], tf.int32),
+                 "targets_weights": tf.TensorSpec([None], tf.int32),
+                 "dropped_exchanges": tf.TensorSpec([], tf.int64),
+                 "inputs_pretokenized": tf.TensorSpec([], tf.string),
+                 "targets_pretokenized": tf.TensorSpec([], tf.string)}
+    return tf.data.Dataset.from_generator(examples, output_signature=signature)
+
+
+def register_chat_task(name: str, path: str, *, template: chat_templates.TemplateSpec,
+                       vocabulary: seqio.Vocabulary, train_on: TrainOn = "all",
+                       bos_id: int | None = None, format: str | None = None,
+                       paths: str = "all", merge_consecutive: bool = False) -> str:
+  """Registers conversations from `path` (JSONL/JSON: messages, ShareGPT, Alpaca or
+  OASST trees) as a seqio task training on assistant turns; returns its name.
+
+  `bos_id`: the id a template's BOS string encodes to (the model's BOS); the rows'
+  start token is BOS already, so a template's leading BOS is dropped either way.
+  """
+  if train_on not in TRAIN_ON:
+    raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
+  load = lambda: conversations.read_conversations(path, format=format, paths=paths,
+                                                  merge_consecutive=merge_consecutive)
+  seqio.TaskRegistry.add(
+      name, source=ChatSource(load, template, vocabulary, train_on=train_on, bos_id=bos_id,
+                              salt=name),
+      output_features=vocabularies.output_features(vocabulary), preprocessors=[])
+  return name
+
+
+def trained_text(vocabulary: seqio.Vocabulary, ids, weights) -> list[str]:
+  """The trained runs of tokens, decoded: what `inspect` marks and tests compare."""
+  runs, current = [], []
+  for token, weight in zip(np.asarray(ids).tolist(), np.asarray(weights).tolist()):
+    if weight:
+      current.append(token)
+    elif current:
+      runs.append(current)
+      current = []
+  if current:
+    runs.append(current)
+  return [vocabulary.decode(run) for run in runs]
+

@@ -1,0 +1,154 @@
+"""Conversations as token ids and loss weights: trained spans, EOS, BOS, truncation, drops."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import seqio
+
+from flan_jax.data import chat_examples, chat_templates, pipeline, vocabularies
+from flan_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORIES_TOKENIZER = os.path.join(os.path.dirname(REPO), "shared", "data", "models",
+                                 "stories260K-hf", "tokenizer.model")
+BYTES = vocabularies.byte_vocabulary()
+EOS = BYTES.eos_id
+TURNS = [
+    {"role": "system", "content": "Answer in one word."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "Of Italy?"},
+    {"role": "assistant", "content": "Rome."},
+    {"role": "user", "content": "Of Spain?"},
+    {"role": "assistant", "content": "Madrid."},
+]
+
+
+def byte_ids(text: str) -> list[int]:
+  """ByteVocabulary's ids, by hand: each UTF-8 byte plus its 3 special ids."""
+  return [b + 3 for b in text.encode()]
+
+
+def trained_runs(ids, weights) -> list[list[int]]:
+  runs, current = [], []
+  for token, weight in zip(ids.tolist(), weights.tolist()):
+    if weight:
+      current.append(token)
+    elif current:
+      runs, current = runs + [current], []
+  return runs + ([current] if current else [])
+
+
+# What each built-in template trains of an answer: its text and its end of turn, which
+# is the vocabulary's EOS id (Llama 2 puts a space on either side of the answer).
+ANSWER = {"chatml": "{}", "llama2": " {} ", "llama3": "{}", "zephyr": "{}"}
+
+
+@pytest.mark.parametrize("name", chat_templates.BUILTIN_NAMES)
+def test_every_assistant_turn_and_its_eos_are_trained_and_nothing_else(name):
+  template = chat_templates.builtin(name)
+  ids, weights = chat_examples.tokenize(template, BYTES, TURNS, bos_id=1)
+  expected = [byte_ids(ANSWER[name].format(answer)) + [EOS]
+              for answer in ("Paris.", "Rome.", "Madrid.")]
+  assert trained_runs(ids, weights) == expected
+  assert int(weights.sum()) == sum(map(len, expected))
+  # Only the last answer with train_on="last"; the ids themselves do not change.
+  last_ids, last_weights = chat_examples.tokenize(template, BYTES, TURNS, train_on="last", bos_id=1)
+  np.testing.assert_array_equal(last_ids, ids)
+  assert trained_runs(last_ids, last_weights) == expected[-1:]
+
+
+@pytest.mark.parametrize("name", chat_templates.BUILTIN_NAMES)
+def test_the_prompt_at_inference_is_the_training_prompt_token_for_token(name):
+  template = chat_templates.builtin(name)
+  ids, weights = chat_examples.tokenize(template, BYTES, TURNS, bos_id=1)
+  prompt = chat_examples.prompt_ids(template, BYTES, TURNS[:-1], bos_id=1)
+  last_answer = np.flatnonzero(weights)[-len(byte_ids(ANSWER[name].format("Madrid."))) - 1]
+  np.testing.assert_array_equal(prompt, ids[:last_answer])
+  # The text is byte-identical too: the rendered prompt is the conversation's start.
+  assert template.render(TURNS).startswith(template.render(TURNS[:-1], add_generation_prompt=True))
+
+
+@pytest.mark.skipif(not os.path.isfile(STORIES_TOKENIZER), reason="needs ../shared/data")
+@pytest.mark.parametrize("name", ["llama2", "llama3"])
+def test_no_double_bos_with_a_llama_tokenizer(name):
+  vocabulary = vocabularies.sentencepiece_vocabulary(STORIES_TOKENIZER)
+  bos = 1  # Llama's BOS; the packer starts every row with it
+  ids, weights = chat_examples.tokenize(chat_templates.builtin(name), vocabulary, TURNS,
+                                        bos_id=bos)
+  assert ids[0] != bos  # the template's leading BOS text is dropped: the row starts with one
+  row = next(iter(chat_examples_rows([{"targets": ids, "targets_weights": weights}], bos)))
+  inputs = row["decoder_input_tokens"]
+  assert inputs[0] == bos and inputs[1] != bos
+  # Llama 2 opens each later exchange with <s> (the id, not its letters); Llama 3 never.
+  assert int((ids == bos).sum()) == (2 if name == "llama2" else 0)
+  assert "<s>" not in vocabulary.decode(ids.tolist())
+  assert ids[weights.astype(bool)][-1] == vocabulary.eos_id  # the model learns to stop
+
+
+def chat_examples_rows(examples, bos_id, length=1024):
+  from flan_jax.data import packing
+  examples = [{"inputs": np.zeros(0, np.int32), **e} for e in examples]
+  return packing.pack(examples, {"inputs": 0, "targets": length}, bos_id=bos_id)
+
+
+def test_too_long_conversations_lose_whole_early_exchanges_never_the_final_answer():
+  template = chat_templates.builtin("chatml")
+  full, _ = chat_examples.tokenize(template, BYTES, TURNS)
+  two_exchanges, _ = chat_examples.tokenize(template, BYTES, [TURNS[0], *TURNS[3:]])
+  ids, weights, dropped = chat_examples.fit(template, BYTES, TURNS, len(full) - 1)
+  assert dropped == 1
+  np.testing.assert_array_equal(ids, two_exchanges)  # system prompt kept, first exchange out
+  assert trained_runs(ids, weights)[-1] == byte_ids("Madrid.") + [EOS]
+  # Not even the last exchange fits: nothing to train, so no example at all.
+  last_alone, _ = chat_examples.tokenize(template, BYTES, [TURNS[0], *TURNS[5:]])
+  assert chat_examples.fit(template, BYTES, TURNS, len(last_alone) - 1) is None
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+  path = tmp_path / "chats.jsonl"
+  long_answer = "word " * 100
+  rows = [{"messages": TURNS}] * 6 + [
+      {"messages": [{"role": "user", "content": "Say a lot."},
+                    {"role": "assistant", "content": long_answer}]}] * 2
+  path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  return str(path)
+
+
+def test_a_row_left_with_nothing_to_train_is_dropped_and_counted(chat_file):
+  name = chat_examples.register_chat_task("chat_test_drops", chat_file,
+                                          template=chat_templates.builtin("zephyr"),
+                                          vocabulary=BYTES)
+  try:
+    lengths = {"inputs": 0, "targets": 200}  # the long answers (500+ tokens) never fit
+    stream = pipeline.train_batches(name, lengths, 4, seed=0)
+    for _ in range(5):
+      batch = next(stream)
+      # Every row trains on something: no all-masked row, no silent zero loss.
+      assert (batch["decoder_loss_weights"].sum(axis=1) > 0).all()
+    stats = stream.state()["packer"]["stats"]
+    assert stats["dropped_examples"] > 0 and stats["examples"] > 0
+    # Only conversations that never fit: one clear error, not an endless loop.
+    with pytest.raises(UserError, match="longer than a row"):
+      next(pipeline.train_batches(name, {"inputs": 0, "targets": 20}, 4, seed=0))
+  finally:
+    seqio.TaskRegistry.remove(name)
+
+
+def test_a_chat_task_reads_the_same_with_data_workers(chat_file):
+  name = chat_examples.register_chat_task("chat_test_workers", chat_file,
+                                          template=chat_templates.builtin("llama3"),
+                                          vocabulary=BYTES, bos_id=1)
+  try:
+    lengths = {"inputs": 0, "targets": 256}
+    alone = pipeline.train_batches(name, lengths, 4, seed=3)
+    parallel = pipeline.train_batches(name, lengths, 4, seed=3, workers=2)
+    for _ in range(3):
+      ours, theirs = next(parallel), next(alone)
+      for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key])
+  finally:
+    seqio.TaskRegistry.remove(name)
