@@ -152,3 +152,19 @@ def test_a_chat_task_reads_the_same_with_data_workers(chat_file):
         np.testing.assert_array_equal(ours[key], theirs[key])
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+def test_one_string_for_bos_and_eos_ends_turns_with_eos():
+  # GPT-2-style tokenizers use "<|endoftext|>" for both.
+  source = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}\n"
+            "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+  template = chat_templates.TemplateSpec("shared_marker", source, bos="<|endoftext|>",
+                                         eos="<|endoftext|>")
+  ids, weights = chat_examples.tokenize(template, BYTES, TURNS, bos_id=7)
+  assert trained_runs(ids, weights)[0] == byte_ids("Paris.") + [EOS]
+  assert 7 not in ids.tolist()
+
+
+def test_a_bos_inside_the_conversation_without_a_bos_id_is_an_error_not_letters():
+  with pytest.raises(UserError, match="inside the conversation.*no BOS id"):
+    chat_examples.tokenize(chat_templates.builtin("llama2"), BYTES, TURNS, bos_id=None)

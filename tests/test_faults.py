@@ -54,6 +54,8 @@ def test_a_signal_saves_the_current_step_and_the_rerun_ends_as_a_straight_run(tm
   assert e.value.exit_code == 128 + number
   assert Checkpointer(str(tmp_path / "cut" / "checkpoints")).latest_step() == 4
   assert signal.getsignal(number) is not None  # our handler is gone again
+  if number == signal.SIGINT:  # the same stop as SIGTERM's, whose resume is checked below
+    return
   resumed = _train(tmp_path / "cut", 8, _batches_signalling(None))
   straight = _train(tmp_path / "straight", 8, _batches_signalling(None))
   for ours, theirs in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):

@@ -52,7 +52,8 @@ def encode(vocabulary: seqio.Vocabulary, text: str, specials: Mapping[str, int])
 def _specials(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
               bos_id: int | None) -> dict[str, int]:
   specials = {template.eos: vocabulary.eos_id}
-  if template.bos and bos_id is not None:
+  # One string for both (GPT-2's "<|endoftext|>"): inside a conversation it ends a turn.
+  if template.bos and template.bos != template.eos and bos_id is not None:
     specials[template.bos] = bos_id
   # The longer string first, so "</s>" is not split by a shorter special inside it.
   return dict(sorted(specials.items(), key=lambda item: -len(item[0])))
@@ -65,6 +66,16 @@ def _strip_bos(template: chat_templates.TemplateSpec, text: str) -> tuple[str, i
   return text, 0
 
 
+def _check_bos_inside(template: chat_templates.TemplateSpec, text: str,
+                      bos_id: int | None) -> None:
+  # Llama 2 opens every exchange with BOS; without its id that would train on "<s>" letters.
+  if (bos_id is None and template.bos and template.bos != template.eos
+      and template.bos in text):
+    raise UserError(f"chat template {template.name!r} writes its BOS {template.bos!r} inside "
+                    "the conversation, but the vocabulary has no BOS id to encode it as. Use a "
+                    "vocabulary with one (the model's own tokenizer) or another template.")
+
+
 def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
              turns: Sequence[Mapping[str, str]], *, train_on: TrainOn = "all",
              bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +84,7 @@ def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
   text, spans = chat_templates.assistant_spans(template, turns)
   text, shift = _strip_bos(template, text)
+  _check_bos_inside(template, text, bos_id)
   spans = [(start - shift, end - shift) for start, end in spans]
   if train_on == "last":
     spans = spans[-1:]
@@ -97,6 +109,7 @@ def prompt_ids(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabula
   _, spans = chat_templates.assistant_spans(template, turns) if any(
       turn.get("role") == "assistant" for turn in turns) else ("", [])
   text, shift = _strip_bos(template, text)
+  _check_bos_inside(template, text, bos_id)
   specials = _specials(template, vocabulary, bos_id)
   ids, at = [], 0
   for start, end in spans:
@@ -208,11 +221,13 @@ def register_chat_task(name: str, path: str, *, template: chat_templates.Templat
   """Registers conversations from `path` (JSONL/JSON: messages, ShareGPT, Alpaca or
   OASST trees) as a seqio task training on assistant turns; returns its name.
 
-  `bos_id`: the id a template's BOS string encodes to (the model's BOS); the rows'
-  start token is BOS already, so a template's leading BOS is dropped either way.
+  `bos_id`: the id a template's BOS string encodes to (default: the vocabulary's BOS);
+  the rows' start token is BOS already, so a template's leading BOS is dropped.
   """
   if train_on not in TRAIN_ON:
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
+  if bos_id is None:
+    bos_id = vocabularies.bos_id(vocabulary)
   load = lambda: conversations.read_conversations(path, format=format, paths=paths,
                                                   merge_consecutive=merge_consecutive)
   seqio.TaskRegistry.add(
