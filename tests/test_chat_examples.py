@@ -168,3 +168,25 @@ def test_one_string_for_bos_and_eos_ends_turns_with_eos():
 def test_a_bos_inside_the_conversation_without_a_bos_id_is_an_error_not_letters():
   with pytest.raises(UserError, match="inside the conversation.*no BOS id"):
     chat_examples.tokenize(chat_templates.builtin("llama2"), BYTES, TURNS, bos_id=None)
+
+
+def test_conversations_the_template_rejects_are_counted_and_left_out_at_load(tmp_path):
+  path = tmp_path / "chats.jsonl"
+  greeting = [{"role": "assistant", "content": "Hello! Ask me anything."}, *TURNS[1:3]]
+  path.write_text("\n".join(json.dumps({"messages": m}) for m in [TURNS, greeting, TURNS]) + "\n")
+  name = chat_examples.register_chat_task("chat_test_rejected", str(path),
+                                          template=chat_templates.builtin("llama2"),
+                                          vocabulary=BYTES, bos_id=1)
+  try:
+    task = seqio.get_mixture_or_task(name)
+    assert task.source.counts["template_rejected"] == 1  # llama2 needs a user turn first
+    assert task.source.num_input_examples("train") == 2
+    # The pre-training truncation report does not take a conversation that fits the
+    # row for a cut target (conversations fit inputs + targets; the packer counts).
+    lengths = {"inputs": 256, "targets": 16}
+    counts = pipeline.report_truncation([task], lengths)[name]
+    assert counts.examples == 0 and counts.targets_cut == 0
+    batch = next(pipeline.train_batches(name, lengths, 2, seed=0))
+    assert (batch["decoder_loss_weights"].sum(axis=1) > 0).all()
+  finally:
+    seqio.TaskRegistry.remove(name)

@@ -24,6 +24,7 @@ and is dropped, counted by the packer; it is never trained as a row of zero loss
 import random
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -167,8 +168,38 @@ class ChatSource(seqio.DataSource):
 
   def _all(self) -> list:
     if self._conversations is None:  # loaded on first use, never at registration
-      self._conversations = self._load()
+      self._conversations = self._renderable(self._load())
     return self._conversations.conversations
+
+  def _renderable(self, loaded: conversations.Conversations) -> conversations.Conversations:
+    """The conversations the template renders; the others are counted and left out
+    here, not met hours into a run (a resumed run would meet them again)."""
+    kept, first_problem = [], None
+    for turns in loaded.conversations:
+      try:
+        self._template.render(turns)
+      except UserError as problem:
+        loaded.counts["template_rejected"] += 1
+        first_problem = first_problem or problem
+        continue
+      kept.append(turns)
+    if not kept:
+      raise UserError(f"{self._salt}: chat template {self._template.name!r} renders none of "
+                      f"the {len(loaded.conversations)} conversations. The first: {first_problem}")
+    if first_problem:
+      logging.warning("%s: chat template %r rejects %d of %d conversations, left out. The "
+                      "first: %s", self._salt, self._template.name,
+                      loaded.counts["template_rejected"], len(loaded.conversations),
+                      first_problem)
+    loaded.conversations = kept
+    logging.info("%s: %s", self._salt, loaded.summary())
+    return loaded
+
+  @property
+  def counts(self) -> dict[str, int]:
+    """What reading left out or changed (tool turns, merged turns, rejected conversations)."""
+    self._all()
+    return dict(self._conversations.counts)
 
   def num_input_examples(self, split: str) -> int:
     return len(self._all())

@@ -130,6 +130,11 @@ class TrainStream:
     rows = rows[self._keep]
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
+  def close(self) -> None:
+    """Stops the data workers, if any (the stream cannot be read after)."""
+    if hasattr(self._examples, "close"):
+      self._examples.close()
+
   def state(self) -> dict[str, Any]:
     return {"examples": self._examples.state(), "packer": self._packer.state(),
             "ready": [{k: v.tolist() for k, v in row.items()} for row in self._ready]}
@@ -160,6 +165,8 @@ def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_
                                          seed=seed, shuffle=False)
     task_counts = truncation.TruncationCounts()
     for example in itertools.islice(examples, examples_per_task):
+      if "targets_weights" in example:  # conversations fit the whole row: the packer counts
+        continue
       _, inputs_cut = truncation.fit_inputs(example["inputs"], task_feature_lengths["inputs"],
                                             eos_id=eos_id, inputs_eos=inputs_eos)
       _, targets_cut = truncation.fit_targets(example["targets"], task_feature_lengths["targets"])

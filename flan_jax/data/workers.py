@@ -17,7 +17,9 @@ may still need workers) and saves. They are stopped by message, at exit or `clos
 
 import collections
 from concurrent import futures
+import ctypes
 import multiprocessing
+import os
 import signal
 import warnings
 import weakref
@@ -31,11 +33,20 @@ _CHUNK = 32  # draws per task sent to a worker: big enough to amortise the round
 _worker_stream: task_reader.MixtureStream | None = None  # each worker's forked copy
 
 
-def _start_worker(stream: task_reader.MixtureStream) -> None:
+def _start_worker(stream: task_reader.MixtureStream, parent: int) -> None:
   global _worker_stream
   _worker_stream = stream
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  # A parent killed outright (SIGKILL, out of memory) sends no stop message, and the
+  # workers hold their queue's write end, so they would wait forever holding the data.
+  # Linux kills them with their parent when asked (prctl PR_SET_PDEATHSIG = 1).
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+  except (OSError, AttributeError):  # not Linux: workers end when their parent exits
+    pass
+  if os.getppid() != parent:  # the parent died before the request took effect
+    os._exit(1)
 
 
 def _render(draws: list[tuple[int, int] | None]) -> list[task_reader.Example | None]:
@@ -55,7 +66,7 @@ class ParallelExamples:
       warnings.filterwarnings("ignore", message=r".*os\.fork\(\)")
       self._pool = futures.ProcessPoolExecutor(
           workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-          initargs=(stream,))
+          initargs=(stream, os.getpid()))
       self._pool.submit(int).result()
     weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
     self._ahead = 2 * workers  # chunks in flight: every worker busy, one chunk queued each

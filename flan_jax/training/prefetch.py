@@ -74,6 +74,7 @@ class Prefetcher:
       except queue.Empty:
         break
     self._thread.join(timeout=10)
+    _close(self._stream)
 
 
 class Placed:
@@ -93,4 +94,10 @@ class Placed:
     return self._stream.state() if hasattr(self._stream, "state") else None
 
   def close(self) -> None:
-    pass
+    _close(self._stream)
+
+
+def _close(stream) -> None:
+  """Ends what the stream holds (data worker processes), if it holds anything."""
+  if hasattr(stream, "close"):
+    stream.close()
