@@ -20,7 +20,7 @@ import jax
 import seqio
 
 from flan_jax import paths
-from flan_jax.data import clusters, pipeline, registry, vocabularies
+from flan_jax.data import chat_examples, clusters, pipeline, registry, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.report import print_comparison
@@ -160,6 +160,12 @@ def _finetune(
   check_same_model(model_dir, model)
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
+    # Conversations: the template they were rendered with, for `infer --chat` to render
+    # prompts exactly so.
+    template = chat_examples.recorded_template(registry.get_mixture_or_task(mixture_or_task_name))
+    if template is not None:
+      paths.write_atomically(paths.join(model_dir, chat_examples.TEMPLATE_FILE),
+                             template.to_json())
 
   # Inverted tasks (write the question from the answer) cannot be scored against labels.
   heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]
@@ -226,7 +232,8 @@ def _finetune(
   if jax.process_index() == 0:
     paths.write_atomically(paths.join(model_dir, "eval", "heldout.json"),
                            json.dumps(results, indent=2, sort_keys=True))
-    print_comparison(before, after, groups)
+    if before or after:  # a run without evaluation tasks (conversations) has no table
+      print_comparison(before, after, groups)
   return results
 
 

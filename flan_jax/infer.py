@@ -3,12 +3,15 @@ r"""Generate from, or score options with, a checkpoint: `python -m flan_jax.infe
   echo '{"inputs": "Which is larger, 7 or 3?", "options": ["7", "3"]}' | \
       python -m flan_jax.infer --checkpoint=/tmp/flan_jax_quickstart --input=-
   python -m flan_jax.infer --checkpoint=DIR --interactive --strategy=sample --temperature=0.7
+  python -m flan_jax.infer --checkpoint=/tmp/flan_jax_chat --interactive --chat
 
 --checkpoint is a run's MODEL_DIR (latest step, or --step), an orbax checkpoint from
 `convert --to_orbax`, or a Hugging Face directory. --input is JSONL (`-`: stdin): one
 object per line with "inputs" and optionally "options"; each comes back on --output
 (default stdout) with "prediction", and with options their "scores" (summed
-log-likelihoods). The job is `inference`.
+log-likelihoods). With --chat, each line has "messages" (system / user / assistant
+turns, the last the user's) and "prediction" is the assistant's reply, the prompt
+rendered with the chat template the run recorded. The job is `inference`.
 """
 
 import os
@@ -41,6 +44,10 @@ flags.DEFINE_integer("max_input_length", 512, "Prompt tokens kept (longer prompt
 flags.DEFINE_multi_string("stop", [], "Cut each completion before this string (repeatable).")
 flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
 flags.DEFINE_bool("length_normalize", False, "Options: rank by mean token log-likelihood.")
+flags.DEFINE_bool("chat", False, 'Conversations: requests have "messages" (--interactive: '
+                  "one conversation), rendered with the chat template training used.")
+flags.DEFINE_string("chat_template", None, "With --chat: a built-in template (chatml, llama2, "
+                    "llama3, zephyr) or a path (default: the one the run recorded in MODEL_DIR).")
 FLAGS = flags.FLAGS
 
 
@@ -58,9 +65,10 @@ def main(argv):
   predictor = inference.load_predictor(
       FLAGS.checkpoint, step=FLAGS.step, vocabulary_path=FLAGS.vocabulary,
       max_input_length=FLAGS.max_input_length, max_new_tokens=FLAGS.max_new_tokens,
-      decode=decode, stop=tuple(FLAGS.stop), batch_size=FLAGS.batch_size)
+      decode=decode, stop=tuple(FLAGS.stop), batch_size=FLAGS.batch_size, chat=FLAGS.chat,
+      chat_template=FLAGS.chat_template)
   if FLAGS.interactive:
-    inference.interactive(predictor)
+    inference.interactive(predictor, chat=FLAGS.chat)
     return
   lines, source = inference.open_input(FLAGS.input)
   try:
@@ -69,7 +77,7 @@ def main(argv):
     raise UserError(f"--output {FLAGS.output!r} cannot be written ({e.strerror}).") from None
   try:
     count = inference.run_jsonl(predictor, lines, out, source, seed=FLAGS.seed,
-                                length_normalize=FLAGS.length_normalize)
+                                length_normalize=FLAGS.length_normalize, chat=FLAGS.chat)
   finally:
     if out is not sys.stdout:
       out.close()

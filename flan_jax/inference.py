@@ -15,13 +15,13 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Callable, Iterable, Iterator, Sequence, TextIO
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import jax
 import numpy as np
 import seqio
 
-from flan_jax.data import truncation, vocabularies
+from flan_jax.data import chat_examples, chat_templates, truncation, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import DecodeConfig
@@ -41,6 +41,8 @@ class Predictor:
   decode: DecodeConfig = DecodeConfig()
   stop: Sequence[str] = ()
   batch_size: int = 8
+  # Conversations (`infer --chat`): the template training rendered them with.
+  chat_template: chat_templates.TemplateSpec | None = None
   _generate: Callable | None = dataclasses.field(default=None, repr=False)
   _score: Callable | None = dataclasses.field(default=None, repr=False)
 
@@ -59,13 +61,41 @@ class Predictor:
 
   def generate(self, texts: Sequence[str], seed: int | None = None) -> list[str]:
     """One completion per prompt, cut before the first stop string."""
+    return self._generate_from([self._fitted(t) for t in texts], seed)
+
+  def chat_prompt_tokens(self, turns: Sequence[Mapping[str, str]]) -> np.ndarray:
+    """The conversation's tokens up to the reply, split and encoded as training encoded
+    them (`chat_examples.prompt_ids`); too long, it loses whole early exchanges first,
+    as in training, and only then the front of what is left."""
+    if self.chat_template is None:
+      raise UserError("This predictor has no chat template: load it with chat=True.")
+    bos_id = vocabularies.bos_id(self.vocabulary)
+    system = [t for t in turns[:1] if t["role"] == "system"]
+    starts = [i for i, t in enumerate(turns) if t["role"] == "user"] or [len(system)]
+    for dropped, start in enumerate(starts):
+      kept = [*system, *turns[start:]] if dropped else list(turns)
+      tokens = chat_examples.prompt_ids(self.chat_template, self.vocabulary, kept, bos_id=bos_id)
+      if len(tokens) <= self.max_input_length:
+        return tokens
+    logging.warning("The last exchange alone is longer than --max_input_length=%d tokens; it "
+                    "lost its front.", self.max_input_length)
+    return tokens[len(tokens) - self.max_input_length:]
+
+  def chat(self, conversations: Sequence[Sequence[Mapping[str, str]]],
+           seed: int | None = None) -> list[str]:
+    """The assistant's next reply in each conversation (which ends with a user turn)."""
+    replies = self._generate_from([self.chat_prompt_tokens(c) for c in conversations], seed)
+    end = self.chat_template.eos  # where no EOS id stands for it, the marker's letters
+    return [reply[:reply.index(end)] if end and end in reply else reply for reply in replies]
+
+  def _generate_from(self, prompts: Sequence[np.ndarray], seed: int | None) -> list[str]:
     if self._generate is None:
       self._generate = decoding.make_generate(self.network, self.params, self.max_new_tokens,
                                               self.vocabulary.eos_id, self.decode)
     prefix = tuple(self.network.prompt_prefix())
     outputs = []
-    for start in range(0, len(texts), self.batch_size):
-      chunk = [self._fitted(t) for t in texts[start:start + self.batch_size]]
+    for start in range(0, len(prompts), self.batch_size):
+      chunk = prompts[start:start + self.batch_size]
       tokens, mask, _ = left_pad_prompts(chunk, self.max_input_length + len(prefix), prefix)
       # Full batches only (the last row repeated), so generation compiles once.
       fill = ((0, self.batch_size - len(chunk)), (0, 0))
@@ -101,8 +131,14 @@ class Predictor:
 
 
 def load_predictor(checkpoint_path: str, *, step: int | None = None,
-                   vocabulary_path: str | None = None, **settings) -> Predictor:
-  """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory."""
+                   vocabulary_path: str | None = None, chat: bool = False,
+                   chat_template: str | None = None, **settings) -> Predictor:
+  """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory.
+
+  `chat`: for conversations, rendered with `chat_template` (a built-in name, or a
+  path: see `chat_examples.load_template`), by default the one the run recorded in
+  MODEL_DIR, else the checkpoint's own (its tokenizer_config.json).
+  """
   from flan_jax import checkpoint_eval, finetune  # the checkpoint formats
   vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
   config, params = checkpoint_eval.load_checkpoint(checkpoint_path, step)
@@ -115,20 +151,36 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
   finetune.check_vocabulary_fits(config, vocabulary, checkpoint_path)
   network = families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
+  template = None
+  if chat:
+    try:
+      template = chat_examples.load_template(chat_template or checkpoint_path)
+    except UserError as e:
+      raise UserError(f"--chat needs the chat template the model was trained with: {e} "
+                      "Pass --chat_template=NAME_OR_PATH (built-ins: "
+                      f"{', '.join(chat_templates.BUILTIN_NAMES)}).") from None
   # On the device once, not sent with every batch.
-  return Predictor(network, jax.device_put(params), vocabulary, **settings)
+  return Predictor(network, jax.device_put(params), vocabulary, chat_template=template,
+                   **settings)
 
 
-def read_requests(lines: Iterable[str], source: str) -> Iterator[dict]:
-  """JSONL objects with "inputs" (and optionally "options"); errors name the line."""
+def read_requests(lines: Iterable[str], source: str, chat: bool = False) -> Iterator[dict]:
+  """JSONL objects with "inputs" (and optionally "options"), or with `chat` "messages";
+  errors name the line."""
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
       request = json.loads(line)
     except json.JSONDecodeError as e:
+      example = ('{"messages": [{"role": "user", "content": "Hello!"}]}' if chat
+                 else '{"inputs": "What is 2 plus 3?"}')
       raise UserError(f"{source}:{number}: not JSON ({e.msg}); write one object per line, "
-                      'e.g. {"inputs": "What is 2 plus 3?"}.') from None
+                      f"e.g. {example}.") from None
+    if chat:
+      _check_messages(request, f"{source}:{number}")
+      yield request
+      continue
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), str):
       raise UserError(f'{source}:{number}: needs a string field "inputs".')
     options = request.get("options")
@@ -138,11 +190,30 @@ def read_requests(lines: Iterable[str], source: str) -> Iterator[dict]:
     yield request
 
 
+def _check_messages(request, where: str) -> None:
+  messages = request.get("messages") if isinstance(request, dict) else None
+  if not isinstance(messages, list) or not messages:
+    raise UserError(f'{where}: --chat needs a "messages" list, e.g. '
+                    '{"messages": [{"role": "user", "content": "Hello!"}]}.')
+  for i, turn in enumerate(messages):
+    if (not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant")
+        or not isinstance(turn.get("content"), str)):
+      raise UserError(f'{where}: messages[{i}] must be {{"role": "system" | "user" | '
+                      f'"assistant", "content": string}}, got {str(turn)[:80]!r}.')
+  if messages[-1]["role"] != "user":
+    raise UserError(f"{where}: the last message must be the user's (the model answers it), "
+                    f"not {messages[-1]['role']!r}.")
+
+
 def answer(predictor: Predictor, requests: Sequence[dict], seed: int | None = None,
            length_normalize: bool = False) -> list[dict]:
   """Each request with "prediction" added: generated, or with "options" the best-scored
-  option, its "scores" (summed log-likelihoods) beside it."""
+  option, its "scores" (summed log-likelihoods) beside it; for "messages", the reply."""
   answers = [dict(r) for r in requests]
+  if answers and "messages" in answers[0]:
+    for a, reply in zip(answers, predictor.chat([a["messages"] for a in answers], seed)):
+      a["prediction"] = reply
+    return answers
   scored = [a for a in answers if a.get("options")]
   generated = [a for a in answers if not a.get("options")]
   if scored:
@@ -159,7 +230,7 @@ def answer(predictor: Predictor, requests: Sequence[dict], seed: int | None = No
 
 def run_jsonl(predictor: Predictor, lines: Iterable[str], out: TextIO, source: str = "<stdin>",
               seed: int | None = None, length_normalize: bool = False,
-              chunk: int = 64) -> int:
+              chunk: int = 64, chat: bool = False) -> int:
   """Answers JSONL requests in chunks, writing one JSON line per request; returns the count."""
   count, pending = 0, []
 
@@ -171,7 +242,7 @@ def run_jsonl(predictor: Predictor, lines: Iterable[str], out: TextIO, source: s
     count += len(pending)
     pending.clear()
 
-  for request in read_requests(lines, source):
+  for request in read_requests(lines, source, chat):
     pending.append(request)
     if len(pending) == chunk:
       flush()
@@ -181,11 +252,12 @@ def run_jsonl(predictor: Predictor, lines: Iterable[str], out: TextIO, source: s
 
 
 def interactive(predictor: Predictor, read: Callable[[str], str] = input,
-                write: Callable[[str], None] = print) -> None:
-  """A prompt loop: each line is a prompt, the model's completion is printed. Ends at
-  EOF (Ctrl-D) or an empty `:quit`."""
+                write: Callable[[str], None] = print, chat: bool = False) -> None:
+  """A prompt loop: each line is a prompt, the model's completion is printed; with
+  `chat`, each line is the user's next turn in one conversation. Ends at EOF (Ctrl-D)
+  or `:quit`."""
   write("Type a prompt and press Enter; Ctrl-D or :quit ends.")
-  turn = 0
+  turn, history = 0, []
   while True:
     try:
       line = read("> ")
@@ -194,7 +266,13 @@ def interactive(predictor: Predictor, read: Callable[[str], str] = input,
       return
     if line.strip() == ":quit":
       return
-    if line.strip():
+    if line.strip() and chat:
+      history.append({"role": "user", "content": line})
+      reply = predictor.chat([history], seed=predictor.decode.seed + turn)[0]
+      history.append({"role": "assistant", "content": reply})
+      write(reply)
+      turn += 1
+    elif line.strip():
       write(predictor.generate([line], seed=predictor.decode.seed + turn)[0])
       turn += 1
 

@@ -7,7 +7,7 @@ gin configures `train` below; see gin/quickstart.gin for every setting.
 """
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter (CUDA probing)
 
@@ -17,6 +17,7 @@ import jax
 
 from flan_jax import finetune, gin_utils, paths
 from flan_jax.data import vocabularies
+from flan_jax.data.chat_examples import ChatTask
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
@@ -33,7 +34,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
                   "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
-for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig):
+for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask):
   gin.external_configurable(_config_class)
 
 
@@ -65,6 +66,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     vocabulary_path: str | None = None,
     truncation_sample: int = 100,
+    chat_tasks: Sequence[ChatTask] = (),
 ):
   """The whole job; see `finetune.finetune`.
 
@@ -81,13 +83,19 @@ def train(
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
-  own tokenizer when it has one, else bytes.
+  own tokenizer when it has one, else bytes. `chat_tasks` (`ChatTask`s: conversation
+  files) are registered with that vocabulary, to be named in the mixture.
   """
   gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
     library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path,
                                                               initial_checkpoint_path))
+  if chat_tasks:
+    vocabulary = (vocabularies.library_vocabulary(vocabulary_path, initial_checkpoint_path)
+                  or vocabularies.byte_vocabulary())
+    for chat_task in chat_tasks:
+      chat_task.register(vocabulary)
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
     paths.write_atomically(paths.join(model_dir, "config.gin"), gin.config_str())

@@ -21,6 +21,8 @@ cut. A conversation whose last exchange alone does not fit has nothing left to t
 and is dropped, counted by the packer; it is never trained as a row of zero loss.
 """
 
+import dataclasses
+import os
 import random
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -29,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax import paths
 from flan_jax.data import chat_templates, conversations, vocabularies
 from flan_jax.errors import UserError
 
@@ -281,3 +284,58 @@ def trained_text(vocabulary: seqio.Vocabulary, ids, weights) -> list[str]:
     runs.append(current)
   return [vocabulary.decode(run) for run in runs]
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTask:
+  """A conversation file to train on, as gin names it; `register` makes its seqio task
+  once the run's vocabulary is known.
+
+  `template`: a built-in name (chatml, llama2, llama3, zephyr), or a model directory or
+  tokenizer_config.json with its own `chat_template`, or a spec JSON a run recorded
+  (MODEL_DIR/chat_template.json).
+  """
+  name: str
+  path: str
+  template: str = "chatml"
+  train_on: str = "all"
+  format: str | None = None
+  paths: str = "all"
+  merge_consecutive: bool = False
+
+  def register(self, vocabulary: seqio.Vocabulary) -> str:
+    return register_chat_task(self.name, self.path, template=load_template(self.template),
+                              vocabulary=vocabulary, train_on=self.train_on, format=self.format,
+                              paths=self.paths, merge_consecutive=self.merge_consecutive)
+
+
+TEMPLATE_FILE = "chat_template.json"  # where a run records its template, in MODEL_DIR
+
+
+def load_template(name_or_path: str) -> chat_templates.TemplateSpec:
+  """A built-in template by name; a run's MODEL_DIR (its recorded `chat_template.json`)
+  or such a file; or a model's own, from its directory or tokenizer_config.json."""
+  if name_or_path in chat_templates.BUILTIN_NAMES:
+    return chat_templates.builtin(name_or_path)
+  if paths.isdir(name_or_path):
+    recorded = paths.join(name_or_path, TEMPLATE_FILE)
+    if paths.exists(recorded):
+      return chat_templates.TemplateSpec.from_json(paths.read_text(recorded))
+    return chat_templates.from_tokenizer_config(name_or_path)
+  if paths.exists(name_or_path):
+    if os.path.basename(name_or_path) == "tokenizer_config.json":
+      return chat_templates.from_tokenizer_config(name_or_path)
+    return chat_templates.TemplateSpec.from_json(paths.read_text(name_or_path))
+  raise UserError(f"chat template {name_or_path!r}: not a built-in "
+                  f"({', '.join(chat_templates.BUILTIN_NAMES)}) and no such file or directory.")
+
+
+def recorded_template(mixture_or_task) -> chat_templates.TemplateSpec | None:
+  """The one template a mixture's conversation tasks use (None: it has none)."""
+  leaves = mixture_or_task.tasks if isinstance(mixture_or_task, seqio.Mixture) else [mixture_or_task]
+  templates = {task.source.template for task in leaves if isinstance(task.source, ChatSource)}
+  if len(templates) > 1:
+    raise UserError(f"{mixture_or_task.name} mixes conversation tasks with different chat "
+                    f"templates ({sorted(t.name for t in templates)}): inference could render "
+                    "only one of them as training did. Use one template for all.")
+  return templates.pop() if templates else None

@@ -1,0 +1,58 @@
+"""The chat quickstart end to end: train on conversations, record the template, talk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
+TURNS = [{"role": "system", "content": "You are kind."},
+         {"role": "user", "content": "Hello!"},
+         {"role": "assistant", "content": "Hi. How can I help?"},
+         {"role": "user", "content": "Tell me about cats."},
+         {"role": "assistant", "content": "Cats purr."}]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "models", "stories260K-hf")),
+                    reason="needs ../shared/data")
+def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tmp_path):
+  model_dir = tmp_path / "chat"
+  trained = subprocess.run(
+      [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/chat_quickstart.gin",
+       f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
+       "--gin.train.truncation_sample=0"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert "conversations dropped whole" in trained.stderr  # long OASST threads are counted
+  from flan_jax.data import chat_examples, chat_templates
+  recorded = (model_dir / "chat_template.json").read_text()
+  assert recorded == chat_templates.builtin("zephyr").to_json()
+
+  # infer --chat renders with the recorded template: the prompt it gives the model is,
+  # token for token, the one training trained the last answer after.
+  from flan_jax import inference
+  predictor = inference.load_predictor(str(model_dir), chat=True)
+  ids, weights = chat_examples.tokenize(predictor.chat_template, predictor.vocabulary, TURNS,
+                                        bos_id=1)
+  prompt = predictor.chat_prompt_tokens(TURNS[:-1])
+  first_trained = np.flatnonzero(weights)
+  last_answer = first_trained[first_trained >= len(prompt)][0]
+  np.testing.assert_array_equal(prompt, ids[:last_answer])
+  assert weights[last_answer - 1] == 0 and last_answer == len(prompt)
+
+  request = json.dumps({"messages": TURNS[:2]})
+  answered = subprocess.run(
+      [sys.executable, "-m", "flan_jax.infer", f"--checkpoint={model_dir}", "--chat",
+       "--input=-", "--max_new_tokens=8"],
+      input=request + "\n", cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert answered.returncode == 0, answered.stderr[-3000:]
+  reply = json.loads(answered.stdout.splitlines()[0])
+  assert reply["messages"] == TURNS[:2] and isinstance(reply["prediction"], str)
+  # A request that does not end with the user's turn is one clear error naming the line.
+  from flan_jax.errors import UserError
+  with pytest.raises(UserError, match="<stdin>:2: the last message must be the user's"):
+    list(inference.read_requests([request, json.dumps({"messages": TURNS})], "<stdin>", chat=True))
