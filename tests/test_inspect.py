@@ -56,3 +56,29 @@ def test_loss_mask_rendering_marks_only_target_tokens():
   weights = np.array([0] * (len(prompt) + 1) + [1] * (len(answer) + 1) + [0, 0])
   row = {"decoder_target_tokens": tokens, "decoder_loss_weights": weights}
   assert inspect.show_with_loss_mask(vocabulary, row) == "2+2?<eos>⟦4<eos>⟧"
+
+
+def test_a_conversation_shows_each_assistant_turn_and_its_eos_as_trained(tmp_path):
+  import io
+  import json
+  from flan_jax.data import chat_examples, vocabularies
+  turns = [{"role": "system", "content": "Be brief."},
+           {"role": "user", "content": "Capital of France?"},
+           {"role": "assistant", "content": "Paris."},
+           {"role": "user", "content": "Of Italy?"},
+           {"role": "assistant", "content": "Rome."}]
+  path = tmp_path / "chats.jsonl"
+  path.write_text(json.dumps({"messages": turns}) + "\n")
+  chat_examples.ChatTask("inspect_chat", str(path), "zephyr").register(
+      vocabularies.byte_vocabulary())
+  try:
+    out = io.StringIO()
+    report = inspect.inspect("inspect_chat", num_examples=1, plot_path=str(tmp_path / "p.png"),
+                             lengths={"inputs": 64, "targets": 64}, out=out)
+    shown = out.getvalue()
+    assert ("<|system|>\nBe brief.<eos>\n<|user|>\nCapital of France?<eos>\n<|assistant|>\n"
+            "⟦Paris.<eos>⟧\n<|user|>\nOf Italy?<eos>\n<|assistant|>\n⟦Rome.<eos>⟧") in shown
+    # 114 tokens fit the 128-token row: not reported as cut against targets=64.
+    assert report["tasks"]["inspect_chat"]["truncated_targets"] == 0
+  finally:
+    seqio.TaskRegistry.remove("inspect_chat")

@@ -3,12 +3,16 @@ r"""Look at tasks and mixtures as the model sees them.
   python -m flan_jax.data.inspect --list [--data_dir=DIR]
   python -m flan_jax.data.inspect --mixture=default_train [--plot=rates.png]
   python -m flan_jax.data.inspect --task=default_add --num_examples=3
+  python -m flan_jax.data.inspect --chat=conversations.jsonl --chat_template=llama3 \
+      --vocabulary=MODEL_DIR
 
 For a task or mixture it prints rendered examples with the loss mask visible
 (target tokens, the only ones trained on, between ⟦ ⟧), per-task example counts
 and effective rates, token-length statistics, how many examples the feature
 lengths would truncate, and the packing efficiency; it writes a PNG of the
-mixture's proportions. The built-in default mixture is always registered;
+mixture's proportions. --chat registers a conversation file as the task `chat` and
+shows its conversations rendered with the template, each assistant turn's trained
+tokens (its words and end-of-turn EOS) between ⟦ ⟧. The built-in default mixture is always registered;
 --data_dir also registers the real task library from that directory.
 """
 
@@ -23,8 +27,8 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
-from flan_jax.data import (mixtures, packing, pipeline, registry, task_reader,  # noqa: E402
-                           truncation)
+from flan_jax.data import (chat_examples, mixtures, packing, pipeline,  # noqa: E402
+                           registry, task_reader, truncation, vocabularies)
 from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Register the task library from this directory.")
@@ -37,6 +41,11 @@ flags.DEFINE_integer("sample_size", 200, "Examples per task sampled for the stat
 flags.DEFINE_integer("inputs_length", 512, "TASK_FEATURE_LENGTHS['inputs'] to check against.")
 flags.DEFINE_integer("targets_length", 128, "TASK_FEATURE_LENGTHS['targets'] to check against.")
 flags.DEFINE_string("plot", None, "Where to write the proportions PNG (default: NAME_rates.png).")
+flags.DEFINE_string("chat", None, "A conversation file (messages, ShareGPT, Alpaca or OASST "
+                    "JSONL/JSON) to inspect as the task `chat`.")
+flags.DEFINE_string("chat_template", "chatml", "With --chat: a built-in template or a path.")
+flags.DEFINE_string("vocabulary", None, "With --chat: the tokenizer (a SentencePiece .model, a "
+                    "tokenizer.json or a model directory; default: bytes).")
 FLAGS = flags.FLAGS
 
 
@@ -69,8 +78,16 @@ def show_with_loss_mask(vocabulary: seqio.Vocabulary, row: dict[str, np.ndarray]
       current, masked = [], bool(weight)
     current.append(token)
   pieces.append((masked, current))
-  render = lambda ids: vocabulary.decode([i for i in ids if i != vocabulary.eos_id]) + (
-      "<eos>" if vocabulary.eos_id in ids else "")
+  def render(ids: list[int]) -> str:  # EOS shown where it stands (conversations hold several)
+    texts, current = [], []
+    for token in ids:
+      if token == vocabulary.eos_id:
+        texts.append(vocabulary.decode(current))
+        current = []
+      else:
+        current.append(token)
+    return "<eos>".join([*texts, vocabulary.decode(current)])
+
   return "".join(f"⟦{render(ids)}⟧" if trained else render(ids) for trained, ids in pieces)
 
 
@@ -135,10 +152,13 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   for task in shown_from:
     example = next(task_reader.task_examples(task, split, sequence_length=lengths, seed=0,
                                              shuffle=False))
-    inputs, _ = truncation.fit_inputs(example["inputs"], lengths["inputs"],
-                                      eos_id=vocabulary.eos_id)
-    targets, _ = truncation.fit_targets(example["targets"], lengths["targets"])
-    row = packing.row_features(inputs, targets, lengths)
+    if "targets_weights" in example:  # a conversation: its own loss weights, one row
+      row = next(packing.pack([example], lengths, max_examples_per_row=1))
+    else:
+      inputs, _ = truncation.fit_inputs(example["inputs"], lengths["inputs"],
+                                        eos_id=vocabulary.eos_id)
+      targets, _ = truncation.fit_targets(example["targets"], lengths["targets"])
+      row = packing.row_features(inputs, targets, lengths)
     print(f"[{task.name}]\n{show_with_loss_mask(vocabulary, row)}\n", file=out)
 
   print("## Tasks: examples, rate, lengths (tokens), truncated at "
@@ -148,6 +168,8 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
     count = task.num_input_examples(split)
     stats = task_lengths(task, split, sample_size, lengths)
     cut_inputs, cut_targets = stats.truncated(lengths["inputs"], lengths["targets"])
+    if isinstance(task.source, chat_examples.ChatSource):  # fitted to the whole row
+      cut_targets = sum(n > lengths["inputs"] + lengths["targets"] for n in stats.targets)
     report["tasks"][task.name] = {"examples": count, "rate": rates.get(task.name, 0.0),
                                   "sampled": len(stats.inputs), "truncated_inputs": cut_inputs,
                                   "truncated_targets": cut_targets}
@@ -173,12 +195,16 @@ def main(argv):
     raise UserError(f"Unexpected arguments {argv[1:]}.")
   logging.set_verbosity(logging.WARNING)
   register_all(FLAGS.data_dir)
+  if FLAGS.chat:
+    vocabulary = (vocabularies.library_vocabulary(FLAGS.vocabulary, None)
+                  or vocabularies.byte_vocabulary())
+    chat_examples.ChatTask("chat", FLAGS.chat, FLAGS.chat_template).register(vocabulary)
   if FLAGS.list:
     print("\n".join(registry.registered_names()))
     return
-  name = FLAGS.task or FLAGS.mixture
+  name = FLAGS.task or FLAGS.mixture or ("chat" if FLAGS.chat else None)
   if not name:
-    raise UserError("Give --list, --task=NAME or --mixture=NAME.")
+    raise UserError("Give --list, --task=NAME, --mixture=NAME or --chat=FILE.")
   inspect(name, split=FLAGS.split, num_examples=FLAGS.num_examples,
           sample_size=FLAGS.sample_size, plot_path=FLAGS.plot,
           lengths={"inputs": FLAGS.inputs_length, "targets": FLAGS.targets_length})
