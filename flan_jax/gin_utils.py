@@ -38,7 +38,9 @@ GIN_DIR = _gin_dir()
 
 
 def _as_gin_value(text: str) -> str:
-  if text.startswith(("@", "%")):
+  # References, and containers that may hold them ([@ChatTask()]), are gin's to parse;
+  # anything else Python cannot read is a bare string (--gin.MODEL_DIR=/tmp/run).
+  if text.startswith(("@", "%", "[", "(", "{")):
     return text
   try:
     ast.literal_eval(text)

@@ -16,8 +16,9 @@ import gin
 import jax
 
 from flan_jax import finetune, gin_utils, paths
-from flan_jax.data import vocabularies
+from flan_jax.data import mixtures, vocabularies
 from flan_jax.data.chat_examples import ChatTask
+from flan_jax.data.text_examples import TextTask
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
@@ -34,7 +35,8 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
                   "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
-for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask):
+for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask,
+                      TextTask):
   gin.external_configurable(_config_class)
 
 
@@ -67,6 +69,8 @@ def train(
     vocabulary_path: str | None = None,
     truncation_sample: int = 100,
     chat_tasks: Sequence[ChatTask] = (),
+    text_tasks: Sequence[TextTask] = (),
+    mixture_parts: Mapping[str, float] | None = None,
 ):
   """The whole job; see `finetune.finetune`.
 
@@ -84,18 +88,23 @@ def train(
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
   own tokenizer when it has one, else bytes. `chat_tasks` (`ChatTask`s: conversation
-  files) are registered with that vocabulary, to be named in the mixture.
+  files) and `text_tasks` (`TextTask`s: plain text, every token trained) are registered
+  with that vocabulary, to be named in the mixture. `mixture_parts` ({task or mixture:
+  weight}) registers `mixture_or_task_name` as their mixture: instruction data with
+  some plain text, say.
   """
   gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   if data_dir:  # the real task library (tasks/library), registered from its files
     from flan_jax_tasks import library
     library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path,
                                                               initial_checkpoint_path))
-  if chat_tasks:
+  if chat_tasks or text_tasks:
     vocabulary = (vocabularies.library_vocabulary(vocabulary_path, initial_checkpoint_path)
                   or vocabularies.byte_vocabulary())
-    for chat_task in chat_tasks:
-      chat_task.register(vocabulary)
+    for task in [*chat_tasks, *text_tasks]:
+      task.register(vocabulary)
+  if mixture_parts:
+    mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
   finetune.ensure_writable_dir(model_dir)
   if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
     paths.write_atomically(paths.join(model_dir, "config.gin"), gin.config_str())

@@ -21,10 +21,16 @@ TURNS = [{"role": "system", "content": "You are kind."},
                     reason="needs ../shared/data")
 def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tmp_path):
   model_dir = tmp_path / "chat"
+  # Plain text mixed in beside the conversations, every token trained.
+  corpus = tmp_path / "stories.txt"
+  corpus.write_text("Tom had a red ball.\n\nThe sun was warm and the birds sang.\n")
   trained = subprocess.run(
       [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/chat_quickstart.gin",
        f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
-       "--gin.train.truncation_sample=0"],
+       "--gin.train.truncation_sample=0",
+       "--gin.train.text_tasks=[@TextTask()]", "--gin.TextTask.name='stories'",
+       f"--gin.TextTask.path='{corpus}'", "--gin.train.mixture_or_task_name='chat_and_text'",
+       "--gin.train.mixture_parts={'oasst_chat': 0.8, 'stories': 0.2}"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert "conversations dropped whole" in trained.stderr  # long OASST threads are counted
@@ -56,3 +62,12 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
   from flan_jax.errors import UserError
   with pytest.raises(UserError, match="<stdin>:2: the last message must be the user's"):
     list(inference.read_requests([request, json.dumps({"messages": TURNS})], "<stdin>", chat=True))
+
+
+def test_command_line_gin_values_keep_references_in_lists_and_quote_bare_strings():
+  from flan_jax import gin_utils
+  assert gin_utils.rewrite_gin_flags(
+      ["--gin.train.text_tasks=[@TextTask()]", "--gin.MODEL_DIR=/tmp/run",
+       "--gin.TRAIN_STEPS=5", "--gin.train.mixture_parts={'a': 0.5}"]) == [
+      "--gin_bindings=train.text_tasks = [@TextTask()]", "--gin_bindings=MODEL_DIR = '/tmp/run'",
+      "--gin_bindings=TRAIN_STEPS = 5", "--gin_bindings=train.mixture_parts = {'a': 0.5}"]

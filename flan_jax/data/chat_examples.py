@@ -23,16 +23,14 @@ and is dropped, counted by the packer; it is never trained as a row of zero loss
 
 import dataclasses
 import os
-import random
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from absl import logging
 import numpy as np
 import seqio
-import tensorflow as tf
 
 from flan_jax import paths
-from flan_jax.data import chat_templates, conversations, vocabularies
+from flan_jax.data import chat_templates, conversations, example_source, vocabularies
 from flan_jax.errors import UserError
 
 TrainOn = Literal["all", "last"]
@@ -143,31 +141,20 @@ def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
   return None
 
 
-class ChatSource(seqio.DataSource):
-  """A conversation file as a seqio source of tokenized, weighted, fitted examples.
-
-  Read by `task_reader` in Python (`example`), like FLAN's rendered tasks; seqio's
-  own readers get the same examples through `get_dataset`.
-  """
+class ChatSource(example_source.ExampleSource):
+  """A conversation file as a seqio source of tokenized, weighted, fitted examples."""
 
   def __init__(self, load: Callable[[], conversations.Conversations],
                template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, *,
                train_on: TrainOn = "all", bos_id: int | None = None, salt: str = ""):
-    super().__init__(splits=("train",))
+    super().__init__(salt)
     self._load, self._template, self._vocabulary = load, template, vocabulary
-    self._train_on, self._bos_id, self._salt = train_on, bos_id, salt
+    self._train_on, self._bos_id = train_on, bos_id
     self._conversations: conversations.Conversations | None = None
 
   @property
   def template(self) -> chat_templates.TemplateSpec:
     return self._template
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return [split]
 
   def _all(self) -> list:
     if self._conversations is None:  # loaded on first use, never at registration
@@ -204,22 +191,11 @@ class ChatSource(seqio.DataSource):
     self._all()
     return dict(self._conversations.counts)
 
-  def num_input_examples(self, split: str) -> int:
+  def count(self) -> int:
     return len(self._all())
-
-  def indices(self, split: str, *, shuffle: bool, seed: int | None,
-              shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
-    indices = list(range(len(self._all())))
-    if shard_info:
-      indices = indices[shard_info.index::shard_info.num_shards]
-    if shuffle:
-      random.Random(f"{self._salt}:{split}:{seed}:epoch{epoch}").shuffle(indices)
-    return indices
 
   def example(self, split: str, index: int,
               sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
-    """Conversation `index`, fitted to the whole row (inputs + targets lengths); None
-    when nothing would be left to train."""
     del split
     turns = self._all()[index]
     length = sum(sequence_length.values()) if sequence_length else 1 << 30
@@ -228,24 +204,8 @@ class ChatSource(seqio.DataSource):
     if fitted is None:
       return None
     ids, weights, dropped = fitted
-    return {"inputs": np.zeros(0, np.int32), "targets": ids, "targets_weights": weights,
-            "dropped_exchanges": dropped, "inputs_pretokenized": "",
-            "targets_pretokenized": self._template.render(turns)}
-
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
-    del use_cached, num_epochs
-    order = lambda: self.indices(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
-    examples = lambda: (e for e in (self.example(split, i, sequence_length) for i in order())
-                        if e is not None)
-    signature = {"inputs": tf.TensorSpec([None], tf.int32),
-                 "targets": tf.TensorSpec([None], tf.int32),
-                 "targets_weights": tf.TensorSpec([None], tf.int32),
-                 "dropped_exchanges": tf.TensorSpec([], tf.int64),
-                 "inputs_pretokenized": tf.TensorSpec([], tf.string),
-                 "targets_pretokenized": tf.TensorSpec([], tf.string)}
-    return tf.data.Dataset.from_generator(examples, output_signature=signature)
+    return example_source.weighted_example(ids, weights, self._template.render(turns),
+                                           dropped_exchanges=dropped)
 
 
 def register_chat_task(name: str, path: str, *, template: chat_templates.TemplateSpec,

@@ -152,7 +152,7 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   for task in shown_from:
     example = next(task_reader.task_examples(task, split, sequence_length=lengths, seed=0,
                                              shuffle=False))
-    if "targets_weights" in example:  # a conversation: its own loss weights, one row
+    if "targets_weights" in example:  # conversations, text: their own loss weights, one row
       row = next(packing.pack([example], lengths, max_examples_per_row=1))
     else:
       inputs, _ = truncation.fit_inputs(example["inputs"], lengths["inputs"],

@@ -121,8 +121,8 @@ class BestFitPacker:
     self._open: list[_Row] = []
 
   def _trim(self, example) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    if "targets_weights" in example:  # a conversation, fitted by its source
-      return self._conversation(example)
+    if "targets_weights" in example:  # a conversation or plain text, fitted by its source
+      return self._weighted(example)
     inputs, inputs_cut = truncation.fit_inputs(example["inputs"], self.input_length,
                                                eos_id=self.eos_id, inputs_eos=self.inputs_eos)
     targets, targets_cut = truncation.fit_targets(example["targets"], self.target_length)
@@ -132,13 +132,14 @@ class BestFitPacker:
       self._report_truncation()
     return inputs, targets, None
 
-  def _conversation(self, example) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def _weighted(self, example) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if self.encoder_decoder:
-      raise UserError(f"{self.name or 'the mixture'}: conversations train decoder-only models; "
-                      "an encoder-decoder model needs (inputs, targets) tasks.")
+      raise UserError(f"{self.name or 'the mixture'}: conversations and plain text train "
+                      "decoder-only models; an encoder-decoder model needs (inputs, targets) "
+                      "tasks.")
     targets = np.asarray(example["targets"], np.int32)
     if len(targets) > self.length:
-      raise ValueError(f"a conversation of {len(targets)} tokens reached the packer, whose rows "
+      raise ValueError(f"an example of {len(targets)} tokens reached the packer, whose rows "
                        f"hold {self.length}: its source should have fitted it.")
     dropped = int(example.get("dropped_exchanges", 0))
     if dropped:

@@ -165,7 +165,7 @@ def report_truncation(tasks, task_feature_lengths: Mapping[str, int], *, inputs_
                                          seed=seed, shuffle=False)
     task_counts = truncation.TruncationCounts()
     for example in itertools.islice(examples, examples_per_task):
-      if "targets_weights" in example:  # conversations fit the whole row: the packer counts
+      if "targets_weights" in example:  # conversations, text: fitted to the row; the packer counts
         continue
       _, inputs_cut = truncation.fit_inputs(example["inputs"], task_feature_lengths["inputs"],
                                             eos_id=eos_id, inputs_eos=inputs_eos)

@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax.data import chat_examples, flan_task
+from flan_jax.data import example_source, flan_task
 from flan_jax.errors import UserError
 
 Example = dict[str, Any]
@@ -34,10 +34,11 @@ _DRAWS_PER_CALL = 1024  # tasks are chosen in blocks: one numpy call per block
 
 
 def python_readable(task: seqio.Task) -> bool:
-  """Whether the task renders in Python: FLAN's standard preprocessors, or conversations."""
+  """Whether the task renders in Python: FLAN's standard preprocessors, or a source that
+  makes its examples itself (conversations, plain text)."""
   return ((isinstance(task.source, flan_task.RenderedSource)
            and tuple(task.preprocessors) == flan_task.PREPROCESSORS)
-          or (isinstance(task.source, chat_examples.ChatSource) and not task.preprocessors))
+          or (isinstance(task.source, example_source.ExampleSource) and not task.preprocessors))
 
 
 def few_shot_choice(candidate_lengths, inputs_length: int | None) -> int:
@@ -123,7 +124,7 @@ def render(task: seqio.Task, split: str, index: int, seed: int | None,
            sequence_length: Mapping[str, int] | None) -> Example:
   """Record `index` of a task read in Python, rendered and preprocessed (None: a
   conversation with nothing left to train at these lengths)."""
-  if isinstance(task.source, chat_examples.ChatSource):
+  if isinstance(task.source, example_source.ExampleSource):
     return task.source.example(split, index, sequence_length)
   return preprocess(task, task.source.render(split, index, seed), sequence_length)
 
