@@ -49,13 +49,8 @@ class ExampleSource(seqio.DataSource):
 
   def indices(self, split: str, *, shuffle: bool, seed: int | None,
               shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
-    """The indices one pass reads, in order; each epoch its own order, fixed by the seed."""
-    indices = list(range(self.count()))
-    if shard_info:
-      indices = indices[shard_info.index::shard_info.num_shards]
-    if shuffle:
-      random.Random(f"{self._salt}:{split}:{seed}:epoch{epoch}").shuffle(indices)
-    return indices
+    return pass_order(self.count(), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
+                      shard_info=shard_info, epoch=epoch)
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
@@ -68,6 +63,19 @@ class ExampleSource(seqio.DataSource):
                         (self.example(split, i, sequence_length) for i in order())
                         if e is not None)
     return tf.data.Dataset.from_generator(examples, output_signature=self._SIGNATURE)
+
+
+def pass_order(count: int, salt: str, *, shuffle: bool, seed: int | None,
+               shard_info: seqio.ShardInfo | None, epoch: int) -> list[int]:
+  """The record indices one pass (epoch) reads, in order: this host's shard, shuffled
+  per epoch by the seed. Shuffling indices before rendering costs nothing; a shuffle
+  buffer after rendering would render thousands of examples of every task first."""
+  indices = list(range(count))
+  if shard_info:
+    indices = indices[shard_info.index::shard_info.num_shards]
+  if shuffle:
+    random.Random(f"{salt}:{seed}:epoch{epoch}").shuffle(indices)
+  return indices
 
 
 def weighted_example(ids: np.ndarray, weights: np.ndarray, text: str, **extra) -> dict[str, Any]:

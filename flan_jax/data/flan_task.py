@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from flan_jax.data import clusters
+from flan_jax.data import clusters, example_source
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot, Variant, ZeroShot, extract_answer
 from flan_jax.data.vocabularies import default_vocabulary, output_features
@@ -76,18 +76,10 @@ class RenderedSource(seqio.DataSource):
 
   def indices(self, split: str, *, shuffle: bool, seed: int | None,
               shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
-    """The record indices one pass (epoch) reads, in order.
-
-    Shuffling indices here, before rendering, costs nothing; a shuffle buffer after
-    rendering would render thousands of examples of every task before the first batch.
-    Each epoch gets its own order, fixed by the seed.
-    """
-    indices = list(range(len(self._records(split))))
-    if shard_info:
-      indices = indices[shard_info.index::shard_info.num_shards]
-    if shuffle:
-      random.Random(f"{self._salt}:{split}:{seed}:epoch{epoch}").shuffle(indices)
-    return indices
+    """The record indices one pass (epoch) reads, in order (`example_source.pass_order`)."""
+    return example_source.pass_order(len(self._records(split)), f"{self._salt}:{split}",
+                                     shuffle=shuffle, seed=seed, shard_info=shard_info,
+                                     epoch=epoch)
 
   def _options_of(self, record: Record) -> Sequence[str] | None:
     if self._options is None:
