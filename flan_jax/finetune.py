@@ -162,7 +162,7 @@ def _finetune(
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
     # Conversations: the template they were rendered with, for `infer --chat` to render
     # prompts exactly so.
-    template = chat_examples.recorded_template(registry.get_mixture_or_task(mixture_or_task_name))
+    template = chat_examples.recorded_template(seen_tasks)
     if template is not None:
       paths.write_atomically(paths.join(model_dir, chat_examples.TEMPLATE_FILE),
                              template.to_json())

@@ -70,10 +70,7 @@ class Predictor:
     if self.chat_template is None:
       raise UserError("This predictor has no chat template: load it with chat=True.")
     bos_id = vocabularies.bos_id(self.vocabulary)
-    system = [t for t in turns[:1] if t["role"] == "system"]
-    starts = [i for i, t in enumerate(turns) if t["role"] == "user"] or [len(system)]
-    for dropped, start in enumerate(starts):
-      kept = [*system, *turns[start:]] if dropped else list(turns)
+    for _, kept in chat_examples.shortened(turns):
       tokens = chat_examples.prompt_ids(self.chat_template, self.vocabulary, kept, bos_id=bos_id)
       if len(tokens) <= self.max_input_length:
         return tokens

@@ -190,3 +190,19 @@ def test_conversations_the_template_rejects_are_counted_and_left_out_at_load(tmp
     assert (batch["decoder_loss_weights"].sum(axis=1) > 0).all()
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+@pytest.mark.skipif(not os.path.isfile(STORIES_TOKENIZER), reason="needs ../shared/data")
+@pytest.mark.parametrize("name", chat_templates.BUILTIN_NAMES)
+def test_training_only_the_last_answer_keeps_the_ids_inference_sees(name):
+  # SentencePiece encodes "Paris." alone differently from inside a longer text: every
+  # answer is its own piece whatever is trained, so the ids do not depend on train_on.
+  vocabulary = vocabularies.sentencepiece_vocabulary(STORIES_TOKENIZER)
+  template = chat_templates.builtin(name)
+  all_ids, _ = chat_examples.tokenize(template, vocabulary, TURNS, bos_id=1)
+  last_ids, last_weights = chat_examples.tokenize(template, vocabulary, TURNS, train_on="last",
+                                                  bos_id=1)
+  np.testing.assert_array_equal(last_ids, all_ids)
+  prompt = chat_examples.prompt_ids(template, vocabulary, TURNS[:-1], bos_id=1)
+  np.testing.assert_array_equal(last_ids[:len(prompt)], prompt)
+  assert last_weights[:len(prompt)].sum() == 0 and last_weights[len(prompt)] == 1

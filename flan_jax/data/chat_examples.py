@@ -23,7 +23,7 @@ and is dropped, counted by the packer; it is never trained as a row of zero loss
 
 import dataclasses
 import os
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from absl import logging
 import numpy as np
@@ -78,6 +78,24 @@ def _check_bos_inside(template: chat_templates.TemplateSpec, text: str,
                     "vocabulary with one (the model's own tokenizer) or another template.")
 
 
+def _pieces(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, text: str,
+            spans: Sequence[tuple[int, int]], bos_id: int | None) -> list[tuple[list[int], int]]:
+  """The rendered text's ids piece by piece: (ids, k) for answer k's span, (ids, -1)
+  between answers. Every answer is its own piece whatever is trained, so the ids are
+  the same for any `train_on` and for the prompt at inference (SentencePiece encodes
+  "Paris." alone otherwise than inside a longer text)."""
+  text, shift = _strip_bos(template, text)
+  _check_bos_inside(template, text, bos_id)
+  specials = _specials(template, vocabulary, bos_id)
+  pieces, at = [], 0
+  for answer, (start, end) in enumerate(spans):
+    pieces.append((encode(vocabulary, text[at:start - shift], specials), -1))
+    pieces.append((encode(vocabulary, text[start - shift:end - shift], specials), answer))
+    at = end - shift
+  pieces.append((encode(vocabulary, text[at:], specials), -1))  # e.g. the last newline
+  return pieces
+
+
 def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
              turns: Sequence[Mapping[str, str]], *, train_on: TrainOn = "all",
              bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,22 +103,12 @@ def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary
   if train_on not in TRAIN_ON:
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
   text, spans = chat_templates.assistant_spans(template, turns)
-  text, shift = _strip_bos(template, text)
-  _check_bos_inside(template, text, bos_id)
-  spans = [(start - shift, end - shift) for start, end in spans]
-  if train_on == "last":
-    spans = spans[-1:]
-  specials = _specials(template, vocabulary, bos_id)
-  ids, weights, at = [], [], 0
-  for start, end in spans:
-    for piece, weight in ((text[at:start], 0), (text[start:end], 1)):
-      piece_ids = encode(vocabulary, piece, specials)
-      ids += piece_ids
-      weights += [weight] * len(piece_ids)
-    at = end
-  tail = encode(vocabulary, text[at:], specials)  # e.g. the newline after the last answer
-  return (np.asarray(ids + tail, np.int32),
-          np.asarray(weights + [0] * len(tail), np.int32))
+  first_trained = len(spans) - 1 if train_on == "last" else 0
+  ids, weights = [], []
+  for piece, answer in _pieces(template, vocabulary, text, spans, bos_id):
+    ids += piece
+    weights += [int(answer >= first_trained)] * len(piece)
+  return np.asarray(ids, np.int32), np.asarray(weights, np.int32)
 
 
 def prompt_ids(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
@@ -108,22 +116,20 @@ def prompt_ids(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabula
   """The ids a model answers at inference: the turns and the generation prompt, split
   into pieces at the earlier answers' spans exactly as `tokenize` splits them."""
   text = template.render(turns, add_generation_prompt=True)
-  _, spans = chat_templates.assistant_spans(template, turns) if any(
-      turn.get("role") == "assistant" for turn in turns) else ("", [])
-  text, shift = _strip_bos(template, text)
-  _check_bos_inside(template, text, bos_id)
-  specials = _specials(template, vocabulary, bos_id)
-  ids, at = [], 0
-  for start, end in spans:
-    ids += encode(vocabulary, text[at:start - shift], specials)
-    ids += encode(vocabulary, text[start - shift:end - shift], specials)
-    at = end - shift
-  return np.asarray(ids + encode(vocabulary, text[at:], specials), np.int32)
+  spans = (chat_templates.assistant_spans(template, turns)[1]
+           if any(turn.get("role") == "assistant" for turn in turns) else [])
+  pieces = _pieces(template, vocabulary, text, spans, bos_id)
+  return np.asarray([i for piece, _ in pieces for i in piece], np.int32)
 
 
-def _exchanges(turns: Sequence[Mapping[str, str]]) -> list[int]:
-  """Indices where each exchange (a user turn and what answers it) starts."""
-  return [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+def shortened(turns: Sequence[Mapping[str, str]]) -> Iterator[tuple[int, list]]:
+  """(exchanges left out, turns): the conversation whole, then without its first
+  exchange (a user turn and what answers it), its first two, ...; the system prompt
+  always kept. Training and inference fit a conversation by the same rule."""
+  system = [turn for turn in turns[:1] if turn["role"] == "system"]
+  starts = [i for i, turn in enumerate(turns) if turn["role"] == "user"] or [len(system)]
+  for dropped, start in enumerate(starts):
+    yield dropped, ([*system, *turns[start:]] if dropped else list(turns))
 
 
 def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
@@ -131,10 +137,7 @@ def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
         bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
   """(ids, weights, exchanges left out) fitting `length` tokens, or None if even the
   last exchange does not fit (nothing would be trained)."""
-  system = [turn for turn in turns[:1] if turn["role"] == "system"]
-  starts = _exchanges(turns)
-  for dropped, start in enumerate(starts or [len(system)]):
-    kept = [*system, *turns[start:]] if dropped else list(turns)
+  for dropped, kept in shortened(turns):
     ids, weights = tokenize(template, vocabulary, kept, train_on=train_on, bos_id=bos_id)
     if len(ids) <= length:
       return (ids, weights, dropped) if weights.any() else None
@@ -231,21 +234,6 @@ def register_chat_task(name: str, path: str, *, template: chat_templates.Templat
   return name
 
 
-def trained_text(vocabulary: seqio.Vocabulary, ids, weights) -> list[str]:
-  """The trained runs of tokens, decoded: what `inspect` marks and tests compare."""
-  runs, current = [], []
-  for token, weight in zip(np.asarray(ids).tolist(), np.asarray(weights).tolist()):
-    if weight:
-      current.append(token)
-    elif current:
-      runs.append(current)
-      current = []
-  if current:
-    runs.append(current)
-  return [vocabulary.decode(run) for run in runs]
-
-
-
 @dataclasses.dataclass(frozen=True)
 class ChatTask:
   """A conversation file to train on, as gin names it; `register` makes its seqio task
@@ -290,12 +278,11 @@ def load_template(name_or_path: str) -> chat_templates.TemplateSpec:
                   f"({', '.join(chat_templates.BUILTIN_NAMES)}) and no such file or directory.")
 
 
-def recorded_template(mixture_or_task) -> chat_templates.TemplateSpec | None:
-  """The one template a mixture's conversation tasks use (None: it has none)."""
-  leaves = mixture_or_task.tasks if isinstance(mixture_or_task, seqio.Mixture) else [mixture_or_task]
-  templates = {task.source.template for task in leaves if isinstance(task.source, ChatSource)}
+def recorded_template(tasks: Sequence[seqio.Task]) -> chat_templates.TemplateSpec | None:
+  """The one template the training tasks' conversations use (None: they have none)."""
+  templates = {task.source.template for task in tasks if isinstance(task.source, ChatSource)}
   if len(templates) > 1:
-    raise UserError(f"{mixture_or_task.name} mixes conversation tasks with different chat "
-                    f"templates ({sorted(t.name for t in templates)}): inference could render "
-                    "only one of them as training did. Use one template for all.")
+    raise UserError(f"The training tasks mix chat templates ({sorted(t.name for t in templates)}):"
+                    " inference could render only one of them as training did. Use one template "
+                    "for all.")
   return templates.pop() if templates else None
