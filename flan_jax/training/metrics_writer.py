@@ -58,6 +58,10 @@ def rewind(model_dir: str, step: int) -> int:
     record = dict(record)
     tensorboard.write_scalars(int(record.pop("step")), record)
   tensorboard.close()
+  # Readers take a directory's event files in name order, and a name starts with the
+  # second its writer opened: the run's next writer must not share this one's second,
+  # or the rebuilt steps may be read after the new ones.
+  time.sleep(1 - time.time() % 1)
   return dropped
 
 
