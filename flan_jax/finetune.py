@@ -140,6 +140,10 @@ def _finetune(
   if set(task_feature_lengths) != {"inputs", "targets"}:
     raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
                     f"{sorted(task_feature_lengths)}.")
+  workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
+  if workers < 0:  # before any evaluation: a setting's error should not wait minutes
+    raise UserError(f"data_workers must be >= 0 (0: render examples in the training process), "
+                    f"got {workers}.")
   vocabulary = task_vocabulary(seen_tasks + heldout_tasks)
   initial_params = None
   if initial_checkpoint_path:
@@ -209,11 +213,6 @@ def _finetune(
   # The evaluation curve in metrics.jsonl and TensorBoard: before at step 0, every
   # `trainer.eval_every` steps (the trainer), and after at the last step.
   _log_evaluation(model_dir, 0, before)
-
-  workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
-  if workers < 0:
-    raise UserError(f"data_workers must be >= 0 (0: render examples in the training process), "
-                    f"got {workers}.")
 
   def batches(start_step: int, state=None):
     return pipeline.train_batches(

@@ -96,8 +96,8 @@ class TrainStream:
   rows and the rows made but not yet batched (all JSON-able)."""
 
   def __init__(self, examples: "task_reader.MixtureStream | workers_lib.ParallelExamples",
-               packer: packing.BestFitPacker, rows_per_batch: int, state: Mapping[str, Any] | None = None,
-               host_rows: tuple[int, int] = (0, 1)):
+               packer: packing.BestFitPacker, rows_per_batch: int,
+               state: Mapping[str, Any] | None = None, host_rows: tuple[int, int] = (0, 1)):
     self._examples, self._packer, self._rows_per_batch = examples, packer, rows_per_batch
     index, count = host_rows  # this host keeps the index-th of `count` equal slices
     per_host = rows_per_batch // count

@@ -105,7 +105,7 @@ def task_examples(task: seqio.Task, split: str, *, sequence_length: Mapping[str,
 def _record_indices(task: seqio.Task, split: str, *, seed: int | None, shuffle: bool,
                     shard_info: seqio.ShardInfo | None, num_epochs: int | None,
                     start: int) -> Iterator[int]:
-  """The record indices a FLAN task read in Python renders, in order (cheap: no rendering)."""
+  """The record indices a task read in Python renders, in order (cheap: no rendering)."""
   source = task.source
   epochs = itertools.count() if num_epochs is None else range(num_epochs)
   for epoch in epochs:
@@ -121,7 +121,7 @@ def _record_indices(task: seqio.Task, split: str, *, seed: int | None, shuffle: 
 
 
 def render(task: seqio.Task, split: str, index: int, seed: int | None,
-           sequence_length: Mapping[str, int] | None) -> Example:
+           sequence_length: Mapping[str, int] | None) -> Example | None:
   """Record `index` of a task read in Python, rendered and preprocessed (None: a
   conversation with nothing left to train at these lengths)."""
   if isinstance(task.source, example_source.ExampleSource):
@@ -206,7 +206,7 @@ class MixtureStream:
   def __iter__(self) -> "MixtureStream":
     return self
 
-  def __next__(self) -> Example:
+  def __next__(self) -> Example | None:
     return self.read(*self.draw())
 
   def draw(self) -> tuple[int, int | None]:

@@ -28,7 +28,7 @@ from typing import Any
 from flan_jax.data import task_reader
 from flan_jax.errors import UserError
 
-_CHUNK = 32  # draws per task sent to a worker: big enough to amortise the round trip
+_CHUNK = 32  # draws sent to a worker at once: enough to amortise the round trip
 
 _worker_stream: task_reader.MixtureStream | None = None  # each worker's forked copy
 
