@@ -15,7 +15,7 @@ from flan_jax.evaluation.evaluator import left_pad_prompts
 from flan_jax.models.decoder import Decoder
 from flan_jax.models.families import family_for
 from flan_jax.models.t5 import T5, T5Config, init_cache
-from tiny import TINY_DECODER, dummy_inputs
+from tiny import TINY_DECODER, dummy_inputs, simulated_devices_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "data", "models", "stories260K-hf")
@@ -172,8 +172,7 @@ print("same")
 def test_decoding_with_rows_and_parameters_sharded_over_devices_equals_one_device():
   import subprocess
   import sys
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = simulated_devices_env(4)
   result = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tiny import simulated_devices_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = """
@@ -43,8 +45,7 @@ print(json.dumps({
 
 @pytest.mark.parametrize("family", ["decoder", "t5"])
 def test_parameters_shard_over_fsdp_and_tensor_axes_and_training_runs(family, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = simulated_devices_env(4)
   result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), family], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -81,8 +82,7 @@ print(json.dumps(losses))
 
 
 def test_data_parallel_and_fsdp_tensor_meshes_take_the_same_steps(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = simulated_devices_env(4)
   result = subprocess.run([sys.executable, "-c", SAME_STEPS, str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

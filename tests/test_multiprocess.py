@@ -30,7 +30,8 @@ def test_two_local_processes_train_checkpoint_and_evaluate(tmp_path):
        "-l", str(logs), *args, f"--gin.MODEL_DIR={model_dir}",
        # the hosts joined over DCN: jax's hybrid mesh, one host per data-axis slot
        "--gin.train.dcn_mesh_shape=(2, 1, 1)"],
-      cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+      cwd=REPO, env=dict(os.environ, PYTHON=sys.executable,
+                                       JAX_ENABLE_COMPILATION_CACHE="false"), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   # One process with the same arguments trains on the same global batches: same losses.
