@@ -13,12 +13,12 @@ OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
 
 import json
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 
 from flan_jax import finetune
-from flan_jax.data import clusters, registry, vocabularies
+from flan_jax.data import chat_examples, clusters, registry, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.evaluator import EvalConfig
@@ -40,6 +40,15 @@ def load_checkpoint(path: str, step: int | None = None):
     raise UserError(f"evaluate.step={step} needs a run directory (with checkpoints/); "
                     f"{path} holds a single checkpoint.")
   return load_pretrained(path)
+
+
+def checkpoint_template(path: str):
+  """The chat template a checkpoint was trained with: a run's recorded one
+  (MODEL_DIR/chat_template.json), else a Hugging Face model's own; None without either."""
+  try:
+    return chat_examples.load_template(path)
+  except UserError:
+    return None
 
 
 def eval_groups(task_names: list[str]) -> dict[str, list[str]]:
@@ -79,12 +88,23 @@ def evaluate_checkpoint(
     vocabulary_path: str | None = None,
     mesh_shape: tuple[int, ...] = (-1, 1, 1),
     dcn_mesh_shape: tuple[int, ...] | None = None,
+    chat_tasks: Sequence[chat_examples.ChatTask] = (),
 ) -> dict:
-  """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json."""
+  """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json.
+
+  `chat_tasks` (conversation files with `validation_records`) are rendered with the
+  chat template the checkpoint was trained with (see `checkpoint_template`).
+  """
   evaluation = evaluation or EvalConfig()
   if data_dir:  # the task library, tokenized as `train` would tokenize it
     from flan_jax_tasks import library
     library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path, checkpoint_path))
+  if chat_tasks:
+    chat_vocabulary = (vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
+                       or vocabularies.byte_vocabulary())
+    recorded = checkpoint_template(checkpoint_path)
+    for chat_task in chat_tasks:
+      chat_task.register(chat_vocabulary, recorded)
   finetune.ensure_writable_dir(output_dir)
   tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
            if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]

@@ -16,6 +16,7 @@ from absl import flags  # noqa: E402
 import gin  # noqa: E402
 
 from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
+from flan_jax.data.chat_examples import ChatTask  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
 
 flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
@@ -23,6 +24,7 @@ flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'MIXTURE_OR_TA
 FLAGS = flags.FLAGS
 
 gin.external_configurable(EvalConfig)
+gin.external_configurable(ChatTask)
 
 
 @gin.configurable
@@ -37,13 +39,19 @@ def evaluate(
     vocabulary_path: str | None = None,
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
+    chat_tasks=(),
 ) -> dict:
-  """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`."""
+  """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`.
+
+  `chat_tasks`: `ChatTask`s to name in MIXTURE_OR_TASK_NAME, rendered with the
+  checkpoint's recorded chat template (leave `ChatTask.template` unset).
+  """
   gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
   return checkpoint_eval.evaluate_checkpoint(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,
-      mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape))
+      mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
+      chat_tasks=tuple(chat_tasks))
 
 
 def main(argv):

@@ -164,12 +164,17 @@ def _finetune(
   check_same_model(model_dir, model)
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
-    # Conversations: the template they were rendered with, for `infer --chat` to render
-    # prompts exactly so.
-    template = chat_examples.recorded_template(seen_tasks)
+    # Conversations: the template they were rendered with, for `infer --chat` and
+    # `eval` to render prompts exactly so.
+    template = chat_examples.recorded_template(seen_tasks + heldout_tasks)
     if template is not None:
-      paths.write_atomically(paths.join(model_dir, chat_examples.TEMPLATE_FILE),
-                             template.to_json())
+      recorded = paths.join(model_dir, chat_examples.TEMPLATE_FILE)
+      if paths.exists(recorded) and chat_examples.load_template(recorded) != template:
+        raise UserError(f"{recorded} records chat template "
+                        f"{chat_examples.load_template(recorded).name!r}, but this run renders "
+                        f"conversations with {template.name!r}: its checkpoints would answer "
+                        "prompts in two formats. Use the recorded template, or a new MODEL_DIR.")
+      paths.write_atomically(recorded, template.to_json())
 
   # Inverted tasks (write the question from the answer) cannot be scored against labels.
   heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]

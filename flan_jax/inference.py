@@ -150,6 +150,7 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
                                 num_token_ids=vocabulary.vocab_size)
   template = None
   if chat:
+    network = families.conversation_reader(network)  # causally, as conversations are trained
     try:
       template = chat_examples.load_template(chat_template or checkpoint_path)
     except UserError as e:

@@ -1,4 +1,5 @@
-"""Metric functions in seqio's form: (targets, predictions) -> {name: value}, in percent.
+"""Metric functions in seqio's forms: (targets, predictions) -> {name: value}, in percent,
+and (targets, scores) -> {name: value} for the reference's log-likelihood.
 
 A leaf module: tasks declare their metrics where they are registered (`data/`) and
 evaluation applies them, so both import this and it imports neither.
@@ -16,6 +17,7 @@ Which metric for which kind of task (every library task declares its own through
   translation, when n-gram overlap is wanted         bleu
   chain-of-thought ("... So the answer is X.")       cot_exact_match
   GSM8K-style arithmetic (a final number)            numeric_match
+  conversations (the final answer of held-out ones)  rouge_l, target_perplexity
 
 A target is one reference string or a list of acceptable references (what the
 task postprocessors make of the `references` feature); every metric takes, per
@@ -30,7 +32,7 @@ import functools
 import math
 import re
 import string
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 Target = str | Sequence[str]
 
@@ -225,3 +227,25 @@ def _numeric(reference: str, prediction: str) -> float:
 def numeric_match(targets: Sequence[Target], predictions: Sequence[str]) -> dict[str, float]:
   """GSM8K accuracy: the prediction's final number equals the reference's."""
   return {"numeric_match": _mean_of_best(targets, predictions, _numeric)}
+
+
+# --- score metrics: (targets, scores) -> {name: value}, seqio's other form
+
+
+class TargetScore(NamedTuple):
+  """What the evaluator hands a score metric per example: the reference target's summed
+  token log-likelihood given the prompt, and over how many tokens (its EOS included)."""
+  log_likelihood: float
+  tokens: int
+
+
+def target_perplexity(targets: Sequence[Target], scores: Sequence[TargetScore]
+                      ) -> dict[str, float]:
+  """Token-level negative log-likelihood (nats) and perplexity of the reference answers:
+  the SFT tools' evaluation loss, over the answer tokens only. Not in percent."""
+  del targets
+  tokens = sum(score.tokens for score in scores)
+  if not tokens:
+    return {"target_nll": 0.0, "target_perplexity": 1.0}
+  nll = -sum(score.log_likelihood for score in scores) / tokens
+  return {"target_nll": nll, "target_perplexity": math.exp(nll)}

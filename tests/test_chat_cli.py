@@ -27,7 +27,8 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
   trained = subprocess.run(
       [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/chat_quickstart.gin",
        f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
-       "--gin.train.truncation_sample=0",
+       "--gin.train.truncation_sample=0", "--gin.EvalConfig.max_examples_per_task=4",
+       "--gin.EvalConfig.batch_size=4",
        "--gin.train.text_tasks=[@TextTask()]", "--gin.TextTask.name='stories'",
        f"--gin.TextTask.path='{corpus}'", "--gin.train.mixture_or_task_name='chat_and_text'",
        "--gin.train.mixture_parts={'oasst_chat': 0.8, 'stories': 0.2}"],
@@ -49,6 +50,24 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
   last_answer = first_trained[first_trained >= len(prompt)][0]
   np.testing.assert_array_equal(prompt, ids[:last_answer])
   assert weights[last_answer - 1] == 0 and last_answer == len(prompt)
+
+  # The held-out conversations were evaluated before and after training, and `eval`
+  # evaluates the run again with the template it recorded: the same numbers.
+  evaluated = json.loads((model_dir / "eval" / "heldout.json").read_text())
+  after = evaluated["after"]
+  assert set(evaluated["before"]) == set(after) >= {"oasst_chat/rouge_l", "oasst_chat/target_nll"}
+  assert after["oasst_chat/target_perplexity"] > 1
+  output_dir = tmp_path / "eval"
+  again = subprocess.run(
+      [sys.executable, "-m", "flan_jax.eval", "--gin_file=gin/chat_eval.gin",
+       f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.OUTPUT_DIR='{output_dir}'",
+       "--gin.EvalConfig.max_examples_per_task=4", "--gin.EvalConfig.batch_size=4"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  report = json.loads((output_dir / "eval" / "oasst_chat.json").read_text())["results"]
+  for metric in ("rouge_l", "target_nll"):
+    np.testing.assert_allclose(report[f"oasst_chat/{metric}"], after[f"oasst_chat/{metric}"],
+                               rtol=1e-5)
 
   request = json.dumps({"messages": TURNS[:2]})
   answered = subprocess.run(

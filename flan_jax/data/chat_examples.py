@@ -29,7 +29,7 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax import paths
+from flan_jax import metrics, paths
 from flan_jax.data import chat_templates, conversations, example_source, vocabularies
 from flan_jax.errors import UserError
 
@@ -144,31 +144,87 @@ def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
   return None
 
 
+def answer_example(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+                   turns: Sequence[Mapping[str, str]], inputs_length: int, *,
+                   bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+  """(prompt ids, final answer ids, exchanges left out) for evaluating the conversation's
+  last assistant turn. The prompt is what `prompt_ids` gives inference, fitted to
+  `inputs_length` by `shortened`'s rule (if even the last user turn alone is longer,
+  it is returned as it is, for the evaluator to cut and count). The answer is the ids
+  training trains for that turn, its end marker and EOS included."""
+  if not turns or turns[-1]["role"] != "assistant":
+    raise UserError("a conversation to evaluate must end with an assistant turn (the "
+                    "reference answer).")
+  for dropped, kept in shortened(turns[:-1]):
+    prompt = prompt_ids(template, vocabulary, kept, bos_id=bos_id)
+    if len(prompt) <= inputs_length:
+      break
+  text, spans = chat_templates.assistant_spans(template, [*kept, turns[-1]])
+  last = len(spans) - 1
+  answer = [i for piece, k in _pieces(template, vocabulary, text, spans, bos_id)
+            if k == last for i in piece]
+  return prompt, np.asarray(answer, np.int32), dropped
+
+
 class ChatSource(example_source.ExampleSource):
-  """A conversation file as a seqio source of tokenized, weighted, fitted examples."""
+  """A conversation file as a seqio source of tokenized, weighted, fitted examples.
+
+  With `validation_records`, the file's last that many records (an OASST tree's
+  conversations together) are a "validation" split that training never reads. Its
+  examples are for evaluation: the prompt before the final answer in "inputs", the
+  answer's ids in "targets" and its text in "targets_pretokenized".
+  """
 
   def __init__(self, load: Callable[[], conversations.Conversations],
                template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, *,
-               train_on: TrainOn = "all", bos_id: int | None = None, salt: str = ""):
-    super().__init__(salt)
+               train_on: TrainOn = "all", bos_id: int | None = None, salt: str = "",
+               validation_records: int = 0):
+    if validation_records < 0:
+      raise UserError(f"{salt}: validation_records={validation_records}; give 0 (no "
+                      "validation split) or how many of the file's last records to hold out.")
+    super().__init__(salt, ("train", "validation") if validation_records else ("train",))
     self._load, self._template, self._vocabulary = load, template, vocabulary
     self._train_on, self._bos_id = train_on, bos_id
+    self._validation_records = validation_records
     self._conversations: conversations.Conversations | None = None
+    self._split_conversations: dict[str, list] = {}
 
   @property
   def template(self) -> chat_templates.TemplateSpec:
     return self._template
 
-  def _all(self) -> list:
+  def _split(self, split: str) -> list:
     if self._conversations is None:  # loaded on first use, never at registration
       self._conversations = self._renderable(self._load())
-    return self._conversations.conversations
+      self._split_conversations = self._by_split(self._conversations)
+    if split not in self._split_conversations:
+      raise UserError(f"{self._salt} has no {split!r} split; it has {sorted(self._split_conversations)} "
+                      "(ChatTask.validation_records makes a validation split).")
+    return self._split_conversations[split]
+
+  def _by_split(self, loaded: conversations.Conversations) -> dict[str, list]:
+    if not self._validation_records:
+      return {"train": loaded.conversations}
+    records = loaded.records or [0] * len(loaded.conversations)
+    first_held_out = max(records, default=-1) + 1 - self._validation_records
+    pairs = list(zip(records, loaded.conversations))
+    train = [turns for record, turns in pairs if record < first_held_out]
+    validation = [turns for record, turns in pairs
+                  if record >= first_held_out and turns[-1]["role"] == "assistant"]
+    if not train or not validation:
+      raise UserError(f"{self._salt}: validation_records={self._validation_records} leaves "
+                      f"{len(train)} conversations to train on and {len(validation)} ending with "
+                      "an answer to evaluate; hold out fewer records, or more.")
+    logging.info("%s: %d conversations to train on, %d held out for validation (the last %d "
+                 "records)", self._salt, len(train), len(validation), self._validation_records)
+    return {"train": train, "validation": validation}
 
   def _renderable(self, loaded: conversations.Conversations) -> conversations.Conversations:
     """The conversations the template renders; the others are counted and left out
     here, not met hours into a run (a resumed run would meet them again)."""
-    kept, first_problem = [], None
-    for turns in loaded.conversations:
+    kept, kept_records, first_problem = [], [], None
+    records = loaded.records or [0] * len(loaded.conversations)
+    for record, turns in zip(records, loaded.conversations):
       try:
         self._template.render(turns)
       except UserError as problem:
@@ -176,6 +232,7 @@ class ChatSource(example_source.ExampleSource):
         first_problem = first_problem or problem
         continue
       kept.append(turns)
+      kept_records.append(record)
     if not kept:
       raise UserError(f"{self._salt}: chat template {self._template.name!r} renders none of "
                       f"the {len(loaded.conversations)} conversations. The first: {first_problem}")
@@ -184,23 +241,24 @@ class ChatSource(example_source.ExampleSource):
                       "first: %s", self._salt, self._template.name,
                       loaded.counts["template_rejected"], len(loaded.conversations),
                       first_problem)
-    loaded.conversations = kept
+    loaded.conversations, loaded.records = kept, kept_records
     logging.info("%s: %s", self._salt, loaded.summary())
     return loaded
 
   @property
   def counts(self) -> dict[str, int]:
     """What reading left out or changed (tool turns, merged turns, rejected conversations)."""
-    self._all()
+    self._split("train")
     return dict(self._conversations.counts)
 
-  def count(self) -> int:
-    return len(self._all())
+  def count(self, split: str = "train") -> int:
+    return len(self._split(split))
 
   def example(self, split: str, index: int,
               sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
-    del split
-    turns = self._all()[index]
+    turns = self._split(split)[index]
+    if split != "train":
+      return self._answer_example(turns, sequence_length)
     length = sum(sequence_length.values()) if sequence_length else 1 << 30
     fitted = fit(self._template, self._vocabulary, turns, length, train_on=self._train_on,
                  bos_id=self._bos_id)
@@ -210,16 +268,28 @@ class ChatSource(example_source.ExampleSource):
     return example_source.weighted_example(ids, weights, self._template.render(turns),
                                            dropped_exchanges=dropped)
 
+  def _answer_example(self, turns, sequence_length) -> dict[str, Any]:
+    inputs_length = sequence_length["inputs"] if sequence_length else 1 << 30
+    prompt, answer, dropped = answer_example(self._template, self._vocabulary, turns,
+                                             inputs_length, bos_id=self._bos_id)
+    return {"inputs": prompt, "targets": answer, "targets_weights": np.ones_like(answer),
+            "inputs_pretokenized": self._template.render(turns[:-1], add_generation_prompt=True),
+            "targets_pretokenized": turns[-1]["content"], "dropped_exchanges": dropped}
+
 
 def register_chat_task(name: str, path: str, *, template: chat_templates.TemplateSpec,
                        vocabulary: seqio.Vocabulary, train_on: TrainOn = "all",
                        bos_id: int | None = None, format: str | None = None,
-                       paths: str = "all", merge_consecutive: bool = False) -> str:
+                       paths: str = "all", merge_consecutive: bool = False,
+                       validation_records: int = 0) -> str:
   """Registers conversations from `path` (JSONL/JSON: messages, ShareGPT, Alpaca or
   OASST trees) as a seqio task training on assistant turns; returns its name.
 
   `bos_id`: the id a template's BOS string encodes to (default: the vocabulary's BOS);
   the rows' start token is BOS already, so a template's leading BOS is dropped.
+  `validation_records`: hold out the file's last that many records as a validation
+  split, evaluated (as every seen task's validation split is) by the final answer's
+  ROUGE-L against greedy generation and its perplexity under the model.
   """
   if train_on not in TRAIN_ON:
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
@@ -229,32 +299,57 @@ def register_chat_task(name: str, path: str, *, template: chat_templates.Templat
                                                   merge_consecutive=merge_consecutive)
   seqio.TaskRegistry.add(
       name, source=ChatSource(load, template, vocabulary, train_on=train_on, bos_id=bos_id,
-                              salt=name),
-      output_features=vocabularies.output_features(vocabulary), preprocessors=[])
+                              salt=name, validation_records=validation_records),
+      output_features=vocabularies.output_features(vocabulary), preprocessors=[],
+      postprocess_fn=metrics.strip, metric_fns=[metrics.rouge_l, metrics.target_perplexity])
   return name
 
 
 @dataclasses.dataclass(frozen=True)
 class ChatTask:
-  """A conversation file to train on, as gin names it; `register` makes its seqio task
-  once the run's vocabulary is known.
+  """A conversation file to train on or evaluate, as gin names it; `register` makes its
+  seqio task once the run's vocabulary is known.
 
   `template`: a built-in name (chatml, llama2, llama3, zephyr), or a model directory or
   tokenizer_config.json with its own `chat_template`, or a spec JSON a run recorded
-  (MODEL_DIR/chat_template.json).
+  (MODEL_DIR/chat_template.json). None: ChatML for a new run; when evaluating a run,
+  the template it recorded.
+  `validation_records`: the file's last that many records held out for evaluation.
   """
   name: str
   path: str
-  template: str = "chatml"
+  template: str | None = None
   train_on: str = "all"
   format: str | None = None
   paths: str = "all"
   merge_consecutive: bool = False
+  validation_records: int = 0
 
-  def register(self, vocabulary: seqio.Vocabulary) -> str:
-    return register_chat_task(self.name, self.path, template=load_template(self.template),
+  def register(self, vocabulary: seqio.Vocabulary,
+               recorded: chat_templates.TemplateSpec | None = None) -> str:
+    """`recorded`: the template of the checkpoint evaluated, which a named one must equal."""
+    return register_chat_task(self.name, self.path, template=self.resolve_template(recorded),
                               vocabulary=vocabulary, train_on=self.train_on, format=self.format,
-                              paths=self.paths, merge_consecutive=self.merge_consecutive)
+                              paths=self.paths, merge_consecutive=self.merge_consecutive,
+                              validation_records=self.validation_records)
+
+  def resolve_template(self, recorded: chat_templates.TemplateSpec | None = None
+                       ) -> chat_templates.TemplateSpec:
+    if recorded is None:
+      return load_template(self.template or "chatml")
+    if self.template is None:
+      return recorded
+    named = load_template(self.template)
+    if named != recorded:
+      raise UserError(f"ChatTask {self.name!r} names chat template {named.name!r}, but the "
+                      f"checkpoint was trained with {recorded.name!r} (its {TEMPLATE_FILE}); "
+                      "evaluation must render as training did. Leave ChatTask.template unset "
+                      "to use the recorded one.")
+    return named
+
+
+def is_conversation_task(task: seqio.Task) -> bool:
+  return isinstance(task.source, ChatSource)
 
 
 TEMPLATE_FILE = "chat_template.json"  # where a run records its template, in MODEL_DIR

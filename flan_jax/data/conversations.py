@@ -84,6 +84,10 @@ class Conversations:
   conversations: list[list[Turn]]
   counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   problems: list[str] = dataclasses.field(default_factory=list)  # skipped records' errors
+  # Per conversation, the number of the file's record it came from (from 0; bad records
+  # count too): an OASST tree's paths share one, so a split by record never puts a
+  # shared opening in both training and validation.
+  records: list[int] = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
     """One line for a log: how many conversations, and what was skipped or merged."""
@@ -164,6 +168,7 @@ def read_conversations(path: str | os.PathLike, *, format: Format | None = None,
         result.problems.append(str(problem))
       continue
     result.conversations.extend(parsed.conversations)
+    result.records.extend([records - 1] * len(parsed.conversations))
     result.counts.update(parsed.counts)
   if records and result.counts["bad_record"] == records:
     # Every record bad points to a wrong format= rather than bad data.

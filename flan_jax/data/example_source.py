@@ -16,7 +16,7 @@ import tensorflow as tf
 
 
 class ExampleSource(seqio.DataSource):
-  """A "train" split of examples by index; subclasses say how many and make each one."""
+  """Examples by split and index; subclasses say how many and make each one."""
 
   _SIGNATURE = {"inputs": tf.TensorSpec([None], tf.int32),
                 "targets": tf.TensorSpec([None], tf.int32),
@@ -24,17 +24,17 @@ class ExampleSource(seqio.DataSource):
                 "inputs_pretokenized": tf.TensorSpec([], tf.string),
                 "targets_pretokenized": tf.TensorSpec([], tf.string)}
 
-  def __init__(self, salt: str):
-    super().__init__(splits=("train",))
+  def __init__(self, salt: str, splits: Sequence[str] = ("train",)):
+    super().__init__(splits=tuple(splits))
     self._salt = salt
 
-  def count(self) -> int:
+  def count(self, split: str = "train") -> int:
     raise NotImplementedError
 
   def example(self, split: str, index: int,
               sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
-    """Example `index`, fitted to the row (inputs + targets lengths); None when nothing
-    would be left to train (the packer counts it)."""
+    """Example `index` of `split`, fitted to the row (inputs + targets lengths); None
+    when nothing would be left to train (the packer counts it)."""
     raise NotImplementedError
 
   @property
@@ -45,11 +45,11 @@ class ExampleSource(seqio.DataSource):
     return [split]
 
   def num_input_examples(self, split: str) -> int:
-    return self.count()
+    return self.count(split)
 
   def indices(self, split: str, *, shuffle: bool, seed: int | None,
               shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
-    return pass_order(self.count(), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
+    return pass_order(self.count(split), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
                       shard_info=shard_info, epoch=epoch)
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,

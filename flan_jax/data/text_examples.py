@@ -74,7 +74,7 @@ class TextSource(example_source.ExampleSource):
                    len(documents), len(self._chunks), self._chunk_length)
     return self._chunks
 
-  def count(self) -> int:
+  def count(self, split: str = "train") -> int:
     return len(self._all())
 
   def example(self, split: str, index: int,

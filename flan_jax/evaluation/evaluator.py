@@ -6,6 +6,10 @@ FLAN scores it: the option with the highest log-likelihood is the prediction
 greedily. Either way each task's own postprocessor and metric functions decide the
 score, as in seqio, so a task registered once is trained on and evaluated the same way.
 
+Tasks with score metrics (seqio's `(targets, scores)` functions, such as held-out
+conversations' `target_perplexity`) also have each reference target scored given
+its prompt, as rank classification scores an option.
+
 Prompts are the training prompts: read with the run's sequence lengths (so few-shot
 prompts keep the exemplars that fit, see `flan_task`), with a fixed seed (so templates,
 exemplars and option formats are the same before and after training), and fitted by
@@ -22,12 +26,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import seqio
 
-from flan_jax.data import task_reader, truncation
+from flan_jax.data import chat_examples, task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import GenerateFn
 from flan_jax.evaluation.placement import RowPlacement
+from flan_jax.errors import UserError
 from flan_jax.evaluation.scoring import Pair, ScoredOptions
+from flan_jax.metrics import TargetScore
+from flan_jax.models import families
 from flan_jax.models.families import ModelFamily
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,11 @@ class EvalModel:
   prompt_prefix: tuple[int, ...] = ()  # a decoder-only model's BOS
   inputs_eos: bool = True  # see `truncation`
   batch_size: int | None = None  # generation's rows per call (None: EvalConfig.batch_size)
+  # Conversations are trained as one causal sequence, and evaluated so: by this model
+  # when it reads prompts causally, else by `conversations` (the same parameters read
+  # causally; None for an encoder-decoder, see `families.conversation_reader`).
+  causal: bool = False
+  conversations: "EvalModel | None" = None
 
 
 def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
@@ -65,13 +77,22 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
   `placement` spreads each batch's rows over the devices and hosts.
   """
   batch_size = placement.batch_size(batch_size)
-  return EvalModel(
-      generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
-                                      placement=placement),
-      score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
-                                       bos_id=getattr(network, "bos_id", 0), placement=placement),
-      lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
-      inputs_eos=network.inputs_eos, batch_size=batch_size)
+
+  def model_for(network: ModelFamily, conversations: EvalModel | None = None) -> EvalModel:
+    return EvalModel(
+        generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
+                                        placement=placement),
+        score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
+                                         bos_id=getattr(network, "bos_id", 0),
+                                         placement=placement),
+        lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
+        inputs_eos=network.inputs_eos, batch_size=batch_size,
+        causal=not network.encoder_decoder and not network.config.prefix_lm,
+        conversations=conversations)
+
+  if network.encoder_decoder or not network.config.prefix_lm:
+    return model_for(network)
+  return model_for(network, conversations=model_for(families.conversation_reader(network)))
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
@@ -177,6 +198,7 @@ class _TaskRun:
   counts: truncation.TruncationCounts
   ranked: bool
   texts: list[str] | None = None  # the chosen option or the generation, per example
+  scores: list[TargetScore] | None = None  # the reference's likelihood, for score metrics
 
   @property
   def vocabulary(self) -> seqio.Vocabulary:
@@ -191,7 +213,8 @@ def _start(task: seqio.Task, model: EvalModel, config: EvalConfig) -> _TaskRun:
   for example in examples:
     prompt, cut = truncation.fit_inputs(example["inputs"], model.lengths["inputs"],
                                         eos_id=vocabulary.eos_id, inputs_eos=model.inputs_eos)
-    counts.add(cut, False)
+    # A conversation's prompt loses whole early exchanges first (its source fits it).
+    counts.add(cut or example.get("dropped_exchanges", 0) > 0, False)
     prompts.append(prompt)
   ranked = bool(config.rank_classification and examples and all(_options(ex) for ex in examples))
   return _TaskRun(task, examples, prompts, counts, ranked)
@@ -211,6 +234,30 @@ def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) ->
     run.texts.append(_options(example)[choice])
 
 
+def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
+  """Each example's reference target scored given its prompt, for tasks with score
+  metrics (seqio's `(targets, scores)` functions); every such task in one scoring call.
+  The target is laid out as training lays it out: its tokens, then EOS if they lack it."""
+  items = []
+  for run in runs:
+    eos = run.vocabulary.eos_id
+    for example, prompt in zip(run.examples, run.prompts):
+      tokens = [int(t) for t in example["targets"]]
+      if not tokens or tokens[-1] != eos:
+        tokens.append(eos)
+      target, cut = truncation.fit_targets(tokens, model.lengths["targets"])
+      run.counts.targets_cut += int(cut)
+      items.append((run, [(prompt, target)]))
+  if not items:
+    return
+  scored = model.score([pairs for _, pairs in items])
+  for run in runs:
+    run.scores = []
+  for (run, _), [log_likelihood], [tokens] in zip(items, scored.log_likelihoods,
+                                                  scored.token_counts):
+    run.scores.append(TargetScore(float(log_likelihood), int(tokens)))
+
+
 def _metrics(run: _TaskRun) -> dict[str, float]:
   postprocess = run.task.postprocess_fn or (lambda text, **_: text)
   predictions = [postprocess(text, example=ex, is_target=False)
@@ -220,6 +267,8 @@ def _metrics(run: _TaskRun) -> dict[str, float]:
   metrics = {}
   for metric_fn in run.task.predict_metric_fns:
     metrics.update(metric_fn(targets, predictions))
+  for metric_fn in run.task.score_metric_fns:
+    metrics.update(metric_fn(targets, run.scores))
   if run.ranked:
     metrics["majority_baseline"] = majority_baseline(targets, [_options(ex) for ex in run.examples])
   if run.counts.inputs_cut or run.counts.targets_cut:
@@ -229,9 +278,26 @@ def _metrics(run: _TaskRun) -> dict[str, float]:
 
 def evaluate_tasks(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
                    ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
-  """task name -> (its metrics on `config.split`, how many prompts and targets were cut)."""
+  """task name -> (its metrics on `config.split`, how many prompts and targets were cut).
+
+  Conversation tasks are evaluated with `model.conversations`, reading as training did.
+  """
+  chats = [task for task in tasks if chat_examples.is_conversation_task(task)]
+  if not chats or model.causal:
+    return _evaluate_with(tasks, model, config)
+  if model.conversations is None:
+    raise UserError(f"{chats[0].name} holds conversations, trained as one causal sequence: "
+                    "evaluate them with a decoder-only model.")
+  results = _evaluate_with([t for t in tasks if t not in chats], model, config)
+  results.update(_evaluate_with(chats, model.conversations, config))
+  return {task.name: results[task.name] for task in tasks}
+
+
+def _evaluate_with(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
+                   ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
   runs = [_start(task, model, config) for task in tasks]
   _rank_all([run for run in runs if run.ranked], model, config)
+  _score_targets([run for run in runs if run.task.score_metric_fns], model)
   for run in runs:
     if not run.ranked:
       run.texts = _generate_predictions(run.examples, run.prompts, model, config, run.vocabulary)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Union
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax.errors import UserError
 from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.t5 import T5, T5Config
 
@@ -196,6 +197,20 @@ class EncoderDecoder:
 
 
 ModelFamily = Union[DecoderOnly, EncoderDecoder]
+
+
+def conversation_reader(network: ModelFamily) -> ModelFamily:
+  """The family that reads a conversation as training reads it: one causal sequence,
+  the prompt included (a prefix-LM would read a chat prompt bidirectionally, which its
+  conversations never were). The parameters are the same. Encoder-decoder models
+  train on conversations only in their decoder, so they cannot be prompted with one."""
+  if network.encoder_decoder:
+    raise UserError("Conversations are trained as one causal sequence in a decoder-only "
+                    "model; an encoder-decoder model (T5) cannot be evaluated on or answer "
+                    "them. Use a decoder-only model for chat.")
+  if not network.config.prefix_lm:
+    return network
+  return dataclasses.replace(network, config=dataclasses.replace(network.config, prefix_lm=False))
 
 
 def family_for(config: DecoderConfig | T5Config, bos_id: int | None = None,
