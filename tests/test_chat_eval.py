@@ -172,3 +172,34 @@ def test_target_perplexity_by_hand():
   result = metrics.target_perplexity(["a", "b"], scores)
   assert result["target_nll"] == pytest.approx(1.0)
   assert result["target_perplexity"] == pytest.approx(np.e)
+
+
+def test_a_prefix_lm_run_on_conversations_answers_causally_and_keeps_its_template(
+    _fresh_registry, tmp_path):
+  from flan_jax import finetune, inference
+  from flan_jax.models.decoder import DecoderConfig
+  from flan_jax.training.trainer import TrainerConfig
+  records = [{"messages": conversation(n)} for n in range(6)]
+  register(_fresh_registry, tmp_path, records, template="zephyr", validation_records=2)
+  model_dir = tmp_path / "run"
+  settings = dict(
+      model_dir=str(model_dir), mixture_or_task_name="chat",
+      task_feature_lengths={"inputs": 96, "targets": 96}, batch_size=2,
+      trainer=TrainerConfig(train_steps=1, progress_bar=False),
+      model=DecoderConfig(vocab_size=BYTES.vocab_size, num_layers=1, embed_dim=16, num_heads=2,
+                          num_kv_heads=2, head_dim=8, mlp_dim=32),  # a prefix-LM
+      evaluation=evaluator.EvalConfig(max_examples_per_task=2, batch_size=2),
+      evaluate_before=False, truncation_sample=0)
+  results = finetune.finetune(**settings)
+  assert results["after"]["chat/target_perplexity"] > 1
+  predictor = inference.load_predictor(str(model_dir), chat=True)
+  assert predictor.chat_template == chat_templates.builtin("zephyr")
+  assert not predictor.network.config.prefix_lm  # the prompt read as training read it
+  assert inference.load_predictor(str(model_dir)).network.config.prefix_lm  # FLAN prompts
+  # Resumed with another template, its checkpoints would answer in two formats.
+  seqio.TaskRegistry.remove("chat")
+  _fresh_registry.remove("chat")
+  register(_fresh_registry, tmp_path, records, template="chatml", validation_records=2)
+  with pytest.raises(UserError, match="records chat template 'zephyr', but this run renders "
+                                      "conversations with 'chatml'"):
+    finetune.finetune(**settings)
