@@ -107,10 +107,14 @@ def _model():
   return network, decoder, params
 
 
-def _reference_nll(decoder, params, template, turns) -> tuple[float, int]:
-  """The final answer's summed negative log-likelihood, by hand from the model's logits
-  over the whole conversation (BOS first), with training's last-turn weights."""
+def _reference_nll(decoder, params, template, turns, first: int | None = None
+                   ) -> tuple[float, int]:
+  """The final answer's summed negative log-likelihood (of its `first` tokens), by hand
+  from the model's logits over the whole conversation (BOS first), with training's
+  last-turn weights."""
   ids, weights = chat_examples.tokenize(template, BYTES, turns, train_on="last", bos_id=1)
+  if first is not None:
+    weights = weights * (np.cumsum(weights) <= first)
   inputs = np.asarray([[1, *ids[:-1]]], np.int32)
   positions = np.arange(len(ids), dtype=np.int32)[None]
   ones, zeros = np.ones_like(inputs), np.zeros_like(inputs)
@@ -154,6 +158,13 @@ def test_held_out_perplexity_equals_a_hand_computation_and_replies_equal_infer_c
   # With a shorter prompt buffer, early exchanges go, and each prompt shortened is counted.
   short = evaluator.make_eval_model(network, params, {"inputs": 96, "targets": 24}, EOS, 4)
   assert evaluator.evaluate_task(task, short, evaluator.EvalConfig())[1].inputs_cut == 3
+  # Answers longer than the targets are scored on their first tokens (no EOS forced in
+  # where the answer goes on), and counted.
+  cut = evaluator.make_eval_model(network, params, {"inputs": 160, "targets": 4}, EOS, 4)
+  results, counts = evaluator.evaluate_task(task, cut, evaluator.EvalConfig())
+  by_hand = [_reference_nll(decoder, params, template, turns, first=4) for turns in held_out]
+  assert counts.targets_cut == 3 and all(tokens == 4 for _, tokens in by_hand)
+  np.testing.assert_allclose(results["target_nll"], sum(t for t, _ in by_hand) / 12, rtol=1e-5)
 
 
 def test_a_named_template_must_be_the_one_the_checkpoint_recorded():

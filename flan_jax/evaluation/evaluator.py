@@ -237,7 +237,8 @@ def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) ->
 def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
   """Each example's reference target scored given its prompt, for tasks with score
   metrics (seqio's `(targets, scores)` functions); every such task in one scoring call.
-  The target is laid out as training lays it out: its tokens, then EOS if they lack it."""
+  The target is laid out as training lays it out: its tokens, then EOS if they lack it;
+  cut targets are counted."""
   items = []
   for run in runs:
     eos = run.vocabulary.eos_id
@@ -245,8 +246,10 @@ def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
       tokens = [int(t) for t in example["targets"]]
       if not tokens or tokens[-1] != eos:
         tokens.append(eos)
-      target, cut = truncation.fit_targets(tokens, model.lengths["targets"])
-      run.counts.targets_cut += int(cut)
+      # A longer target is scored on its first tokens: an EOS forced in after them would
+      # be scored where the reference goes on.
+      target = np.asarray(tokens[:model.lengths["targets"]], np.int32)
+      run.counts.targets_cut += int(len(tokens) > len(target))
       items.append((run, [(prompt, target)]))
   if not items:
     return
