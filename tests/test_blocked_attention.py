@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from flan_jax.models.attention_mask import make_attention_mask
-from flan_jax.models.blocked_attention import block_size_for, blocked_attention
+from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
+                                              causal_block_attention)
 
 
 def _packed_ids(rows, length, rng):
@@ -116,3 +117,51 @@ def test_auto_takes_the_blocked_path_for_long_rows_on_cpu_and_it_holds_no_whole_
   scores_per_layer = 2 * 8 * 2048 * 2048 * 4  # [B, H, L, L] float32: 256 MiB
   xla, auto = temp_bytes("xla"), temp_bytes("auto")
   assert xla > 2 * scores_per_layer and auto < scores_per_layer, (xla, auto)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4)])
+def test_causal_blocks_equal_the_xla_path_on_causal_packed_rows_in_values_and_gradients(
+    heads, kv_heads):
+  rng = np.random.default_rng(2)
+  B, L, D = 2, 256, 16
+  q, k, v = (jnp.asarray(rng.normal(size=(B, L, h, D)), jnp.float32)
+             for h in (heads, kv_heads, kv_heads))
+  segments, positions, _ = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  causal = jnp.zeros_like(segments)  # no prefix: every row causal
+  mask = make_attention_mask(segments, positions, causal, segments, positions, causal)
+  reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, scale=0.3)
+  blocks = lambda q, k, v: causal_block_attention(q, k, v, mask, scale=0.3, block_size=64)
+  # Padding rows (segment 0, loss-masked) may see other padding the blocks skip; the
+  # tokens of examples see exactly the same keys.
+  real = np.asarray(segments > 0)[..., None, None]
+  weight = jnp.asarray(real * np.cos(np.arange(D)), jnp.float32)
+  np.testing.assert_allclose(blocks(q, k, v) * real, reference(q, k, v) * real,
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda *a: (f(*a) * weight).sum()
+  for got, want in zip(jax.grad(loss(blocks), (0, 1, 2))(q, k, v),
+                       jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_skips_causally_masked_blocks_on_cpu_only_for_causal_rows_without_a_cache():
+  from flan_jax.models.attention_mask import attention_implementation
+  from flan_jax.models.decoder import Decoder
+  causal = _decoder("auto", prefix_lm=False)
+  assert attention_implementation(causal, 512, causal=True) == "causal_blocks"
+  assert attention_implementation(causal, 512, causal=False) == "xla"  # a prefix-LM, a cache
+  assert attention_implementation(causal, 128, causal=True) == "xla"
+  assert attention_implementation(causal, 2048, causal=True) == "blocked"
+  assert attention_implementation(_decoder("causal_blocks"), 100, causal=True) == "xla"
+  # The decoder: the same logits for every token of an example, as a causal model and
+  # as a prefix-LM (whose rows cannot skip, and take the XLA path).
+  rng = np.random.default_rng(3)
+  B, L = 2, 512
+  segments, positions, prefix = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  tokens = jnp.asarray(rng.integers(1, 300, (B, L)), jnp.int32) * (segments > 0)
+  real = np.asarray(segments > 0)[..., None]
+  for prefix_lm in (False, True):
+    xla, auto = (Decoder(_decoder(name, prefix_lm=prefix_lm)) for name in ("xla", "auto"))
+    params = jax.jit(xla.init)(jax.random.key(0), tokens, positions, segments, prefix)
+    run = lambda model: jax.jit(lambda p: model.apply(p, tokens, positions, segments,
+                                                      prefix)[0])(params)
+    np.testing.assert_allclose(run(auto) * real, run(xla) * real, rtol=1e-4, atol=1e-4)

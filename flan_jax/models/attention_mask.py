@@ -17,14 +17,18 @@ A model config's `attention_implementation` says how attention runs:
 - "xla": `jax.nn.dot_product_attention`'s XLA path, which holds every float32 score;
 - "cudnn": its fused flash-attention kernel (NVIDIA GPUs, 16-bit compute);
 - "blocked": `blocked_attention`, a block of keys at a time, masks built per block;
+- "causal_blocks": `causal_block_attention`, a block of queries at a time over the keys
+  up to its end, skipping the scores causality masks anyway. Only for causal rows
+  without a cache (training, scoring, a prompt's prefill is cached); elsewhere "xla";
 - "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits, else "blocked"
-  from BLOCKED_FROM_KEYS keys on (where the scores would be large), else "xla".
+  from BLOCKED_FROM_KEYS keys on (where the scores would be large), else on a CPU
+  "causal_blocks" for causal rows from CAUSAL_BLOCKS_FROM_KEYS keys on, else "xla".
 """
 
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models.blocked_attention import block_size_for
+from flan_jax.models.blocked_attention import block_size_for, causal_block_size_for
 
 
 def make_attention_mask(
@@ -42,10 +46,13 @@ def make_attention_mask(
   return (same_segment & (causal | both_prefix))[:, None, :, :]
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked", "causal_blocks")
 # From this many keys on, "auto" takes the blocked path off cuDNN: below it the scores
 # are small and the XLA path is faster.
 BLOCKED_FROM_KEYS = 1024
+# From this many keys on, "auto" skips causally masked score blocks on a CPU (measured
+# 2x faster at 512 keys; at 128 there is little to skip).
+CAUSAL_BLOCKS_FROM_KEYS = 256
 
 
 def check_attention_implementation(name: str) -> None:
@@ -54,17 +61,25 @@ def check_attention_implementation(name: str) -> None:
                      f"{ATTENTION_IMPLEMENTATIONS}.")
 
 
-def attention_implementation(config, num_keys: int) -> str:
-  """"xla", "cudnn" or "blocked": how a config attends over `num_keys` keys."""
+def attention_implementation(config, num_keys: int, causal: bool = False) -> str:
+  """"xla", "cudnn", "blocked" or "causal_blocks": how a config attends over `num_keys`
+  keys. `causal`: the rows are causal (no prefix read bidirectionally) and every query
+  has its own key at the same index (no cache)."""
   choice = config.attention_implementation
   if choice == "auto":
     sixteen_bit = jnp.dtype(config.dtype).itemsize == 2
     if jax.default_backend() == "gpu" and sixteen_bit:
       choice = "cudnn"
+    elif num_keys >= BLOCKED_FROM_KEYS:
+      choice = "blocked"
+    elif causal and num_keys >= CAUSAL_BLOCKS_FROM_KEYS and jax.default_backend() == "cpu":
+      choice = "causal_blocks"
     else:
-      choice = "blocked" if num_keys >= BLOCKED_FROM_KEYS else "xla"
+      choice = "xla"
   if choice == "blocked" and block_size_for(num_keys) is None:
     return "xla"  # no block of 64+ keys divides them: small or odd lengths
+  if choice == "causal_blocks" and not (causal and causal_block_size_for(num_keys)):
+    return "xla"  # a prefix-LM, a cache, or no block divides the length: same result
   return choice
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, make_attention_mask,
                                             xla_or_cudnn)
-from flan_jax.models.blocked_attention import block_size_for, blocked_attention
+from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
+                                              causal_block_attention, causal_block_size_for)
 from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
 
 Cache = dict[str, Any]
@@ -178,8 +179,12 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
       layer_cache = {"k": k, "v": v}
-    implementation = attention_implementation(cfg, k.shape[1])
-    if implementation == "blocked":
+    implementation = attention_implementation(cfg, k.shape[1],
+                                              causal=not cfg.prefix_lm and layer_cache is None)
+    if implementation == "causal_blocks":
+      out = causal_block_attention(q, k, v, mask_ids[0], scale=D ** -0.5,
+                                   block_size=causal_block_size_for(k.shape[1]))
+    elif implementation == "blocked":
       query_ids, key_ids = mask_ids[:3], mask_ids[3:]
       block = lambda ids, start, size: tuple(
           jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) for x in ids)
