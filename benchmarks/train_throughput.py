@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                       help="compute dtype; auto: float32 on cpu, bfloat16 on cuda")
   parser.add_argument("--attention", default="default",
-                      help="flan_jax's attention_implementation (xla, cudnn, blocked, auto); "
+                      help="flan_jax's attention_implementation (xla, cudnn, blocked, causal_blocks, "
+                           "auto); "
                            "default: DecoderConfig's own default, what training gets")
   parser.add_argument("--loss_chunk_length", type=int, default=512,
                       help="flan_jax's loss chunking (train.loss_chunk_length, 512 by default; "
@@ -166,9 +167,10 @@ def resolved_attention(config, length: int) -> str:
   """What the config's attention setting comes to at `length` keys on this backend."""
   from flan_jax.models import attention_mask
   from flan_jax.models.t5 import T5Config
+  causal = not getattr(config, "prefix_lm", True)  # the decoder's rows here: no prefix, no cache
   try:
-    resolved = attention_mask.attention_implementation(config, length)
-  except TypeError:  # an older signature without the key count
+    resolved = attention_mask.attention_implementation(config, length, causal=causal)
+  except TypeError:  # an older signature without the key count or causality
     return str(attention_mask.attention_implementation(config) or "xla")
   # T5 has no blocked path: where "auto" would block, its attention runs XLA's.
   return "xla" if isinstance(config, T5Config) and resolved == "blocked" else resolved
