@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import jax
 
-from flan_jax import finetune
+from flan_jax import finetune, paths
 from flan_jax.data import chat_examples, clusters, registry, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator, placement
@@ -44,11 +44,14 @@ def load_checkpoint(path: str, step: int | None = None):
 
 def checkpoint_template(path: str):
   """The chat template a checkpoint was trained with: a run's recorded one
-  (MODEL_DIR/chat_template.json), else a Hugging Face model's own; None without either."""
-  try:
+  (MODEL_DIR/chat_template.json), else a Hugging Face model's own; None where it has
+  neither. A damaged record is an error, never a silent default."""
+  if paths.exists(paths.join(path, chat_examples.TEMPLATE_FILE)):
     return chat_examples.load_template(path)
-  except UserError:
-    return None
+  config = paths.join(path, "tokenizer_config.json")
+  if paths.exists(config) and "chat_template" in json.loads(paths.read_text(config)):
+    return chat_examples.load_template(config)
+  return None
 
 
 def eval_groups(task_names: list[str]) -> dict[str, list[str]]:
@@ -103,11 +106,24 @@ def evaluate_checkpoint(
     chat_vocabulary = (vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
                        or vocabularies.byte_vocabulary())
     recorded = checkpoint_template(checkpoint_path)
+    held_out = paths.join(checkpoint_path, chat_examples.HELD_OUT_FILE)
+    trained = json.loads(paths.read_text(held_out)) if paths.exists(held_out) else {}
     for chat_task in chat_tasks:
+      if recorded is None and chat_task.template is None:
+        raise UserError(f"{checkpoint_path} records no chat template (no "
+                        f"{chat_examples.TEMPLATE_FILE}, no chat_template in a "
+                        f"tokenizer_config.json), so ChatTask {chat_task.name!r} cannot render "
+                        "as training did by itself: set ChatTask.template to the one training "
+                        "used.")
+      chat_examples.check_held_out(trained, chat_task, held_out)
       chat_task.register(chat_vocabulary, recorded)
   finetune.ensure_writable_dir(output_dir)
   tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
            if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]
+  unsplit = [t.name for t in chat_tasks if not t.validation_records]
+  if unsplit:
+    raise UserError(f"ChatTask {unsplit[0]!r} has no validation split to evaluate: set "
+                    "ChatTask.validation_records to the value training used.")
   if not tasks:
     raise UserError(f"{mixture_or_task_name} has no task with a {evaluation.split!r} split "
                     "to evaluate; set EvalConfig.split.")

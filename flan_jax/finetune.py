@@ -100,6 +100,28 @@ _HOW_IT_RUNS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attentio
                 "dropout_rate")
 
 
+def _check_recorded_conversations(model_dir: str, tasks: list[seqio.Task]):
+  """(template, held-out record) of the run's conversation tasks, which a resumed run
+  must share with the run it resumes (checked on every process, so none goes on alone)."""
+  template = chat_examples.recorded_template(tasks)
+  held_out = chat_examples.held_out_record(tasks)
+  recorded = paths.join(model_dir, chat_examples.TEMPLATE_FILE)
+  if template is not None and paths.exists(recorded):
+    if chat_examples.load_template(recorded) != template:
+      raise UserError(f"{recorded} records chat template "
+                      f"{chat_examples.load_template(recorded).name!r}, but this run renders "
+                      f"conversations with {template.name!r}: its checkpoints would answer "
+                      "prompts in two formats. Use the recorded template, or a new MODEL_DIR.")
+    held_out_file = paths.join(model_dir, chat_examples.HELD_OUT_FILE)
+    before = json.loads(paths.read_text(held_out_file)) if paths.exists(held_out_file) else {}
+    for name, now in held_out.items():
+      if name in before and before[name] != now:
+        raise UserError(f"{held_out_file}: {name} held out {before[name]}, but this run holds "
+                        f"out {now}: training would read conversations it evaluated on, or "
+                        "the other way round. Use the recorded setting, or a new MODEL_DIR.")
+  return template, held_out
+
+
 def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
   return [t for t in tasks if evaluator.eval_split(t, split)]
 
@@ -162,19 +184,16 @@ def _finetune(
   network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
   check_same_model(model_dir, model)
+  template, held_out = _check_recorded_conversations(model_dir, seen_tasks + heldout_tasks)
   if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
     # Conversations: the template they were rendered with, for `infer --chat` and
-    # `eval` to render prompts exactly so.
-    template = chat_examples.recorded_template(seen_tasks + heldout_tasks)
+    # `eval` to render prompts exactly so, and the records training never read.
     if template is not None:
-      recorded = paths.join(model_dir, chat_examples.TEMPLATE_FILE)
-      if paths.exists(recorded) and chat_examples.load_template(recorded) != template:
-        raise UserError(f"{recorded} records chat template "
-                        f"{chat_examples.load_template(recorded).name!r}, but this run renders "
-                        f"conversations with {template.name!r}: its checkpoints would answer "
-                        "prompts in two formats. Use the recorded template, or a new MODEL_DIR.")
-      paths.write_atomically(recorded, template.to_json())
+      paths.write_atomically(paths.join(model_dir, chat_examples.TEMPLATE_FILE),
+                             template.to_json())
+      paths.write_atomically(paths.join(model_dir, chat_examples.HELD_OUT_FILE),
+                             json.dumps(held_out, indent=1, sort_keys=True))
 
   # Inverted tasks (write the question from the answer) cannot be scored against labels.
   heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]

@@ -1,6 +1,9 @@
 """The attention benchmark runs end to end on a tiny shape, after checking its paths agree."""
 
-from benchmarks import attention_cpu
+import pytest
+
+pytest.importorskip("torch")
+from benchmarks import attention_cpu  # noqa: E402
 
 
 def test_the_attention_benchmark_times_every_path_and_ends_with_its_ratio(capsys):

@@ -10,6 +10,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
+# The quickstart's 512-token rows; 32 answer tokens, so evaluation generates 32, not 256.
+LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 480, 'targets': 32}"
 TURNS = [{"role": "system", "content": "You are kind."},
          {"role": "user", "content": "Hello!"},
          {"role": "assistant", "content": "Hi. How can I help?"},
@@ -28,7 +30,7 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
       [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/chat_quickstart.gin",
        f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
        "--gin.train.truncation_sample=0", "--gin.EvalConfig.max_examples_per_task=4",
-       "--gin.EvalConfig.batch_size=4",
+       "--gin.EvalConfig.batch_size=4", LENGTHS,
        "--gin.train.text_tasks=[@TextTask()]", "--gin.TextTask.name='stories'",
        f"--gin.TextTask.path='{corpus}'", "--gin.train.mixture_or_task_name='chat_and_text'",
        "--gin.train.mixture_parts={'oasst_chat': 0.8, 'stories': 0.2}"],
@@ -61,7 +63,7 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
   again = subprocess.run(
       [sys.executable, "-m", "flan_jax.eval", "--gin_file=gin/chat_eval.gin",
        f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.OUTPUT_DIR='{output_dir}'",
-       "--gin.EvalConfig.max_examples_per_task=4", "--gin.EvalConfig.batch_size=4"],
+       "--gin.EvalConfig.max_examples_per_task=4", "--gin.EvalConfig.batch_size=4", LENGTHS],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   report = json.loads((output_dir / "eval" / "oasst_chat.json").read_text())["results"]

@@ -1,6 +1,7 @@
 """Held-out conversations: the validation split, the prompt and answer evaluated, and
 evaluation against a hand computation and against `infer --chat`."""
 
+import dataclasses
 import json
 
 import jax
@@ -73,8 +74,17 @@ def test_the_last_records_are_held_out_whole_and_training_never_reads_them(_fres
 def test_holding_out_every_record_or_none_of_the_answers_is_one_clear_error(_fresh_registry,
                                                                             tmp_path):
   task = register(_fresh_registry, tmp_path, [{"messages": conversation(1)}], validation_records=1)
-  with pytest.raises(UserError, match="validation_records=1 leaves 0 conversations to train on"):
+  with pytest.raises(UserError, match="validation_records=1 holds out every record"):
     task.source.count("train")
+  # Files never give a conversation ending with the user (its trailing turn is dropped and
+  # counted when read); another loader may.
+  from flan_jax.data.conversations import Conversations
+  unanswered = lambda: Conversations([conversation(1), conversation(2)[:-1]], records=[0, 1])
+  source = chat_examples.ChatSource(unanswered, chat_templates.builtin("chatml"), BYTES,
+                                    validation_records=1, salt="open")
+  with pytest.raises(UserError, match="none of the conversations of the last 1 records ends "
+                                      "with an assistant turn"):
+    source.count("validation")
   with pytest.raises(UserError, match="validation_records=-1"):
     chat_examples.ChatSource(lambda: None, chat_templates.builtin("chatml"), BYTES,
                              validation_records=-1)
@@ -207,10 +217,41 @@ def test_a_prefix_lm_run_on_conversations_answers_causally_and_keeps_its_templat
   assert predictor.chat_template == chat_templates.builtin("zephyr")
   assert not predictor.network.config.prefix_lm  # the prompt read as training read it
   assert inference.load_predictor(str(model_dir)).network.config.prefix_lm  # FLAN prompts
-  # Resumed with another template, its checkpoints would answer in two formats.
-  seqio.TaskRegistry.remove("chat")
-  _fresh_registry.remove("chat")
-  register(_fresh_registry, tmp_path, records, template="chatml", validation_records=2)
+  held_out = json.loads((model_dir / chat_examples.HELD_OUT_FILE).read_text())
+  assert held_out == {"chat": {"path": str(tmp_path / "chat.jsonl"), "validation_records": 2}}
+
+  def reregister(**changes):
+    seqio.TaskRegistry.remove("chat")
+    _fresh_registry.remove("chat")
+    register(_fresh_registry, tmp_path, records, **{"template": "zephyr",
+                                                    "validation_records": 2, **changes})
+
+  # Resumed with another template, its checkpoints would answer in two formats; with
+  # another hold-out, it would train on conversations it evaluated on.
+  reregister(template="chatml")
   with pytest.raises(UserError, match="records chat template 'zephyr', but this run renders "
                                       "conversations with 'chatml'"):
     finetune.finetune(**settings)
+  reregister(validation_records=1)
+  with pytest.raises(UserError, match="chat held out .*'validation_records': 2.*but this run "
+                                      "holds out .*'validation_records': 1"):
+    finetune.finetune(**settings)
+  # Evaluating the checkpoint later: the same records, or an error saying which.
+  same = chat_examples.ChatTask("chat", str(tmp_path / "chat.jsonl"), validation_records=2)
+  chat_examples.check_held_out(held_out, same, "x")
+  with pytest.raises(UserError, match="Set ChatTask.validation_records=2"):
+    chat_examples.check_held_out(held_out, dataclasses.replace(same, validation_records=5), "x")
+  other_file = dataclasses.replace(same, path=str(tmp_path / "other.jsonl"), validation_records=5)
+  chat_examples.check_held_out(held_out, other_file, "x")  # none of it was trained on
+
+
+def test_a_checkpoint_without_a_template_or_with_a_damaged_one_is_an_error_not_chatml(tmp_path):
+  from flan_jax import checkpoint_eval
+  assert checkpoint_eval.checkpoint_template(str(tmp_path)) is None
+  unnamed = chat_examples.ChatTask("c", str(tmp_path / "c.jsonl"), validation_records=1)
+  with pytest.raises(UserError, match="records no chat template .* set ChatTask.template"):
+    checkpoint_eval.evaluate_checkpoint(str(tmp_path), "c", {"inputs": 8, "targets": 8},
+                                        str(tmp_path / "out"), chat_tasks=[unnamed])
+  (tmp_path / chat_examples.TEMPLATE_FILE).write_text("{not json")
+  with pytest.raises(UserError):
+    checkpoint_eval.checkpoint_template(str(tmp_path))

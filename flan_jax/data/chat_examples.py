@@ -178,14 +178,14 @@ class ChatSource(example_source.ExampleSource):
   def __init__(self, load: Callable[[], conversations.Conversations],
                template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, *,
                train_on: TrainOn = "all", bos_id: int | None = None, salt: str = "",
-               validation_records: int = 0):
+               validation_records: int = 0, path: str = ""):
     if validation_records < 0:
       raise UserError(f"{salt}: validation_records={validation_records}; give 0 (no "
                       "validation split) or how many of the file's last records to hold out.")
     super().__init__(salt, ("train", "validation") if validation_records else ("train",))
     self._load, self._template, self._vocabulary = load, template, vocabulary
     self._train_on, self._bos_id = train_on, bos_id
-    self._validation_records = validation_records
+    self._validation_records, self.path = validation_records, path
     self._conversations: conversations.Conversations | None = None
     self._split_conversations: dict[str, list] = {}
 
@@ -205,25 +205,37 @@ class ChatSource(example_source.ExampleSource):
   def _by_split(self, loaded: conversations.Conversations) -> dict[str, list]:
     if not self._validation_records:
       return {"train": loaded.conversations}
-    records = loaded.records or [0] * len(loaded.conversations)
+    # Without record numbers (a custom loader), each conversation is its own record.
+    records = loaded.records or list(range(len(loaded.conversations)))
     first_held_out = max(records, default=-1) + 1 - self._validation_records
     pairs = list(zip(records, loaded.conversations))
     train = [turns for record, turns in pairs if record < first_held_out]
-    validation = [turns for record, turns in pairs
-                  if record >= first_held_out and turns[-1]["role"] == "assistant"]
-    if not train or not validation:
-      raise UserError(f"{self._salt}: validation_records={self._validation_records} leaves "
-                      f"{len(train)} conversations to train on and {len(validation)} ending with "
-                      "an answer to evaluate; hold out fewer records, or more.")
+    held_out = [turns for record, turns in pairs if record >= first_held_out]
+    validation = [turns for turns in held_out if turns[-1]["role"] == "assistant"]
+    loaded.counts["validation_without_answer"] += len(held_out) - len(validation)
+    if not train:
+      raise UserError(f"{self._salt}: validation_records={self._validation_records} holds out "
+                      f"every record ({max(records, default=-1) + 1} with conversations): "
+                      "nothing is left to train on. Hold out fewer.")
+    if not validation:
+      raise UserError(f"{self._salt}: none of the conversations of the last "
+                      f"{self._validation_records} records ends with an assistant turn, so there "
+                      "is no answer to evaluate. Hold out more records.")
     logging.info("%s: %d conversations to train on, %d held out for validation (the last %d "
-                 "records)", self._salt, len(train), len(validation), self._validation_records)
+                 "records; %d held out end with a user turn and are not evaluated)", self._salt,
+                 len(train), len(validation), self._validation_records,
+                 len(held_out) - len(validation))
     return {"train": train, "validation": validation}
+
+  @property
+  def validation_records(self) -> int:
+    return self._validation_records
 
   def _renderable(self, loaded: conversations.Conversations) -> conversations.Conversations:
     """The conversations the template renders; the others are counted and left out
     here, not met hours into a run (a resumed run would meet them again)."""
     kept, kept_records, first_problem = [], [], None
-    records = loaded.records or [0] * len(loaded.conversations)
+    records = loaded.records or list(range(len(loaded.conversations)))
     for record, turns in zip(records, loaded.conversations):
       try:
         self._template.render(turns)
@@ -299,7 +311,7 @@ def register_chat_task(name: str, path: str, *, template: chat_templates.Templat
                                                   merge_consecutive=merge_consecutive)
   seqio.TaskRegistry.add(
       name, source=ChatSource(load, template, vocabulary, train_on=train_on, bos_id=bos_id,
-                              salt=name, validation_records=validation_records),
+                              salt=name, validation_records=validation_records, path=path),
       output_features=vocabularies.output_features(vocabulary), preprocessors=[],
       postprocess_fn=metrics.strip, metric_fns=[metrics.rouge_l, metrics.target_perplexity])
   return name
@@ -353,6 +365,9 @@ def is_conversation_task(task: seqio.Task) -> bool:
 
 
 TEMPLATE_FILE = "chat_template.json"  # where a run records its template, in MODEL_DIR
+# Where it records, per conversation task, the file and how many of its last records
+# training never read: evaluation later must hold out the same ones.
+HELD_OUT_FILE = "chat_held_out.json"
 
 
 def load_template(name_or_path: str) -> chat_templates.TemplateSpec:
@@ -381,3 +396,26 @@ def recorded_template(tasks: Sequence[seqio.Task]) -> chat_templates.TemplateSpe
                     " inference could render only one of them as training did. Use one template "
                     "for all.")
   return templates.pop() if templates else None
+
+
+def held_out_record(tasks: Sequence[seqio.Task]) -> dict[str, dict]:
+  """{task: {"path", "validation_records"}} for the conversation tasks of a run."""
+  return {task.name: {"path": os.path.abspath(task.source.path) if task.source.path else "",
+                      "validation_records": task.source.validation_records}
+          for task in tasks if isinstance(task.source, ChatSource)}
+
+
+def check_held_out(recorded: Mapping[str, Mapping], task: ChatTask, where: str) -> None:
+  """Evaluating `task` on a checkpoint scores only conversations its training held out:
+  for the file it trained on, the same last records."""
+  trained = recorded.get(task.name)
+  if not trained or trained["path"] != os.path.abspath(task.path):
+    return  # another file: none of it was trained on under this name
+  if trained["validation_records"] != task.validation_records:
+    raise UserError(
+        f"ChatTask {task.name!r} holds out the last {task.validation_records} records of "
+        f"{task.path}, but training held out {trained['validation_records']} ({where}): "
+        "evaluation would score conversations the model trained on, or skip some it did "
+        f"not. Set ChatTask.validation_records={trained['validation_records']}"
+        + (" (training held out none: evaluate on another file)."
+           if not trained["validation_records"] else "."))

@@ -75,6 +75,8 @@ class TextSource(example_source.ExampleSource):
     return self._chunks
 
   def count(self, split: str = "train") -> int:
+    if split != "train":
+      raise UserError(f"{self._salt} is plain text to train on; it has no {split!r} split.")
     return len(self._all())
 
   def example(self, split: str, index: int,

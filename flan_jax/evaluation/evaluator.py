@@ -237,14 +237,18 @@ def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) ->
 def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
   """Each example's reference target scored given its prompt, for tasks with score
   metrics (seqio's `(targets, scores)` functions); every such task in one scoring call.
-  The target is laid out as training lays it out: its tokens, then EOS if they lack it;
-  cut targets are counted."""
+  The target is laid out as training lays it out: its tokens, then EOS if they lack it
+  (a conversation's answer carries its own end of turn); cut targets are counted."""
   items = []
   for run in runs:
+    run.scores = []
     eos = run.vocabulary.eos_id
+    # A conversation's answer is scored as trained: with its own end of turn, which
+    # is EOS only where the template ends turns with it.
+    add_eos = not chat_examples.is_conversation_task(run.task)
     for example, prompt in zip(run.examples, run.prompts):
       tokens = [int(t) for t in example["targets"]]
-      if not tokens or tokens[-1] != eos:
+      if add_eos and (not tokens or tokens[-1] != eos):
         tokens.append(eos)
       # A longer target is scored on its first tokens: an EOS forced in after them would
       # be scored where the reference goes on.
@@ -254,8 +258,6 @@ def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
   if not items:
     return
   scored = model.score([pairs for _, pairs in items])
-  for run in runs:
-    run.scores = []
   for (run, _), [log_likelihood], [tokens] in zip(items, scored.log_likelihoods,
                                                   scored.token_counts):
     run.scores.append(TargetScore(float(log_likelihood), int(tokens)))
