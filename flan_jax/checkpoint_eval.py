@@ -42,18 +42,6 @@ def load_checkpoint(path: str, step: int | None = None):
   return load_pretrained(path)
 
 
-def checkpoint_template(path: str):
-  """The chat template a checkpoint was trained with: a run's recorded one
-  (MODEL_DIR/chat_template.json), else a Hugging Face model's own; None where it has
-  neither. A damaged record is an error, never a silent default."""
-  if paths.exists(paths.join(path, chat_examples.TEMPLATE_FILE)):
-    return chat_examples.load_template(path)
-  config = paths.join(path, "tokenizer_config.json")
-  if paths.exists(config) and "chat_template" in json.loads(paths.read_text(config)):
-    return chat_examples.load_template(config)
-  return None
-
-
 def eval_groups(task_names: list[str]) -> dict[str, list[str]]:
   """The tasks behind each reported mean: `mean` (per dataset its zero-shot options task,
   FLAN's score), one per cluster (`cluster_<name>`, same rule) and one per variant."""
@@ -96,7 +84,7 @@ def evaluate_checkpoint(
   """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json.
 
   `chat_tasks` (conversation files with `validation_records`) are rendered with the
-  chat template the checkpoint was trained with (see `checkpoint_template`).
+  chat template the checkpoint was trained with (`chat_examples.trained_template`).
   """
   evaluation = evaluation or EvalConfig()
   if data_dir:  # the task library, tokenized as `train` would tokenize it
@@ -105,9 +93,9 @@ def evaluate_checkpoint(
   if chat_tasks:
     chat_vocabulary = (vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
                        or vocabularies.byte_vocabulary())
-    recorded = checkpoint_template(checkpoint_path)
-    held_out = paths.join(checkpoint_path, chat_examples.HELD_OUT_FILE)
-    trained = json.loads(paths.read_text(held_out)) if paths.exists(held_out) else {}
+    recorded = chat_examples.trained_template(checkpoint_path)
+    trained = chat_examples.recorded_held_out(checkpoint_path)
+    held_out = paths.join(checkpoint_path, chat_examples.HELD_OUT_FILE)  # for the message
     for chat_task in chat_tasks:
       if recorded is None and chat_task.template is None:
         raise UserError(f"{checkpoint_path} records no chat template (no "

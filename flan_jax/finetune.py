@@ -107,18 +107,18 @@ def _check_recorded_conversations(model_dir: str, tasks: list[seqio.Task]):
   held_out = chat_examples.held_out_record(tasks)
   recorded = paths.join(model_dir, chat_examples.TEMPLATE_FILE)
   if template is not None and paths.exists(recorded):
-    if chat_examples.load_template(recorded) != template:
-      raise UserError(f"{recorded} records chat template "
-                      f"{chat_examples.load_template(recorded).name!r}, but this run renders "
+    before = chat_examples.load_template(recorded)
+    if before != template:
+      raise UserError(f"{recorded} records chat template {before.name!r}, but this run renders "
                       f"conversations with {template.name!r}: its checkpoints would answer "
                       "prompts in two formats. Use the recorded template, or a new MODEL_DIR.")
-    held_out_file = paths.join(model_dir, chat_examples.HELD_OUT_FILE)
-    before = json.loads(paths.read_text(held_out_file)) if paths.exists(held_out_file) else {}
+    held_out_before = chat_examples.recorded_held_out(model_dir)
     for name, now in held_out.items():
-      if name in before and before[name] != now:
-        raise UserError(f"{held_out_file}: {name} held out {before[name]}, but this run holds "
-                        f"out {now}: training would read conversations it evaluated on, or "
-                        "the other way round. Use the recorded setting, or a new MODEL_DIR.")
+      if name in held_out_before and held_out_before[name] != now:
+        raise UserError(f"{paths.join(model_dir, chat_examples.HELD_OUT_FILE)}: {name} held out "
+                        f"{held_out_before[name]}, but this run holds out {now}: training "
+                        "would read conversations it evaluated on, or the other way round. Use "
+                        "the recorded setting, or a new MODEL_DIR.")
   return template, held_out
 
 

@@ -22,6 +22,7 @@ and is dropped, counted by the packer; it is never trained as a row of zero loss
 """
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
@@ -205,8 +206,7 @@ class ChatSource(example_source.ExampleSource):
   def _by_split(self, loaded: conversations.Conversations) -> dict[str, list]:
     if not self._validation_records:
       return {"train": loaded.conversations}
-    # Without record numbers (a custom loader), each conversation is its own record.
-    records = loaded.records or list(range(len(loaded.conversations)))
+    records = loaded.records  # `_renderable` numbered them
     first_held_out = max(records, default=-1) + 1 - self._validation_records
     pairs = list(zip(records, loaded.conversations))
     train = [turns for record, turns in pairs if record < first_held_out]
@@ -235,6 +235,7 @@ class ChatSource(example_source.ExampleSource):
     """The conversations the template renders; the others are counted and left out
     here, not met hours into a run (a resumed run would meet them again)."""
     kept, kept_records, first_problem = [], [], None
+    # Without record numbers (a custom loader), each conversation is its own record.
     records = loaded.records or list(range(len(loaded.conversations)))
     for record, turns in zip(records, loaded.conversations):
       try:
@@ -403,6 +404,24 @@ def held_out_record(tasks: Sequence[seqio.Task]) -> dict[str, dict]:
   return {task.name: {"path": os.path.abspath(task.source.path) if task.source.path else "",
                       "validation_records": task.source.validation_records}
           for task in tasks if isinstance(task.source, ChatSource)}
+
+
+def trained_template(directory: str) -> chat_templates.TemplateSpec | None:
+  """The chat template a checkpoint was trained with: a run's recorded one
+  (TEMPLATE_FILE), else a Hugging Face model's own; None where it has neither. A
+  damaged record is an error, never a silent default."""
+  if paths.exists(paths.join(directory, TEMPLATE_FILE)):
+    return load_template(directory)
+  config = paths.join(directory, "tokenizer_config.json")
+  if paths.exists(config) and "chat_template" in json.loads(paths.read_text(config)):
+    return chat_templates.from_tokenizer_config(config)
+  return None
+
+
+def recorded_held_out(directory: str) -> dict[str, dict]:
+  """What a run recorded it held out (`held_out_record`); {} where it recorded nothing."""
+  path = paths.join(directory, HELD_OUT_FILE)
+  return json.loads(paths.read_text(path)) if paths.exists(path) else {}
 
 
 def check_held_out(recorded: Mapping[str, Mapping], task: ChatTask, where: str) -> None:

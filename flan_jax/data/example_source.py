@@ -15,26 +15,15 @@ import seqio
 import tensorflow as tf
 
 
-class ExampleSource(seqio.DataSource):
-  """Examples by split and index; subclasses say how many and make each one."""
-
-  _SIGNATURE = {"inputs": tf.TensorSpec([None], tf.int32),
-                "targets": tf.TensorSpec([None], tf.int32),
-                "targets_weights": tf.TensorSpec([None], tf.int32),
-                "inputs_pretokenized": tf.TensorSpec([], tf.string),
-                "targets_pretokenized": tf.TensorSpec([], tf.string)}
+class IndexedSource(seqio.DataSource):
+  """A seqio source read record by record in Python: any sharding, and one pass order
+  (`pass_order`) for every reader. Subclasses say how many records a split has."""
 
   def __init__(self, salt: str, splits: Sequence[str] = ("train",)):
     super().__init__(splits=tuple(splits))
     self._salt = salt
 
   def count(self, split: str = "train") -> int:
-    raise NotImplementedError
-
-  def example(self, split: str, index: int,
-              sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
-    """Example `index` of `split`, fitted to the row (inputs + targets lengths); None
-    when nothing would be left to train (the packer counts it)."""
     raise NotImplementedError
 
   @property
@@ -49,8 +38,25 @@ class ExampleSource(seqio.DataSource):
 
   def indices(self, split: str, *, shuffle: bool, seed: int | None,
               shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
+    """The record indices one pass (epoch) reads, in order."""
     return pass_order(self.count(split), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
                       shard_info=shard_info, epoch=epoch)
+
+
+class ExampleSource(IndexedSource):
+  """Examples by split and index; subclasses say how many and make each one."""
+
+  _SIGNATURE = {"inputs": tf.TensorSpec([None], tf.int32),
+                "targets": tf.TensorSpec([None], tf.int32),
+                "targets_weights": tf.TensorSpec([None], tf.int32),
+                "inputs_pretokenized": tf.TensorSpec([], tf.string),
+                "targets_pretokenized": tf.TensorSpec([], tf.string)}
+
+  def example(self, split: str, index: int,
+              sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
+    """Example `index` of `split`, fitted to the row (inputs + targets lengths); None
+    when nothing would be left to train (the packer counts it)."""
+    raise NotImplementedError
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,

@@ -51,35 +51,21 @@ def cached_loader(load: RecordLoader) -> RecordLoader:
   return functools.lru_cache(maxsize=None)(load)
 
 
-class RenderedSource(seqio.DataSource):
+class RenderedSource(example_source.IndexedSource):
   """Renders one variant of a record collection; deterministic for (seed, split, index)."""
 
   def __init__(self, records: RecordLoader, variant: Variant, splits: Sequence[str], *,
                salt: str, options: Sequence[str] | str | None, target_field: str | None,
                vocabulary: seqio.Vocabulary, exemplar_split: str = "train",
                ordered_exemplars: bool = False, score_options: bool = True):
-    super().__init__(splits=splits)
-    self._records, self._variant, self._salt = records, variant, salt
+    super().__init__(salt, splits)
+    self._records, self._variant = records, variant
     self._options, self._target_field = options, target_field
     self._vocabulary, self._exemplar_split = vocabulary, exemplar_split
     self._ordered_exemplars, self._score_options = ordered_exemplars, score_options
 
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return [split]
-
-  def num_input_examples(self, split: str) -> int:
+  def count(self, split: str = "train") -> int:
     return len(self._records(split))
-
-  def indices(self, split: str, *, shuffle: bool, seed: int | None,
-              shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
-    """The record indices one pass (epoch) reads, in order (`example_source.pass_order`)."""
-    return example_source.pass_order(len(self._records(split)), f"{self._salt}:{split}",
-                                     shuffle=shuffle, seed=seed, shard_info=shard_info,
-                                     epoch=epoch)
 
   def _options_of(self, record: Record) -> Sequence[str] | None:
     if self._options is None:
