@@ -169,7 +169,8 @@ def resolved_attention(config, length: int) -> str:
   from flan_jax.models.t5 import T5Config
   causal = not getattr(config, "prefix_lm", True)  # the decoder's rows here: no prefix, no cache
   try:
-    resolved = attention_mask.attention_implementation(config, length, causal=causal)
+    resolved = attention_mask.attention_implementation(config, length, self_attention=True,
+                                                       causal=causal)
   except TypeError:  # an older signature without the key count or causality
     return str(attention_mask.attention_implementation(config) or "xla")
   # T5 has no blocked path: where "auto" would block, its attention runs XLA's.

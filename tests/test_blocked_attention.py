@@ -147,11 +147,13 @@ def test_auto_skips_causally_masked_blocks_on_cpu_only_for_causal_rows_without_a
   from flan_jax.models.attention_mask import attention_implementation
   from flan_jax.models.decoder import Decoder
   causal = _decoder("auto", prefix_lm=False)
-  assert attention_implementation(causal, 512, causal=True) == "causal_blocks"
-  assert attention_implementation(causal, 512, causal=False) == "xla"  # a prefix-LM, a cache
-  assert attention_implementation(causal, 128, causal=True) == "xla"
-  assert attention_implementation(causal, 2048, causal=True) == "blocked"
-  assert attention_implementation(_decoder("causal_blocks"), 100, causal=True) == "xla"
+  rows = dict(self_attention=True, causal=True)
+  assert attention_implementation(causal, 512, **rows) == "causal_blocks"
+  assert attention_implementation(causal, 512, self_attention=True) == "xla"  # a prefix-LM
+  assert attention_implementation(causal, 512, causal=True) == "xla"  # a cache
+  assert attention_implementation(causal, 128, **rows) == "xla"
+  assert attention_implementation(causal, 2048, **rows) == "blocked"
+  assert attention_implementation(_decoder("causal_blocks"), 100, **rows) == "xla"
   # The decoder: the same logits for every token of an example, as a causal model and
   # as a prefix-LM (whose rows cannot skip, and take the XLA path).
   rng = np.random.default_rng(3)

@@ -20,15 +20,20 @@ A model config's `attention_implementation` says how attention runs:
 - "causal_blocks": `causal_block_attention`, a block of queries at a time over the keys
   up to its end, skipping the scores causality masks anyway. Only for causal rows
   without a cache (training, scoring, a prompt's prefill is cached); elsewhere "xla";
-- "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits, else "blocked"
-  from BLOCKED_FROM_KEYS keys on (where the scores would be large), else on a CPU
-  "causal_blocks" for causal rows from CAUSAL_BLOCKS_FROM_KEYS keys on, else "xla".
+- "splash": Pallas's splash-attention kernel (`pallas_attention`), compiled for TPUs,
+  interpreted elsewhere (slowly: for tests). Only for a row's self-attention without
+  a cache; elsewhere "xla";
+- "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits; splash on TPUs
+  for self-attention without a cache; else "blocked" from BLOCKED_FROM_KEYS keys on
+  (where the scores would be large); else on a CPU "causal_blocks" for causal rows
+  from CAUSAL_BLOCKS_FROM_KEYS keys on; else "xla".
 """
 
 import jax
 import jax.numpy as jnp
 
 from flan_jax.models.blocked_attention import block_size_for, causal_block_size_for
+from flan_jax.models.pallas_attention import splash_block_size_for
 
 
 def make_attention_mask(
@@ -46,7 +51,7 @@ def make_attention_mask(
   return (same_segment & (causal | both_prefix))[:, None, :, :]
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked", "causal_blocks")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked", "causal_blocks", "splash")
 # From this many keys on, "auto" takes the blocked path off cuDNN: below it the scores
 # are small and the XLA path is faster.
 BLOCKED_FROM_KEYS = 1024
@@ -61,18 +66,24 @@ def check_attention_implementation(name: str) -> None:
                      f"{ATTENTION_IMPLEMENTATIONS}.")
 
 
-def attention_implementation(config, num_keys: int, causal: bool = False) -> str:
-  """"xla", "cudnn", "blocked" or "causal_blocks": how a config attends over `num_keys`
-  keys. `causal`: the rows are causal (no prefix read bidirectionally) and every query
-  has its own key at the same index (no cache)."""
+def attention_implementation(config, num_keys: int, *, self_attention: bool = False,
+                             causal: bool = False) -> str:
+  """"xla", "cudnn", "blocked", "causal_blocks" or "splash": how a config attends over
+  `num_keys` keys. `self_attention`: the queries attend over their own row, with no
+  cache (training, scoring); `causal`: those rows are causal (no prefix read
+  bidirectionally). A model whose attention takes a bias passes neither (T5)."""
   choice = config.attention_implementation
+  causal = causal and self_attention
   if choice == "auto":
     sixteen_bit = jnp.dtype(config.dtype).itemsize == 2
-    if jax.default_backend() == "gpu" and sixteen_bit:
+    backend = jax.default_backend()
+    if backend == "gpu" and sixteen_bit:
       choice = "cudnn"
+    elif backend == "tpu" and self_attention and splash_block_size_for(num_keys):
+      choice = "splash"
     elif num_keys >= BLOCKED_FROM_KEYS:
       choice = "blocked"
-    elif causal and num_keys >= CAUSAL_BLOCKS_FROM_KEYS and jax.default_backend() == "cpu":
+    elif causal and num_keys >= CAUSAL_BLOCKS_FROM_KEYS and backend == "cpu":
       choice = "causal_blocks"
     else:
       choice = "xla"
@@ -80,6 +91,8 @@ def attention_implementation(config, num_keys: int, causal: bool = False) -> str
     return "xla"  # no block of 64+ keys divides them: small or odd lengths
   if choice == "causal_blocks" and not (causal and causal_block_size_for(num_keys)):
     return "xla"  # a prefix-LM, a cache, or no block divides the length: same result
+  if choice == "splash" and not (self_attention and splash_block_size_for(num_keys)):
+    return "xla"  # a cache, a bias, or no block of 128+ divides the length: same result
   return choice
 
 

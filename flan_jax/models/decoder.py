@@ -24,6 +24,7 @@ from flan_jax.models.attention_mask import (attention_implementation,
 from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
                                               causal_block_attention, causal_block_size_for)
 from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
+from flan_jax.models.pallas_attention import splash_attention
 
 Cache = dict[str, Any]
 
@@ -64,8 +65,9 @@ class DecoderConfig:
   # the backward pass (`layer_stack.REMAT_POLICIES`).
   scan_layers: bool = False
   remat_policy: str = "none"
-  # jax.nn.dot_product_attention's implementation: "xla" runs everywhere; "cudnn" is
-  # the fused flash-attention kernel on NVIDIA GPUs (bf16/fp16 compute only).
+  # How attention runs (`attention_mask.ATTENTION_IMPLEMENTATIONS`): "auto" picks per
+  # backend and length; "xla" runs everywhere; "cudnn" is the fused flash-attention
+  # kernel on NVIDIA GPUs (bf16/fp16 compute only); "splash" Pallas's TPU kernel.
   attention_implementation: str = "auto"
   # Dropout on the embeddings and on each attention and MLP output before it joins the
   # residual stream; only while training (see `layer_stack.dropout`).
@@ -151,8 +153,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxE, mask_ids, cos, sin, layer_cache=None, cache_index=None):
-    """`mask_ids`: (the whole mask,), or for the blocked path the queries' then the keys'
-    (segment ids, positions, prefix flags), from which each block's mask is built."""
+    """`mask_ids`: (the whole mask,), or for the blocked and splash paths the queries'
+    then the keys' (segment ids, positions, prefix flags), which they mask by."""
     cfg = self.config
     E, H, K, D = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     weight = lambda name, axes, shape, in_axes=(0,): self.param(
@@ -179,9 +181,12 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
       layer_cache = {"k": k, "v": v}
-    implementation = attention_implementation(cfg, k.shape[1],
-                                              causal=not cfg.prefix_lm and layer_cache is None)
-    if implementation == "causal_blocks":
+    implementation = _implementation(cfg, k.shape[1], cached=layer_cache is not None)
+    if implementation == "splash":
+      segment_ids, _, prefix = mask_ids[:3]
+      out = splash_attention(q, k, v, segment_ids, prefix if cfg.prefix_lm else None,
+                             scale=D ** -0.5)
+    elif implementation == "causal_blocks":
       out = causal_block_attention(q, k, v, mask_ids[0], scale=D ** -0.5,
                                    block_size=causal_block_size_for(k.shape[1]))
     elif implementation == "blocked":
@@ -198,6 +203,11 @@ class Attention(nn.Module):
                                          implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
+
+
+def _implementation(cfg: DecoderConfig, num_keys: int, cached: bool) -> str:
+  return attention_implementation(cfg, num_keys, self_attention=not cached,
+                                  causal=not cfg.prefix_lm)
 
 
 class MLP(nn.Module):
@@ -259,7 +269,8 @@ class Decoder(nn.Module):
       kv_prefix = write(cache["prefix"], prefix_BxL)
     mask_ids = (segment_ids_BxL, positions_BxL, prefix_BxL, kv_segment_ids, kv_positions,
                 kv_prefix)
-    if attention_implementation(cfg, kv_segment_ids.shape[1]) != "blocked":
+    if _implementation(cfg, kv_segment_ids.shape[1], cached=cache is not None) not in (
+        "blocked", "splash"):
       mask_ids = (make_attention_mask(*mask_ids),)  # built once, shared by every layer
     cos, sin = rope_tables(positions_BxL, rope_frequencies(cfg))
 
