@@ -167,14 +167,11 @@ def resolved_attention(config, length: int) -> str:
   """What the config's attention setting comes to at `length` keys on this backend."""
   from flan_jax.models import attention_mask
   from flan_jax.models.t5 import T5Config
-  causal = not getattr(config, "prefix_lm", True)  # the decoder's rows here: no prefix, no cache
-  try:
-    resolved = attention_mask.attention_implementation(config, length, self_attention=True,
-                                                       causal=causal)
-  except TypeError:  # an older signature without the key count or causality
-    return str(attention_mask.attention_implementation(config) or "xla")
-  # T5 has no blocked path: where "auto" would block, its attention runs XLA's.
-  return "xla" if isinstance(config, T5Config) and resolved == "blocked" else resolved
+  if isinstance(config, T5Config):  # attention with a bias: neither causal_blocks nor splash
+    return attention_mask.attention_implementation(config, length)
+  causal = not config.prefix_lm  # the decoder's rows here: its own tokens, no cache
+  return attention_mask.attention_implementation(config, length, self_attention=True,
+                                                 causal=causal)
 
 
 def synthetic_batch(batch: int, length: int, vocab_size: int, seed: int = 0):

@@ -167,3 +167,65 @@ def test_auto_skips_causally_masked_blocks_on_cpu_only_for_causal_rows_without_a
     run = lambda model: jax.jit(lambda p: model.apply(p, tokens, positions, segments,
                                                       prefix)[0])(params)
     np.testing.assert_allclose(run(auto) * real, run(xla) * real, rtol=1e-4, atol=1e-4)
+
+
+def _t5(implementation):
+  from flan_jax.models.t5 import T5Config
+  return T5Config(vocab_size=300, embed_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                  relative_attention_max_distance=64, attention_implementation=implementation)
+
+
+def test_t5_on_the_blocked_path_equals_the_xla_path_packed_in_values_gradients_and_decoding():
+  # Every attention of T5 blocked: the encoder's (bidirectional bias), the decoder's
+  # (causal bias, positions) and cross-attention (no bias), three blocks of 64 keys
+  # each, over distances past the buckets' exact range.
+  from flan_jax.models.t5 import T5, init_cache
+  rng = np.random.default_rng(5)
+  B, L = 2, 192
+  ids = [_packed_ids(B, L, rng) for _ in range(2)]
+  (enc_segments, enc_positions, _), (dec_segments, dec_positions, _) = ids
+  dec_segments = np.minimum(dec_segments, enc_segments.max(axis=1, keepdims=True))
+  dec_segments = np.where(dec_segments[:, :1] == 0, 1, dec_segments)
+  enc_tokens, dec_tokens = (rng.integers(1, 300, (B, L)) * (s > 0)
+                            for s in (enc_segments, dec_segments))
+  args = [jnp.asarray(x, jnp.int32) for x in (enc_tokens, dec_tokens, enc_segments, dec_segments,
+                                               enc_positions, dec_positions)]
+  xla, blocked = T5(_t5("xla")), T5(_t5("blocked"))
+  params = jax.jit(xla.init)(jax.random.key(0), *args)
+  real = np.asarray(dec_segments > 0)[..., None]
+  loss = lambda model: jax.jit(jax.value_and_grad(
+      lambda p: (model.apply(p, *args) * real * jnp.cos(jnp.arange(300))).sum()))
+  (got, got_grads), (want, want_grads) = loss(blocked)(params), loss(xla)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+  # Decoding: cross-attention over 192 encoded keys in blocks, the cached
+  # self-attention whole (its queries are one token).
+  def decode(model):
+    encoded = model.apply(params, args[0], args[2], method=T5.encode)
+    cache = init_cache(model.config, B, 8)
+    step = lambda t, c: model.apply(params, encoded, args[2], t, cache=c, method=T5.decode)
+    logits, cache = step(jnp.zeros((B, 1), jnp.int32), cache)
+    return step(jnp.argmax(logits, -1).astype(jnp.int32), cache)[0]
+  np.testing.assert_allclose(decode(blocked), decode(xla), rtol=1e-4, atol=1e-4)
+
+
+def test_t5_auto_blocks_long_inputs_and_no_layer_keeps_its_whole_scores():
+  import dataclasses
+  from flan_jax.models.t5 import T5
+  B, L = 2, 1024
+
+  def temp_bytes(implementation, encoder_layers):
+    model = T5(dataclasses.replace(_t5(implementation), num_encoder_layers=encoder_layers,
+                                   num_decoder_layers=1))
+    tokens, targets = (jax.ShapeDtypeStruct((B, n), jnp.int32) for n in (L, 64))
+    params = jax.eval_shape(model.init, jax.random.key(0), tokens, targets)
+    grads = jax.jit(jax.grad(lambda p, x, y: model.apply(p, x, y).sum()))
+    return grads.lower(params, tokens, targets).compile().memory_analysis().temp_size_in_bytes
+
+  # What one more encoder layer adds to a training step's memory: on XLA's path at
+  # least its [B, H, L, L] float32 scores (32 MiB) kept for the backward pass; on the
+  # blocked path ("auto" at 1,024 keys) its activations and a block's bias, 7 MiB.
+  scores = B * 4 * L * L * 4
+  xla, auto = (temp_bytes(name, 2) - temp_bytes(name, 1) for name in ("xla", "auto"))
+  assert xla > scores and auto < scores / 4, (xla, auto)

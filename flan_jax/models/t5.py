@@ -24,11 +24,16 @@ Decoding uses a functional cache (see `init_cache`) of the decoder self-attentio
 keys and values. The first cached `decode` call also projects `encoded` into each
 layer's cross-attention keys and values and keeps them in the cache ("cross"), so
 later steps attend to them without recomputing them from the encoding.
+
+Attention over many keys (from BLOCKED_FROM_KEYS on under "auto", e.g. long inputs)
+takes the blocked path: the stacks pass `BlockedMask` ids and the bias table instead
+of a whole mask and bias, and each block of keys gets its mask and its [1, H, Q,
+block] bias built from them, so no [B or 1, H, Q, K] array exists.
 """
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -37,6 +42,7 @@ import jax.numpy as jnp
 from flan_jax.models import layer_stack
 from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, xla_or_cudnn)
+from flan_jax.models.blocked_attention import block_size_for, blocked_attention
 from flan_jax.models.decoder import RMSNorm
 
 Cache = dict[str, Any]
@@ -72,7 +78,8 @@ class T5Config:
   param_dtype: str = "float32"
   scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
   remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
-  # "auto", "xla" or "cudnn" (see DecoderConfig; T5 has no "blocked" path yet)
+  # "auto", "xla", "cudnn" or "blocked" (see DecoderConfig; the paths that take no
+  # bias, "causal_blocks" and "splash", come to "xla" here)
   attention_implementation: str = "auto"
   # t5x's dropout: on the embeddings, the MLP's hidden units, each sub-layer's output
   # before it joins the residual stream, and each stack's output; only while training
@@ -89,8 +96,6 @@ class T5Config:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
     layer_stack.check_remat_policy(self.remat_policy)
     check_attention_implementation(self.attention_implementation)
-    if self.attention_implementation == "blocked":
-      raise ValueError("T5 has no blocked attention yet: use 'auto', 'xla' or 'cudnn'.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
 
@@ -152,9 +157,26 @@ def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_p
   return mask[:, None]
 
 
+class BlockedMask(NamedTuple):
+  """What the blocked path masks each block of keys by, in place of a whole mask: the
+  queries' and keys' segment ids and, for causal attention, their positions."""
+  q_segment_ids: jnp.ndarray
+  k_segment_ids: jnp.ndarray
+  q_positions: jnp.ndarray | None = None
+  k_positions: jnp.ndarray | None = None
+
+
+def _blocked(cfg: T5Config, num_keys: int) -> bool:
+  """Whether attention over `num_keys` keys takes the blocked path (a stack's choice)."""
+  return attention_implementation(cfg, num_keys) == "blocked"
+
+
 class Attention(nn.Module):
   """Multi-head attention of queries from x over keys/values from `source` (x itself or encoded)."""
   config: T5Config
+  # The buckets the blocked path computes each block's relative position bias in:
+  # bidirectional (the encoder) or causal (the decoder's self-attention).
+  bidirectional: bool = True
 
   @nn.compact
   def __call__(self, x_BxQxE, source_BxKxE, mask, bias, layer_cache=None, cache_index=None,
@@ -185,14 +207,33 @@ class Attention(nn.Module):
           buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
       k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
     keys_values = {"k": k, "v": v}
-    # T5's stacks build its position bias whole, so its attention has no blocked path
-    # yet: "auto" takes cuDNN on NVIDIA GPUs in 16 bits, else XLA.
-    implementation = attention_implementation(cfg, k.shape[1])
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
-                                       mask=mask, scale=1.0,
-                                       implementation=xla_or_cudnn(implementation))
+    if isinstance(mask, BlockedMask):  # `bias` is then the relative position table, or None
+      out = self._blocked_attention(q, k, v, mask, bias)
+    else:  # a whole mask and bias: cuDNN (NVIDIA GPUs, 16 bits) or XLA
+      implementation = attention_implementation(cfg, k.shape[1])
+      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
+                                         mask=mask, scale=1.0,
+                                         implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), keys_values
+
+  def _blocked_attention(self, q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask: BlockedMask, table_NxH):
+    """Attention a block of keys at a time: each block's mask from the ids, its bias
+    from the table at the rows' indices (as `_row_indices`: one bias for every row)."""
+    cfg = self.config
+    num_queries = q_BxQxHxD.shape[1]
+    keys = lambda ids, start, size: (
+        None if ids is None else jax.lax.dynamic_slice_in_dim(ids, start, size, axis=1))
+    mask_fn = lambda start, size: segment_mask(
+        mask.q_segment_ids, keys(mask.k_segment_ids, start, size), mask.q_positions,
+        keys(mask.k_positions, start, size))
+    bias_fn = None
+    if table_NxH is not None:
+      bias_fn = lambda start, size: position_bias(
+          table_NxH, jnp.arange(num_queries)[None, :], start + jnp.arange(size)[None, :],
+          self.bidirectional, cfg)
+    return blocked_attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask_fn=mask_fn, bias_fn=bias_fn,
+                             scale=1.0, block_size=block_size_for(k_BxKxHxD.shape[1]))
 
 
 class MLP(nn.Module):
@@ -246,7 +287,7 @@ class DecoderBlock(nn.Module):
       self_cache = {"k": layer_cache["k"], "v": layer_cache["v"]}
       memory = layer_cache.get("cross")  # None on the first cached step: projected below
     normed = _norm(cfg, "self_attention_norm")(x)
-    attended, self_cache = Attention(cfg, name="self_attention")(
+    attended, self_cache = Attention(cfg, bidirectional=False, name="self_attention")(
         normed, normed, self_mask, self_bias, self_cache, cache_index)
     x = x + _dropout(self, attended)
     attended, memory = Attention(cfg, name="cross_attention")(
@@ -282,8 +323,12 @@ class EncoderStack(nn.Module):
   @nn.compact
   def __call__(self, x, segment_ids_BxL, positions_BxL):
     cfg = self.config
-    bias = position_bias(_relpos_table(self, cfg), *_row_indices(x), True, cfg)
-    mask = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    table = _relpos_table(self, cfg)
+    if _blocked(cfg, x.shape[1]):
+      mask, bias = BlockedMask(segment_ids_BxL, segment_ids_BxL), table
+    else:
+      bias = position_bias(table, *_row_indices(x), True, cfg)
+      mask = segment_mask(segment_ids_BxL, segment_ids_BxL)
     x, _ = layer_stack.apply_layers(
         EncoderBlock, cfg, x, (mask, bias), None, num_layers=cfg.num_encoder_layers,
         scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
@@ -298,7 +343,10 @@ class DecoderStack(nn.Module):
   def __call__(self, x, encoded, encoder_segment_ids, segment_ids, positions, cache):
     cfg = self.config
     table = _relpos_table(self, cfg)
-    if cache is None:
+    if cache is None and _blocked(cfg, x.shape[1]):
+      per_layer, cache_index = None, None
+      self_mask, self_bias = BlockedMask(segment_ids, segment_ids, positions, positions), table
+    elif cache is None:
       per_layer, cache_index = None, None
       self_mask = segment_mask(segment_ids, segment_ids, positions, positions)
       self_bias = position_bias(table, *_row_indices(x), False, cfg)
@@ -310,7 +358,8 @@ class DecoderStack(nn.Module):
       slots = jnp.arange(length)[None, :]
       self_mask = (slots[:, None, :] <= positions[:, :, None])[:, None]
       self_bias = position_bias(table, positions, slots, False, cfg)
-    cross_mask = segment_mask(segment_ids, encoder_segment_ids)
+    cross_mask = (BlockedMask if _blocked(cfg, encoded.shape[1]) else segment_mask)(
+        segment_ids, encoder_segment_ids)
     x, per_layer = layer_stack.apply_layers(
         DecoderBlock, cfg, x, (encoded, self_mask, self_bias, cross_mask, cache_index), per_layer,
         num_layers=cfg.num_decoder_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
