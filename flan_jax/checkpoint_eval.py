@@ -126,7 +126,8 @@ def evaluate_checkpoint(
   model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
                                     evaluation.batch_size,
                                     placement=placement.sharded_rows(mesh_lib.batch_sharding(mesh)))
-  results = evaluator.evaluate(tasks, model, evaluation)
+  with mesh_lib.on_mesh(mesh):
+    results = evaluator.evaluate(tasks, model, evaluation)
   groups = eval_groups([t.name for t in tasks])
   results.update(evaluator.group_means(results, groups))
   report = {"results": results, "groups": groups}

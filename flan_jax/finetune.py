@@ -221,7 +221,8 @@ def _finetune(
   def evaluate(params) -> dict[str, float]:
     model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,
                                       evaluation.batch_size, placement=rows)
-    results = evaluator.evaluate(eval_tasks, model, evaluation)
+    with mesh_lib.on_mesh(mesh):
+      results = evaluator.evaluate(eval_tasks, model, evaluation)
     return {**results, **evaluator.group_means(results, groups)}
 
   if jax.process_index() == 0 and truncation_sample:

@@ -63,7 +63,8 @@ def test_auto_takes_splash_on_tpus_for_self_attention_without_a_cache(monkeypatc
 # over tensor; the decoder's logits and gradients on the splash path, run per shard,
 # equal XLA's attention on the same mesh.
 SHARDED = r"""
-import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+import jax, jax.numpy as jnp, numpy as np
+from flan_jax.models.attention_mask import attention_implementation
 from flan_jax.models.decoder import Decoder
 from flan_jax.training import mesh as mesh_lib
 from test_blocked_attention import _decoder, _packed_ids
@@ -72,12 +73,15 @@ B, L = 4, 256
 segments, positions, prefix = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
 tokens = jnp.asarray(rng.integers(1, 300, (B, L)), jnp.int32) * (segments > 0)
 real = np.asarray(segments > 0)[..., None]
+splash_config = _decoder("splash", num_heads=4, num_kv_heads=2)
+# Over four devices a kernel XLA cannot split needs the mesh set to run per shard.
+assert attention_implementation(splash_config, L, self_attention=True) == "xla"
 mesh = mesh_lib.make_mesh((2, 1, 2))
-with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+with mesh_lib.on_mesh(mesh):
+  assert attention_implementation(splash_config, L, self_attention=True) == "splash"
   rows = mesh_lib.batch_sharding(mesh)
   ids = [jax.device_put(x, rows) for x in (tokens, positions, segments, prefix)]
-  xla, splash = Decoder(_decoder("xla", num_heads=4, num_kv_heads=2)), Decoder(
-      _decoder("splash", num_heads=4, num_kv_heads=2))
+  xla, splash = Decoder(_decoder("xla", num_heads=4, num_kv_heads=2)), Decoder(splash_config)
   params = jax.jit(xla.init)(jax.random.key(0), *ids)
   def run(model):
     loss = lambda p: (model.apply(p, *ids)[0] * real).sum() / 1000

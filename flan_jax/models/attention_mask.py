@@ -22,7 +22,7 @@ A model config's `attention_implementation` says how attention runs:
   without a cache (training, scoring, a prompt's prefill is cached); elsewhere "xla";
 - "splash": Pallas's splash-attention kernel (`pallas_attention`), compiled for TPUs,
   interpreted elsewhere (slowly: for tests). Only for a row's self-attention without
-  a cache; elsewhere "xla";
+  a cache, on one device or under a set mesh; elsewhere "xla";
 - "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits; splash on TPUs
   for self-attention without a cache; else "blocked" from BLOCKED_FROM_KEYS keys on
   (where the scores would be large); else on a CPU "causal_blocks" for causal rows
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax.models.blocked_attention import block_size_for, causal_block_size_for
-from flan_jax.models.pallas_attention import splash_block_size_for
+from flan_jax.models.pallas_attention import splash_block_size_for, splash_placeable
 
 
 def make_attention_mask(
@@ -79,7 +79,8 @@ def attention_implementation(config, num_keys: int, *, self_attention: bool = Fa
     backend = jax.default_backend()
     if backend == "gpu" and sixteen_bit:
       choice = "cudnn"
-    elif backend == "tpu" and self_attention and splash_block_size_for(num_keys):
+    elif (backend == "tpu" and self_attention and splash_block_size_for(num_keys)
+          and splash_placeable()):
       choice = "splash"
     elif num_keys >= BLOCKED_FROM_KEYS:
       choice = "blocked"
@@ -91,8 +92,9 @@ def attention_implementation(config, num_keys: int, *, self_attention: bool = Fa
     return "xla"  # no block of 64+ keys divides them: small or odd lengths
   if choice == "causal_blocks" and not (causal and causal_block_size_for(num_keys)):
     return "xla"  # a prefix-LM, a cache, or no block divides the length: same result
-  if choice == "splash" and not (self_attention and splash_block_size_for(num_keys)):
-    return "xla"  # a cache, a bias, or no block of 128+ divides the length: same result
+  if choice == "splash" and not (self_attention and splash_block_size_for(num_keys)
+                                 and splash_placeable()):
+    return "xla"  # a cache, a bias, no block of 128+ divides the length, or no mesh set
   return choice
 
 

@@ -16,7 +16,7 @@ per head, so what varies per row goes in as segment ids:
   costs one and a half times a full mask's score blocks (the causal call skips half).
 
 Under a mesh the kernel runs per shard (`jax.shard_map`): a Pallas call has no rule
-for XLA to partition it by. Rows split over the batch axes and heads over the tensor
+for XLA to partition it by, so over several devices it needs the mesh set. Rows split over the batch axes and heads over the tensor
 axis, as the model's logical axis rules place them; a row's length is never split.
 Off TPUs the kernel is interpreted, which is slow and meant for tests.
 """
@@ -35,6 +35,13 @@ SPLASH_BLOCK_SIZES = (512, 256, 128)
 def splash_block_size_for(num_keys: int) -> int | None:
   """The largest of SPLASH_BLOCK_SIZES dividing the length (None: none does)."""
   return next((size for size in SPLASH_BLOCK_SIZES if num_keys % size == 0), None)
+
+
+def splash_placeable() -> bool:
+  """Whether the kernel can run here: on the only device, or per shard of the mesh a
+  trace runs under (`jax.set_mesh`; training and evaluation set it). Over several
+  devices without one, XLA could not split the kernel's work between them."""
+  return jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
 
 
 @functools.lru_cache(maxsize=None)

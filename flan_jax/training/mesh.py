@@ -13,9 +13,11 @@ the slices, and each mesh axis spans ici x dcn devices. Put data parallelism on 
 the slow network once per step, while fsdp and tensor traffic stays on the fast one.
 """
 
+import contextlib
 import math
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -39,6 +41,15 @@ LOGICAL_AXIS_RULES = (
     ("relpos_buckets", None),  # T5's relative position bias table
 )
 
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh):
+  """Traces inside place the model on `mesh`: its logical axis names resolve by
+  LOGICAL_AXIS_RULES, and kernels XLA cannot partition (splash attention) run per
+  shard. Training's step and initialisation run in it, and so does evaluation."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    yield
 
 def _resolve(shape: Sequence[int], count: int, what: str) -> tuple[int, ...]:
   """`shape` with its -1 (if any) filled so that the axes multiply to `count`."""

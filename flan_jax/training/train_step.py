@@ -98,7 +98,7 @@ def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, 
   shardings = param_shardings(model, mesh, lengths)
   if params is not None:
     return jax.device_put(params, shardings)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+  with mesh_lib.on_mesh(mesh):
     return jax.jit(lambda rng: init_params(model, rng, lengths),
                    out_shardings=shardings)(jax.random.key(seed))
 
@@ -127,7 +127,7 @@ def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation
                      lengths: Lengths, seed: int, params=None) -> tuple[TrainState, TrainState]:
   """A step-0 state in its sharded layout (random, or from `params`), and its shardings."""
   shardings = state_shardings(model, optimizer, mesh, lengths)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+  with mesh_lib.on_mesh(mesh):
     if params is None:
       init = _state_initializer(model, optimizer, lengths)
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
@@ -220,7 +220,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
                    out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
 
   def run(state, batch):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+    with mesh_lib.on_mesh(mesh):
       return jitted(state, batch)
 
   run.jitted = jitted  # to lower and compile without running (benchmarks/memory_fit)
