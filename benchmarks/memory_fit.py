@@ -97,7 +97,6 @@ def use_simulated_devices(count: int) -> None:
 
 def measure(args: argparse.Namespace) -> dict:
   """Compiles the train step for `args` and returns XLA's per-device memory accounting."""
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
@@ -132,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
   # whose shardings and donation of the state are the ones training uses; lower that.
   jitted = step.jitted
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+  with mesh_lib.on_mesh(mesh):
     lowered = jitted.lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start

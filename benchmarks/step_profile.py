@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +93,7 @@ def operation_shapes(hlo: str) -> dict[str, str]:
   return {m.group(1): m.group(2) for m in pattern.finditer(hlo)}
 
 
-def operation_times(trace: dict, steps: int, operations) -> dict[str, tuple[float, int]]:
+def operation_times(trace: dict, steps: int, operations) -> dict[str, tuple[float, float]]:
   """Each compiled operation's name -> (milliseconds per step, runs per step). Events
   named after no instruction in `operations` (the executor's own spans, Python frames,
   thread-pool waits) are left out."""
@@ -102,17 +103,17 @@ def operation_times(trace: dict, steps: int, operations) -> dict[str, tuple[floa
       continue
     totals[event["name"]][0] += event["dur"] / 1e3 / steps  # microseconds in the trace
     totals[event["name"]][1] += 1
-  return {name: (ms, runs // steps) for name, (ms, runs) in totals.items()}
+  return {name: (ms, round(runs / steps, 2)) for name, (ms, runs) in totals.items()}
 
 
-def group(times: dict[str, tuple[float, int]]) -> list[dict]:
+def group(times: dict[str, tuple[float, float]]) -> list[dict]:
   """Operations grouped by name without their number, slowest group first."""
   groups: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
   for name, (ms, runs) in times.items():
     kind = re.sub(r"\.\d+$", "", name)
     groups[kind][0] += ms
     groups[kind][1] += runs
-  rows = [{"kind": kind, "ms_per_step": round(ms, 2), "per_step": runs}
+  rows = [{"kind": kind, "ms_per_step": round(ms, 2), "per_step": round(runs, 2)}
           for kind, (ms, runs) in groups.items()]
   return sorted(rows, key=lambda row: -row["ms_per_step"])
 
@@ -135,6 +136,16 @@ def profile(run, sync, steps: int) -> tuple[dict, float]:
       return json.load(f), seconds
 
 
+def _commit() -> str | None:
+  """The checkout's commit, for the record (None outside a git checkout)."""
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)),
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
 def main(argv=None) -> None:
   import jax
   args = parse_args(argv)
@@ -148,15 +159,17 @@ def main(argv=None) -> None:
   slowest = sorted(times.items(), key=lambda item: -item[1][0])[:args.top]
   result = {
       "model": args.model, "batch": args.batch, "length": args.length,
-      "backend": jax.default_backend(), "step_ms": round(seconds * 1e3, 1),
+      "backend": jax.default_backend(),
+      # Wall time under the profiler, which slows a step (train_throughput times it bare).
+      "step_ms": round(seconds * 1e3, 1),
       "groups": group(times),
       "slowest": [{"name": name, "shape": shapes[name], "ms_per_step": round(ms, 2)}
                   for name, (ms, _) in slowest],
-      "jax": jax.__version__, "date": datetime.date.today().isoformat(),
+      "jax": jax.__version__, "commit": _commit(), "date": datetime.date.today().isoformat(),
       "command": "python -m benchmarks.step_profile " + " ".join(args.argv),
   }
   for row in result["groups"][:20]:
-    print(f"{row['ms_per_step']:9.1f} ms/step {row['per_step']:5d}x  {row['kind']}")
+    print(f"{row['ms_per_step']:9.1f} ms/step {row['per_step']:7g}x  {row['kind']}")
   for row in result["slowest"]:
     print(f"{row['ms_per_step']:9.1f} ms/step  {row['name']}  {row['shape']}")
   output = args.output or os.path.join(

@@ -9,21 +9,7 @@ import pytest
 from flan_jax.models.attention_mask import make_attention_mask
 from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
                                               causal_block_attention)
-
-
-def _packed_ids(rows, length, rng):
-  """Segment ids, positions restarting per segment, prefix flags; padding at the end."""
-  segments, positions, prefix = (np.zeros((rows, length), np.int32) for _ in range(3))
-  for row in range(rows):
-    start, segment = 0, 1
-    while start < length - 8:
-      size = int(rng.integers(8, length // 2))
-      end = min(start + size, length - 4)
-      segments[row, start:end] = segment
-      positions[row, start:end] = np.arange(end - start)
-      prefix[row, start:start + (end - start) // 2] = 1
-      start, segment = end, segment + 1
-  return segments, positions, prefix
+from tiny import attention_decoder, packed_ids
 
 
 @pytest.mark.parametrize("heads, kv_heads, with_bias", [(4, 2, False), (4, 4, True)])
@@ -33,7 +19,7 @@ def test_blocked_attention_equals_the_xla_path_in_values_and_gradients(heads, kv
   q = jnp.asarray(rng.normal(size=(B, L, heads, D)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(B, L, kv_heads, D)), jnp.float32)
   v = jnp.asarray(rng.normal(size=(B, L, kv_heads, D)), jnp.float32)
-  ids = [jnp.asarray(x) for x in _packed_ids(B, L, rng)]
+  ids = [jnp.asarray(x) for x in packed_ids(B, L, rng)]
   bias = jnp.asarray(rng.normal(size=(1, heads, L, L)), jnp.float32) if with_bias else None
   full_mask = make_attention_mask(*ids, *ids)
 
@@ -59,20 +45,13 @@ def test_block_sizes_divide_the_keys():
   assert block_size_for(640) == 128 and block_size_for(100) is None
 
 
-def _decoder(implementation, **overrides):
-  from flan_jax.models.decoder import DecoderConfig
-  settings = dict(vocab_size=300, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
-                  head_dim=8, mlp_dim=64)
-  return DecoderConfig(**{**settings, **overrides}, attention_implementation=implementation)
-
-
 def test_the_decoder_on_the_blocked_path_equals_the_xla_path_packed_and_cached():
   from flan_jax.models.decoder import Decoder, init_cache
   rng = np.random.default_rng(1)
   B, L = 2, 1024  # four blocks of 256 keys
-  segments, positions, prefix = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  segments, positions, prefix = (jnp.asarray(x) for x in packed_ids(B, L, rng))
   tokens = jnp.asarray(rng.integers(1, 300, (B, L)), jnp.int32) * (segments > 0)
-  xla, blocked = Decoder(_decoder("xla")), Decoder(_decoder("blocked"))
+  xla, blocked = Decoder(attention_decoder("xla")), Decoder(attention_decoder("blocked"))
   params = jax.jit(xla.init)(jax.random.key(0), tokens, positions, segments, prefix)
   run = lambda model: jax.jit(lambda p: model.apply(p, tokens, positions, segments, prefix)[0])
   np.testing.assert_allclose(run(blocked)(params), run(xla)(params), rtol=1e-4, atol=1e-4)
@@ -96,11 +75,12 @@ def test_auto_takes_the_blocked_path_for_long_rows_on_cpu_and_it_holds_no_whole_
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import train_step as step_lib
   from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
-  assert attention_implementation(_decoder("auto"), 2048) == "blocked"
-  assert attention_implementation(_decoder("auto"), 128) == "xla"
+  assert attention_implementation(attention_decoder("auto"), 2048) == "blocked"
+  assert attention_implementation(attention_decoder("auto"), 128) == "xla"
 
   def temp_bytes(implementation):
-    network = DecoderOnly(_decoder(implementation, num_heads=8, num_kv_heads=8, head_dim=4))
+    config = attention_decoder(implementation, num_heads=8, num_kv_heads=8, head_dim=4)
+    network = DecoderOnly(config)
     lengths = {"inputs": 1024, "targets": 1024}
     optimizer = make_optimizer(OptimizerConfig(warmup_steps=0), 10)
     mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -126,7 +106,7 @@ def test_causal_blocks_equal_the_xla_path_on_causal_packed_rows_in_values_and_gr
   B, L, D = 2, 256, 16
   q, k, v = (jnp.asarray(rng.normal(size=(B, L, h, D)), jnp.float32)
              for h in (heads, kv_heads, kv_heads))
-  segments, positions, _ = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  segments, positions, _ = (jnp.asarray(x) for x in packed_ids(B, L, rng))
   causal = jnp.zeros_like(segments)  # no prefix: every row causal
   mask = make_attention_mask(segments, positions, causal, segments, positions, causal)
   reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, scale=0.3)
@@ -146,23 +126,23 @@ def test_causal_blocks_equal_the_xla_path_on_causal_packed_rows_in_values_and_gr
 def test_auto_skips_causally_masked_blocks_on_cpu_only_for_causal_rows_without_a_cache():
   from flan_jax.models.attention_mask import attention_implementation
   from flan_jax.models.decoder import Decoder
-  causal = _decoder("auto", prefix_lm=False)
+  causal = attention_decoder("auto", prefix_lm=False)
   rows = dict(self_attention=True, causal=True)
   assert attention_implementation(causal, 512, **rows) == "causal_blocks"
   assert attention_implementation(causal, 512, self_attention=True) == "xla"  # a prefix-LM
   assert attention_implementation(causal, 512, causal=True) == "xla"  # a cache
   assert attention_implementation(causal, 128, **rows) == "xla"
   assert attention_implementation(causal, 2048, **rows) == "blocked"
-  assert attention_implementation(_decoder("causal_blocks"), 100, **rows) == "xla"
+  assert attention_implementation(attention_decoder("causal_blocks"), 100, **rows) == "xla"
   # The decoder: the same logits for every token of an example, as a causal model and
   # as a prefix-LM (whose rows cannot skip, and take the XLA path).
   rng = np.random.default_rng(3)
   B, L = 2, 512
-  segments, positions, prefix = (jnp.asarray(x) for x in _packed_ids(B, L, rng))
+  segments, positions, prefix = (jnp.asarray(x) for x in packed_ids(B, L, rng))
   tokens = jnp.asarray(rng.integers(1, 300, (B, L)), jnp.int32) * (segments > 0)
   real = np.asarray(segments > 0)[..., None]
   for prefix_lm in (False, True):
-    xla, auto = (Decoder(_decoder(name, prefix_lm=prefix_lm)) for name in ("xla", "auto"))
+    xla, auto = (Decoder(attention_decoder(name, prefix_lm=prefix_lm)) for name in ("xla", "auto"))
     params = jax.jit(xla.init)(jax.random.key(0), tokens, positions, segments, prefix)
     run = lambda model: jax.jit(lambda p: model.apply(p, tokens, positions, segments,
                                                       prefix)[0])(params)
@@ -182,7 +162,7 @@ def test_t5_on_the_blocked_path_equals_the_xla_path_packed_in_values_gradients_a
   from flan_jax.models.t5 import T5, init_cache
   rng = np.random.default_rng(5)
   B, L = 2, 192
-  ids = [_packed_ids(B, L, rng) for _ in range(2)]
+  ids = [packed_ids(B, L, rng) for _ in range(2)]
   (enc_segments, enc_positions, _), (dec_segments, dec_positions, _) = ids
   dec_segments = np.minimum(dec_segments, enc_segments.max(axis=1, keepdims=True))
   dec_segments = np.where(dec_segments[:, :1] == 0, 1, dec_segments)
@@ -199,8 +179,7 @@ def test_t5_on_the_blocked_path_equals_the_xla_path_packed_in_values_gradients_a
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
-  # Decoding: cross-attention over 192 encoded keys in blocks, the cached
-  # self-attention whole (its queries are one token).
+  # Cached decoding (one query a step) keeps whole masks on the blocked config too.
   def decode(model):
     encoded = model.apply(params, args[0], args[2], method=T5.encode)
     cache = init_cache(model.config, B, 8)

@@ -22,11 +22,18 @@ A model config's `attention_implementation` says how attention runs:
   without a cache (training, scoring, a prompt's prefill is cached); elsewhere "xla";
 - "splash": Pallas's splash-attention kernel (`pallas_attention`), compiled for TPUs,
   interpreted elsewhere (slowly: for tests). Only for a row's self-attention without
-  a cache, on one device or under a set mesh; elsewhere "xla";
+  a cache, on one device or under `training.mesh.on_mesh`; elsewhere "xla";
 - "auto" (the default): cuDNN on NVIDIA GPUs computing in 16 bits; splash on TPUs
   for self-attention without a cache; else "blocked" from BLOCKED_FROM_KEYS keys on
   (where the scores would be large); else on a CPU "causal_blocks" for causal rows
   from CAUSAL_BLOCKS_FROM_KEYS keys on; else "xla".
+
+"causal_blocks" and "splash" judge causality by buffer order instead of positions.
+The two agree on rows where, within each example, positions rise by one per token and
+the prompt comes before the answer, as every row `data.packing` builds (and the
+tests compare them there). Rows built any other way should name "xla" or "blocked".
+The splash path is also for decoder-only models: T5's attention takes a bias, so on
+TPUs it runs blocked from BLOCKED_FROM_KEYS keys on (fitting in memory before speed).
 """
 
 import jax

@@ -144,8 +144,8 @@ def rope_tables(positions_BxL: jnp.ndarray, inv_freq: np.ndarray):
 def apply_rope(x_BxLxHxD, cos, sin):
   """Rotates each pair (x[i], x[i + head_dim / 2]) by its angle: Hugging Face's
   rotate-half layout, x * cos + rotate_half(x) * sin, computed on the two halves.
-  Building rotate_half(x) whole costs XLA pads in both passes (6% of a CPU train step
-  at 8 x 512); the halves give the same numbers without them."""
+  The same formula as building rotate_half(x) whole (equal up to XLA's rounding), with
+  fewer pads and concatenations: a decoder_10m CPU train step ran 7-12% faster."""
   half = x_BxLxHxD.shape[-1] // 2
   first = x_BxLxHxD[..., :half].astype(jnp.float32)
   second = x_BxLxHxD[..., half:].astype(jnp.float32)

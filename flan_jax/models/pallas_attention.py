@@ -16,9 +16,10 @@ per head, so what varies per row goes in as segment ids:
   costs one and a half times a full mask's score blocks (the causal call skips half).
 
 Under a mesh the kernel runs per shard (`jax.shard_map`): a Pallas call has no rule
-for XLA to partition it by, so over several devices it needs the mesh set. Rows split over the batch axes and heads over the tensor
-axis, as the model's logical axis rules place them; a row's length is never split.
-Off TPUs the kernel is interpreted, which is slow and meant for tests.
+for XLA to partition it by, so over several devices it needs the mesh and the logical
+axis rules set (`training.mesh.on_mesh`). Rows split over the batch axes and heads over
+the tensor axis, as those rules place them; a row's length is never split. Off TPUs
+the kernel is interpreted, which is slow and meant for tests.
 """
 
 import functools
@@ -39,9 +40,14 @@ def splash_block_size_for(num_keys: int) -> int | None:
 
 def splash_placeable() -> bool:
   """Whether the kernel can run here: on the only device, or per shard of the mesh a
-  trace runs under (`jax.set_mesh`; training and evaluation set it). Over several
-  devices without one, XLA could not split the kernel's work between them."""
-  return jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
+  trace runs under with logical axis rules that place its rows (`training.mesh.on_mesh`;
+  training and evaluation run in it). Over several devices without them, XLA could not
+  split the kernel's work, and every device would compute every row."""
+  if jax.device_count() == 1:
+    return True
+  if jax.sharding.get_abstract_mesh().empty:
+    return False
+  return any(nn.logical_to_mesh_axes(("batch",)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,20 +96,22 @@ def splash_attention(q_BxLxHxD, k_BxLxGxD, v_BxLxGxD, segment_ids_BxL, prefix_Bx
     raise ValueError(f"splash attention needs a row's own {length} keys in blocks of "
                      f"{SPLASH_BLOCK_SIZES[-1]}; got {k_BxLxGxD.shape[1]} keys.")
   heads_first = lambda x: jnp.swapaxes(x, 1, 2).astype(q_BxLxHxD.dtype)
-  args = (heads_first(q_BxLxHxD * scale), heads_first(k_BxLxGxD), heads_first(v_BxLxGxD),
-          segment_ids_BxL.astype(jnp.int32))
-  if prefix_BxL is not None:
-    args += (prefix_BxL.astype(jnp.int32),)
-  attend = lambda *a: _attend(*a, *(None,) * (5 - len(a)))
+  q, k, v = heads_first(q_BxLxHxD * scale), heads_first(k_BxLxGxD), heads_first(v_BxLxGxD)
+  segment_ids = segment_ids_BxL.astype(jnp.int32)
+  if prefix_BxL is None:
+    attend, ids = (lambda q, k, v, segments: _attend(q, k, v, segments, None)), (segment_ids,)
+  else:
+    attend, ids = _attend, (segment_ids, prefix_BxL.astype(jnp.int32))
 
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    out = attend(*args)
-  else:
+    out = attend(q, k, v, *ids)
+  else:  # per shard: rows over the batch axes, heads over the tensor axis
     to_mesh = lambda *axes: nn.logical_to_mesh_axes(axes)
-    heads, kv_heads = to_mesh("batch", "heads", None, None), to_mesh("batch", "kv_heads", None, None)
+    heads = to_mesh("batch", "heads", None, None)
+    kv_heads = to_mesh("batch", "kv_heads", None, None)
     rows = to_mesh("batch", None)
-    specs = (heads, kv_heads, kv_heads, rows, rows)[:len(args)]
-    out = jax.shard_map(attend, mesh=mesh, in_specs=specs, out_specs=heads,
-                        check_vma=False)(*args)
+    in_specs = (heads, kv_heads, kv_heads) + (rows,) * len(ids)
+    out = jax.shard_map(attend, mesh=mesh, in_specs=in_specs, out_specs=heads,
+                        check_vma=False)(q, k, v, *ids)
   return jnp.swapaxes(out, 1, 2)

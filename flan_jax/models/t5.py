@@ -26,9 +26,9 @@ layer's cross-attention keys and values and keeps them in the cache ("cross"), s
 later steps attend to them without recomputing them from the encoding.
 
 Attention over many keys (from BLOCKED_FROM_KEYS on under "auto", e.g. long inputs)
-takes the blocked path: the stacks pass `BlockedMask` ids and the bias table instead
-of a whole mask and bias, and each block of keys gets its mask and its [1, H, Q,
-block] bias built from them, so no [B or 1, H, Q, K] array exists.
+takes the blocked path outside cached decoding: the stacks pass `BlockedMask` ids and
+the bias table instead of a whole mask and bias, and each block of keys gets its mask
+and its [1, H, Q, block] bias built from them, so no [B or 1, H, Q, K] array exists.
 """
 
 import dataclasses
@@ -358,8 +358,11 @@ class DecoderStack(nn.Module):
       slots = jnp.arange(length)[None, :]
       self_mask = (slots[:, None, :] <= positions[:, :, None])[:, None]
       self_bias = position_bias(table, positions, slots, False, cfg)
-    cross_mask = (BlockedMask if _blocked(cfg, encoded.shape[1]) else segment_mask)(
-        segment_ids, encoder_segment_ids)
+    # Cached decoding reads one query a step: its scores are small, and a scan over
+    # blocks per layer and token would only slow it.
+    blocked_cross = cache is None and _blocked(cfg, encoded.shape[1])
+    cross_mask = (BlockedMask if blocked_cross else segment_mask)(segment_ids,
+                                                                   encoder_segment_ids)
     x, per_layer = layer_stack.apply_layers(
         DecoderBlock, cfg, x, (encoded, self_mask, self_bias, cross_mask, cache_index), per_layer,
         num_layers=cfg.num_decoder_layers, scan=cfg.scan_layers, remat_policy=cfg.remat_policy)

@@ -42,7 +42,6 @@ LOGICAL_AXIS_RULES = (
 )
 
 
-
 @contextlib.contextmanager
 def on_mesh(mesh: Mesh):
   """Traces inside place the model on `mesh`: its logical axis names resolve by
@@ -50,6 +49,7 @@ def on_mesh(mesh: Mesh):
   shard. Training's step and initialisation run in it, and so does evaluation."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
     yield
+
 
 def _resolve(shape: Sequence[int], count: int, what: str) -> tuple[int, ...]:
   """`shape` with its -1 (if any) filled so that the axes multiply to `count`."""
