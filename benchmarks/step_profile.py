@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--top", type=int, default=15, help="single operations listed")
   parser.add_argument("--attention", default="default")
   parser.add_argument("--loss_chunk_length", type=int, default=512)
+  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", default=None,
                       help="JSON file (default benchmarks/results/step_profile_<model>_<backend>"
                            ".json); 'none' writes nothing")
@@ -51,38 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_step(args: argparse.Namespace):
-  """(run one step, wait for it, compiled HLO text) for flan_jax's train step."""
+  """(run one step, wait for it, compiled HLO text) for flan_jax's train step, built as
+  `train_throughput` builds it, on jax's default backend in float32."""
   import jax
 
-  from flan_jax.models.families import DecoderOnly, EncoderDecoder
   from flan_jax.training import mesh as mesh_lib
-  from flan_jax.training import optimizer as optimizer_lib
-  from flan_jax.training import train_step as step_lib
-
-  config = throughput.model_config(args, "float32")
-  if throughput.is_t5(args.model):
-    batch, _ = throughput.synthetic_t5_batch(args.batch, args.length, args.targets_length,
-                                             config.vocab_size)
-    model, lengths = EncoderDecoder(config), {"inputs": args.length,
-                                              "targets": args.targets_length}
-  else:
-    batch, _ = throughput.synthetic_batch(args.batch, args.length, config.vocab_size)
-    model, lengths = DecoderOnly(config), {"inputs": 0, "targets": args.length}
-  mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
-  optimizer = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
-      learning_rate=throughput.LEARNING_RATE, warmup_steps=0, schedule="constant",
-      b1=throughput.BETAS[0], b2=throughput.BETAS[1], weight_decay=throughput.WEIGHT_DECAY,
-      grad_clip_norm=throughput.CLIP_NORM), total_steps=1000)
-  state, shardings = step_lib.init_train_state(model, optimizer, mesh, lengths, 0)
-  step = step_lib.make_train_step(model, optimizer, mesh, shardings, z_loss=0.0,
-                                  loss_chunk_length=args.loss_chunk_length)
-  batch = step_lib.global_batch(batch, mesh)
-  with mesh_lib.on_mesh(mesh):
-    compiled = step.jitted.lower(state, batch).compile()
-  holder = {"state": state}
+  flan = throughput.flan_trainer(args, "default", "float32")
+  with mesh_lib.on_mesh(flan.mesh):
+    compiled = flan.train_step.jitted.lower(flan.state, flan.batch).compile()
+  holder = {"state": flan.state}
 
   def run():  # the very executable whose HLO names the profiler's events
-    holder["state"], _ = compiled(holder["state"], batch)
+    holder["state"], _ = compiled(holder["state"], flan.batch)
 
   return run, lambda: jax.block_until_ready(holder["state"]), compiled.as_text()
 

@@ -239,20 +239,30 @@ class Contestants:
   flan_setup_s: float
 
 
-def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
-  import jax
-  import torch
-  import transformers
+@dataclasses.dataclass
+class FlanTrainer:
+  """flan_jax's side: its train step on one device, a fresh state and the batch."""
+  config: object
+  train_step: Callable  # `make_train_step`'s: (state, batch) -> (state, metrics); .jitted
+  state: object
+  batch: dict
+  mesh: object
+  hf_inputs: dict  # the same batch as transformers takes it
+  setup_s: float  # the state's initialisation
 
-  from flan_jax.models import hf_llama, hf_t5
+
+def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrainer:
+  """flan_jax's train step for `args` (model, batch, length, seed, loss chunking) on
+  `device` ("cpu", else jax's default backend), with the optimizer both sides share."""
+  import jax
+
   from flan_jax.models.families import DecoderOnly, EncoderDecoder
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import optimizer as optimizer_lib
   from flan_jax.training import train_step as step_lib
 
-  t5 = is_t5(args.model)
   config = model_config(args, dtype)
-  if t5:
+  if is_t5(args.model):
     flan_batch, hf_inputs = synthetic_t5_batch(args.batch, args.length, args.targets_length,
                                                config.vocab_size, args.seed)
     model = EncoderDecoder(config)
@@ -263,23 +273,36 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
     model = DecoderOnly(config)
     lengths = {"inputs": 0, "targets": args.length}  # one decoder row of args.length
   mesh = mesh_lib.make_mesh(devices=[jax_device(device)])  # one device, as torch uses one
-  # Constant lr, no warmup: the same update rule as torch's AdamW below.
+  # Constant lr, no warmup: the same update rule as torch's AdamW in `build`.
   optimizer = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
       learning_rate=LEARNING_RATE, warmup_steps=0, schedule="constant", b1=BETAS[0],
       b2=BETAS[1], weight_decay=WEIGHT_DECAY, grad_clip_norm=CLIP_NORM), total_steps=1000)
   start = time.perf_counter()
   state, shardings = step_lib.init_train_state(model, optimizer, mesh, lengths, args.seed)
   jax.block_until_ready(state)
-  flan_setup_s = time.perf_counter() - start
-  params = jax.device_get(state.params)  # host copy: the state is donated by each step
+  setup_s = time.perf_counter() - start
   # z_loss=0: transformers' loss has none, and equal losses need equal objectives.
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, z_loss=0.0,
                                         loss_chunk_length=args.loss_chunk_length)
-  batch = step_lib.global_batch(flan_batch, mesh)
-  holder = {"state": state}
+  return FlanTrainer(config, train_step, state, step_lib.global_batch(flan_batch, mesh), mesh,
+                     hf_inputs, setup_s)
+
+
+def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
+  import jax
+  import torch
+  import transformers
+
+  from flan_jax.models import hf_llama, hf_t5
+
+  t5 = is_t5(args.model)
+  flan = flan_trainer(args, device, dtype)
+  config, hf_inputs, batch = flan.config, flan.hf_inputs, flan.batch
+  params = jax.device_get(flan.state.params)  # host copy: the state is donated by each step
+  holder = {"state": flan.state}
 
   def flan_step():
-    holder["state"], metrics = train_step(holder["state"], batch)
+    holder["state"], metrics = flan.train_step(holder["state"], batch)
     return metrics["loss"]
 
   flan_parameters = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
@@ -342,7 +365,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
       flan_sync=lambda: jax.block_until_ready(holder["state"]), torch_sync=torch_sync,
       flan_parameters=flan_parameters, hf_parameters=hf_parameters,
       matmul_parameters=matmuls, tokens_per_step=tokens_per_step, flops_per_step=flops_per_step,
-      flan_setup_s=flan_setup_s)
+      flan_setup_s=flan.setup_s)
 
 
 def matmul_parameters(params) -> dict[str, int]:

@@ -35,7 +35,8 @@ def test_a_tiny_train_step_is_profiled_into_its_compiled_operations(capsys):
   # The largest group is the first group line; then the 5 slowest operations, each
   # found in the step's compiled HLO with its shape.
   groups = [line.split() for line in lines[:-7]]
-  assert groups[0][-1] == top_kind and abs(float(groups[0][0]) - float(top_ms)) <= 0.05
+  # (the group line shows one decimal: 1.25 prints as 1.2)
+  assert groups[0][-1] == top_kind and abs(float(groups[0][0]) - float(top_ms)) <= 0.06
   for line in lines[-7:-2]:
     milliseconds, _, name, shape = line.split(maxsplit=3)
     assert float(milliseconds) >= 0 and re.fullmatch(r"\w+\[[\d,]*\]\S*|\(.*\)", shape), line

@@ -68,7 +68,7 @@ def _kernel(length: int, num_heads: int, causal: bool, interpret: bool):
                                   interpret=interpret)
 
 
-def _attend(q_BxHxLxD, k_BxGxLxD, v_BxGxLxD, segment_ids_BxL, prefix_BxL):
+def _attend(q_BxHxLxD, k_BxGxLxD, v_BxGxLxD, segment_ids_BxL, prefix_BxL=None):
   """Splash attention on one shard's rows, heads first; `prefix_BxL` None: causal rows."""
   from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
   _, H, L, _ = q_BxHxLxD.shape
@@ -97,21 +97,17 @@ def splash_attention(q_BxLxHxD, k_BxLxGxD, v_BxLxGxD, segment_ids_BxL, prefix_Bx
                      f"{SPLASH_BLOCK_SIZES[-1]}; got {k_BxLxGxD.shape[1]} keys.")
   heads_first = lambda x: jnp.swapaxes(x, 1, 2).astype(q_BxLxHxD.dtype)
   q, k, v = heads_first(q_BxLxHxD * scale), heads_first(k_BxLxGxD), heads_first(v_BxLxGxD)
-  segment_ids = segment_ids_BxL.astype(jnp.int32)
-  if prefix_BxL is None:
-    attend, ids = (lambda q, k, v, segments: _attend(q, k, v, segments, None)), (segment_ids,)
-  else:
-    attend, ids = _attend, (segment_ids, prefix_BxL.astype(jnp.int32))
+  ids = tuple(x.astype(jnp.int32) for x in (segment_ids_BxL, prefix_BxL) if x is not None)
 
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    out = attend(q, k, v, *ids)
+    out = _attend(q, k, v, *ids)
   else:  # per shard: rows over the batch axes, heads over the tensor axis
     to_mesh = lambda *axes: nn.logical_to_mesh_axes(axes)
     heads = to_mesh("batch", "heads", None, None)
     kv_heads = to_mesh("batch", "kv_heads", None, None)
     rows = to_mesh("batch", None)
     in_specs = (heads, kv_heads, kv_heads) + (rows,) * len(ids)
-    out = jax.shard_map(attend, mesh=mesh, in_specs=in_specs, out_specs=heads,
+    out = jax.shard_map(_attend, mesh=mesh, in_specs=in_specs, out_specs=heads,
                         check_vma=False)(q, k, v, *ids)
   return jnp.swapaxes(out, 1, 2)

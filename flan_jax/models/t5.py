@@ -343,13 +343,13 @@ class DecoderStack(nn.Module):
   def __call__(self, x, encoded, encoder_segment_ids, segment_ids, positions, cache):
     cfg = self.config
     table = _relpos_table(self, cfg)
-    if cache is None and _blocked(cfg, x.shape[1]):
+    if cache is None:
       per_layer, cache_index = None, None
-      self_mask, self_bias = BlockedMask(segment_ids, segment_ids, positions, positions), table
-    elif cache is None:
-      per_layer, cache_index = None, None
-      self_mask = segment_mask(segment_ids, segment_ids, positions, positions)
-      self_bias = position_bias(table, *_row_indices(x), False, cfg)
+      if _blocked(cfg, x.shape[1]):
+        self_mask, self_bias = BlockedMask(segment_ids, segment_ids, positions, positions), table
+      else:
+        self_mask = segment_mask(segment_ids, segment_ids, positions, positions)
+        self_bias = position_bias(table, *_row_indices(x), False, cfg)
     else:
       # Cache slot j holds the token at position j, so causality over slots also
       # hides the slots not yet written.
