@@ -317,3 +317,29 @@ def test_a_damaged_safetensors_file_is_one_error_naming_it(tmp_path):
   weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + b"\x00" * 64)
   with pytest.raises(UserError, match="model.safetensors is not a readable safetensors file"):
     hf_llama.load_hf_checkpoint(str(tmp_path))
+
+
+def test_rope_tables_equal_transformers_rotary_at_packed_positions_and_nan_outside():
+  """The lookup tables against transformers' own rotary embedding (llama3 scaling, so
+  every frequency regime is covered) at positions that restart per packed example;
+  positions outside the tables are NaN, never a silently clamped angle."""
+  from flan_jax.models import decoder as decoder_lib
+  kind = "llama3_scaled"
+  hf_model = make_hf_model(kind)
+  config = hf_llama.config_from_hf({**hf_model.config.to_dict(),
+                                    "architectures": ["LlamaForCausalLM"]})
+  positions = np.array([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7],
+                        [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 5, 11]])
+  cos, sin = decoder_lib.rope_tables(jax.numpy.asarray(positions),
+                                     decoder_lib.rope_frequencies(config), 12)
+  rotary = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(hf_model.config)
+  hf_cos, hf_sin = rotary(torch.zeros(1, dtype=torch.float32), torch.tensor(positions))
+  half = config.head_dim // 2
+  np.testing.assert_allclose(np.asarray(cos)[:, :, 0], hf_cos.numpy()[..., :half], atol=2e-6)
+  np.testing.assert_allclose(np.asarray(sin)[:, :, 0], hf_sin.numpy()[..., :half], atol=2e-6)
+
+  outside = jax.numpy.asarray([[0, 11, 12, -1]])
+  cos, sin = decoder_lib.rope_tables(outside, decoder_lib.rope_frequencies(config), 12)
+  finite = np.isfinite(np.asarray(cos)[0, :, 0]).all(axis=-1)
+  assert finite.tolist() == [True, True, False, False]
+  assert np.isnan(np.asarray(sin)[0, 2:]).all()
