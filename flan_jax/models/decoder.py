@@ -25,6 +25,7 @@ from flan_jax.models.blocked_attention import (block_size_for, blocked_attention
                                               causal_block_attention, causal_block_size_for)
 from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
 from flan_jax.models.pallas_attention import splash_attention
+from flan_jax.models.projection import dense_dot_general, project
 
 Cache = dict[str, Any]
 
@@ -241,7 +242,7 @@ class MLP(nn.Module):
     cfg = self.config
     dense = lambda features, axes, name: nn.Dense(
         features, use_bias=False, kernel_init=_dense_init(*axes), dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, name=name)
+        param_dtype=cfg.param_dtype, dot_general=dense_dot_general, name=name)
     gate = dense(cfg.mlp_dim, ("embed", "mlp"), "gate")(x_BxLxE)
     up = dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_BxLxE)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
@@ -305,10 +306,11 @@ class Decoder(nn.Module):
       return x, None
 
     if cfg.tie_embeddings:
-      logits = jnp.einsum("ble,ve->blv", x, embedding.astype(cfg.dtype))
+      logits = project(x, embedding.astype(cfg.dtype).T)
     else:
       logits = nn.Dense(cfg.padded_vocab_size, use_bias=False, kernel_init=_dense_init("embed", "vocab"),
-                        dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="lm_head")(x)
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        dot_general=dense_dot_general, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     logits = logits[..., :cfg.vocab_size]
 

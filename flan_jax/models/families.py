@@ -19,6 +19,7 @@ import numpy as np
 
 from flan_jax.errors import UserError
 from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.models.projection import project
 from flan_jax.models.t5 import T5, T5Config
 
 Batch = Mapping[str, Any]
@@ -48,9 +49,9 @@ def _project(config, params, hidden_BxLxE) -> jnp.ndarray:
   for losses that project a chunk of positions at a time."""
   if config.tie_embeddings:
     table = params["embedding"].astype(config.dtype)
-    logits = jnp.einsum("ble,ve->blv", hidden_BxLxE, table)
+    logits = project(hidden_BxLxE, table.T)
   else:
-    logits = jnp.einsum("ble,ev->blv", hidden_BxLxE, params["lm_head"]["kernel"].astype(config.dtype))
+    logits = project(hidden_BxLxE, params["lm_head"]["kernel"].astype(config.dtype))
   return logits.astype(jnp.float32)[..., :config.vocab_size]
 
 

@@ -44,6 +44,7 @@ from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, xla_or_cudnn)
 from flan_jax.models.blocked_attention import block_size_for, blocked_attention
 from flan_jax.models.decoder import RMSNorm
+from flan_jax.models.projection import dense_dot_general, project
 
 Cache = dict[str, Any]
 
@@ -245,7 +246,7 @@ class MLP(nn.Module):
     activation, gated = FEED_FORWARDS[cfg.feed_forward]
     dense = lambda features, axes, name: nn.Dense(
         features, use_bias=False, kernel_init=_init(axes), dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, name=name)
+        param_dtype=cfg.param_dtype, dot_general=dense_dot_general, name=name)
     # Gated: activation(gate) * up (HF wi_0, wi_1); plain: activation(up) (HF wi).
     hidden = activation(dense(cfg.mlp_dim, ("embed", "mlp"), "gate" if gated else "up")(x_BxLxE))
     if gated:
@@ -391,7 +392,7 @@ class T5(nn.Module):
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.padded_vocab_size, use_bias=False,
                               kernel_init=_init(("embed", "vocab")), dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype)
+                              param_dtype=cfg.param_dtype, dot_general=dense_dot_general)
 
   def _embed(self, tokens_BxL):
     x = jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.config.dtype)
@@ -450,7 +451,7 @@ class T5(nn.Module):
     if cfg.tie_embeddings:
       # Original T5 rescales before reusing the (unit-variance) embedding as the output layer.
       x_BxLxE = x_BxLxE * (cfg.embed_dim ** -0.5)
-      logits = jnp.einsum("ble,ve->blv", x_BxLxE, self.embedding.astype(cfg.dtype))
+      logits = project(x_BxLxE, self.embedding.astype(cfg.dtype).T)
     else:
       logits = self.lm_head(x_BxLxE)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
