@@ -142,3 +142,18 @@ def test_bfloat16_compute_with_float32_params_runs_close_to_float32(params, tie)
   full = logits_fn(config)(params, encoder_tokens, decoder_tokens)
   assert np.isfinite(low).all()
   assert np.abs(low - full).max() < 0.1 * np.abs(full).max()
+
+
+def test_the_bias_broadcast_to_every_row_has_the_summed_gradient():
+  """`broadcast_rows` (the shared relative position bias as one per row, its gradient
+  summed by a matrix product) against jnp.broadcast_to's own gradient."""
+  from flan_jax.models.t5 import broadcast_rows
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  bias = jax.random.normal(keys[0], (1, 3, 5, 7))
+  g = jax.random.normal(keys[1], (4, 3, 5, 7))
+  loss = lambda f: lambda b: jnp.sum(f(b) * g)
+  ours = jax.value_and_grad(loss(lambda b: broadcast_rows(b, 4)))(bias)
+  reference = jax.value_and_grad(loss(lambda b: jnp.broadcast_to(b, (4, 3, 5, 7))))(bias)
+  np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
+  np.testing.assert_allclose(ours[1], reference[1], rtol=1e-5, atol=1e-6)
+  assert ours[1].shape == (1, 3, 5, 7)

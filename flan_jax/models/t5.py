@@ -32,6 +32,7 @@ and its [1, H, Q, block] bias built from them, so no [B or 1, H, Q, K] array exi
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -158,6 +159,27 @@ def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_p
   return mask[:, None]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
+  """The one relative position bias as [rows, H, Q, K], for the XLA path. Its gradient
+  sums the rows' gradients with a matrix product: XLA:CPU reduces a leading axis of
+  this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an eighth of a
+  T5-small train step, every layer's bias gradient being summed over the batch."""
+  return jnp.broadcast_to(bias_1xHxQxK, (rows,) + bias_1xHxQxK.shape[1:])
+
+
+def _broadcast_rows_forward(bias_1xHxQxK, rows):
+  return broadcast_rows(bias_1xHxQxK, rows), None
+
+
+def _broadcast_rows_backward(rows, _, g_BxHxQxK):
+  ones = jnp.ones((rows,), g_BxHxQxK.dtype)
+  return (jnp.einsum("b...,b->...", g_BxHxQxK, ones)[None],)
+
+
+broadcast_rows.defvjp(_broadcast_rows_forward, _broadcast_rows_backward)
+
+
 class BlockedMask(NamedTuple):
   """What the blocked path masks each block of keys by, in place of a whole mask: the
   queries' and keys' segment ids and, for causal attention, their positions."""
@@ -212,6 +234,8 @@ class Attention(nn.Module):
       out = self._blocked_attention(q, k, v, mask, bias)
     else:  # a whole mask and bias: cuDNN (NVIDIA GPUs, 16 bits) or XLA
       implementation = attention_implementation(cfg, k.shape[1])
+      if implementation == "xla" and bias is not None and bias.shape[0] == 1:
+        bias = broadcast_rows(bias, q.shape[0])
       out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
                                          mask=mask, scale=1.0,
                                          implementation=xla_or_cudnn(implementation))
