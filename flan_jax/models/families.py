@@ -49,7 +49,7 @@ def _project(config, params, hidden_BxLxE) -> jnp.ndarray:
   for losses that project a chunk of positions at a time."""
   if config.tie_embeddings:
     table = params["embedding"].astype(config.dtype)
-    logits = project(hidden_BxLxE, table.T)
+    logits = jnp.einsum("ble,ve->blv", hidden_BxLxE, table)
   else:
     logits = project(hidden_BxLxE, params["lm_head"]["kernel"].astype(config.dtype))
   return logits.astype(jnp.float32)[..., :config.vocab_size]

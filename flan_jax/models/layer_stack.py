@@ -19,11 +19,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax.models.projection import PROJECTION
+
+_policies = jax.checkpoint_policies
+# The "dots" policies also save `project`'s outputs: its custom VJP hides the matmul
+# inside it from them, which would be recomputed in the backward pass.
+_projections = _policies.save_only_these_names(PROJECTION)
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,  # no rematerialisation: keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _policies.nothing_saveable,
+    "dots": _policies.save_from_both_policies(_policies.dots_saveable, _projections),
+    "dots_with_no_batch_dims": _policies.save_from_both_policies(
+        _policies.dots_with_no_batch_dims_saveable, _projections),
 }
 
 

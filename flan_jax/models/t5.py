@@ -45,7 +45,7 @@ from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, xla_or_cudnn)
 from flan_jax.models.blocked_attention import block_size_for, blocked_attention
 from flan_jax.models.decoder import RMSNorm
-from flan_jax.models.projection import dense_dot_general, project
+from flan_jax.models.projection import dense_dot_general
 
 Cache = dict[str, Any]
 
@@ -161,10 +161,11 @@ def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_p
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
-  """The one relative position bias as [rows, H, Q, K], for the XLA path. Its gradient
-  sums the rows' gradients with a matrix product: XLA:CPU reduces a leading axis of
-  this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an eighth of a
-  T5-small train step, every layer's bias gradient being summed over the batch."""
+  """The one relative position bias as [rows, H, Q, K], for XLA's path on a CPU. Its
+  gradient sums the rows' gradients with a matrix product: XLA:CPU reduces a leading
+  axis of this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an
+  eighth of a T5-small train step, every layer's bias gradient being summed over the
+  batch."""
   return jnp.broadcast_to(bias_1xHxQxK, (rows,) + bias_1xHxQxK.shape[1:])
 
 
@@ -174,7 +175,9 @@ def _broadcast_rows_forward(bias_1xHxQxK, rows):
 
 def _broadcast_rows_backward(rows, _, g_BxHxQxK):
   ones = jnp.ones((rows,), g_BxHxQxK.dtype)
-  return (jnp.einsum("b...,b->...", g_BxHxQxK, ones)[None],)
+  # Exact at HIGHEST precision (a sum of products by one); a default-precision float32
+  # matmul may round its inputs (bf16 passes on TPUs, TF32 on GPUs).
+  return (jnp.einsum("b...,b->...", g_BxHxQxK, ones, precision=jax.lax.Precision.HIGHEST)[None],)
 
 
 broadcast_rows.defvjp(_broadcast_rows_forward, _broadcast_rows_backward)
@@ -234,7 +237,8 @@ class Attention(nn.Module):
       out = self._blocked_attention(q, k, v, mask, bias)
     else:  # a whole mask and bias: cuDNN (NVIDIA GPUs, 16 bits) or XLA
       implementation = attention_implementation(cfg, k.shape[1])
-      if implementation == "xla" and bias is not None and bias.shape[0] == 1:
+      if (implementation == "xla" and jax.default_backend() == "cpu" and bias is not None
+          and bias.shape[0] == 1):
         bias = broadcast_rows(bias, q.shape[0])
       out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
                                          mask=mask, scale=1.0,
@@ -475,7 +479,7 @@ class T5(nn.Module):
     if cfg.tie_embeddings:
       # Original T5 rescales before reusing the (unit-variance) embedding as the output layer.
       x_BxLxE = x_BxLxE * (cfg.embed_dim ** -0.5)
-      logits = project(x_BxLxE, self.embedding.astype(cfg.dtype).T)
+      logits = jnp.einsum("ble,ve->blv", x_BxLxE, self.embedding.astype(cfg.dtype))
     else:
       logits = self.lm_head(x_BxLxE)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
