@@ -159,9 +159,12 @@ def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_p
   return mask[:, None]
 
 
+_MASKED_SCORE = -1e30  # finite: a fully masked row gives equal weights, not NaN
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
-  """The one relative position bias as [rows, H, Q, K], for XLA's path on a CPU. Its
+  """The one relative position bias as [rows, H, Q, K], for `cpu_attention`. Its
   gradient sums the rows' gradients with a matrix product: XLA:CPU reduces a leading
   axis of this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an
   eighth of a T5-small train step, every layer's bias gradient being summed over the
@@ -181,6 +184,29 @@ def _broadcast_rows_backward(rows, _, g_BxHxQxK):
 
 
 broadcast_rows.defvjp(_broadcast_rows_forward, _broadcast_rows_backward)
+
+
+def cpu_attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask_Bx1xQxK, bias_1xHxQxK):
+  """softmax(q k^T + bias, masked) v, unscaled as T5 is, every score at once: XLA's path
+  on a CPU, where two changes to `jax.nn.dot_product_attention`'s made a T5-small
+  encoder layer's forward and backward 14% faster (174 against 203 ms):
+  - each row is normalised after the values are summed, dividing [Q, head_dim] numbers
+    instead of [Q, K] probabilities;
+  - the one bias reaches every row through `broadcast_rows`.
+  A row with every key masked averages the values, as jax's path does."""
+  B = q_BxQxHxD.shape[0]
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD.astype(q_BxQxHxD.dtype),
+                      preferred_element_type=jnp.float32)
+  if bias_1xHxQxK is not None:
+    rows = broadcast_rows(bias_1xHxQxK, B) if bias_1xHxQxK.shape[0] == 1 else bias_1xHxQxK
+    scores = scores + rows.astype(jnp.float32)
+  if mask_Bx1xQxK is not None:
+    scores = jnp.where(mask_Bx1xQxK, scores, _MASKED_SCORE)
+  # Softmax's shift cancels in its gradient.
+  exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+  summed = jnp.einsum("bhqk,bkhd->bqhd", exp, v_BxKxHxD.astype(jnp.float32))
+  normaliser = jnp.swapaxes(exp.sum(axis=-1), 1, 2)[..., None]  # [B, Q, H, 1]
+  return (summed / normaliser).astype(q_BxQxHxD.dtype)
 
 
 class BlockedMask(NamedTuple):
@@ -237,12 +263,12 @@ class Attention(nn.Module):
       out = self._blocked_attention(q, k, v, mask, bias)
     else:  # a whole mask and bias: cuDNN (NVIDIA GPUs, 16 bits) or XLA
       implementation = attention_implementation(cfg, k.shape[1])
-      if (implementation == "xla" and jax.default_backend() == "cpu" and bias is not None
-          and bias.shape[0] == 1):
-        bias = broadcast_rows(bias, q.shape[0])
-      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
-                                         mask=mask, scale=1.0,
-                                         implementation=xla_or_cudnn(implementation))
+      if implementation == "xla" and jax.default_backend() == "cpu":
+        out = cpu_attention(q, k, v, mask, bias)
+      else:
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
+                                           mask=mask, scale=1.0,
+                                           implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), keys_values
 
