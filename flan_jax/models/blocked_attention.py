@@ -22,8 +22,9 @@ BlockMask = Callable[[jnp.ndarray, int], jnp.ndarray]
 BlockBias = Callable[[jnp.ndarray, int], jnp.ndarray]
 
 # Scores of masked keys. Finite, so a block whose keys are all masked for a query
-# (exp(-1e30 - (-1e30)) = 1) is caught by zeroing masked probabilities, not by NaNs.
-_MASKED = -1e30
+# (exp(-1e30 - (-1e30)) = 1) is caught by zeroing masked probabilities, not by NaNs;
+# where nothing zeroes them (a row with no key at all), the keys weigh equally.
+MASKED_SCORE = -1e30
 
 
 def block_size_for(num_keys: int, preferred: int = 256) -> int | None:
@@ -66,7 +67,7 @@ def blocked_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, *, mask_fn: BlockMask,
       bias = bias_fn(start, block_size)
       scores = scores + bias.reshape(bias.shape[0], G, R, Q, block_size)
     mask = mask_fn(start, block_size)[:, :, None]  # [B, 1, 1, Q, block]
-    scores = jnp.where(mask, scores, _MASKED)
+    scores = jnp.where(mask, scores, MASKED_SCORE)
     new_max = jnp.maximum(running_max, scores.max(axis=-1))
     probabilities = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
     rescale = jnp.exp(running_max - new_max)
@@ -75,7 +76,7 @@ def blocked_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, *, mask_fn: BlockMask,
                 + jnp.einsum("bgrqk,bkgd->bqgrd", probabilities, v.astype(jnp.float32)))
     return (new_max, normaliser, weighted), None
 
-  init = (jnp.full((B, G, R, Q), _MASKED, jnp.float32), jnp.zeros((B, G, R, Q), jnp.float32),
+  init = (jnp.full((B, G, R, Q), MASKED_SCORE, jnp.float32), jnp.zeros((B, G, R, Q), jnp.float32),
           jnp.zeros((B, Q, G, R, D), jnp.float32))
   (_, normaliser, weighted), _ = jax.lax.scan(step, init, jnp.arange(num_keys // block_size))
   out = weighted / jnp.moveaxis(normaliser, -1, 1)[..., None]
@@ -111,7 +112,7 @@ def causal_block_attention(q_BxLxHxD, k_BxLxGxD, v_BxLxGxD, mask_Bx1xLxL, *, sca
     scores = jnp.einsum("bgqd,bgkd->bgqk", q, k_BxGxLxD[:, :, :end],
                         preferred_element_type=jnp.float32) * scale
     mask = mask_Bx1xLxL[:, :, None, start:end, :end]  # [B, 1, 1, block, end]
-    scores = jnp.where(mask, scores.reshape(B, G, R, block_size, end), _MASKED)
+    scores = jnp.where(mask, scores.reshape(B, G, R, block_size, end), MASKED_SCORE)
     # Softmax's shift cancels in its gradient; every row sees at least its own key.
     exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
     summed = jnp.einsum("bgqk,bgkd->bgqd", exp.reshape(B, G, R * block_size, end),

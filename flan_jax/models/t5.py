@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flan_jax.models import layer_stack
 from flan_jax.models.attention_mask import (attention_implementation,
                                             check_attention_implementation, xla_or_cudnn)
-from flan_jax.models.blocked_attention import block_size_for, blocked_attention
+from flan_jax.models.blocked_attention import MASKED_SCORE, block_size_for, blocked_attention
 from flan_jax.models.decoder import RMSNorm
 from flan_jax.models.projection import dense_dot_general
 
@@ -159,9 +159,6 @@ def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_p
   return mask[:, None]
 
 
-_MASKED_SCORE = -1e30  # finite: a fully masked row gives equal weights, not NaN
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
   """The one relative position bias as [rows, H, Q, K], for `cpu_attention`. Its
@@ -201,7 +198,7 @@ def cpu_attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask_Bx1xQxK, bias_1xHxQxK):
     rows = broadcast_rows(bias_1xHxQxK, B) if bias_1xHxQxK.shape[0] == 1 else bias_1xHxQxK
     scores = scores + rows.astype(jnp.float32)
   if mask_Bx1xQxK is not None:
-    scores = jnp.where(mask_Bx1xQxK, scores, _MASKED_SCORE)
+    scores = jnp.where(mask_Bx1xQxK, scores, MASKED_SCORE)
   # Softmax's shift cancels in its gradient.
   exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
   summed = jnp.einsum("bhqk,bkhd->bqhd", exp, v_BxKxHxD.astype(jnp.float32))
