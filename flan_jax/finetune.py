@@ -20,7 +20,8 @@ import jax
 import seqio
 
 from flan_jax import paths
-from flan_jax.data import chat_examples, clusters, pipeline, registry, vocabularies
+from flan_jax.data import (chat_examples, chat_export, clusters, pipeline, registry,
+                           vocabularies)
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.report import print_comparison
@@ -194,6 +195,9 @@ def _finetune(
                              template.to_json())
       paths.write_atomically(paths.join(model_dir, chat_examples.HELD_OUT_FILE),
                              json.dumps(held_out, indent=1, sort_keys=True))
+      # The tokenizer, template and stop id a server needs, for the Hugging Face export.
+      chat_export.write_served_files(paths.join(model_dir, convert.HF_FILES_DIR), template,
+                                     vocabulary)
 
   # Inverted tasks (write the question from the answer) cannot be scored against labels.
   heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]

@@ -80,6 +80,25 @@ def test_the_chat_quickstart_trains_records_its_template_and_answers_messages(tm
   assert answered.returncode == 0, answered.stderr[-3000:]
   reply = json.loads(answered.stdout.splitlines()[0])
   assert reply["messages"] == TURNS[:2] and isinstance(reply["prediction"], str)
+  # Exported, the model is served by transformers as it was trained: the template and
+  # tokenizer travel with it, the prompt's ids are infer --chat's, and greedy decoding
+  # gives infer's reply.
+  exported = tmp_path / "hf"
+  converted = subprocess.run(
+      [sys.executable, "-m", "flan_jax.models.convert", f"--from_orbax={model_dir}",
+       f"--to_hf={exported}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert converted.returncode == 0, converted.stderr[-3000:]
+  import torch
+  import transformers
+  served = transformers.AutoTokenizer.from_pretrained(exported)
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
+  prompt_ids = served.apply_chat_template(TURNS[:2], add_generation_prompt=True,
+                                          return_dict=True, return_tensors="pt")["input_ids"]
+  assert prompt_ids[0].tolist() == [1, *predictor.chat_prompt_tokens(TURNS[:2]).tolist()]
+  generated = hf_model.generate(prompt_ids, max_new_tokens=8, do_sample=False)
+  hf_reply = served.decode(generated[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+  assert hf_reply == reply["prediction"]
+
   # A request that does not end with the user's turn is one clear error naming the line.
   from flan_jax.errors import UserError
   with pytest.raises(UserError, match="<stdin>:2: the last message must be the user's"):

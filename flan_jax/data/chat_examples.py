@@ -5,15 +5,27 @@ A conversation becomes one causal sequence (everything in "targets", nothing in
 trains, 0 elsewhere. The packer lays it out like any other example (its own segment
 id, positions restarting at 0), so packed conversations never attend to each other.
 
-Tokens follow the spans `chat_templates.assistant_spans` finds (by the prefix
-property, not generation markers). The text is encoded piece by piece, prompt,
-answer, prompt, answer, so every trained token lies inside an answer's span, and the
-same function encodes a prompt at inference time (`prompt_ids`): the prompt the model
-answers is, token for token, the one it was trained to answer. The template's BOS and
-EOS strings are encoded as the vocabulary's BOS and EOS ids, never as their letters,
-so the model learns to stop with the EOS id generation stops at; a BOS the template
-writes is dropped, because the packer starts every row with the model's BOS: never
-two.
+Token ids are the ones the model will be served with. A chat model is exported and
+served by transformers or vLLM far more often than by `infer --chat`, and those
+render the conversation with the chat template and encode the whole text with the
+model's tokenizer files (`apply_chat_template`). So the rendered text is encoded
+whole, by that same tokenizer (`hf_tokenizer.served_tokenizer`: the tokenizer.json,
+or transformers' tokenizer for a SentencePiece model), special tokens matched in the
+text. Every row starts with the model's BOS (the packer writes it); a template that
+does not write BOS itself is encoded as the export serves it, with the BOS string
+before it (`served_template_source`), so even the first piece is the served one.
+
+Loss masks still come from the turn-by-turn rendering: `chat_templates.assistant_spans`
+finds each answer's characters by the prefix property, and a token is trained when
+its characters overlap a trained answer's span. A span always covers at least its
+end marker, so no trained answer can vanish in the encoding.
+
+Markers. The template's end of turn must be one token of the vocabulary, the EOS
+that generation stops at (`check_markers`); a marker the vocabulary lacks (ChatML's
+"<|im_end|>" on a Llama-2 vocabulary) would be encoded as letters by every server,
+and a model trained so could not stop at one id, so it is refused with the choice
+to make. The byte vocabulary has no outside tokenizer: there, the template's EOS
+(and BOS) strings are encoded as the vocabulary's EOS (BOS) ids and the rest as bytes.
 
 Too long for the row: whole exchanges (a user turn and its answers) are left out from
 the front, the system prompt kept, until the rest fits; the final answer is never
@@ -24,6 +36,7 @@ and is dropped, counted by the packer; it is never trained as a row of zero loss
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from absl import logging
@@ -31,42 +44,22 @@ import numpy as np
 import seqio
 
 from flan_jax import metrics, paths
-from flan_jax.data import chat_templates, conversations, example_source, vocabularies
+from flan_jax.data import chat_templates, conversations, example_source, hf_tokenizer, vocabularies
 from flan_jax.errors import UserError
 
 TrainOn = Literal["all", "last"]
 TRAIN_ON: tuple[str, ...] = ("all", "last")
-
-
-def encode(vocabulary: seqio.Vocabulary, text: str, specials: Mapping[str, int]) -> list[int]:
-  """`text`'s ids, with each occurrence of a `specials` string as its one id."""
-  if not text:
-    return []
-  for special, special_id in specials.items():
-    if special and special in text:
-      parts = text.split(special)
-      ids = encode(vocabulary, parts[0], specials)
-      for part in parts[1:]:
-        ids += [special_id, *encode(vocabulary, part, specials)]
-      return ids
-  return list(vocabulary.encode(text))
+# A conversation rendered to find out whether a template writes BOS itself.
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 
 
 def _specials(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
               bos_id: int | None) -> dict[str, int]:
-  specials = {template.eos: vocabulary.eos_id}
+  specials = {template.eos: vocabulary.eos_id} if template.eos else {}
   # One string for both (GPT-2's "<|endoftext|>"): inside a conversation it ends a turn.
   if template.bos and template.bos != template.eos and bos_id is not None:
     specials[template.bos] = bos_id
-  # The longer string first, so "</s>" is not split by a shorter special inside it.
-  return dict(sorted(specials.items(), key=lambda item: -len(item[0])))
-
-
-def _strip_bos(template: chat_templates.TemplateSpec, text: str) -> tuple[str, int]:
-  """The text without a leading BOS the template wrote (the row's start token is BOS)."""
-  if chat_templates.starts_with_bos(text, template):
-    return text[len(template.bos):], len(template.bos)
-  return text, 0
+  return specials
 
 
 def _check_bos_inside(template: chat_templates.TemplateSpec, text: str,
@@ -79,22 +72,125 @@ def _check_bos_inside(template: chat_templates.TemplateSpec, text: str,
                     "vocabulary with one (the model's own tokenizer) or another template.")
 
 
-def _pieces(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, text: str,
-            spans: Sequence[tuple[int, int]], bos_id: int | None) -> list[tuple[list[int], int]]:
-  """The rendered text's ids piece by piece: (ids, k) for answer k's span, (ids, -1)
-  between answers. Every answer is its own piece whatever is trained, so the ids are
-  the same for any `train_on` and for the prompt at inference (SentencePiece encodes
-  "Paris." alone otherwise than inside a longer text)."""
-  text, shift = _strip_bos(template, text)
-  _check_bos_inside(template, text, bos_id)
+def _byte_encoding(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
+                   text: str, bos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, character offsets) in the byte vocabulary: one id per UTF-8 byte, the
+  template's marker strings as their ids. A leading BOS string is left out (the row
+  starts with BOS)."""
+  if chat_templates.starts_with_bos(text, template):
+    start = len(template.bos)
+  else:
+    start = 0
+  _check_bos_inside(template, text[start:], bos_id)
   specials = _specials(template, vocabulary, bos_id)
-  pieces, at = [], 0
-  for answer, (start, end) in enumerate(spans):
-    pieces.append((encode(vocabulary, text[at:start - shift], specials), -1))
-    pieces.append((encode(vocabulary, text[start - shift:end - shift], specials), answer))
-    at = end - shift
-  pieces.append((encode(vocabulary, text[at:], specials), -1))  # e.g. the last newline
-  return pieces
+  # The longer string first, so "</s>" is not split by a shorter special inside it.
+  pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+  ids, offsets, at = [], [], start
+  for match in [*(pattern.finditer(text, start) if specials else []), None]:
+    piece_end = match.start() if match else len(text)
+    piece = text[at:piece_end]
+    if piece:
+      encoded = list(vocabulary.encode(piece))
+      utf8 = np.frombuffer(piece.encode("utf-8"), np.uint8)
+      if len(encoded) != len(utf8):
+        raise UserError(f"the {type(vocabulary).__name__} is not a byte vocabulary: its "
+                        "conversations need a SentencePiece or tokenizer.json vocabulary.")
+      char = np.cumsum((utf8 & 0xC0) != 0x80) - 1 + at  # the character each byte belongs to
+      ids += encoded
+      offsets += np.stack([char, char + 1], axis=1).tolist()
+    if match:
+      ids.append(specials[match.group()])
+      offsets.append(match.span())
+      at = match.end()
+  return np.asarray(ids, np.int32), np.asarray(offsets, np.int64).reshape(-1, 2)
+
+
+def _bos_text(vocabulary: seqio.Vocabulary, tokenizer) -> str | None:
+  bos = vocabularies.bos_id(vocabulary)
+  return None if bos is None else tokenizer.id_to_token(bos)
+
+
+def writes_bos(template: chat_templates.TemplateSpec) -> bool:
+  """Whether the template writes BOS itself (Llama 2 and 3) or leaves it to the tokenizer."""
+  try:
+    return chat_templates.starts_with_bos(template.render(_PROBE), template)
+  except UserError:  # a template that wants other turns (a system prompt, say)
+    return chat_templates.starts_with_bos(template.render([]), template)
+
+
+def served_template_source(template: chat_templates.TemplateSpec,
+                           vocabulary: seqio.Vocabulary) -> str:
+  """The template as an export carries it: training rows start with BOS, so a template
+  that does not write BOS itself gets it written first (the tokenizer's `bos_token`)."""
+  tokenizer = hf_tokenizer.served_tokenizer(vocabulary)
+  if tokenizer is None or writes_bos(template) or _bos_text(vocabulary, tokenizer) is None:
+    return template.source
+  return "{{- bos_token -}}\n" + template.source
+
+
+def check_markers(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary) -> None:
+  """The template's end of turn (and the BOS it writes) must be the vocabulary's EOS (BOS)
+  token, so that the ids trained are the ids served and generation stops at the end
+  of the answer."""
+  tokenizer = hf_tokenizer.served_tokenizer(vocabulary)
+  if tokenizer is None:
+    return
+  if not template.eos:
+    raise UserError(f"chat template {template.name!r} has no end-of-turn string (eos_token): a "
+                    "model trained with it would never learn to stop. Give the template one.")
+  marker = hf_tokenizer.token_id(tokenizer, template.eos)
+  if marker is None:
+    pieces = len(tokenizer.encode(template.eos, add_special_tokens=False).ids)
+    raise UserError(
+        f"chat template {template.name!r} ends each turn with {template.eos!r}, which the "
+        f"vocabulary has no token for: servers would encode it as {pieces} ordinary tokens "
+        "and a model trained on it could not stop at one id. Choose a template whose end of "
+        "turn is the vocabulary's EOS (for Llama-style vocabularies 'zephyr' or 'llama2', "
+        f"which end turns with {tokenizer.id_to_token(vocabulary.eos_id)!r}), or a tokenizer.json "
+        f"that has {template.eos!r} as a special token and as its eos_token.")
+  if marker != vocabulary.eos_id:
+    raise UserError(
+        f"chat template {template.name!r} ends each turn with {template.eos!r} (id {marker}), but "
+        f"the vocabulary's EOS, where generation stops, is "
+        f"{tokenizer.id_to_token(vocabulary.eos_id)!r} (id {vocabulary.eos_id}). Make "
+        f"{template.eos!r} the EOS (eos_token in the tokenizer_config.json beside tokenizer.json) "
+        "or choose a template that ends turns with the EOS.")
+  bos = _bos_text(vocabulary, tokenizer)
+  if writes_bos(template) and template.bos != bos:
+    raise UserError(f"chat template {template.name!r} writes {template.bos!r} as its BOS, but "
+                    f"the vocabulary's BOS token is {bos!r}: choose a template for this "
+                    "vocabulary (or a model's own, from its tokenizer_config.json).")
+
+
+def _encoded(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary, text: str,
+             bos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, [start, end) characters of `text` per id) of a rendered conversation, as its
+  served tokenizer encodes it, without the BOS that starts every row."""
+  tokenizer = hf_tokenizer.served_tokenizer(vocabulary)
+  if tokenizer is None:
+    return _byte_encoding(template, vocabulary, text, bos_id)
+  check_markers(template, vocabulary)
+  bos = _bos_text(vocabulary, tokenizer)
+  prefix = "" if bos is None or text.startswith(bos) else bos
+  ids, offsets = hf_tokenizer.encode(tokenizer, prefix + text)
+  if bos is not None:
+    if not len(ids) or ids[0] != vocabularies.bos_id(vocabulary):
+      raise UserError(f"chat template {template.name!r}: the rendered conversation does not "
+                      f"encode to {bos!r} first ({text[:40]!r}...).")
+    ids, offsets = ids[1:], offsets[1:]  # the row's BOS, written by the packer
+  return ids, offsets - len(prefix)
+
+
+def _in_spans(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+  """Per token, whether its characters overlap one of `spans`."""
+  inside = np.zeros(len(offsets), bool)
+  for start, end in spans:
+    overlaps = (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    if not overlaps.any():
+      raise UserError(f"the answer at characters [{start}, {end}) has no token in the encoded "
+                      "conversation; the tokenizer's offsets do not cover the text.")
+    inside |= overlaps
+  return inside
 
 
 def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
@@ -104,23 +200,17 @@ def tokenize(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary
   if train_on not in TRAIN_ON:
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
   text, spans = chat_templates.assistant_spans(template, turns)
-  first_trained = len(spans) - 1 if train_on == "last" else 0
-  ids, weights = [], []
-  for piece, answer in _pieces(template, vocabulary, text, spans, bos_id):
-    ids += piece
-    weights += [int(answer >= first_trained)] * len(piece)
-  return np.asarray(ids, np.int32), np.asarray(weights, np.int32)
+  ids, offsets = _encoded(template, vocabulary, text, bos_id)
+  trained = spans[-1:] if train_on == "last" else spans
+  return ids, _in_spans(offsets, trained).astype(np.int32)
 
 
 def prompt_ids(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
                turns: Sequence[Mapping[str, str]], *, bos_id: int | None = None) -> np.ndarray:
-  """The ids a model answers at inference: the turns and the generation prompt, split
-  into pieces at the earlier answers' spans exactly as `tokenize` splits them."""
+  """The ids a model answers at inference: the turns and the generation prompt, encoded
+  as a server encodes `apply_chat_template(turns, add_generation_prompt=True)`."""
   text = template.render(turns, add_generation_prompt=True)
-  spans = (chat_templates.assistant_spans(template, turns)[1]
-           if any(turn.get("role") == "assistant" for turn in turns) else [])
-  pieces = _pieces(template, vocabulary, text, spans, bos_id)
-  return np.asarray([i for piece, _ in pieces for i in piece], np.int32)
+  return _encoded(template, vocabulary, text, bos_id)[0]
 
 
 def shortened(turns: Sequence[Mapping[str, str]]) -> Iterator[tuple[int, list]]:
@@ -160,11 +250,9 @@ def answer_example(template: chat_templates.TemplateSpec, vocabulary: seqio.Voca
     prompt = prompt_ids(template, vocabulary, kept, bos_id=bos_id)
     if len(prompt) <= inputs_length:
       break
-  text, spans = chat_templates.assistant_spans(template, [*kept, turns[-1]])
-  last = len(spans) - 1
-  answer = [i for piece, k in _pieces(template, vocabulary, text, spans, bos_id)
-            if k == last for i in piece]
-  return prompt, np.asarray(answer, np.int32), dropped
+  ids, weights = tokenize(template, vocabulary, [*kept, turns[-1]], train_on="last",
+                         bos_id=bos_id)
+  return prompt, ids[weights.astype(bool)], dropped
 
 
 class ChatSource(example_source.ExampleSource):
@@ -308,6 +396,7 @@ def register_chat_task(name: str, path: str, *, template: chat_templates.Templat
     raise UserError(f"train_on={train_on!r}; use 'all' (every assistant turn) or 'last'.")
   if bos_id is None:
     bos_id = vocabularies.bos_id(vocabulary)
+  check_markers(template, vocabulary)  # at registration, not at the first example
   load = lambda: conversations.read_conversations(path, format=format, paths=paths,
                                                   merge_consecutive=merge_consecutive)
   seqio.TaskRegistry.add(
@@ -325,7 +414,8 @@ class ChatTask:
 
   `template`: a built-in name (chatml, llama2, llama3, zephyr), or a model directory or
   tokenizer_config.json with its own `chat_template`, or a spec JSON a run recorded
-  (MODEL_DIR/chat_template.json). None: ChatML for a new run; when evaluating a run,
+  (MODEL_DIR/chat_template.json). None: for a new run ChatML, or Zephyr where the
+  vocabulary has no "<|im_end|>" EOS (`default_template`); when evaluating a run,
   the template it recorded.
   `validation_records`: the file's last that many records held out for evaluation.
   """
@@ -341,15 +431,17 @@ class ChatTask:
   def register(self, vocabulary: seqio.Vocabulary,
                recorded: chat_templates.TemplateSpec | None = None) -> str:
     """`recorded`: the template of the checkpoint evaluated, which a named one must equal."""
-    return register_chat_task(self.name, self.path, template=self.resolve_template(recorded),
+    return register_chat_task(self.name, self.path,
+                              template=self.resolve_template(recorded, vocabulary),
                               vocabulary=vocabulary, train_on=self.train_on, format=self.format,
                               paths=self.paths, merge_consecutive=self.merge_consecutive,
                               validation_records=self.validation_records)
 
-  def resolve_template(self, recorded: chat_templates.TemplateSpec | None = None
+  def resolve_template(self, recorded: chat_templates.TemplateSpec | None = None,
+                       vocabulary: seqio.Vocabulary | None = None
                        ) -> chat_templates.TemplateSpec:
     if recorded is None:
-      return load_template(self.template or "chatml")
+      return load_template(self.template) if self.template else default_template(vocabulary)
     if self.template is None:
       return recorded
     named = load_template(self.template)
@@ -359,6 +451,23 @@ class ChatTask:
                       "evaluation must render as training did. Leave ChatTask.template unset "
                       "to use the recorded one.")
     return named
+
+
+def default_template(vocabulary: seqio.Vocabulary | None) -> chat_templates.TemplateSpec:
+  """ChatML where the vocabulary can end its turns (its EOS is "<|im_end|>", or bytes),
+  else Zephyr, whose turns end with the vocabulary's own EOS."""
+  chatml = chat_templates.builtin("chatml")
+  if vocabulary is None:
+    return chatml
+  try:
+    check_markers(chatml, vocabulary)
+    return chatml
+  except UserError:
+    tokenizer = hf_tokenizer.served_tokenizer(vocabulary)
+    eos = tokenizer.id_to_token(vocabulary.eos_id)
+    bos = _bos_text(vocabulary, tokenizer) or ""
+    zephyr = chat_templates.builtin("zephyr")
+    return dataclasses.replace(zephyr, bos=bos, eos=eos)
 
 
 def is_conversation_task(task: seqio.Task) -> bool:

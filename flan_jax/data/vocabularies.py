@@ -116,6 +116,7 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
   def __getstate__(self) -> dict[str, Any]:
     state = self.__dict__.copy()
     del state["_tokenizer"]
+    state.pop("_served", None)
     return state
 
   def __setstate__(self, state: dict[str, Any]) -> None:
@@ -125,6 +126,17 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
   @property
   def tokenizer(self) -> tokenizers.Tokenizer:
     return self._tokenizer
+
+  @property
+  def served_tokenizer(self) -> tokenizers.Tokenizer:
+    """The tokenizer as transformers loads it from the same file: special tokens in the
+    text are matched (chat templates write them)."""
+    if not hasattr(self, "_served"):
+      served = tokenizers.Tokenizer.from_str(self._json)
+      served.no_truncation()
+      served.no_padding()
+      self._served = served
+    return self._served
 
   @property
   def path(self) -> str:
