@@ -162,3 +162,19 @@ def test_the_sentencepiece_tokenizer_is_the_one_transformers_builds(model_file, 
     text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
     assert hf_tokenizer.encode(ours, text)[0].tolist() == reference(
         text, add_special_tokens=False)["input_ids"], text
+
+
+@pytest.mark.skipif(not os.path.isfile(STORIES_SP), reason="needs ../shared/data")
+def test_an_imported_models_own_template_and_tokenizer_settings_survive_the_round_trip(tmp_path):
+  from flan_jax.models import convert
+  source = tmp_path / "hf"
+  shutil.copytree(os.path.dirname(STORIES_SP), source)
+  own = {"tokenizer_class": "LlamaTokenizer", "legacy": True, "bos_token": "<s>",
+         "eos_token": "</s>", "chat_template": OWN_TEMPLATE, "model_max_length": 512}
+  (source / "tokenizer_config.json").write_text(json.dumps(own))
+  (source / "chat_template.jinja").write_text(OWN_TEMPLATE)
+  convert.hf_to_orbax(str(source), str(tmp_path / "orbax"))
+  convert.orbax_to_hf(str(tmp_path / "orbax"), str(tmp_path / "back"))
+  for name in ("tokenizer_config.json", "chat_template.jinja", "tokenizer.model",
+               "generation_config.json"):
+    assert (tmp_path / "back" / name).read_bytes() == (source / name).read_bytes(), name
