@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax.data import chat_examples, chat_templates, pipeline, vocabularies
+from flan_jax.data import chat_examples, chat_templates, conversations, pipeline, vocabularies
 from flan_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,14 +173,20 @@ def test_a_bos_inside_the_conversation_without_a_bos_id_is_an_error_not_letters(
 
 def test_conversations_the_template_rejects_are_counted_and_left_out_at_load(tmp_path):
   path = tmp_path / "chats.jsonl"
-  greeting = [{"role": "assistant", "content": "Hello! Ask me anything."}, *TURNS[1:3]]
-  path.write_text("\n".join(json.dumps({"messages": m}) for m in [TURNS, greeting, TURNS]) + "\n")
+  no_system = TURNS[1:]
+  path.write_text("\n".join(json.dumps({"messages": m}) for m in [no_system, TURNS, no_system])
+                  + "\n")
+  # Like Gemma's, a template that has no system turn and says so.
+  chatml = chat_templates.builtin("chatml")
+  refuses_system = chat_templates.TemplateSpec(
+      "no_system", "{% if messages[0]['role'] == 'system' %}"
+      "{{ raise_exception('System role not supported') }}{% endif %}" + chatml.source,
+      bos=chatml.bos, eos=chatml.eos)
   name = chat_examples.register_chat_task("chat_test_rejected", str(path),
-                                          template=chat_templates.builtin("llama2"),
-                                          vocabulary=BYTES, bos_id=1)
+                                          template=refuses_system, vocabulary=BYTES, bos_id=1)
   try:
     task = seqio.get_mixture_or_task(name)
-    assert task.source.counts["template_rejected"] == 1  # llama2 needs a user turn first
+    assert task.source.counts["template_rejected"] == 1
     assert task.source.num_input_examples("train") == 2
     # The pre-training truncation report does not take a conversation that fits the
     # row for a cut target (conversations fit inputs + targets; the packer counts).
@@ -191,6 +197,23 @@ def test_conversations_the_template_rejects_are_counted_and_left_out_at_load(tmp
     assert (batch["decoder_loss_weights"].sum(axis=1) > 0).all()
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+def test_a_file_without_conversations_says_so_rather_than_blame_the_template(tmp_path):
+  def source(text):
+    path = tmp_path / "chats.jsonl"
+    path.write_text(text, encoding="utf-8")
+    load = lambda: conversations.read_conversations(path)
+    return chat_examples.ChatSource(load, chat_templates.builtin("chatml"), BYTES,
+                                    salt="chat_test_empty", path=str(path))
+
+  with pytest.raises(UserError, match=r"chats\.jsonl: the file holds no records"):
+    source("").count()
+  # An OpenAssistant prompt nobody answered is pruned, leaving nothing to train on.
+  unanswered = {"prompt": {"role": "prompter", "text": "Anyone?", "replies": []}}
+  with pytest.raises(UserError, match=r"chats\.jsonl holds no conversation to train on "
+                                      r"\(0 conversations; 1 unanswered_prompt\)"):
+    source(json.dumps(unanswered) + "\n").count()
 
 
 @pytest.mark.skipif(not os.path.isfile(STORIES_TOKENIZER), reason="needs ../shared/data")

@@ -1,5 +1,6 @@
 """Conversation records: every format read into turns, OASST trees, validation messages."""
 
+import gzip
 import json
 import os
 
@@ -111,6 +112,13 @@ def test_oasst_top_follows_the_lowest_rank():
   assert parse_record(TREE, paths="top").conversations == [_dialog("Q", "a0", "q01", "a010")]
 
 
+def test_oasst_top_refuses_a_rank_that_is_not_a_finite_number():
+  tree = {"prompt": _message("prompter", "Q", [_message("assistant", "a", rank=0),
+                                               _message("assistant", "b", rank=float("nan"))])}
+  with pytest.raises(UserError, match=r"prompt\.replies\[1\]\.rank is nan"):
+    parse_record(json.loads(json.dumps(tree)), paths="top")
+
+
 def test_oasst_top_passes_over_an_unanswered_prompt():
   tree = {"prompt": _message("prompter", "Q", [
       _message("assistant", "a", [_message("prompter", "unanswered", rank=0),
@@ -192,6 +200,18 @@ BAD_RECORDS = {
                        "history[0]"),
     "oasst role": ({"prompt": _message("prompter", "Q", [_message("bot", "A")])},
                    "prompt.replies[0].role"),
+    # json.dumps writes a lone surrogate as the escape "\\udc00", as a broken file has it.
+    "lone surrogate": ({"messages": _turns(("user", "Hi \udc00"), ("assistant", "Hello."))},
+                       "messages[0].content holds a lone UTF-16 surrogate"),
+    "nan content": ({"messages": _turns(("user", "Hi"), ("assistant", float("nan")))},
+                    "messages[1].content is a float (nan)"),
+    "assistant first": ({"messages": _turns(("system", "Be kind."), ("assistant", "Hello!"),
+                                            ("user", "Hi"), ("assistant", "Hi."))},
+                        "messages[1] is an assistant turn before any user turn"),
+    "sharegpt assistant first": ({"conversations": [{"from": "gpt", "value": "Hello!"},
+                                                    {"from": "human", "value": "Hi"},
+                                                    {"from": "gpt", "value": "Hi."}]},
+                                 "conversations[0] is an assistant turn before any user turn"),
 }
 
 
@@ -232,3 +252,44 @@ def test_skip_drops_bad_records_and_counts_them(tmp_path):
   with pytest.raises(UserError, match="All 1 records"):
     path.write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
     read_conversations(path, on_error="skip")
+
+
+def test_a_line_nested_too_deeply_is_a_bad_record_not_a_recursion_error(tmp_path):
+  path = tmp_path / "chats.jsonl"
+  deep = '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+  path.write_text(json.dumps(GOOD) + "\n" + deep + "\n", encoding="utf-8")
+  with pytest.raises(UserError, match=r"chats\.jsonl, line 2: .*nested too deeply"):
+    read_conversations(path)
+  result = read_conversations(path, on_error="skip")
+  assert len(result.conversations) == 1 and result.counts == {"bad_record": 1}
+
+
+def _broken(tmp_path, case):
+  lines = (json.dumps(GOOD) + "\n").encode() * 50
+  if case == "not_gzip":
+    path = tmp_path / "chats.jsonl.gz"
+    path.write_bytes(lines)
+  elif case == "truncated_gzip":
+    path = tmp_path / "chats.jsonl.gz"
+    path.write_bytes(gzip.compress(lines)[:-30])
+  elif case == "directory":
+    path = tmp_path / "chats.jsonl"
+    path.mkdir()
+  elif case == "deeply_nested_json":
+    path = tmp_path / "chats.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+  elif case in ("empty_jsonl", "empty_json"):
+    path = tmp_path / ("chats.jsonl" if case == "empty_jsonl" else "chats.json")
+    path.write_text("\n\n" if case == "empty_jsonl" else "[]", encoding="utf-8")
+  return str(path)
+
+
+@pytest.mark.parametrize("case, phrase", [
+    ("not_gzip", "not a readable gzip file"), ("truncated_gzip", "not a readable gzip file"),
+    ("directory", "is a directory"), ("deeply_nested_json", "nested too deeply"),
+    ("empty_jsonl", "holds no records"), ("empty_json", "holds no records")])
+def test_a_file_broken_as_a_whole_is_one_error_whatever_the_policy(tmp_path, case, phrase):
+  path = _broken(tmp_path, case)
+  with pytest.raises(UserError) as error:
+    read_conversations(path, on_error="skip")
+  assert str(error.value).startswith(path) and phrase in str(error.value)

@@ -150,12 +150,38 @@ def _bad_file(tmp_path, case: str) -> tuple[str, dict, str, str]:
   if case == "empty_list_field":
     return (_jsonl(tmp_path / "a.jsonl", [QA[0], {"question": "q", "answer": ["", " "]}]),
             {**QA_FIELDS, "list_fields": ("targets",)}, "line 2", "field 'targets'")
+  # Python's json reads NaN, Infinity and 1e400 as floats that would become "nan", "inf".
+  if case == "nan_number":
+    return (_write(tmp_path / "a.jsonl", f'{good}\n{{"question": "q", "answer": NaN}}\n'),
+            QA_FIELDS, "line 2", "field 'targets' (source key 'answer') is nan")
+  if case == "overflowing_number":
+    return (_write(tmp_path / "a.jsonl", f'{good}\n{{"question": 1e400, "answer": "a"}}\n'),
+            QA_FIELDS, "line 2", "field 'inputs' (source key 'question') is inf")
+  if case == "infinity_in_a_list_field":
+    line = '{"question": "q", "answer": ["a", -Infinity]}'
+    return (_write(tmp_path / "a.jsonl", f"{good}\n{line}\n"),
+            {**QA_FIELDS, "list_fields": ("targets",)}, "line 2",
+            "field 'targets' (source key 'answer') is -inf")
+  if case == "nan_in_parquet":
+    path = str(tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": 1.5},
+                                         {"question": "q", "answer": float("nan")}]), path)
+    return path, QA_FIELDS, "row 1", "field 'targets' (source key 'answer') is nan"
+  if case == "lone_surrogate":
+    line = '{"question": "q\\ud800", "answer": "a"}'  # the escape of half a surrogate pair
+    return (_write(tmp_path / "a.jsonl", f"{good}\n{line}\n"), QA_FIELDS, "line 2",
+            "field 'inputs' (source key 'question') holds a lone UTF-16 surrogate")
+  if case == "deeply_nested_line":
+    deep = "[" * 100_000 + "]" * 100_000
+    return (_write(tmp_path / "a.jsonl", f'{good}\n{{"question": {deep}, "answer": "a"}}\n'),
+            QA_FIELDS, "line 2", "nested too deeply")
   raise ValueError(case)
 
 
 BAD_CASES = ["bad_json_line", "not_an_object", "missing_field", "null_field", "wrong_type",
              "list_in_scalar_field", "wrong_column_count", "empty_target", "empty_csv_cell",
-             "empty_list_field"]
+             "empty_list_field", "nan_number", "overflowing_number", "infinity_in_a_list_field",
+             "nan_in_parquet", "lone_surrogate", "deeply_nested_line"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -225,8 +251,53 @@ def test_a_missing_file_or_a_jsonl_file_named_json_says_what_to_do(tmp_path):
   with pytest.raises(UserError, match="nope.jsonl: no such file"):
     sources.read_records(str(tmp_path / "nope.jsonl"), **QA_FIELDS)
   path = _write(tmp_path / "lines.json", "".join(json.dumps(r) + "\n" for r in QA))
-  with pytest.raises(UserError, match=r"lines.json, line 2 column 1: .*format='jsonl'"):
+  with pytest.raises(UserError, match=r"lines.json, line 2: .*at column 1.*format='jsonl'"):
     sources.read_records(path, **QA_FIELDS)
+
+
+def test_a_lone_surrogate_fails_when_a_file_source_is_read_not_in_tensorflow(tmp_path):
+  path = _write(tmp_path / "a.jsonl", '{"question": "q\\udc00", "answer": "a"}\n')
+  source = sources.FileSource({"train": path}, **QA_FIELDS)
+  with pytest.raises(UserError, match=r"a.jsonl, line 1: field 'inputs' .* lone UTF-16"):
+    source.get_dataset("train")
+
+
+def _broken_file(tmp_path, case: str) -> tuple[str, str]:
+  """(path, expected phrase) for a file broken as a whole."""
+  lines = "".join(json.dumps(r) + "\n" for r in QA * 50).encode()
+  if case == "not_gzip":
+    path = tmp_path / "qa.jsonl.gz"
+    path.write_bytes(lines)
+    return str(path), "not a readable gzip file"
+  if case == "truncated_gzip":
+    path = tmp_path / "qa.jsonl.gz"
+    path.write_bytes(gzip.compress(lines)[:-30])
+    return str(path), "not a readable gzip file"
+  if case == "garbage_parquet":
+    # Parquet's magic at both ends and a footer length, but no metadata in between.
+    path = tmp_path / "qa.parquet"
+    path.write_bytes(b"PAR1" + b"\xff" * 100 + (50).to_bytes(4, "little") + b"PAR1")
+    return str(path), "not a readable Parquet file"
+  if case == "directory":
+    path = tmp_path / "qa.jsonl"
+    path.mkdir()
+    return str(path), "is a directory"
+  if case == "unclosed_csv_quote":
+    path = _write(tmp_path / "qa.csv", 'question,answer\nq1,a1\nq2,"a2\nq3,a3\nq4,a4\n')
+    return path, "line 3: a quoted value"
+  if case == "deeply_nested_json":
+    return _write(tmp_path / "qa.json", "[" * 100_000 + "]" * 100_000), "nested too deeply"
+  raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["not_gzip", "truncated_gzip", "garbage_parquet", "directory",
+                                  "unclosed_csv_quote", "deeply_nested_json"])
+def test_a_file_broken_as_a_whole_is_one_error_whatever_the_policy(tmp_path, case):
+  path, phrase = _broken_file(tmp_path, case)
+  # Skipping cannot help: the rest of the file is lost or was never readable.
+  with pytest.raises(UserError) as error:
+    sources.read_records(path, **QA_FIELDS, on_error="skip")
+  assert str(error.value).startswith(path) and phrase in str(error.value)
 
 
 def test_file_source_reads_nothing_until_used(tmp_path):

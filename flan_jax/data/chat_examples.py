@@ -322,6 +322,10 @@ class ChatSource(example_source.ExampleSource):
   def _renderable(self, loaded: conversations.Conversations) -> conversations.Conversations:
     """The conversations the template renders; the others are counted and left out
     here, not met hours into a run (a resumed run would meet them again)."""
+    if not loaded.conversations:
+      raise UserError(f"{self._salt}: {self.path or 'the file'} holds no conversation to train "
+                      f"on ({loaded.summary()}). Check that its records hold answered "
+                      "conversations.")
     kept, kept_records, first_problem = [], [], None
     # Without record numbers (a custom loader), each conversation is its own record.
     records = loaded.records or list(range(len(loaded.conversations)))

@@ -33,13 +33,17 @@ answered ends no conversation (training on it teaches nothing): it is pruned and
 counted, so every conversation ends with an answer and "all" yields one
 conversation per leaf of the pruned tree.
 
-Validation. Every conversation must have known roles, a system turn only first, no
-two user or two assistant turns in a row (`merge_consecutive=True` joins them with
-a blank line instead), no empty assistant turn and at least one assistant turn.
-User turns after the last answer are dropped: they train nothing. A bad record
-raises `UserError` naming the place (file and 1-based line for JSONL, 0-based
-element for a JSON list, as `sources.read_records` does), the field
-(`messages[3].role`) and the fix; `on_error="skip"` drops it instead.
+Validation. Every conversation must have known roles, a system turn only first, a
+user turn before the first answer (an assistant greeting that opens a conversation
+answers no prompt, and a prompt at inference always ends with the user), no two user
+or two assistant turns in a row (`merge_consecutive=True` joins them with a blank
+line instead), no empty assistant turn and at least one assistant turn, and text
+that is Unicode (no lone UTF-16 surrogate from a broken `\\u` escape). User turns
+after the last answer are dropped: they train nothing. A bad record raises
+`UserError` naming the place (file and 1-based line for JSONL, 0-based element for a
+JSON list, as `sources.read_records` does), the field (`messages[3].role`) and the
+fix; `on_error="skip"` drops it instead. A file broken as a whole (missing, a
+directory, a corrupt `.gz`, not JSON, or holding no records) always raises.
 
 Nothing is dropped silently: `Conversations.counts` says what was skipped or
 merged, by kind (`tool_turn`, `tool_call_turn`, `tool_calls_dropped`,
@@ -48,16 +52,16 @@ merged, by kind (`tool_turn`, `tool_call_turn`, `tool_calls_dropped`,
 
 Files are read here rather than through `sources.read_records`: that reader yields
 flat string fields, and a conversation is a nested list. The places and messages
-follow its style.
+follow its style, and `record_files` reads the bytes and the JSON for both.
 """
 
 import collections
 import dataclasses
-import gzip
-import json
+import math
 import os
 from typing import Any, Iterator, Literal, Mapping, NamedTuple
 
+from flan_jax.data import record_files
 from flan_jax.errors import UserError
 
 Turn = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
@@ -170,7 +174,10 @@ def read_conversations(path: str | os.PathLike, *, format: Format | None = None,
     result.conversations.extend(parsed.conversations)
     result.records.extend([records - 1] * len(parsed.conversations))
     result.counts.update(parsed.counts)
-  if records and result.counts["bad_record"] == records:
+  if not records:
+    raise UserError(f"{path}: the file holds no records. Give a JSONL file with one "
+                    "conversation per line, or a JSON list of them.")
+  if result.counts["bad_record"] == records:
     # Every record bad points to a wrong format= rather than bad data.
     raise UserError(f"All {records} records in {path} were skipped. First problem: "
                     f"{result.problems[0]}")
@@ -329,9 +336,9 @@ def _rank(node: Mapping, field: str, where: str) -> tuple[int, float]:
   rank = node.get("rank")
   if rank is None:
     return (1, 0)  # unranked replies after every ranked one
-  if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-    raise UserError(f"{where}: {field}.rank is {_preview(rank)}; a rank must be a number (0 is "
-                    "the best) or null. Fix the tree, or read it with paths='all'.")
+  if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not math.isfinite(rank):
+    raise UserError(f"{where}: {field}.rank is {_preview(rank)}; a rank must be a finite number "
+                    "(0 is the best) or null. Fix the tree, or read it with paths='all'.")
   return (0, rank)
 
 
@@ -341,6 +348,13 @@ def _finish(turns: list[_Turn], container: str, merge_consecutive: bool, where: 
             counts: collections.Counter) -> list[Turn]:
   if merge_consecutive:
     turns = _merge(turns, counts)
+  opening = next((turn for turn in turns if turn.role != "system"), None)
+  if opening and opening.role == "assistant":
+    raise UserError(
+        f"{where}: {opening.field} is an assistant turn before any user turn; a conversation "
+        "opens with the user's turn (after an optional system turn), as every prompt at "
+        "inference does. Add the user turn it answers, move a greeting into the system turn, "
+        "or remove the record.")
   for i, turn in enumerate(turns):
     if turn.role == "system" and i > 0:
       raise UserError(
@@ -396,7 +410,7 @@ def _role(value: Any, field: str, roles: Mapping[str, str], where: str,
 def _content(value: Any, field: str, where: str) -> str | None:
   """A turn's text: a string, or a list of text parts (OpenAI's multi-part content)."""
   if value is None or isinstance(value, str):
-    return value
+    return _unicode(value, field, where)
   if isinstance(value, list):
     texts = []
     for i, part in enumerate(value):
@@ -409,16 +423,22 @@ def _content(value: Any, field: str, where: str) -> str | None:
         raise UserError(f"{where}: {field}[{i}] is {_preview(part)}; only text parts "
                         "({'type': 'text', 'text': ...}) can be trained on. Drop the part or "
                         "the record.")
-    return "".join(texts)
+    return _unicode("".join(texts), field, where)
   raise UserError(f"{where}: {field} is a {type(value).__name__} ({_preview(value)}); expected "
                   "a string or a list of text parts.")
 
 
 def _text(value: Any, field: str, where: str) -> str | None:
   if value is None or isinstance(value, str):
-    return value
+    return _unicode(value, field, where)
   raise UserError(f"{where}: {field} is a {type(value).__name__} ({_preview(value)}); expected "
                   "a string.")
+
+
+def _unicode(value: str | None, field: str, where: str) -> str | None:
+  if problem := record_files.value_problem(value):
+    raise UserError(f"{where}: {field} {problem}.")
+  return value
 
 
 def _required(value: str | None, field: str, where: str) -> str:
@@ -461,14 +481,15 @@ def _rows(path: str, file_format: str | None) -> Iterator[tuple[str, Any]]:
   file_format = file_format or _file_format(path)
   if file_format not in ("jsonl", "json"):
     raise UserError(f"file_format={file_format!r}; use 'jsonl' or 'json'.")
-  data = _read_bytes(path)
+  data = record_files.read_bytes(path)
   if file_format == "json":
     try:
-      document = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      document = record_files.parse_json(data.removeprefix(b"\xef\xbb\xbf"))
+    except record_files.JsonError as e:
+      place = f"{path}, line {e.line}" if e.line else path
       hint = (" It seems to hold one object per line: pass file_format='jsonl'."
-              if getattr(e, "msg", "") == "Extra data" else "")
-      raise UserError(f"{path}: not a valid JSON file ({e}).{hint}") from None
+              if e.msg == "Extra data" else "")
+      raise UserError(f"{place}: {e}.{hint}") from None
     if not isinstance(document, list):
       raise UserError(f"{path}: expected a JSON list of records at the top level, found a "
                       f"{type(document).__name__}. Pass file_format='jsonl' for one object "
@@ -483,10 +504,10 @@ def _rows(path: str, file_format: str | None) -> Iterator[tuple[str, Any]]:
       continue
     where = f"{path}, line {number}"
     try:
-      yield where, json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      yield where, UserError(f"{where}: not valid JSON ({e}). Each line of a JSONL file must be "
-                             "one complete JSON object; fix or remove the line.")
+      yield where, record_files.parse_json(line)
+    except record_files.JsonError as e:
+      yield where, UserError(f"{where}: {e}. Each line of a JSONL file must be one complete "
+                             "JSON object; fix or remove the line.")
 
 
 def _file_format(path: str) -> str:
@@ -497,19 +518,3 @@ def _file_format(path: str) -> str:
     raise UserError(f"{path}: cannot tell the file format from the extension "
                     f"{extension or '(none)'!r}. Pass file_format='jsonl' or 'json'.")
   return formats[extension]
-
-
-def _read_bytes(path: str) -> bytes:
-  if "://" in path:  # gs:// and other remote file systems, through TensorFlow's gfile
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # only for remote paths
-    if not tf.io.gfile.exists(path):
-      raise UserError(f"{path}: no such file.")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      data = f.read()
-  else:
-    if not os.path.isfile(path):
-      raise UserError(f"{path}: no such file. Check the path (relative paths are taken from "
-                      f"{os.getcwd()}).")
-    with open(path, "rb") as f:
-      data = f.read()
-  return gzip.decompress(data) if path.endswith(".gz") else data

@@ -11,16 +11,20 @@ fields (`inputs`, `targets`, `question`, ...). Three kinds:
 Validation. `read_records` maps each output field to a source key (`field_map`,
 dotted paths reach into nested objects: `"meta.question"`, `"outputs.0"`), turns
 numbers and booleans into strings, and checks every record. A malformed record (a
-line that is not JSON, not an object, a missing field, a value of the wrong type, a
-row with the wrong number of columns) and an empty required field (empty or only
-whitespace) raise `UserError` naming the file, the place, the field and the fix;
+line that is not JSON or nests too deeply to parse, not an object, a missing field, a
+value of the wrong type, NaN or an infinite number, a string with a lone UTF-16
+surrogate, a row with the wrong number of columns) and an empty required field (empty
+or only whitespace) raise `UserError` naming the file, the place, the field and the fix;
 with `on_error="skip"` such records are dropped, counted in `ReadResult.skipped`
 and summarised in one absl warning, never silently. Places are 1-based line
 numbers for JSONL/TSV/CSV (what an editor shows; the header is line 1), 0-based
 element indices for JSON lists and 0-based row indices for Parquet (what `[i]`
 fetches). Problems of the whole file (it is missing, not JSON, a header lacks a
-column) always raise, since skipping would drop every record. So does a file
-whose every record was skipped: that is a wrong `field_map`, not bad data.
+column, a directory, a `.gz` that is corrupt or cut short, a Parquet file that does
+not read, a CSV quote that never closes) always raise, since skipping would drop every
+record after the fault. So does a file whose every record was skipped: that is a
+wrong `field_map`, not bad data. `record_files` holds the checks conversation files
+share.
 
 Fields. `fields` must be present and non-empty in every record; `optional_fields`
 may be missing, null or empty (Alpaca's `input` is empty in over half its
@@ -34,7 +38,7 @@ follows RFC 4180 quoting. TSV does not quote: a `"` at the start of a cell is te
 (FLAN's CoT files start claims with quotes that CSV quoting would eat), so a value
 can hold neither a tab nor a newline. Cells are read verbatim; literal `\\n`
 escapes, as in FLAN's CoT TSVs, stay two characters for a preprocessor to replace.
-Blank lines in JSONL, TSV and CSV are not records. Files are read through
+Blank lines in JSONL, TSV and CSV are not records. Remote files are read through
 `tf.io.gfile`, so `gs://` paths work.
 
 Laziness. Sources read nothing when constructed, so registering a thousand tasks
@@ -49,9 +53,7 @@ meant for metrics and postprocessing, templates render scalar fields.
 import abc
 import csv
 import dataclasses
-import gzip
 import io
-import json
 import os
 import threading
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
@@ -61,6 +63,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax.data import record_files
 from flan_jax.errors import UserError
 
 Format = Literal["jsonl", "json", "tsv", "csv", "parquet"]
@@ -155,6 +158,9 @@ class _Spec:
             "optional_fields if records may lack it.")
       if field in self.list_fields:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+          if problem := record_files.value_problem(item):
+            raise _RecordProblem(f"{where}: {named} {problem}.")
         strings = [_as_string(item) for item in items]
         if any(s is None for s in strings):
           raise _RecordProblem(
@@ -166,6 +172,8 @@ class _Spec:
               "remove the record, or declare the field in optional_fields.")
         record[field] = strings
       else:
+        if problem := record_files.value_problem(value):
+          raise _RecordProblem(f"{where}: {named} {problem}.")
         string = _as_string(value)
         if string is None:
           raise _RecordProblem(
@@ -259,15 +267,6 @@ def _check_format(format: str | None, path: str, has_header: bool,
   return format
 
 
-def _read_bytes(path: str) -> bytes:
-  if not tf.io.gfile.exists(path):
-    raise UserError(f"{path}: no such file. Check the path (relative paths are taken from "
-                    f"{os.getcwd()}).")
-  with tf.io.gfile.GFile(path, "rb") as f:
-    data = f.read()
-  return gzip.decompress(data) if path.endswith(".gz") else data
-
-
 def _decode(data: bytes, path: str) -> str:
   try:
     return data.decode("utf-8-sig")  # -sig: spreadsheet exports start with a BOM
@@ -288,23 +287,21 @@ def _jsonl_rows(data: bytes, path: str) -> Iterator[tuple[str, Any]]:
     if not line.strip():
       continue
     try:
-      yield where, json.loads(line)
-    except UnicodeDecodeError as e:
-      yield where, _RecordProblem(f"{where}: not UTF-8 ({e.reason}). Re-encode the file as UTF-8.")
-    except json.JSONDecodeError as e:
-      yield where, _RecordProblem(
-          f"{where}: not valid JSON ({e.msg} at column {e.colno}). Each line of a JSONL file "
-          "must be one complete JSON object; fix or remove the line.")
+      yield where, record_files.parse_json(line)
+    except record_files.JsonError as e:
+      yield where, _RecordProblem(f"{where}: {e}. Each line of a JSONL file must be one "
+                                  "complete JSON object; fix or remove the line.")
 
 
 def _json_rows(data: bytes, path: str, records_key: str | None) -> Iterator[tuple[str, Any]]:
   try:
-    document = json.loads(_decode(data, path))
-  except json.JSONDecodeError as e:
+    document = record_files.parse_json(_decode(data, path))
+  except record_files.JsonError as e:
+    place = f"{path}, line {e.line}" if e.line else path
     hint = (" The file seems to hold one object per line: pass format='jsonl'."
             if e.msg == "Extra data" else "")
-    raise UserError(f"{path}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg}).{hint} "
-                    "Fix the file, e.g. find the spot with `python -m json.tool FILE`.") from None
+    raise UserError(f"{place}: {e}.{hint} Fix the file, e.g. find the spot with "
+                    "`python -m json.tool FILE`.") from None
   prefix = path
   if records_key is not None:
     found = _lookup(document, records_key)
@@ -332,11 +329,11 @@ def _json_rows(data: bytes, path: str, records_key: str | None) -> Iterator[tupl
 def _delimited_rows(data: bytes, path: str, format: str, spec: _Spec, delimiter: str | None,
                     has_header: bool, column_names: Sequence[str] | None
                     ) -> Iterator[tuple[str, Any]]:
+  lines = _Lines(_decode(data, path))
   if format == "tsv":
-    reader = csv.reader(io.StringIO(_decode(data, path), newline=""),
-                        delimiter=delimiter or "\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(lines, delimiter=delimiter or "\t", quoting=csv.QUOTE_NONE)
   else:
-    reader = csv.reader(io.StringIO(_decode(data, path), newline=""), delimiter=delimiter or ",")
+    reader = csv.reader(lines, delimiter=delimiter or ",")
   columns = list(column_names) if column_names else None
   if columns is not None:
     _check_columns(columns, spec, path, "column_names")
@@ -345,6 +342,12 @@ def _delimited_rows(data: bytes, path: str, format: str, spec: _Spec, delimiter:
   try:
     for row in reader:
       first_line, lines_read = lines_read + 1, reader.line_num  # a quoted value may span lines
+      if lines.exhausted:
+        # Always an error: skipping the row would drop every line after the quote.
+        raise UserError(
+            f"{path}, line {first_line}: a quoted value in the row starting here never closes, "
+            f"so lines {first_line}-{lines_read} (the rest of the file) would be one value. "
+            'Close the quote; a quote inside a quoted value is written twice ("").')
       if not row:
         continue
       if not header_seen:
@@ -370,6 +373,26 @@ def _delimited_rows(data: bytes, path: str, format: str, spec: _Spec, delimiter:
                     "Fix the quoting on that line.") from None
 
 
+class _Lines:
+  """A text's lines for csv.reader, noting when it asks past the last. A row that comes
+  back after that ran into the end of the file inside a quoted value, which Python's
+  csv quietly closes there; every complete row ends without asking further."""
+
+  def __init__(self, text: str):
+    self._lines = iter(io.StringIO(text, newline=""))
+    self.exhausted = False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> str:
+    try:
+      return next(self._lines)
+    except StopIteration:
+      self.exhausted = True
+      raise
+
+
 def _check_columns(columns: Sequence[str], spec: _Spec, path: str, source: str) -> None:
   """A required column absent from the header would fail every row: say so once."""
   for field, key in spec.required_keys().items():
@@ -386,7 +409,7 @@ def _parquet_rows(data: bytes, path: str, spec: _Spec) -> Iterator[tuple[str, An
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   try:
     table = pq.read_table(pyarrow.BufferReader(data))
-  except pyarrow.ArrowException as e:
+  except (pyarrow.ArrowException, OSError) as e:  # pyarrow raises OSError for bad metadata
     raise UserError(
         f"{path}: not a readable Parquet file ({e}). Check the file and format=.") from None
   _check_columns(table.column_names, spec, path, "Parquet schema")
@@ -455,7 +478,7 @@ def read_records(
   path = os.fspath(path)
   spec = _Spec.create(fields, optional_fields, list_fields, field_map, on_error)
   format = _check_format(format, path, has_header, column_names)
-  data = _read_bytes(path)
+  data = record_files.read_bytes(path)
   if format == "jsonl":
     rows = _jsonl_rows(data, path)
   elif format == "json":
