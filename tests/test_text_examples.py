@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,3 +68,19 @@ def test_text_mixed_beside_conversations_at_its_rate_trains_every_token(text_fil
     seqio.MixtureRegistry.remove("mix_both")
     seqio.TaskRegistry.remove("mix_chat")
     seqio.TaskRegistry.remove("mix_text")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("corrupt.txt.gz", b"plain text, not gzip", "not a readable gzip file"),
+    ("deep.jsonl", b'{"text": ' + b"[" * 100000 + b"]" * 100000 + b"}\n", "nested too deeply"),
+    ("surrogate.jsonl", b'{"text": "half \\ud800 a pair"}\n', "lone UTF-16 surrogate"),
+    ("folder.jsonl", None, "is a directory"),
+], ids=["corrupt_gzip", "deep_json", "lone_surrogate", "directory"])
+def test_a_broken_text_file_is_one_error_naming_it(tmp_path, name, content, message):
+  path = tmp_path / name
+  if content is None:
+    path.mkdir()
+  else:
+    path.write_bytes(content)
+  with pytest.raises(UserError, match=re.escape(str(path)) + ".*" + message):
+    text_examples.read_documents(str(path))

@@ -10,38 +10,42 @@ this is for the modest amount of text a finetune mixes in, not for pretraining.
 """
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
 from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax import paths
-from flan_jax.data import example_source, vocabularies
+from flan_jax.data import example_source, record_files, vocabularies
 from flan_jax.errors import UserError
 
 
 def read_documents(path: str, field: str = "text") -> list[str]:
-  """The documents in a .txt (separated by blank lines) or .jsonl file (`field` of each line)."""
-  if not paths.exists(path):
-    raise UserError(f"{path}: no such text file. Give a .txt (documents separated by blank "
-                    "lines) or a .jsonl file (one document per line).")
-  text = paths.read_text(path)
-  if not path.endswith(".jsonl"):
+  """The documents in a .txt (separated by blank lines) or .jsonl file (`field` of each
+  line); either may be gzipped (.gz). A broken file is one error naming it."""
+  data = record_files.read_bytes(path)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-encode the file "
+                    "as UTF-8.") from None
+  if not path.removesuffix(".gz").endswith(".jsonl"):
     return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
   documents = []
   for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{number}: not JSON ({e.msg}); write one object per line.") from None
+      record = record_files.parse_json(line)
+    except record_files.JsonError as e:
+      raise UserError(f"{path}:{number}: {e}; write one JSON object per line.") from None
     value = record.get(field) if isinstance(record, dict) else None
     if not isinstance(value, str):
       raise UserError(f"{path}:{number}: needs a string field {field!r} (the document); set "
                       "field= to the name your file uses.")
+    problem = record_files.value_problem(value)
+    if problem:
+      raise UserError(f"{path}:{number}: field {field!r} {problem}.")
     if value.strip():
       documents.append(value)
   return documents
