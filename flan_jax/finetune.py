@@ -24,7 +24,7 @@ import seqio
 
 from flan_jax import paths
 from flan_jax.data import chat_examples, clusters, pipeline, registry, vocabularies
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
@@ -67,6 +67,16 @@ def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
     raise UserError(f"All tasks must share one vocabulary, but {others} differ from "
                     f"{tasks[0].name}'s.")
   return vocabulary
+
+
+def check_feature_lengths(lengths: Mapping[str, int]) -> None:
+  """TASK_FEATURE_LENGTHS: {"inputs": tokens >= 0 (0: none, for plain text and
+  conversations), "targets": tokens >= 1}."""
+  if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
+    raise UserError("TASK_FEATURE_LENGTHS must be a dict with keys 'inputs' and 'targets', e.g. "
+                    f"{{'inputs': 512, 'targets': 128}}; got {lengths!r}.")
+  check_whole_number("TASK_FEATURE_LENGTHS['inputs']", lengths["inputs"], 0)
+  check_whole_number("TASK_FEATURE_LENGTHS['targets']", lengths["targets"], 1)
 
 
 def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Vocabulary,
@@ -164,9 +174,7 @@ def _finetune(
   ensure_writable_dir(model_dir)
   seen_tasks = registry.leaf_tasks(mixture_or_task_name)
   heldout_tasks = registry.leaf_tasks(heldout_mixture_or_task_name) if heldout_mixture_or_task_name else []
-  if set(task_feature_lengths) != {"inputs", "targets"}:
-    raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
-                    f"{sorted(task_feature_lengths)}.")
+  check_feature_lengths(task_feature_lengths)
   workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
   if workers < 0:  # before any evaluation: a setting's error should not wait minutes
     raise UserError(f"data_workers must be >= 0 (0: render examples in the training process), "

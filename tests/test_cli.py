@@ -184,3 +184,16 @@ def test_a_refused_run_writes_nothing_into_the_model_dir(tmp_path):
   with pytest.raises(UserError, match=r"another model: num_layers=3 \(now 1\)"):
     _train_in_process(tmp_path)
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("TRAIN_STEPS = 'abc'", "train_steps must be a whole number of at least 1, got 'abc'"),
+    ("TASK_FEATURE_LENGTHS = {'inputs': -5, 'targets': 32}",
+     r"TASK_FEATURE_LENGTHS\['inputs'\] must be a whole number of at least 0, got -5"),
+    ("BATCH_SIZE = 0", "BATCH_SIZE must be a whole number of at least 1, got 0"),
+])
+def test_bad_settings_are_one_clear_error_before_anything_is_written(tmp_path, binding, message):
+  from flan_jax.errors import UserError
+  with pytest.raises(UserError, match=message):
+    _train_in_process(tmp_path / "run", binding)
+  assert not (tmp_path / "run" / "config.gin").exists()
