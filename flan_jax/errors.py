@@ -1,6 +1,7 @@
 """Errors that reach the user as one clear line instead of a traceback."""
 
 import difflib
+import numbers
 import sys
 from typing import Callable, Iterable
 
@@ -29,17 +30,26 @@ def closest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[
   return [c for c in candidates if c.startswith(stem)][:limit]
 
 
+def check_whole_number(name: str, value, at_least: int) -> None:
+  """A count setting (steps, a batch size, a length) must be an integer >= `at_least`: a
+  gin binding or a JSON field can hand over anything (TRAIN_STEPS=abc), and a count
+  below its minimum would fail later, far from the setting, or silently do nothing."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
+    raise UserError(f"{name} must be a whole number of at least {at_least}, got {value!r}.")
+
+
 def exit_on_user_error(main: Callable) -> Callable:
   """Wraps an absl `main`: a UserError becomes one `error:` line and exit status 2; an
   Interrupted run prints where it stopped and exits with 128 + the signal."""
+  # gin appends "In call to configurable ..." lines to what a configurable raises: the
+  # first line says it all.
   def guarded(argv):
     try:
       return main(argv)
     except Interrupted as e:
-      print(str(e), file=sys.stderr)
+      print(str(e).splitlines()[0], file=sys.stderr)
       sys.exit(e.exit_code)
     except UserError as e:
-      # gin appends "In call to configurable ..." lines: the first line says it all.
       print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
       sys.exit(2)
   return guarded

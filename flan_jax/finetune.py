@@ -7,7 +7,10 @@ to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
 with the means of `report_groups` (FLAN's held-out score `heldout_mean/...` and one
 mean per variant) and the tasks each mean covers ("groups").
 MODEL_DIR also gets the model's config (flan_jax_config.json), so the run exports to
-Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=...`.
+Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=...`,
+and the entry point's resolved configuration (config.gin). Nothing is written there
+before the run holds MODEL_DIR's lock and its settings are checked against those the
+directory recorded: a refused run leaves another run's record as it was.
 """
 
 import dataclasses
@@ -22,7 +25,7 @@ import seqio
 from flan_jax import paths
 from flan_jax.data import (chat_examples, chat_export, clusters, pipeline, registry,
                            vocabularies)
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert, families
@@ -65,6 +68,16 @@ def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
     raise UserError(f"All tasks must share one vocabulary, but {others} differ from "
                     f"{tasks[0].name}'s.")
   return vocabulary
+
+
+def check_feature_lengths(lengths: Mapping[str, int]) -> None:
+  """TASK_FEATURE_LENGTHS: {"inputs": tokens >= 0 (0: none, for plain text and
+  conversations), "targets": tokens >= 1}."""
+  if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
+    raise UserError("TASK_FEATURE_LENGTHS must be a dict with keys 'inputs' and 'targets', e.g. "
+                    f"{{'inputs': 512, 'targets': 128}}; got {lengths!r}.")
+  check_whole_number("TASK_FEATURE_LENGTHS['inputs']", lengths["inputs"], 0)
+  check_whole_number("TASK_FEATURE_LENGTHS['targets']", lengths["targets"], 1)
 
 
 def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Vocabulary,
@@ -149,6 +162,7 @@ def _finetune(
     initial_checkpoint_path: str | None = None,
     truncation_sample: int = 100,
     data_workers: int | None = None,
+    config_gin: str | None = None,
 ) -> dict[str, dict[str, float]]:
   """Evaluates, trains, evaluates again; returns {"before", "after", "groups"}.
 
@@ -156,17 +170,24 @@ def _finetune(
   report prompts and targets that the run's lengths cut (0: skip the report).
   `data_workers`: processes that render and tokenize training examples (None: one per
   spare core on an accelerator, none on the CPU; the data is the same for any number).
+  `config_gin`: the entry point's resolved configuration, recorded as MODEL_DIR/config.gin.
   """
   ensure_writable_dir(model_dir)
   seen_tasks = registry.leaf_tasks(mixture_or_task_name)
   heldout_tasks = registry.leaf_tasks(heldout_mixture_or_task_name) if heldout_mixture_or_task_name else []
-  if set(task_feature_lengths) != {"inputs", "targets"}:
-    raise UserError(f"TASK_FEATURE_LENGTHS must have keys 'inputs' and 'targets', got "
-                    f"{sorted(task_feature_lengths)}.")
+  check_feature_lengths(task_feature_lengths)
   workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
   if workers < 0:  # before any evaluation: a setting's error should not wait minutes
     raise UserError(f"data_workers must be >= 0 (0: render examples in the training process), "
                     f"got {workers}.")
+  # Evaluation runs on training's mesh: parameters in training's layout, each batch's
+  # rows split over the data axes and the hosts.
+  mesh = mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape)
+  mesh_lib.check_batch_fits(mesh, batch_size)
+  if batch_size % trainer.microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
+                    f"{trainer.microbatches} equal slices.")
+  rows = placement.sharded_rows(mesh_lib.batch_sharding(mesh))
   vocabulary = task_vocabulary(seen_tasks + heldout_tasks)
   initial_params = None
   if initial_checkpoint_path:
@@ -184,9 +205,15 @@ def _finetune(
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
   network = families.family_for(model, bos_id=vocabularies.bos_id(vocabulary),
                                 num_token_ids=vocabulary.vocab_size)
+  # What MODEL_DIR records is written only now, holding its lock, once this run's
+  # settings agree with what it recorded: a refused run leaves the files of the run it
+  # would have resumed or disturbed as they were.
   check_same_model(model_dir, model)
   template, held_out = _check_recorded_conversations(model_dir, seen_tasks + heldout_tasks)
-  if jax.process_index() == 0:  # so `convert --from_orbax=MODEL_DIR --to_hf=...` can export
+  if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
+    if config_gin is not None:
+      paths.write_atomically(paths.join(model_dir, "config.gin"), config_gin)
+    # So `convert --from_orbax=MODEL_DIR --to_hf=...` can export.
     convert.save_run_config(model_dir, model, initial_checkpoint_path)
     # Conversations: the template they were rendered with, for `infer --chat` and
     # `eval` to render prompts exactly so, and the records training never read.
@@ -212,15 +239,6 @@ def _finetune(
     eval_tasks = seen_eval_tasks + eval_tasks
   groups = report_groups([t.name for t in seen_eval_tasks], [t.name for t in heldout_tasks])
   inputs_eos = network.inputs_eos
-
-  # Evaluation runs on training's mesh: parameters in training's layout, each batch's
-  # rows split over the data axes and the hosts.
-  mesh = mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape)
-  mesh_lib.check_batch_fits(mesh, batch_size)
-  if batch_size % trainer.microbatches:
-    raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
-                    f"{trainer.microbatches} equal slices.")
-  rows = placement.sharded_rows(mesh_lib.batch_sharding(mesh))
 
   def evaluate(params) -> dict[str, float]:
     model = evaluator.make_eval_model(network, params, task_feature_lengths, vocabulary.eos_id,

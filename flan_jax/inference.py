@@ -22,7 +22,7 @@ import numpy as np
 import seqio
 
 from flan_jax.data import chat_examples, chat_templates, truncation, vocabularies
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import DecodeConfig
 from flan_jax.evaluation.evaluator import decode_until_eos, left_pad_prompts
@@ -137,6 +137,9 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
   MODEL_DIR, else the checkpoint's own (its tokenizer_config.json).
   """
   from flan_jax import checkpoint_eval, finetune  # the checkpoint formats
+  for name in ("max_input_length", "max_new_tokens", "batch_size"):  # before a slow load
+    if name in settings:
+      check_whole_number(name, settings[name], 1)
   vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint_path)
   config, params = checkpoint_eval.load_checkpoint(checkpoint_path, step)
   if vocabulary is None:

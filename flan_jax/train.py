@@ -15,7 +15,7 @@ from absl import flags
 import gin
 import jax
 
-from flan_jax import finetune, gin_utils, paths
+from flan_jax import finetune, gin_utils
 from flan_jax.data import mixtures, vocabularies
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
@@ -105,9 +105,6 @@ def train(
       task.register(vocabulary)
   if mixture_parts:
     mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
-  finetune.ensure_writable_dir(model_dir)
-  if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
-    paths.write_atomically(paths.join(model_dir, "config.gin"), gin.config_str())
   return finetune.finetune(
       model_dir=model_dir,
       mixture_or_task_name=mixture_or_task_name,
@@ -127,6 +124,8 @@ def train(
       initial_checkpoint_path=initial_checkpoint_path,
       truncation_sample=truncation_sample,
       data_workers=data_workers,
+      # Recorded once the run holds MODEL_DIR and agrees with what it recorded before.
+      config_gin=gin.config_str(),
   )
 
 

@@ -150,6 +150,14 @@ def test_infer_requests_errors_name_the_line():
     list(inference.read_requests(['{"inputs": "x", "options": []}'], "f.jsonl"))
 
 
+@pytest.mark.parametrize("setting", ["max_new_tokens", "batch_size", "max_input_length"])
+def test_infer_settings_below_one_are_one_clear_error(run, setting):
+  model_dir, _ = run
+  with pytest.raises(UserError, match=f"{setting} must be a whole number of at least 1, got 0"):
+    predictor = inference.load_predictor(str(model_dir), **{setting: 0})
+    predictor.generate(["What is 2 plus 3?"])
+
+
 def test_interactive_loop_answers_each_line_until_eof(run):
   model_dir, _ = run
   predictor = inference.load_predictor(str(model_dir), max_input_length=64, max_new_tokens=8,

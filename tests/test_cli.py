@@ -145,3 +145,55 @@ def test_bad_step_counts_and_batch_sizes_are_one_clear_error():
   mesh_lib.check_batch_fits(mesh, 8)
   with pytest.raises(UserError, match="BATCH_SIZE=6 .* 4 devices .* use a multiple of 4"):
     mesh_lib.check_batch_fits(mesh, 6)
+
+
+def _train_in_process(model_dir, *bindings):
+  """`python -m flan_jax.train --gin_file=quickstart.gin` with these bindings, run in this
+  process (no interpreter start-up), small enough to end in seconds if nothing refuses it."""
+  import gin
+  from flan_jax import gin_utils, train
+  quick = ["TRAIN_STEPS = 1", "BATCH_SIZE = 4", "train.evaluate_before = False",
+           "train.truncation_sample = 0", "EvalConfig.max_examples_per_task = 1",
+           "EvalConfig.batch_size = 1", "DecoderConfig.num_layers = 1",
+           "DecoderConfig.embed_dim = 32"]
+  gin.clear_config()
+  try:
+    gin_utils.parse(["quickstart.gin"], [f"MODEL_DIR = '{model_dir}'", *quick, *bindings])
+    return train.train()
+  finally:
+    gin.clear_config()
+
+
+def test_a_refused_run_writes_nothing_into_the_model_dir(tmp_path):
+  from flan_jax.errors import UserError
+  from flan_jax.models import convert
+  from flan_jax.models.decoder import DecoderConfig
+  from flan_jax.training.run_lock import RunLock
+  live = "TRAIN_STEPS = 1  # the live run's settings\n"
+  (tmp_path / "config.gin").write_text(live)
+  # The same command with another model and seed while the first run holds MODEL_DIR.
+  with RunLock(str(tmp_path)):
+    with pytest.raises(UserError, match="in use by process"):
+      _train_in_process(tmp_path, "DecoderConfig.num_layers = 2", "train.seed = 5")
+  assert (tmp_path / "config.gin").read_text() == live
+  # A resume with another model than the checkpoints hold.
+  (tmp_path / "checkpoints").mkdir()
+  recorded = DecoderConfig(vocab_size=259, num_layers=3, embed_dim=32)
+  convert.save_run_config(str(tmp_path), recorded)
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  with pytest.raises(UserError, match=r"another model: num_layers=3 \(now 1\)"):
+    _train_in_process(tmp_path)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("TRAIN_STEPS = 'abc'", "train_steps must be a whole number of at least 1, got 'abc'"),
+    ("TASK_FEATURE_LENGTHS = {'inputs': -5, 'targets': 32}",
+     r"TASK_FEATURE_LENGTHS\['inputs'\] must be a whole number of at least 0, got -5"),
+    ("BATCH_SIZE = 0", "BATCH_SIZE must be a whole number of at least 1, got 0"),
+])
+def test_bad_settings_are_one_clear_error_before_anything_is_written(tmp_path, binding, message):
+  from flan_jax.errors import UserError
+  with pytest.raises(UserError, match=message):
+    _train_in_process(tmp_path / "run", binding)
+  assert not (tmp_path / "run" / "config.gin").exists()

@@ -126,3 +126,17 @@ def test_rows_start_from_the_tokenizers_bos_as_the_pretrained_model_expects(stor
   with_bos, with_unk = target_loss(1), target_loss(0)
   print(f"target loss from <s>: {with_bos:.3f}, from <unk>: {with_unk:.3f}")
   assert with_bos < with_unk - 0.1, (with_bos, with_unk)
+
+
+@pytest.mark.parametrize("config_json, message", [
+    ('{"architectures": ["LlamaForCausalLM"], ', "is not valid JSON"),
+    ('["LlamaForCausalLM"]', "must hold one JSON object, not a list"),
+    ('{"architectures": ["LlamaForCausalLM"], "vocab_size": 32}',
+     r"lacks \['hidden_size', 'intermediate_size', 'num_attention_heads', 'num_hidden_layers'\]"),
+])
+def test_a_hf_config_json_that_is_not_a_model_config_says_what_is_wrong(tmp_path, config_json,
+                                                                        message):
+  from flan_jax.models.pretrained import load_pretrained
+  (tmp_path / "config.json").write_text(config_json)
+  with pytest.raises(UserError, match=f"{re.escape(str(tmp_path / 'config.json'))}.*{message}"):
+    load_pretrained(str(tmp_path))

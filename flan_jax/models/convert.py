@@ -83,11 +83,7 @@ def hf_module(config_json: dict):
 
 def load_hf(directory: str, **config_overrides) -> tuple[ModelConfig, dict]:
   """(config, params) from a Hugging Face checkpoint of either family."""
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
-  with open(config_path) as f:
-    module = hf_module(json.load(f))
+  module = hf_module(safetensors_io.read_config_json(directory))
   return module.load_hf_checkpoint(directory, **config_overrides)
 
 

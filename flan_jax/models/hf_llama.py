@@ -41,6 +41,9 @@ from flan_jax.models.safetensors_io import (  # noqa: F401  (file names re-expor
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                 "Qwen2ForCausalLM": "qwen2"}
+# What config.json must say; everything else has a default.
+REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                 "vocab_size")
 
 Params = dict[str, Any]
 
@@ -191,7 +194,7 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfi
 
   Params are numpy arrays in `config.param_dtype` (float32 unless overridden).
   """
-  config = config_from_hf(read_config_json(directory), **config_overrides)
+  config = config_from_hf(read_config_json(directory, REQUIRED_KEYS), **config_overrides)
   files = tensor_files(directory)
   with TensorReader(files) as reader:
     if config.tie_embeddings and _stores_a_different_lm_head(reader, files):

@@ -41,6 +41,8 @@ from flan_jax.models.t5 import FEED_FORWARDS, T5Config
 
 SUPPORTED_ARCHITECTURES = ("T5ForConditionalGeneration",)
 MODEL_TYPE = "t5"
+# What config.json must say; everything else has a default.
+REQUIRED_KEYS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
 # Copies of the embedding a file may hold besides (or instead of) shared.weight.
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # Present in some checkpoints, used by nothing (HF ignores it on load too).
@@ -69,8 +71,7 @@ def config_from_hf(config_json: dict, **overrides) -> T5Config:
   if feed_forward not in FEED_FORWARDS:
     raise UserError(f"feed_forward_proj={feed_forward!r} is not supported; supported are "
                     f"{', '.join(sorted(FEED_FORWARDS))}.")
-  missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
-             if k not in config_json]
+  missing = [k for k in REQUIRED_KEYS if k not in config_json]
   if missing:
     raise UserError(f"config.json lacks {missing}, which a T5 config must have.")
   fields = dict(
@@ -193,7 +194,7 @@ def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, Pa
   Params are numpy arrays in `config.param_dtype` (float32 unless overridden), in
   the unscanned layout (`layers_{i}`) whatever `scan_layers` says.
   """
-  config = config_from_hf(read_config_json(directory), **config_overrides)
+  config = config_from_hf(read_config_json(directory, REQUIRED_KEYS), **config_overrides)
   files = tensor_files(directory)
   specs = _tensor_specs(config)
   copies = _embedding_copies(config)

@@ -144,12 +144,31 @@ def transposed(hf_name: str, path: tuple[str, ...], out_dim: int, in_dim: int) -
   return TensorSpec(hf_name, path, (out_dim, in_dim), lambda w: w.T, lambda w: w.T)
 
 
-def read_config_json(directory: str) -> dict:
+def read_config_json(directory: str, required: Sequence[str] = ()) -> dict:
+  """The checkpoint's config.json: one JSON object holding at least the `required` keys,
+  else one error naming the file."""
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise UserError(f"no config.json in {directory}: is this a Hugging Face checkpoint?")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except ValueError as e:  # not JSON, or not UTF-8
+    raise UserError(f"{path} is not valid JSON ({e}): replace it with the model's "
+                    "config.json as Hugging Face saved it.") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path} must hold one JSON object, not a {_json_kind(config)}: replace it "
+                    "with the model's config.json as Hugging Face saved it.")
+  missing = sorted(k for k in required if k not in config)
+  if missing:
+    raise UserError(f"{path} lacks {missing}, which this architecture's config must have: "
+                    "replace it with the model's config.json as Hugging Face saved it.")
+  return config
+
+
+def _json_kind(value) -> str:
+  return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+      type(value), "number")
 
 
 def check_tensor_names(directory: str, missing: Sequence[str], unused: Sequence[str]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, check_whole_number
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -98,8 +98,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None,
 
 def check_batch_fits(mesh: Mesh, global_batch_size: int) -> None:
   """The global batch's rows must split evenly over the devices of the data-like axes."""
+  check_whole_number("BATCH_SIZE", global_batch_size, 1)
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  if global_batch_size < 1 or global_batch_size % rows:
+  if global_batch_size % rows:
     raise UserError(
         f"BATCH_SIZE={global_batch_size} does not split evenly over the {rows} devices of "
         f"the data and fsdp axes of mesh {dict(mesh.shape)}: use a multiple of {rows}.")

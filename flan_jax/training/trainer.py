@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 
 from flan_jax import paths
-from flan_jax.errors import Interrupted, UserError
+from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
@@ -72,20 +72,16 @@ class TrainerConfig:
   loss_chunk_length: int = 512
 
   def __post_init__(self):
-    for name in ("train_steps", "checkpoint_every", "log_every"):
-      if getattr(self, name) < 1:
-        raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
-    if self.prefetch < 0:
-      raise UserError(f"prefetch must be >= 0 (0: no batches made ahead), got {self.prefetch}.")
-    if self.microbatches < 1 or not 0.0 <= self.label_smoothing < 1.0:
-      raise UserError(f"microbatches must be >= 1 and label_smoothing in [0, 1) (got "
-                      f"{self.microbatches}, {self.label_smoothing}).")
-    if self.loss_chunk_length < 0:
-      raise UserError(f"loss_chunk_length must be >= 0 (0: no chunks), got "
-                      f"{self.loss_chunk_length}.")
-    if self.eval_every < 0:
-      raise UserError(f"eval_every must be >= 0 (0: no evaluation during training), "
-                      f"got {self.eval_every}.")
+    # Counts; 0 means none where allowed (no batches made ahead, no loss chunks, no
+    # evaluation during training).
+    for name, at_least in (("train_steps", 1), ("checkpoint_every", 1), ("log_every", 1),
+                           ("microbatches", 1), ("prefetch", 0), ("loss_chunk_length", 0),
+                           ("eval_every", 0)):
+      check_whole_number(name, getattr(self, name), at_least)
+    smoothing = self.label_smoothing
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not (
+        0.0 <= smoothing < 1.0):
+      raise UserError(f"label_smoothing must be in [0, 1), got {smoothing!r}.")
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
