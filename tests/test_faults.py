@@ -4,6 +4,7 @@ diverged loss stops before anything non-finite is saved, one run per MODEL_DIR."
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +155,30 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_older_intact_one(tmp_pat
     _damage(tmp_path / "run" / "checkpoints" / step)
   with pytest.raises(UserError, match="No checkpoint in .* restores: step 6 .*step 4 .*step 2"):
     _train(tmp_path / "run", 8, batches, checkpoint_every=2)
+
+
+def _stateful_batches(start, state=None):
+  """The training stream, with a position that is saved beside each checkpoint."""
+  return train_batches("default_add", LENGTHS, 4, seed=0, skip_batches=start, state=state)
+
+
+def test_an_empty_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, caplog):
+  _train(tmp_path, 8, _stateful_batches, checkpoint_every=2)  # keeps 3: 4, 6 and 8
+  checkpoints, data_state = tmp_path / "checkpoints", tmp_path / "data_state"
+  assert sorted(os.listdir(checkpoints)) == ["4", "6", "8"]
+  assert sorted(os.listdir(data_state)) == ["4", "6", "8"]  # 2's went with its checkpoint
+  # A save interrupted before any file was written, and one killed while writing.
+  shutil.rmtree(checkpoints / "8")
+  (checkpoints / "8").mkdir()
+  (checkpoints / "10.orbax-checkpoint-tmp-1").mkdir()
+  (checkpoints / "10.orbax-checkpoint-tmp-1" / "part").write_text("x")
+  with caplog.at_level("WARNING"):
+    state = _train(tmp_path, 8, _stateful_batches, checkpoint_every=2)
+  assert int(state.step) == 8
+  assert "Checkpoint 8 in" in caplog.text and "Checkpoint 6 in" not in caplog.text
+  assert sorted(os.listdir(checkpoints)) == ["4", "6", "8", "8.damaged"]
+  assert sorted(os.listdir(data_state)) == ["4", "6", "8"]
 
 
 def test_resuming_with_another_model_is_one_clear_error(tmp_path):

@@ -2,7 +2,8 @@
 
 Orbax writes each step into a temporary directory and renames it only once complete,
 so an interrupted save never leaves a checkpoint that looks finished; the latest
-finished step is what a restarted run resumes from.
+finished step is what a restarted run resumes from. The temporary directories of saves
+cut short are removed when the next run starts.
 
 A save that cannot be written (a full disk, a quota) costs only itself: before saving,
 the free space is compared with the state's size, and a save that fails while being
@@ -57,9 +58,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int | None = 3):
     self._directory = paths.absolute(directory)  # gs://... stays as it is
+    # One item per step, said up front: left to guess, orbax guesses from the first step
+    # it reads, and an empty step directory would make it read every step as several
+    # items. Temporary directories of saves cut short are removed as it starts.
     self._manager = ocp.CheckpointManager(
-        self._directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             cleanup_tmp_directories=True))
+    self._keep = keep
     self._in_flight: int | None = None  # the step being written in the background
     # Kept for the life of the process: orbax's pending tasks log their failures as late
     # as the interpreter's exit, after the checkpointer has closed.
@@ -88,6 +94,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     """The finished steps, oldest first."""
     return sorted(self._manager.all_steps())
+
+  def steps_kept_after_saving(self, step: int) -> list[int]:
+    """The steps that remain once `step` is saved and the oldest beyond `keep` deleted."""
+    steps = sorted(set(self.all_steps()) | {step})
+    return steps[-self._keep:] if self._keep else steps
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restore `step` into the shapes, dtypes and shardings of `abstract_state`."""
