@@ -9,12 +9,9 @@ A save that cannot be written (a full disk, a quota) costs only itself: before s
 the free space is compared with the state's size, and a save that fails while being
 written is reported as soon as it fails (`raise_if_failed`, called every step), in
 one line naming the step, the cause and the intact checkpoint to resume from, in
-place of orbax's tracebacks from each of its writer threads. (Tensorstore may still
-print "Event loop is closed" tracebacks for its writes left pending: it prints them
-itself, past Python's hooks.)
+place of the tracebacks orbax and tensorstore print for each write (`orbax_messages`).
 """
 
-import logging
 import re
 import shutil
 
@@ -22,27 +19,13 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from flan_jax import paths
+from flan_jax import orbax_messages, paths
 from flan_jax.errors import UserError
 from flan_jax.training.train_step import TrainState
 
 # Room a save needs beyond the state's bytes (metadata, and estimates that fall short).
 _SPACE_MARGIN = 1.05
 _SPACE_SLACK_BYTES = 16 << 20
-_NOISY_LOGGERS = ("absl", "asyncio")
-
-
-class _OneLineOrbaxErrors(logging.Filter):
-  """Orbax's writer threads (and their asyncio tasks) each log a failed write with its
-  traceback; the run reports the failure once itself, so their records keep only
-  their first line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.ERROR and ("orbax" in record.pathname or
-                                            record.name == "asyncio"):
-      record.msg, record.args = record.getMessage().splitlines()[0][:300], None
-      record.exc_info = record.exc_text = None
-    return True
 
 
 def _cause(error: BaseException) -> str:
@@ -67,11 +50,7 @@ class Checkpointer:
                                              cleanup_tmp_directories=True))
     self._keep = keep
     self._in_flight: int | None = None  # the step being written in the background
-    # Kept for the life of the process: orbax's pending tasks log their failures as late
-    # as the interpreter's exit, after the checkpointer has closed.
-    for logger in _NOISY_LOGGERS:
-      if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger(logger).filters):
-        logging.getLogger(logger).addFilter(_OneLineOrbaxErrors())
+    orbax_messages.quiet()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -124,9 +103,10 @@ class Checkpointer:
       raise UserError(
           f"not enough disk space to save checkpoint {step}: it needs about "
           f"{needed / 2**30:.2f} GiB in {self._directory} but {free / 2**30:.2f} GiB are free. "
-          f"{self._resume_hint()}")
+          f"{self.resume_hint()}")
 
-  def _resume_hint(self) -> str:
+  def resume_hint(self) -> str:
+    """What to do after a failed save: the intact checkpoint a rerun resumes from."""
     latest = self._manager.latest_step()
     if latest is None:
       return "No checkpoint was saved yet."
@@ -141,7 +121,7 @@ class Checkpointer:
       pass
     self._manager.reload()
     return UserError(f"saving checkpoint {step} to {self._directory} failed: {_cause(error)}. "
-                     f"{self._resume_hint()}")
+                     f"{self.resume_hint()}")
 
   def raise_if_failed(self) -> None:
     """Raises the failure of the save in flight, if it has failed (cheap: call often)."""
