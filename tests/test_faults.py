@@ -23,7 +23,7 @@ from flan_jax.training.checkpoints import Checkpointer
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.run_lock import LOCK_FILE, RunLock
 from flan_jax.training.trainer import TrainerConfig, train
-from tiny import TINY_DECODER
+from tiny import TINY_DECODER, damage_checkpoint
 
 LENGTHS = {"inputs": 64, "targets": 16}
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=2)
@@ -133,18 +133,10 @@ def test_a_lock_left_by_a_dead_process_or_a_silent_host_is_taken_over(tmp_path):
     assert json.loads(lock.read_text())["host"] != "elsewhere"
 
 
-def _damage(step_dir):
-  """Truncates every array data file of a saved step (as a disk fault would)."""
-  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
-  assert files
-  for path in files:
-    path.write_bytes(path.read_bytes()[:7])
-
-
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_older_intact_one(tmp_path, caplog):
   batches = _batches_signalling(None)
   _train(tmp_path / "run", 4, batches, checkpoint_every=2)
-  _damage(tmp_path / "run" / "checkpoints" / "4")
+  damage_checkpoint(tmp_path / "run" / "checkpoints" / "4")
   with caplog.at_level("WARNING"):
     resumed = _train(tmp_path / "run", 6, batches, checkpoint_every=2)
   assert "Checkpoint 4 in" in caplog.text and "does not restore" in caplog.text
@@ -152,7 +144,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_older_intact_one(tmp_pat
   for ours, theirs in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
   for step in ("2", "4", "6"):
-    _damage(tmp_path / "run" / "checkpoints" / step)
+    damage_checkpoint(tmp_path / "run" / "checkpoints" / step)
   with pytest.raises(UserError, match="No checkpoint in .* restores: step 6 .*step 4 .*step 2"):
     _train(tmp_path / "run", 8, batches, checkpoint_every=2)
 
