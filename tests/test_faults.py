@@ -1,6 +1,7 @@
 """Faults cost at most the work since the last save: SIGTERM/SIGINT save and stop, a
 diverged loss stops before anything non-finite is saved, one run per MODEL_DIR."""
 
+import errno
 import json
 import os
 import re
@@ -171,6 +172,22 @@ def test_an_empty_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_on
   assert "Checkpoint 8 in" in caplog.text and "Checkpoint 6 in" not in caplog.text
   assert sorted(os.listdir(checkpoints)) == ["4", "6", "8", "8.damaged"]
   assert sorted(os.listdir(data_state)) == ["4", "6", "8"]
+
+
+def test_a_data_position_that_cannot_be_written_is_one_error_naming_that_step(
+    tmp_path, monkeypatch):
+  from flan_jax import paths
+  real = paths.write_atomically
+
+  def disk_full_for_data_positions(path, text):
+    if "data_state" in str(path):
+      raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    real(path, text)
+
+  monkeypatch.setattr(paths, "write_atomically", disk_full_for_data_positions)
+  with pytest.raises(UserError, match=r"saving the data position of step 2 to \S+host_0.json "
+                                      r"failed: No space left on device\. No checkpoint"):
+    _train(tmp_path, 2, _stateful_batches, checkpoint_every=2)
 
 
 def test_resuming_with_another_model_is_one_clear_error(tmp_path):
