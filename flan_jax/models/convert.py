@@ -20,7 +20,8 @@ architecture, the tokenizer) and the round trip gives the same tensors.
 A finetuning run's MODEL_DIR converts the same way: training writes the same
 `flan_jax_config.json` (and, when it started from a Hugging Face checkpoint, its
 `hf_config.json` and `hf_files/`) beside `checkpoints/`, and the parameters come
-from the latest checkpoint (or `--step`).
+from the newest checkpoint that restores (or `--step`): a damaged newer one is named in
+a warning and left as it is.
 """
 
 import dataclasses
