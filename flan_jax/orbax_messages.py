@@ -67,4 +67,3 @@ def quiet() -> None:
       logger.addFilter(_OneLineOrbaxErrors())
   if not isinstance(sys.unraisablehook, _CountClosedLoopResults):
     sys.unraisablehook = _CountClosedLoopResults(sys.unraisablehook)
-
