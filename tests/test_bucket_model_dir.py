@@ -97,8 +97,8 @@ def test_data_positions_are_saved_and_pruned_beside_the_checkpoints(bucket):
       return {"position": 7}
 
   class KeptSteps:
-    def all_steps(self):
-      return [4]
+    def steps_kept_after_saving(self, step):
+      return [4, step]
 
   for step in (2, 4, 6):
     trainer._save_data_state(RUN, step, Stream(), KeptSteps())
@@ -129,7 +129,7 @@ def test_checkpoints_keep_a_bucket_url_as_it_is(monkeypatch):
   seen = []
 
   class Manager:
-    def __init__(self, directory, options):
+    def __init__(self, directory, **settings):
       seen.append(directory)
 
   monkeypatch.setattr(checkpoints.ocp, "CheckpointManager", Manager)

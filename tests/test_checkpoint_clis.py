@@ -4,9 +4,12 @@ and evaluation did."""
 
 import json
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import seqio
@@ -17,9 +20,10 @@ from flan_jax.data import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.evaluator import EvalConfig
-from flan_jax.models import families
+from flan_jax.models import convert, families
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.training.trainer import TrainerConfig
+from tiny import damage_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K-hf"
@@ -89,6 +93,29 @@ def test_an_earlier_step_and_bad_paths(run, tmp_path):
     checkpoint_eval.load_checkpoint(str(tmp_path / "missing"))
   with pytest.raises(UserError, match="needs a run directory"):
     checkpoint_eval.load_checkpoint(str(tmp_path), step=2)
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning_or_named_when_asked_for(
+    run, tmp_path, caplog):
+  model_dir, _ = run
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  damage_checkpoint(copy / "checkpoints" / "4")
+  # eval and infer read a run through load_checkpoint, convert through load_orbax.
+  with caplog.at_level("WARNING"):
+    _, params = checkpoint_eval.load_checkpoint(str(copy))
+  assert re.search(r"Checkpoint 4 in \S+ does not restore \(.+\); reading checkpoint 2",
+                   caplog.text)
+  _, step_2 = checkpoint_eval.load_checkpoint(str(model_dir), step=2)
+  for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(step_2), strict=True):
+    np.testing.assert_array_equal(ours, theirs)
+  assert (copy / "checkpoints" / "4").is_dir()  # reading a run never changes it
+  with pytest.raises(UserError, match=r"checkpoint 4 in \S+ does not restore \(.+\): pass "
+                                      r"the step of an intact one \(2\)"):
+    convert.load_orbax(str(copy), step=4)
+  damage_checkpoint(copy / "checkpoints" / "2")
+  with pytest.raises(UserError, match=r"no checkpoint in \S+ restores: step 4 \(.+\); step 2"):
+    convert.load_orbax(str(copy))
 
 
 def _eval_model_and_examples(model_dir, task_name):

@@ -49,3 +49,12 @@ def attention_decoder(implementation, **overrides):
   settings = dict(vocab_size=300, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64)
   return DecoderConfig(**{**settings, **overrides}, attention_implementation=implementation)
+
+
+def damage_checkpoint(step_dir):
+  """Truncates every array data file of a saved step (a `pathlib.Path`), as a disk fault
+  would."""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[:7])

@@ -20,11 +20,13 @@ architecture, the tokenizer) and the round trip gives the same tensors.
 A finetuning run's MODEL_DIR converts the same way: training writes the same
 `flan_jax_config.json` (and, when it started from a Hugging Face checkpoint, its
 `hf_config.json` and `hf_files/`) beside `checkpoints/`, and the parameters come
-from the latest checkpoint (or `--step`).
+from the newest checkpoint that restores (or `--step`): a damaged newer one is named in
+a warning and left as it is.
 """
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -33,7 +35,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from flan_jax import paths
+from flan_jax import orbax_messages, paths
 from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
 from flan_jax.models.decoder import DecoderConfig
@@ -145,19 +147,45 @@ def save_orbax(params, config: ModelConfig, directory: str,
 
 
 def _run_params(directory: str, step: int | None):
-  """The parameters of a finetuning run's checkpoint `step` (default: the latest)."""
-  import orbax.checkpoint as ocp
+  """The parameters of a finetuning run's checkpoint `step` (default: the newest that
+  restores; each newer one that does not is reported in a warning and left as it is)."""
   checkpoints = os.path.join(directory, "checkpoints")
   steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()
                  and os.path.exists(os.path.join(checkpoints, d, "commit_success.txt")))
   if not steps or (step is not None and step not in steps):
     raise UserError(f"{checkpoints} has no finished checkpoint"
                     f"{'' if step is None else f' for step {step}'} (found: {steps or 'none'}).")
-  path = os.path.join(checkpoints, str(step if step is not None else steps[-1]), "default")
+  orbax_messages.quiet()  # a damaged step's failed read leaves tracebacks behind
+  failures = []
+  for candidate in [step] if step is not None else reversed(steps):
+    try:
+      params = _read_params(os.path.join(checkpoints, str(candidate), "default"))
+    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
+      first_line = (str(e).splitlines() or [""])[0][:200]
+      failures.append((candidate, f"{type(e).__name__}: {first_line}"))
+      continue
+    for damaged, reason in failures:  # left in place: reading a run never changes it
+      logging.warning("Checkpoint %d in %s does not restore (%s); reading checkpoint %d "
+                      "instead.", damaged, checkpoints, reason, candidate)
+    return params
+  if step is not None:
+    others = [s for s in steps if s != step]
+    raise UserError(f"checkpoint {step} in {checkpoints} does not restore ({failures[0][1]}): "
+                    f"pass the step of an intact one ({', '.join(map(str, others)) or 'none'}).")
+  raise UserError(f"no checkpoint in {checkpoints} restores: "
+                  f"{'; '.join(f'step {s} ({reason})' for s, reason in failures)}.")
+
+
+def _read_params(path: str):
+  """The parameters saved at `path` (a step's "default" item) as host arrays."""
+  import orbax.checkpoint as ocp
   # Only the parameters are read (not the optimizer state, twice their size for Adam),
   # straight into host arrays, whatever devices and processes saved them: a run on 2
   # hosts is evaluated or exported by one.
-  saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree["params"]
+  metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+  if metadata is None:  # orbax returns None where the metadata file is missing or unreadable
+    raise ValueError(f"no readable metadata in {path}")
+  saved = metadata.tree["params"]
   args = ocp.args.PyTreeRestore(
       item={"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)},
       restore_args={"params": jax.tree.map(

@@ -2,18 +2,16 @@
 
 Orbax writes each step into a temporary directory and renames it only once complete,
 so an interrupted save never leaves a checkpoint that looks finished; the latest
-finished step is what a restarted run resumes from.
+finished step is what a restarted run resumes from. The temporary directories of saves
+cut short are removed when the next run starts.
 
 A save that cannot be written (a full disk, a quota) costs only itself: before saving,
 the free space is compared with the state's size, and a save that fails while being
 written is reported as soon as it fails (`raise_if_failed`, called every step), in
 one line naming the step, the cause and the intact checkpoint to resume from, in
-place of orbax's tracebacks from each of its writer threads. (Tensorstore may still
-print "Event loop is closed" tracebacks for its writes left pending: it prints them
-itself, past Python's hooks.)
+place of the tracebacks orbax and tensorstore print for each write (`orbax_messages`).
 """
 
-import logging
 import re
 import shutil
 
@@ -21,27 +19,13 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from flan_jax import paths
+from flan_jax import orbax_messages, paths
 from flan_jax.errors import UserError
 from flan_jax.training.train_step import TrainState
 
 # Room a save needs beyond the state's bytes (metadata, and estimates that fall short).
 _SPACE_MARGIN = 1.05
 _SPACE_SLACK_BYTES = 16 << 20
-_NOISY_LOGGERS = ("absl", "asyncio")
-
-
-class _OneLineOrbaxErrors(logging.Filter):
-  """Orbax's writer threads (and their asyncio tasks) each log a failed write with its
-  traceback; the run reports the failure once itself, so their records keep only
-  their first line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.ERROR and ("orbax" in record.pathname or
-                                            record.name == "asyncio"):
-      record.msg, record.args = record.getMessage().splitlines()[0][:300], None
-      record.exc_info = record.exc_text = None
-    return True
 
 
 def _cause(error: BaseException) -> str:
@@ -57,15 +41,16 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int | None = 3):
     self._directory = paths.absolute(directory)  # gs://... stays as it is
+    # One item per step, said up front: left to guess, orbax guesses from the first step
+    # it reads, and an empty step directory would make it read every step as several
+    # items. Temporary directories of saves cut short are removed as it starts.
     self._manager = ocp.CheckpointManager(
-        self._directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             cleanup_tmp_directories=True))
+    self._keep = keep
     self._in_flight: int | None = None  # the step being written in the background
-    # Kept for the life of the process: orbax's pending tasks log their failures as late
-    # as the interpreter's exit, after the checkpointer has closed.
-    for logger in _NOISY_LOGGERS:
-      if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger(logger).filters):
-        logging.getLogger(logger).addFilter(_OneLineOrbaxErrors())
+    orbax_messages.quiet()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -88,6 +73,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     """The finished steps, oldest first."""
     return sorted(self._manager.all_steps())
+
+  def steps_kept_after_saving(self, step: int) -> list[int]:
+    """The steps that remain once `step` is saved and the oldest beyond `keep` deleted."""
+    steps = sorted(set(self.all_steps()) | {step})
+    return steps[-self._keep:] if self._keep else steps
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
     """Restore `step` into the shapes, dtypes and shardings of `abstract_state`."""
@@ -113,9 +103,10 @@ class Checkpointer:
       raise UserError(
           f"not enough disk space to save checkpoint {step}: it needs about "
           f"{needed / 2**30:.2f} GiB in {self._directory} but {free / 2**30:.2f} GiB are free. "
-          f"{self._resume_hint()}")
+          f"{self.resume_hint()}")
 
-  def _resume_hint(self) -> str:
+  def resume_hint(self) -> str:
+    """What to do after a failed save: the intact checkpoint a rerun resumes from."""
     latest = self._manager.latest_step()
     if latest is None:
       return "No checkpoint was saved yet."
@@ -130,7 +121,7 @@ class Checkpointer:
       pass
     self._manager.reload()
     return UserError(f"saving checkpoint {step} to {self._directory} failed: {_cause(error)}. "
-                     f"{self._resume_hint()}")
+                     f"{self.resume_hint()}")
 
   def raise_if_failed(self) -> None:
     """Raises the failure of the save in flight, if it has failed (cheap: call often)."""

@@ -116,12 +116,19 @@ def _data_state_path(model_dir: str, step: int) -> str:
 
 def _save_data_state(model_dir: str, step: int, stream, checkpointer: Checkpointer) -> None:
   """The stream's position after `step`, beside that step's checkpoint (written whole
-  or not at all); positions of checkpoints no longer kept are removed."""
+  or not at all); positions of checkpoints that are gone, or that this save deletes,
+  are removed. (Should the save fail, a checkpoint left without its position is
+  resumed by replaying the stream.)"""
   state = stream.state() if hasattr(stream, "state") else None
   if state is None:
     return
-  paths.write_atomically(_data_state_path(model_dir, step), json.dumps(state))
-  kept = set(checkpointer.all_steps()) | {step}
+  path = _data_state_path(model_dir, step)
+  try:
+    paths.write_atomically(path, json.dumps(state))
+  except OSError as e:  # a full disk, most often: fails the save of this step
+    raise UserError(f"saving the data position of step {step} to {path} failed: "
+                    f"{e.strerror or e}. {checkpointer.resume_hint()}") from None
+  kept = set(checkpointer.steps_kept_after_saving(step))
   root = paths.join(model_dir, DATA_STATE_DIR)
   for name in paths.listdir(root):
     if name.isdigit() and int(name) not in kept:
