@@ -19,6 +19,8 @@ Too long for the row: whole exchanges (a user turn and its answers) are left out
 the front, the system prompt kept, until the rest fits; the final answer is never
 cut. A conversation whose last exchange alone does not fit has nothing left to train
 and is dropped, counted by the packer; it is never trained as a row of zero loss.
+How many exchanges a conversation loses (or that it is dropped) is remembered per row
+length, so later epochs do not tokenize a long turn again only to leave it out.
 
 A template failure names the conversation (its file and record, counted from 1). At
 load, conversations the template rejects are counted and left out; one that runs past
@@ -27,6 +29,7 @@ whole budget again every epoch.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -140,10 +143,11 @@ def shortened(turns: Sequence[Mapping[str, str]]) -> Iterator[tuple[int, list]]:
 
 def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
         turns: Sequence[Mapping[str, str]], length: int, *, train_on: TrainOn = "all",
-        bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+        bos_id: int | None = None, leave_out: int = 0) -> tuple[np.ndarray, np.ndarray, int] | None:
   """(ids, weights, exchanges left out) fitting `length` tokens, or None if even the
-  last exchange does not fit (nothing would be trained)."""
-  for dropped, kept in shortened(turns):
+  last exchange does not fit (nothing would be trained). `leave_out`: exchanges an
+  earlier fit of these turns at this length left out, not tokenized again."""
+  for dropped, kept in itertools.islice(shortened(turns), leave_out, None):
     ids, weights = tokenize(template, vocabulary, kept, train_on=train_on, bos_id=bos_id)
     if len(ids) <= length:
       return (ids, weights, dropped) if weights.any() else None
@@ -194,6 +198,10 @@ class ChatSource(example_source.ExampleSource):
     self._validation_records, self.path = validation_records, path
     self._conversations: conversations.Conversations | None = None
     self._split_conversations: dict[str, list[tuple[int, list]]] = {}  # (record, turns)
+    # (index, row length) -> exchanges left out to fit, None: nothing fits. Kept for the
+    # conversations that do not fit whole, so that later epochs tokenize only what is
+    # kept: a long turn would otherwise be tokenized again every epoch, to the same end.
+    self._left_out: dict[tuple[int, int], int | None] = {}
 
   @property
   def template(self) -> chat_templates.TemplateSpec:
@@ -291,11 +299,18 @@ class ChatSource(example_source.ExampleSource):
 
   def _train_example(self, index, turns, sequence_length) -> dict[str, Any] | None:
     length = sum(sequence_length.values()) if sequence_length else 1 << 30
+    key = (index, length)
+    left_out = self._left_out.get(key, 0)
+    if left_out is None:
+      return None
     fitted = fit(self._template, self._vocabulary, turns, length, train_on=self._train_on,
-                 bos_id=self._bos_id)
+                 bos_id=self._bos_id, leave_out=left_out)
     if fitted is None:
+      self._left_out[key] = None
       return None
     ids, weights, dropped = fitted
+    if dropped:
+      self._left_out[key] = dropped
     return example_source.weighted_example(ids, weights, self._template.render(turns),
                                            dropped_exchanges=dropped)
 
