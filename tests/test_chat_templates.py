@@ -1,11 +1,14 @@
 """Chat templates: built-in renderings, assistant spans by prefixes, loading and saving."""
 
 import json
+import threading
+import time
 
 import pytest
 
-from flan_jax.data.chat_templates import (BUILTIN_NAMES, TemplateSpec, assistant_spans, builtin,
-                                          from_tokenizer_config, starts_with_bos)
+from flan_jax.data.chat_templates import (BUILTIN_NAMES, RenderLimits, TemplateSpec,
+                                          assistant_spans, builtin, from_tokenizer_config,
+                                          starts_with_bos)
 from flan_jax.errors import UserError
 
 CHAT = [{"role": "system", "content": "You are terse."},
@@ -167,3 +170,81 @@ def test_a_spec_round_trips_through_json_and_renders_the_same(name):
 def test_from_json_rejects_what_to_json_did_not_write():
   with pytest.raises(UserError, match="expected an object with keys"):
     TemplateSpec.from_json(json.dumps({"name": "x", "source": "{{ 1 }}"}))
+
+
+# Templates are code: each failure is one UserError naming the template, and what
+# would hang or exhaust memory is stopped by the rendering limits.
+
+
+def _finishes_within(seconds: float, function):
+  """function()'s result (or its exception), failing the test if it runs longer."""
+  outcome = {}
+
+  def run():
+    try:
+      outcome["value"] = function()
+    except BaseException as e:  # handed to the test below
+      outcome["error"] = e
+
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f"still rendering after {seconds} s"
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["value"]
+
+
+@pytest.mark.parametrize("source,why", [
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    ("{{ range(10 ** 9) | length }}", "range of 1000000000 items"),
+    ("{{ messages.append(1) }}", "SecurityError"),
+    ("{{ messages[0].missing.deeper }}", "UndefinedError"),
+])
+def test_a_template_that_fails_is_one_error_naming_it_and_why(source, why):
+  with pytest.raises(UserError, match=rf"chat template 'failing'.*{why}"):
+    _finishes_within(5, lambda: TemplateSpec("failing", source).render(CHAT))
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    # No range: characters of a string, and a macro that calls itself twice.
+    "{% set s = messages[0].content * 1000 %}{% for a in s %}{% for b in s %}{% endfor %}"
+    "{% endfor %}",
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+])
+def test_a_template_that_would_run_for_hours_stops_at_the_time_budget(source):
+  limits = RenderLimits(seconds=0.3)
+  started = time.monotonic()
+  with pytest.raises(UserError, match=r"chat template 'slow'.*more than 0.3 s"):
+    _finishes_within(5, lambda: TemplateSpec("slow", source).render(CHAT, limits=limits))
+  assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'a' * 10 ** 10 }}",
+    "{{ ([0] * 10 ** 10) | length }}",
+    "{{ 10 ** (10 ** 10) }}",
+    "{{ 'a'.ljust(10 ** 10) }}",
+    "{{ 'a' | center(10 ** 10) }}",
+    "{{ '%9999999999s' % 'a' }}",
+    "{{ '{:>9999999999}'.format('a') }}",
+    # Doubling a string 40 times: stopped once it passes the cap, long before 2**40.
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+    "{% endfor %}{{ ns.s | length }}",
+    "{% for i in range(100000) %}{{ messages[0].content * 1000 }}{% endfor %}",
+])
+def test_a_template_that_would_exhaust_memory_is_refused_with_the_default_limits(source):
+  # Each would ask for gigabytes (the last writes 1.4 G characters, 14 k at a time).
+  with pytest.raises(UserError, match=r"chat template 'greedy'.*(more than|over) "):
+    _finishes_within(5, lambda: TemplateSpec("greedy", source).render(CHAT))
+
+
+def test_the_output_cap_counts_characters_as_they_are_written():
+  many = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+  spec = TemplateSpec("many", many)
+  assert spec.render(CHAT, limits=RenderLimits(max_chars=100)) == "".join(
+      turn["content"] for turn in CHAT)
+  with pytest.raises(UserError, match=r"'many'.*wrote more than 40 characters"):
+    spec.render(CHAT, limits=RenderLimits(max_chars=40))

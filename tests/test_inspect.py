@@ -82,3 +82,61 @@ def test_a_conversation_shows_each_assistant_turn_and_its_eos_as_trained(tmp_pat
     assert report["tasks"]["inspect_chat"]["truncated_targets"] == 0
   finally:
     seqio.TaskRegistry.remove("inspect_chat")
+
+
+def _chat_file(tmp_path, conversations):
+  import json
+  path = tmp_path / "chats.jsonl"
+  path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+  return str(path)
+
+
+def test_a_conversation_too_long_for_the_row_is_tokenized_once_not_every_epoch(tmp_path,
+                                                                                monkeypatch):
+  # The packing statistics fill 64 rows from this 2-record file, reading it for
+  # hundreds of epochs; tokenizing the megabyte turn each time took minutes (at 10 MB,
+  # more than 4), though the answer never changes: it does not fit.
+  import time
+  from flan_jax.data import chat_examples, vocabularies
+  big = "word " * 200_000
+  path = _chat_file(tmp_path, [
+      [{"role": "user", "content": big}, {"role": "assistant", "content": "Too long."}],
+      [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]])
+  tokenize, big_ones = chat_examples.tokenize, []
+
+  def tokenize_once(template, vocabulary, turns, **kwargs):
+    if len(turns[0]["content"]) == len(big):
+      big_ones.append(turns)
+      assert len(big_ones) == 1, "the 1 MB conversation was tokenized again"
+    return tokenize(template, vocabulary, turns, **kwargs)
+
+  monkeypatch.setattr(chat_examples, "tokenize", tokenize_once)
+  chat_examples.ChatTask("inspect_big_turn", path, "chatml").register(
+      vocabularies.byte_vocabulary())
+  try:
+    started = time.monotonic()
+    report = inspect.inspect("inspect_big_turn", num_examples=1,
+                             plot_path=str(tmp_path / "p.png"), out=io.StringIO())
+    assert time.monotonic() - started < 30
+    assert report["tasks"]["inspect_big_turn"]["examples"] == 2
+    assert report["packing_efficiency"] > 0
+  finally:
+    seqio.TaskRegistry.remove("inspect_big_turn")
+
+
+def test_conversations_that_all_exceed_the_row_are_said_so_not_a_traceback(tmp_path):
+  import pytest
+  from flan_jax.data import chat_examples, vocabularies
+  from flan_jax.errors import UserError
+  path = _chat_file(tmp_path, [[{"role": "user", "content": "Capital of France?"},
+                                {"role": "assistant", "content": "Paris."}]] * 2)
+  chat_examples.ChatTask("inspect_too_long", path, "chatml").register(
+      vocabularies.byte_vocabulary())
+  out = io.StringIO()
+  try:
+    with pytest.raises(UserError, match="longer than a row"):
+      inspect.inspect("inspect_too_long", num_examples=1, plot_path=str(tmp_path / "p.png"),
+                      lengths={"inputs": 8, "targets": 8}, out=out)
+  finally:
+    seqio.TaskRegistry.remove("inspect_too_long")
+  assert "[inspect_too_long]\n(no example fits a row of 16 tokens" in out.getvalue()

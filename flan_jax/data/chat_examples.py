@@ -31,9 +31,17 @@ Too long for the row: whole exchanges (a user turn and its answers) are left out
 the front, the system prompt kept, until the rest fits; the final answer is never
 cut. A conversation whose last exchange alone does not fit has nothing left to train
 and is dropped, counted by the packer; it is never trained as a row of zero loss.
+How many exchanges a conversation loses (or that it is dropped) is remembered per row
+length, so later epochs do not tokenize a long turn again only to leave it out.
+
+A template failure names the conversation (its file and record, counted from 1). At
+load, conversations the template rejects are counted and left out; one that runs past
+the rendering limits stops the load, since each such conversation would spend the
+whole budget again every epoch.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -225,10 +233,11 @@ def shortened(turns: Sequence[Mapping[str, str]]) -> Iterator[tuple[int, list]]:
 
 def fit(template: chat_templates.TemplateSpec, vocabulary: seqio.Vocabulary,
         turns: Sequence[Mapping[str, str]], length: int, *, train_on: TrainOn = "all",
-        bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+        bos_id: int | None = None, leave_out: int = 0) -> tuple[np.ndarray, np.ndarray, int] | None:
   """(ids, weights, exchanges left out) fitting `length` tokens, or None if even the
-  last exchange does not fit (nothing would be trained)."""
-  for dropped, kept in shortened(turns):
+  last exchange does not fit (nothing would be trained). `leave_out`: exchanges an
+  earlier fit of these turns at this length left out, not tokenized again."""
+  for dropped, kept in itertools.islice(shortened(turns), leave_out, None):
     ids, weights = tokenize(template, vocabulary, kept, train_on=train_on, bos_id=bos_id)
     if len(ids) <= length:
       return (ids, weights, dropped) if weights.any() else None
@@ -276,13 +285,17 @@ class ChatSource(example_source.ExampleSource):
     self._train_on, self._bos_id = train_on, bos_id
     self._validation_records, self.path = validation_records, path
     self._conversations: conversations.Conversations | None = None
-    self._split_conversations: dict[str, list] = {}
+    self._split_conversations: dict[str, list[tuple[int, list]]] = {}  # (record, turns)
+    # (index, row length) -> exchanges left out to fit, None: nothing fits. Kept for the
+    # conversations that do not fit whole, so that later epochs tokenize only what is
+    # kept: a long turn would otherwise be tokenized again every epoch, to the same end.
+    self._left_out: dict[tuple[int, int], int | None] = {}
 
   @property
   def template(self) -> chat_templates.TemplateSpec:
     return self._template
 
-  def _split(self, split: str) -> list:
+  def _split(self, split: str) -> list[tuple[int, list]]:
     if self._conversations is None:  # loaded on first use, never at registration
       self._conversations = self._renderable(self._load())
       self._split_conversations = self._by_split(self._conversations)
@@ -291,15 +304,16 @@ class ChatSource(example_source.ExampleSource):
                       "(ChatTask.validation_records makes a validation split).")
     return self._split_conversations[split]
 
-  def _by_split(self, loaded: conversations.Conversations) -> dict[str, list]:
-    if not self._validation_records:
-      return {"train": loaded.conversations}
+  def _by_split(self, loaded: conversations.Conversations) -> dict[str, list[tuple[int, list]]]:
     records = loaded.records  # `_renderable` numbered them
-    first_held_out = max(records, default=-1) + 1 - self._validation_records
     pairs = list(zip(records, loaded.conversations))
-    train = [turns for record, turns in pairs if record < first_held_out]
-    held_out = [turns for record, turns in pairs if record >= first_held_out]
-    validation = [turns for turns in held_out if turns[-1]["role"] == "assistant"]
+    if not self._validation_records:
+      return {"train": pairs}
+    first_held_out = max(records, default=-1) + 1 - self._validation_records
+    train = [(record, turns) for record, turns in pairs if record < first_held_out]
+    held_out = [(record, turns) for record, turns in pairs if record >= first_held_out]
+    validation = [(record, turns) for record, turns in held_out
+                  if turns[-1]["role"] == "assistant"]
     loaded.counts["validation_without_answer"] += len(held_out) - len(validation)
     if not train:
       raise UserError(f"{self._salt}: validation_records={self._validation_records} holds out "
@@ -332,9 +346,12 @@ class ChatSource(example_source.ExampleSource):
     for record, turns in zip(records, loaded.conversations):
       try:
         self._template.render(turns)
+      except chat_templates.LimitExceeded as problem:
+        # Not a rejection to count: each such conversation would spend the budget again.
+        raise chat_templates.LimitExceeded(f"{self._where(record)}: {problem}") from None
       except UserError as problem:
         loaded.counts["template_rejected"] += 1
-        first_problem = first_problem or problem
+        first_problem = first_problem or f"{self._where(record)}: {problem}"
         continue
       kept.append(turns)
       kept_records.append(record)
@@ -350,6 +367,9 @@ class ChatSource(example_source.ExampleSource):
     logging.info("%s: %s", self._salt, loaded.summary())
     return loaded
 
+  def _where(self, record: int) -> str:
+    return f"{self.path or self._salt}, record {record + 1}"
+
   @property
   def counts(self) -> dict[str, int]:
     """What reading left out or changed (tool turns, merged turns, rejected conversations)."""
@@ -361,15 +381,28 @@ class ChatSource(example_source.ExampleSource):
 
   def example(self, split: str, index: int,
               sequence_length: Mapping[str, int] | None) -> dict[str, Any] | None:
-    turns = self._split(split)[index]
-    if split != "train":
-      return self._answer_example(turns, sequence_length)
+    record, turns = self._split(split)[index]
+    try:
+      if split != "train":
+        return self._answer_example(turns, sequence_length)
+      return self._train_example(index, turns, sequence_length)
+    except UserError as problem:  # the template fails on a prompt inside the conversation
+      raise UserError(f"{self._where(record)}: {problem}") from None
+
+  def _train_example(self, index, turns, sequence_length) -> dict[str, Any] | None:
     length = sum(sequence_length.values()) if sequence_length else 1 << 30
+    key = (index, length)
+    left_out = self._left_out.get(key, 0)
+    if left_out is None:
+      return None
     fitted = fit(self._template, self._vocabulary, turns, length, train_on=self._train_on,
-                 bos_id=self._bos_id)
+                 bos_id=self._bos_id, leave_out=left_out)
     if fitted is None:
+      self._left_out[key] = None
       return None
     ids, weights, dropped = fitted
+    if dropped:
+      self._left_out[key] = dropped
     return example_source.weighted_example(ids, weights, self._template.render(turns),
                                            dropped_exchanges=dropped)
 

@@ -35,6 +35,13 @@ BOS. Some templates write the BOS string themselves (Llama 2 and 3), others leav
 it to the tokenizer (ChatML, Zephyr). `starts_with_bos` tells the caller which, so
 the tokenizer does not add a second one.
 
+Limits. A template is code, so it renders in `template_sandbox`'s environment: each
+rendering has a time budget and caps on the characters written, on every string or
+list made and on `range` (`RenderLimits`). Whatever goes wrong, a limit passed
+(`LimitExceeded`) or the template's own failure (a division by zero, an undefined
+field, unbounded recursion), is one UserError naming the template and, where it can,
+the template line.
+
 Deliberately absent: Hugging Face's `strftime_now`. Templates use it to print
 today's date, which would make the training text depend on the day it was rendered;
 the templates that check for it fall back to a fixed date, the others fail with
@@ -45,12 +52,14 @@ import dataclasses
 import functools
 import json
 import os
+import traceback
 from typing import Any, Mapping, Sequence
 
 import jinja2
 import jinja2.ext
-import jinja2.sandbox
 
+from flan_jax.data import template_sandbox
+from flan_jax.data.template_sandbox import LimitExceeded, RenderLimits  # noqa: F401 (re-exported)
 from flan_jax.errors import UserError, closest_names
 
 Span = tuple[int, int]  # [start, end) character offsets into the rendered text
@@ -81,8 +90,8 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
 
 
 @functools.lru_cache(maxsize=None)
-def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
-  environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+def _environment() -> template_sandbox.LimitedEnvironment:
+  environment = template_sandbox.LimitedEnvironment(
       trim_blocks=True, lstrip_blocks=True,
       extensions=[jinja2.ext.loopcontrols, _GenerationBlocks])
   environment.globals["raise_exception"] = _raise_exception
@@ -93,6 +102,18 @@ def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
 @functools.lru_cache(maxsize=256)
 def _compile(source: str) -> jinja2.Template:
   return _environment().from_string(source)
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else "(no message)"
+
+
+def _template_line(error: Exception) -> str:
+  """Where in the template it failed: jinja2 maps its frames to template lines."""
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if frame.filename == "<template>"]
+  return f" (template line {lines[-1]})" if lines else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,17 +137,28 @@ class TemplateSpec:
       raise UserError(f"chat template {self.name!r} does not parse: {e.message} (template line "
                       f"{e.lineno}). Fix the template.") from None
 
-  def render(self, turns: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
-    """The conversation as text; with add_generation_prompt, ready for the next answer."""
+  def render(self, turns: Sequence[Mapping[str, str]], add_generation_prompt: bool = False,
+             limits: RenderLimits = template_sandbox.DEFAULT_LIMITS) -> str:
+    """The conversation as text; with add_generation_prompt, ready for the next answer.
+
+    Whatever goes wrong is one UserError naming the template; `LimitExceeded` (a
+    UserError too) when the rendering went past `limits`.
+    """
+    roles, template = [turn.get("role") for turn in turns], self._template()
     try:
-      return self._template().render(
-          messages=[dict(turn) for turn in turns], bos_token=self.bos, eos_token=self.eos,
-          add_generation_prompt=add_generation_prompt)
-    except (jinja2.TemplateError, TypeError, ValueError) as e:
-      raise UserError(f"chat template {self.name!r} cannot render the conversation: "
-                      f"{type(e).__name__}: {e}. The template rejects these turns (roles "
-                      f"{[turn.get('role') for turn in turns]}); fix the data or choose another "
-                      "template.") from None
+      return template_sandbox.render(
+          template, limits, messages=[dict(turn) for turn in turns],
+          bos_token=self.bos, eos_token=self.eos, add_generation_prompt=add_generation_prompt)
+    except LimitExceeded as e:
+      raise LimitExceeded(
+          f"chat template {self.name!r} stopped on the conversation (roles {roles}): {e}"
+          f"{_template_line(e)}. Fix the template, or leave out the conversation if it is "
+          "this large.") from None
+    except Exception as e:  # noqa: BLE001 (a template is code: whatever it raises is its failure)
+      raise UserError(f"chat template {self.name!r} cannot render the conversation (roles "
+                      f"{roles}): {type(e).__name__}: {_first_line(e)}{_template_line(e)}. "
+                      "The template rejects these turns: fix the data, or the template, or "
+                      "choose another.") from None
 
   def to_json(self) -> str:
     """The spec as JSON, with tokenizer_config.json's key names."""

@@ -151,7 +151,11 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   shown_from = tasks[:num_examples]
   for task in shown_from:
     example = next(task_reader.task_examples(task, split, sequence_length=lengths, seed=0,
-                                             shuffle=False))
+                                             shuffle=False), None)
+    if example is None:  # conversations, each with a last exchange longer than the row
+      print(f"[{task.name}]\n(no example fits a row of {sum(lengths.values())} tokens: each "
+            "conversation's last exchange alone is longer)\n", file=out)
+      continue
     if "targets_weights" in example:  # conversations, text: their own loss weights, one row
       row = next(packing.pack([example], lengths, max_examples_per_row=1))
     else:
