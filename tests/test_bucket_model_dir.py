@@ -129,7 +129,7 @@ def test_checkpoints_keep_a_bucket_url_as_it_is(monkeypatch):
   seen = []
 
   class Manager:
-    def __init__(self, directory, options):
+    def __init__(self, directory, options, **handlers):
       seen.append(directory)
 
   monkeypatch.setattr(checkpoints.ocp, "CheckpointManager", Manager)

@@ -159,6 +159,14 @@ def test_skip_leaves_the_weights_as_they_were_on_a_spiking_step_and_training_goe
   assert "Step 13 was skipped: the gradient norm" in caplog.text
 
 
+def test_skipping_every_step_stops_the_run_after_ten_in_a_row(tmp_path):
+  huge = OptimizerConfig(learning_rate=1e6, warmup_steps=10)
+  with pytest.raises(UserError, match=r"spiked at step 11: steps 2 to 11 were all skipped as "
+                     r"spikes; at step 11, the weights' norm .* no checkpoint from before it"):
+    _train(tmp_path, 20, _batches_signalling(None), optimizer=huge, spike_action="skip")
+  assert [m["skipped_steps"] for m in _logged(tmp_path)] == list(range(11))
+
+
 def test_a_gradient_spike_sets_aside_the_checkpoint_of_the_weights_it_was_measured_on(tmp_path):
   with pytest.raises(UserError, match=r"spiked at step 13: the gradient norm .* moved to "
                      r"\S+/checkpoints/12.spiked; the last checkpoint from before it is step 11"):

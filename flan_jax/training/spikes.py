@@ -13,10 +13,10 @@ three numbers, each against `factor` times its median over the last `WINDOW` ste
 - the weights' norm after the step, from the first step on: the starting weights are
   a reference already, and a blow-up shows there in the very step that makes it.
 
-Medians, as MaxText and levanter use robust statistics: a spike does not move the
-median, and a spiking (or non-finite) step's values never enter the window, so the
-steps after one are judged against normal ones. The window lives in the train state:
-it is saved with every checkpoint, and a resumed run judges as a straight one would.
+Medians rather than means: a spike does not move a median, and a spiking (or
+non-finite) step's values never enter the window, so the steps after one are judged
+against normal ones. The window lives in the train state: it is saved with every
+checkpoint, and a resumed run judges as a straight one would.
 
 What a spike does (`action`):
 - "stop": the run stops with an error naming the step and what spiked. Nothing from
