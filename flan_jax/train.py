@@ -61,6 +61,9 @@ def train(
     data_workers: int | None = None,
     log_every: int = 10,
     z_loss: float = 1e-4,
+    spike_factor: float | None = 10.0,
+    spike_warmup: int = 10,
+    spike_action: str = "stop",
     seed: int = 0,
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
@@ -84,6 +87,11 @@ def train(
   up to 8, on an accelerator; none on the CPU, whose cores run the model).
   `mesh_shape`: (data, fsdp, tensor) over all devices; with `dcn_mesh_shape`, over each
   TPU slice's (or GPU host's) devices, and `dcn_mesh_shape` over the slices or hosts.
+  `spike_factor`: a step whose loss or gradient norm (judged after `spike_warmup`
+  steps) or weights' norm (from the first step) exceeds this many times its median over
+  the last 100 steps is a spike (None: none is). `spike_action`: "stop" stops the run,
+  keeping only checkpoints from before the spike; "skip" leaves the weights as they
+  were for that step, counts it, and goes on.
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -115,7 +123,9 @@ def train(
                             mesh_shape=tuple(mesh_shape), eval_every=eval_every,
                             dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
                             microbatches=microbatches, label_smoothing=label_smoothing,
-                            loss_chunk_length=loss_chunk_length, prefetch=prefetch),
+                            loss_chunk_length=loss_chunk_length, prefetch=prefetch,
+                            spike_factor=spike_factor, spike_warmup=spike_warmup,
+                            spike_action=spike_action),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

@@ -1,5 +1,6 @@
 """Faults cost at most the work since the last save: SIGTERM/SIGINT save and stop, a
-diverged loss stops before anything non-finite is saved, one run per MODEL_DIR."""
+diverged loss stops before anything non-finite is saved, a spike stops (or is skipped)
+and the rerun resumes from before it, one run per MODEL_DIR."""
 
 import errno
 import json
@@ -41,11 +42,11 @@ def _batches_signalling(at_step: int | None, number=signal.SIGTERM):
   return batches
 
 
-def _train(model_dir, steps, batches, optimizer=OPTIMIZER, checkpoint_every=100):
+def _train(model_dir, steps, batches, optimizer=OPTIMIZER, checkpoint_every=100, **settings):
   # No batches made ahead: the test's stream sends its signal as a step's batch is
   # made, which must then be the step that trains on it.
   config = TrainerConfig(train_steps=steps, checkpoint_every=checkpoint_every, log_every=1,
-                         progress_bar=False, prefetch=0)
+                         progress_bar=False, prefetch=0, **settings)
   return train(DecoderOnly(TINY_DECODER), optimizer, config, batches, str(model_dir), LENGTHS)
 
 
@@ -98,7 +99,9 @@ def test_sigterm_to_the_cli_saves_and_exits_with_143(tmp_path):
 def test_a_diverging_loss_stops_at_its_step_and_only_finite_checkpoints_remain(tmp_path):
   explosive = OptimizerConfig(learning_rate=1e12, warmup_steps=0)
   with pytest.raises(UserError, match=r"training diverged at step (\d+)") as e:
-    _train(tmp_path, 50, _batches_signalling(None), optimizer=explosive, checkpoint_every=1)
+    # No spike detection: it would stop the run at the first step, still finite.
+    _train(tmp_path, 50, _batches_signalling(None), optimizer=explosive, checkpoint_every=1,
+           spike_factor=None)
   bad_step = int(e.value.args[0].split("at step ")[1].split(":")[0])
   checkpoints = Checkpointer(str(tmp_path / "checkpoints"))
   latest = checkpoints.latest_step()
@@ -110,6 +113,92 @@ def test_a_diverging_loss_stops_at_its_step_and_only_finite_checkpoints_remain(t
   for step in (latest,):
     params = convert._run_params(str(tmp_path), step)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def _logged(model_dir):
+  return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_learning_rate_that_ruins_the_weights_stops_before_them_and_the_rerun_trains(tmp_path):
+  # The first step with a learning rate (step 2, after warmup's 0) blows the weights up
+  # while everything stays finite: the byte model's loss sits at ln(259), its gradient
+  # vanishes, and only steps later does anything turn non-finite.
+  huge = OptimizerConfig(learning_rate=1e6, warmup_steps=10)
+  with pytest.raises(UserError) as e:
+    _train(tmp_path, 12, _batches_signalling(None), optimizer=huge, checkpoint_every=1)
+  named = int(re.search(r"step (\d+) in \S+/checkpoints", str(e.value)).group(1))
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps()[-1] == named
+  # Rerun as advised, with a sane learning rate: it resumes from that checkpoint and trains.
+  _train(tmp_path, 12, _batches_signalling(None))
+  logged = [m for m in _logged(tmp_path) if m["step"] > named]
+  assert [m["step"] for m in logged] == list(range(named + 1, 13))
+  assert logged[-1]["loss"] < logged[0]["loss"] and logged[-1]["param_norm"] < 100
+  assert re.match(r"training spiked at step 2: the weights' norm \S+ is \S+ times its median",
+                  str(e.value)), str(e.value)
+
+
+def _batches_with_an_odd_one(at_step: int):
+  """The training stream, but the batch of step `at_step` (0-based) has every target
+  replaced with a byte the data never holds."""
+  def batches(start):
+    for step, batch in enumerate(_batches_signalling(None)(start), start):
+      if step == at_step:
+        batch = dict(batch, decoder_target_tokens=np.where(
+            batch["decoder_loss_weights"] > 0, 258, batch["decoder_target_tokens"]))
+      yield batch
+  return batches
+
+
+def test_skip_leaves_the_weights_as_they_were_on_a_spiking_step_and_training_goes_on(
+    tmp_path, caplog):
+  from flan_jax.models import convert
+  # A factor low enough that the odd batch's gradient (twice the usual) is a spike.
+  with caplog.at_level("WARNING"):
+    _train(tmp_path, 14, _batches_with_an_odd_one(12), optimizer=OptimizerConfig(1e-2, 2),
+           checkpoint_every=1, keep_checkpoints=None, spike_factor=1.5, spike_warmup=5,
+           spike_action="skip")
+  params = [jax.tree.leaves(convert._run_params(str(tmp_path), step)) for step in (12, 13, 14)]
+  assert all(np.array_equal(a, b) for a, b in zip(params[0], params[1]))  # step 13 skipped
+  assert not all(np.array_equal(a, b) for a, b in zip(params[1], params[2]))  # 14 trained
+  assert [m["skipped_steps"] for m in _logged(tmp_path)] == [0] * 12 + [1, 1]
+  assert "Step 13 was skipped: the gradient norm" in caplog.text
+
+
+def test_skipping_every_step_stops_the_run_after_ten_in_a_row(tmp_path):
+  huge = OptimizerConfig(learning_rate=1e6, warmup_steps=10)
+  with pytest.raises(UserError, match=r"spiked at step 11: steps 2 to 11 were all skipped as "
+                     r"spikes; at step 11, the weights' norm .* no checkpoint from before it"):
+    _train(tmp_path, 20, _batches_signalling(None), optimizer=huge, spike_action="skip")
+  assert [m["skipped_steps"] for m in _logged(tmp_path)] == list(range(11))
+
+
+def test_a_gradient_spike_sets_aside_the_checkpoint_of_the_weights_it_was_measured_on(tmp_path):
+  with pytest.raises(UserError, match=r"spiked at step 13: the gradient norm .* moved to "
+                     r"\S+/checkpoints/12.spiked; the last checkpoint from before it is step 11"):
+    _train(tmp_path, 14, _batches_with_an_odd_one(12), optimizer=OptimizerConfig(1e-2, 2),
+           checkpoint_every=1, keep_checkpoints=2, spike_factor=1.5, spike_warmup=5)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["11", "12.spiked"]
+
+
+def test_spike_settings_out_of_range_are_one_clear_error():
+  for settings, named in [({"spike_action": "skp"}, "spike_action='skp' is not one of"),
+                          ({"spike_factor": 0.5}, "spike_factor must be greater than 1"),
+                          ({"spike_warmup": 0}, "spike_warmup must be between 1 and 100")]:
+    with pytest.raises(UserError, match=named):
+      TrainerConfig(train_steps=10, **settings)
+
+
+def test_a_checkpoint_from_before_the_spike_window_resumes_with_a_fresh_window(tmp_path):
+  from flan_jax.training import mesh as mesh_lib, train_step as step_lib
+  from flan_jax.training.optimizer import make_optimizer
+  state, _ = step_lib.init_train_state(DecoderOnly(TINY_DECODER), make_optimizer(OPTIMIZER, 4),
+                                       mesh_lib.make_mesh(), LENGTHS, seed=0)
+  older = Checkpointer(str(tmp_path / "checkpoints"))  # the train state had no window then
+  older.save(2, {"step": state.step + 2, "params": state.params, "opt_state": state.opt_state})
+  older.close()
+  _train(tmp_path, 4, _batches_signalling(None))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]  # nothing set aside
+  assert [m["step"] for m in _logged(tmp_path)] == [3, 4]
 
 
 def test_a_second_run_on_a_model_dir_is_refused_while_the_first_lives(tmp_path):

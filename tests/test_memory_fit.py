@@ -15,6 +15,7 @@ import pytest
 import flan_jax.train  # noqa: F401  (registers DecoderConfig and train with gin)
 from flan_jax.gin_utils import GIN_DIR
 from flan_jax.models.decoder import Decoder, DecoderConfig
+from flan_jax.training import spikes
 from tiny import dummy_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,7 @@ memory_fit = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(memory_fit)  # imports no jax at module level: safe here
 
 BATCH_FEATURES = 6  # the int32 [batch, length] features of a decoder-only training batch
+SPIKE_WINDOW_BYTES = len(spikes.WATCHED) * spikes.WINDOW * 4  # float32, on every device
 
 
 def _measure(*runs: list[str]) -> list[dict]:
@@ -56,10 +58,10 @@ def test_argument_bytes_are_the_state_and_batch_shards_counted_by_hand():
 
   for result, (data, fsdp) in ((fsdp2, (2, 2)), (fsdp4, (1, 4))):
     assert result["parameters"] == count
-    state = 3 * 4 * count // fsdp  # float32 parameters, mu and nu
+    state = 3 * 4 * count // fsdp + SPIKE_WINDOW_BYTES  # float32 parameters, mu and nu
     rows = batch // (data * fsdp)
     expected = state + BATCH_FEATURES * rows * length * 4
-    # Beyond that only int32 scalars: the step and AdamW's count.
+    # Beyond that only int32 scalars: the step, AdamW's count, the spike window's counts.
     assert 0 <= result["argument_bytes"] - expected <= 64, (result, expected)
     # The donated state comes back as the new state, in the same buffers.
     assert result["alias_bytes"] == result["state_bytes_per_device"]
@@ -69,8 +71,8 @@ def test_argument_bytes_are_the_state_and_batch_shards_counted_by_hand():
 
   # Twice the fsdp degree: half the state per device (the same rows per device).
   assert fsdp4["argument_bytes"] < fsdp2["argument_bytes"]
-  assert fsdp4["state_bytes_per_device"] == pytest.approx(fsdp2["state_bytes_per_device"] / 2,
-                                                          abs=64)
+  halved = (fsdp2["state_bytes_per_device"] - SPIKE_WINDOW_BYTES) / 2 + SPIKE_WINDOW_BYTES
+  assert fsdp4["state_bytes_per_device"] == pytest.approx(halved, abs=64)
 
 
 def _gin_settings(path: str) -> tuple[dict, dict]:

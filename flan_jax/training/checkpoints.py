@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from flan_jax import orbax_messages, paths
 from flan_jax.errors import UserError
+from flan_jax.training import spikes
 from flan_jax.training.train_step import TrainState
 
 # Room a save needs beyond the state's bytes (metadata, and estimates that fall short).
@@ -55,15 +56,15 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def set_aside(self, step: int) -> str:
-    """Renames a damaged step's directory (kept for a look, no longer a checkpoint), so
-    the run can save that step again; returns the new path."""
+  def set_aside(self, step: int, why: str = "damaged") -> str:
+    """Renames a step's directory to <step>.<why> (kept for a look, no longer a
+    checkpoint), so the run can save that step again; returns the new path."""
     source = paths.join(self._directory, str(step))
-    target = f"{source}.damaged"
+    target = f"{source}.{why}"
     if jax.process_index() == 0:
       suffix = 1
       while paths.exists(target):
-        target, suffix = f"{source}.damaged{suffix}", suffix + 1
+        target, suffix = f"{source}.{why}{suffix}", suffix + 1
       paths.rename(source, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
@@ -80,8 +81,19 @@ class Checkpointer:
     return steps[-self._keep:] if self._keep else steps
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
-    """Restore `step` into the shapes, dtypes and shardings of `abstract_state`."""
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    """Restore `step` into the shapes, dtypes and shardings of `abstract_state`.
+
+    A checkpoint saved before the state carried its spike window gets a fresh one.
+    """
+    if "spikes" in self._manager.item_metadata(step).tree:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    older = {"step": abstract_state.step, "params": abstract_state.params,
+             "opt_state": abstract_state.opt_state}
+    restored = self._manager.restore(step, args=ocp.args.StandardRestore(older))
+    logging.info("Checkpoint %d predates spike detection: its window starts afresh.", step)
+    window = jax.jit(spikes.start, out_shardings=jax.tree.map(
+        lambda leaf: leaf.sharding, abstract_state.spikes))(restored["params"])
+    return TrainState(**restored, spikes=window)
 
   def save(self, step: int, state: TrainState) -> None:
     """Starts saving `step` (asynchronously); `close` waits for it to finish."""

@@ -3,6 +3,10 @@
 The loss is token cross-entropy on target tokens only (seqio's `decoder_loss_weights`),
 averaged over the batch's target tokens, plus PaLM's z-loss (z_loss * logsumexp**2),
 which keeps the softmax normaliser near 1 and the logits from drifting in bf16.
+
+Each step also judges itself for spikes against the window of recent steps the state
+carries (`spikes`): its metrics say whether it spiked, and under the "skip" action a
+spiking or non-finite step leaves the weights and optimizer state as they were.
 """
 
 from typing import Any, Callable, Mapping
@@ -17,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import spikes as spikes_lib
 
 Batch = Mapping[str, Any]
 Lengths = Mapping[str, int]
@@ -26,6 +31,7 @@ class TrainState(flax.struct.PyTreeNode):
   step: jnp.ndarray
   params: Any
   opt_state: Any
+  spikes: spikes_lib.SpikeWindow
 
 
 def token_losses(logits_BxLxV, targets_BxL, z_loss: float, label_smoothing: float = 0.0):
@@ -80,9 +86,13 @@ def init_params(model: ModelFamily, rng, lengths: Lengths):
 def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformation,
                        lengths: Lengths):
   def init(rng) -> TrainState:
-    params = init_params(model, rng, lengths)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    return _fresh_state(init_params(model, rng, lengths), optimizer)
   return init
+
+
+def _fresh_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    spikes=spikes_lib.start(params))
 
 
 def param_shardings(model: ModelFamily, mesh: Mesh, lengths: Lengths):
@@ -116,11 +126,14 @@ def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation,
     # ones (a row and a column vector per matrix) are small: replicated.
     return sharding if moment.shape == parameter.shape else mesh_lib.replicated(mesh)
 
-  # Counts and other scalars are replicated.
+  # Counts and other scalars are replicated, as is the small spike window.
   opt_shardings = optax.tree_map_params(
       optimizer, like_parameter, abstract_opt_state, params, abstract_params,
       transform_non_params=lambda _: mesh_lib.replicated(mesh))
-  return TrainState(step=mesh_lib.replicated(mesh), params=params, opt_state=opt_shardings)
+  spikes = jax.tree.map(lambda _: mesh_lib.replicated(mesh),
+                        jax.eval_shape(spikes_lib.start, abstract_params))
+  return TrainState(step=mesh_lib.replicated(mesh), params=params, opt_state=opt_shardings,
+                    spikes=spikes)
 
 
 def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -133,8 +146,7 @@ def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
     else:
       params = jax.device_put(params, shardings.params)
-      start = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
-      state = jax.jit(start, out_shardings=shardings)(params)
+      state = jax.jit(lambda p: _fresh_state(p, optimizer), out_shardings=shardings)(params)
   return state, shardings
 
 
@@ -158,7 +170,8 @@ def _microbatches(batch: Batch, count: int) -> Batch:
 def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState, z_loss: float = 1e-4, microbatches: int = 1,
                     label_smoothing: float = 0.0, seed: int = 0,
-                    loss_chunk_length: int = 0) -> Callable:
+                    loss_chunk_length: int = 0,
+                    spike_rule: spikes_lib.SpikeRule = spikes_lib.SpikeRule()) -> Callable:
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
 
   With `microbatches` > 1 the batch's gradient is accumulated over that many slices,
@@ -171,6 +184,9 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
   Targets longer than `loss_chunk_length` (0: never) have their loss computed that many
   positions at a time (`chunked_loss_sums`), so large vocabularies never hold the whole
   batch's float32 logits.
+
+  Its metrics say whether the step spiked under `spike_rule` (see `spikes`); with the
+  "skip" action a step that spiked or is not finite is not applied.
   """
 
   def step(state: TrainState, batch: Batch):
@@ -208,12 +224,23 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
           (jnp.arange(microbatches), _microbatches(batch, microbatches)))
     ce_mean, z_mean = ce_sum / num_targets, z_sum / num_targets
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state)
-    grad_norm = optax.tree.norm(grads)
-    metrics = {"loss": ce_mean, "z_loss": z_mean, "grad_norm": grad_norm,
-               "target_tokens": weights.sum(),
-               "finite": jnp.isfinite(ce_mean) & jnp.isfinite(z_mean) & jnp.isfinite(grad_norm)}
+    params = optax.apply_updates(state.params, updates)
+    watched = {"loss": ce_mean, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
+    finite = jnp.isfinite(z_mean) & jnp.all(jnp.isfinite(jnp.stack(list(watched.values()))))
+    spiked, medians = spikes_lib.judge(state.spikes, spike_rule, watched)
+    spike = spiked["loss"] | spiked["grad_norm"] | spiked["param_norm"]
+    normal = finite & ~spike
+    skipped = jnp.zeros((), bool)
+    if spike_rule.action == "skip":
+      skipped = ~normal
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(skipped, old, new),
+                                       (params, opt_state), (state.params, state.opt_state))
+    window = spikes_lib.record(state.spikes, watched, normal, skipped)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, spikes=window)
+    metrics = {**watched, **medians, "z_loss": z_mean, "target_tokens": weights.sum(),
+               "finite": finite, "spikes": spiked, "spike": spike,
+               "skipped_steps": window.skipped_steps, "skips_in_a_row": window.skips_in_a_row}
     return new_state, metrics
 
   jitted = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),

@@ -10,6 +10,10 @@ Faults cost at most the work since the last save:
   run stops with `Interrupted` (the entry point exits with 128 + the signal).
 - A loss or gradient norm that is not finite stops the run with an error naming the
   step, before anything from that step on is saved, so every checkpoint kept is finite.
+- A spike (a loss, gradient norm or weights' norm far above its recent median, see
+  `spikes`) stops the run the same way, with checkpoints holding weights that spiked
+  moved aside, so the rerun resumes from before the spike; or, with
+  `spike_action="skip"`, the step is skipped and counted.
 - A save that cannot be written (a full disk) stops the run with one error naming the
   step and the checkpoint it can resume from (see `checkpoints`).
 """
@@ -29,6 +33,7 @@ from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
+from flan_jax.training import spikes
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
 from flan_jax.training.prefetch import Placed, Prefetcher
@@ -70,6 +75,16 @@ class TrainerConfig:
   # Targets longer than this have their loss computed this many positions at a time,
   # never holding the whole batch's float32 logits (0: all at once).
   loss_chunk_length: int = 512
+  # A step whose loss or gradient norm (after spike_warmup steps) or weights' norm is
+  # more than spike_factor times its median over the last 100 steps is a spike (None:
+  # never); spike_action "stop" stops the run, "skip" skips the step (see `spikes`).
+  spike_factor: float | None = 10.0
+  spike_warmup: int = 10
+  spike_action: str = "stop"
+
+  @property
+  def spike_rule(self) -> spikes.SpikeRule:
+    return spikes.SpikeRule(self.spike_factor, self.spike_warmup, self.spike_action)
 
   def __post_init__(self):
     # Counts; 0 means none where allowed (no batches made ahead, no loss chunks, no
@@ -82,6 +97,7 @@ class TrainerConfig:
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not (
         0.0 <= smoothing < 1.0):
       raise UserError(f"label_smoothing must be in [0, 1), got {smoothing!r}.")
+    self.spike_rule  # checks the spike settings
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
@@ -95,19 +111,60 @@ def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
   return sum(int(np.count_nonzero(ids)) for ids in counted)
 
 
-def _check_finite(step: int, metrics, checkpointer: Checkpointer, model_dir: str) -> None:
-  """Stops the run at the first step whose loss or gradient norm is not finite."""
-  if bool(jax.device_get(metrics["finite"])):
-    return
-  loss, grad_norm = (float(jax.device_get(metrics[k])) for k in ("loss", "grad_norm"))
-  checkpointer.wait()
-  latest = checkpointer.latest_step()
-  where = (f"the last checkpoint, step {latest} in {model_dir}/checkpoints, is finite"
-           if latest is not None else "no checkpoint was saved")
-  raise UserError(
-      f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Nothing "
-      f"from that step on was saved; {where}. Lower the learning rate or check the data "
-      "(then rerun: it resumes from the last checkpoint).")
+class _StepCheck:
+  """Reads a step's verdict on the host (one step late, or at once before a save) and
+  stops the run at a non-finite step, a spike, or too many skipped steps in a row."""
+
+  def __init__(self, rule: spikes.SpikeRule, checkpointer: Checkpointer, model_dir: str):
+    self._rule, self._checkpointer, self._model_dir = rule, checkpointer, model_dir
+    self._checked = 0  # the last step checked
+
+  def __call__(self, step: int, metrics) -> None:
+    if step <= self._checked:
+      return
+    self._checked = step
+    finite, spike = (bool(v) for v in jax.device_get((metrics["finite"], metrics["spike"])))
+    if finite and not spike:
+      return
+    host = jax.device_get(metrics)
+    what = spikes.describe(host, self._rule)
+    if self._rule.action == "skip":  # the step was skipped on the device
+      logging.warning("Step %d was skipped: %s.", step, what)
+      in_a_row = int(host["skips_in_a_row"])
+      if in_a_row >= spikes.MAX_SKIPS_IN_A_ROW:
+        first = step - in_a_row + 1
+        self._stop_for_spike(step, first - 1, f"steps {first} to {step} were all skipped as "
+                             f"spikes; at step {step}, {what}")
+    elif not finite:
+      self._checkpointer.wait()
+      latest = self._checkpointer.latest_step()
+      where = (f"the last checkpoint, step {latest} in {self._model_dir}/checkpoints, is finite"
+               if latest is not None else "no checkpoint was saved")
+      raise UserError(
+          f"training diverged at step {step}: loss {float(host['loss'])}, gradient norm "
+          f"{float(host['grad_norm'])}. Nothing from that step on was saved; {where}. Lower "
+          "the learning rate or check the data (then rerun: it resumes from the last "
+          "checkpoint).")
+    else:
+      self._stop_for_spike(step, spikes.first_suspect_step(host, step), what)
+
+  def _stop_for_spike(self, step: int, first_suspect: int, what: str) -> None:
+    """Moves aside the checkpoints from `first_suspect` on, so a rerun resumes from
+    before the spike, and stops the run saying so."""
+    self._checkpointer.wait()
+    aside = [self._checkpointer.set_aside(saved, "spiked")
+             for saved in self._checkpointer.all_steps() if saved >= first_suspect]
+    moved = (f"; checkpoints taken since the spike began were moved to {', '.join(aside)}"
+             if aside else "")
+    latest = self._checkpointer.latest_step()
+    where = (f"the last checkpoint from before it is step {latest} in "
+             f"{self._model_dir}/checkpoints" if latest is not None else
+             "no checkpoint from before it was saved (a rerun starts from the beginning)")
+    raise UserError(
+        f"training spiked at step {step}: {what}. Nothing from that step on was saved{moved}; "
+        f"{where}. Lower the learning rate or check the data, then rerun: it resumes from "
+        "there. (spike_action='skip' skips such steps instead; a larger spike_factor, or "
+        "None, flags fewer or none.)")
 
 
 def _data_state_path(model_dir: str, step: int) -> str:
@@ -198,7 +255,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
 
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
                                         config.microbatches, config.label_smoothing, config.seed,
-                                        config.loss_chunk_length)
+                                        config.loss_chunk_length, config.spike_rule)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   place = lambda local_batch: step_lib.global_batch(local_batch, mesh)
@@ -216,7 +273,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
   tokens, timer = 0, time.perf_counter()
   saved, unchecked, first_step_s = start, None, None
-  check = lambda step, metrics: _check_finite(step, metrics, checkpointer, model_dir)
+  check = _StepCheck(config.spike_rule, checkpointer, model_dir)
   try:
     with StopSignals() as stop:
       for step in range(start, config.train_steps):
@@ -228,7 +285,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           first_step_s = time.perf_counter() - began
           logging.info("Time to first step: %.1f s.", first_step_s)
         checkpointer.raise_if_failed()  # a save that failed in the background stops the run
-        # The previous step's loss is checked now, one step late, so that reading it
+        # The previous step is checked now, one step late, so that reading its verdict
         # does not leave the device idle.
         if unchecked:
           check(*unchecked)
@@ -242,6 +299,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           elapsed = max(time.perf_counter() - timer, 1e-9)
           scalars = {"loss": host_metrics["loss"], "z_loss": host_metrics["z_loss"],
                      "grad_norm": host_metrics["grad_norm"],
+                     "param_norm": host_metrics["param_norm"],
+                     "skipped_steps": host_metrics["skipped_steps"],
                      "learning_rate": float(schedule(step)), "tokens_per_second": tokens / elapsed}
           if first_step_s is not None:
             scalars["time_to_first_step_s"], first_step_s = first_step_s, None
@@ -250,7 +309,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
                           tok_s=f"{scalars['tokens_per_second']:,.0f}")
           tokens, timer = 0, time.perf_counter()
         if done % config.checkpoint_every == 0 or done == config.train_steps:
-          check(done, metrics)  # nothing non-finite is ever saved
+          check(done, metrics)  # nothing non-finite or spiking is ever saved
           _save_data_state(model_dir, done, stream, checkpointer)
           checkpointer.save(done, state)
           saved = done
