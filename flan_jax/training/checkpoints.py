@@ -12,6 +12,7 @@ one line naming the step, the cause and the intact checkpoint to resume from, in
 place of the tracebacks orbax and tensorstore print for each write (`orbax_messages`).
 """
 
+import logging
 import re
 import shutil
 
