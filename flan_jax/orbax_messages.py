@@ -9,6 +9,9 @@ down: whoever called them reports the failure itself, in one line.
   through `sys.unraisablehook`: dozens per failed save, some after the run's own error
   line. A failed read of a damaged checkpoint leaves the same behind. Those are dropped
   (the first one noted at INFO level).
+- The writes of such a save that never started are coroutines never awaited, which
+  Python reports with a RuntimeWarning as the interpreter exits. Those of orbax's
+  serialization are ignored.
 
 `quiet()` lasts for the life of the process: the writes left pending report as late as
 the interpreter's exit, after the checkpointer has closed. A leaf module: the trainer's
@@ -18,8 +21,11 @@ checkpointer and `models.convert`'s checkpoint reader both call it.
 import logging
 import sys
 import traceback
+import warnings
 
 _NOISY_LOGGERS = ("absl", "asyncio")
+# orbax's array writes ("async_serialize_from_host.<locals>.write_fragment").
+_UNAWAITED_WRITES = r"coroutine '[^']*serializ[^']*' was never awaited"
 
 
 class _OneLineOrbaxErrors(logging.Filter):
@@ -65,5 +71,6 @@ def quiet() -> None:
     logger = logging.getLogger(name)
     if not any(isinstance(f, _OneLineOrbaxErrors) for f in logger.filters):
       logger.addFilter(_OneLineOrbaxErrors())
+  warnings.filterwarnings("ignore", message=_UNAWAITED_WRITES, category=RuntimeWarning)
   if not isinstance(sys.unraisablehook, _CountClosedLoopResults):
     sys.unraisablehook = _CountClosedLoopResults(sys.unraisablehook)

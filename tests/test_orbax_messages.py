@@ -42,3 +42,23 @@ def test_results_handed_to_a_closed_loop_are_dropped_and_other_unraisables_pass(
   _RaisesWhenCollected()
   gc.collect()
   assert [type(u.exc_value) for u in reported] == [ValueError]
+
+
+def test_orbax_writes_that_never_started_are_not_reported_as_unawaited_coroutines():
+  import gc
+  import warnings
+
+  async def async_serialize_from_host():  # the name of orbax's array writes
+    pass
+
+  async def some_other_coroutine():
+    pass
+
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    orbax_messages.quiet()
+    async_serialize_from_host()  # created, never awaited: a failed save's pending write
+    some_other_coroutine()
+    gc.collect()
+  reported = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+  assert len(reported) == 1 and "some_other_coroutine" in reported[0], reported
