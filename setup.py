@@ -36,6 +36,11 @@ setuptools.setup(
         # Hugging Face tokenizer.json vocabularies (flan_jax.data.vocabularies); 0.15.1
         # added Tokenizer.encode_special_tokens.
         "tokenizers>=0.15.1",
+        # SentencePiece models read directly: chat ids built as transformers builds them
+        # (flan_jax.data.hf_tokenizer).
+        "sentencepiece>=0.1.99",
+        "tensorflow>=2.15",  # tf.data and tf.io.gfile in flan_jax.data (seqio's own base)
+        "tensorstore>=0.1.60",  # orbax's array store; flan_jax.orbax_messages handles its errors
         "numpy>=1.26",
         "pyarrow>=14",  # Parquet record files (flan_jax.data.sources)
         # ROUGE-L and BLEU (flan_jax.metrics); sacrebleu 2 takes a variable

@@ -1,5 +1,6 @@
 """Conversations as token ids and loss weights: trained spans, EOS, BOS, truncation, drops."""
 
+import contextlib
 import json
 import os
 import re
@@ -249,24 +250,26 @@ def test_an_end_of_turn_marker_the_vocabulary_lacks_is_refused_naming_it(name):
   assert chat_examples.ChatTask(name="t", path="x").resolve_template(vocabulary=BYTES).name == "chatml"
 
 
-def _register_failing(tmp_path, name, source, conversations=(TURNS, TURNS[:3])):
-  """A task of `conversations` (records 1, 2, ...) rendered with template `source`."""
+@contextlib.contextmanager
+def _registered_failing(tmp_path, name, source, conversations=(TURNS, TURNS[:3])):
+  """A task of `conversations` (records 1, 2, ...) rendered with template `source`,
+  registered for the block."""
   path = tmp_path / f"{name}.jsonl"
   path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
   template = chat_templates.TemplateSpec(name, source)
   chat_examples.register_chat_task(name, str(path), template=template, vocabulary=BYTES)
-  return seqio.get_mixture_or_task(name), str(path)
+  try:
+    yield seqio.get_mixture_or_task(name), str(path)
+  finally:
+    seqio.TaskRegistry.remove(name)
 
 
 def test_a_template_that_fails_everywhere_names_the_first_conversation_and_its_record(tmp_path):
-  task, path = _register_failing(tmp_path, "chat_divides", "{{ 1 / 0 }}")
-  try:
+  with _registered_failing(tmp_path, "chat_divides", "{{ 1 / 0 }}") as (task, path):
     with pytest.raises(UserError, match=rf"renders none of the 2 conversations\. The first: "
                                         rf"{re.escape(path)}, record 1: chat template "
                                         r"'chat_divides' .*ZeroDivisionError"):
       task.source.count()
-  finally:
-    seqio.TaskRegistry.remove(task.name)
 
 
 def test_a_template_past_its_limits_stops_the_load_at_that_conversation(tmp_path):
@@ -274,24 +277,18 @@ def test_a_template_past_its_limits_stops_the_load_at_that_conversation(tmp_path
   # (each would spend the whole budget again), but one error that says where.
   costly = "{% if messages | length < 4 %}{{ range(10 ** 9) | length }}{% endif %}" + (
       chat_templates.builtin("chatml").source)
-  task, path = _register_failing(tmp_path, "chat_costly", costly)
-  try:
+  with _registered_failing(tmp_path, "chat_costly", costly) as (task, path):
     with pytest.raises(UserError, match=rf"^{re.escape(path)}, record 2: chat template "
                                         r"'chat_costly' stopped .*a range of 1000000000 items"):
       task.source.count()
-  finally:
-    seqio.TaskRegistry.remove(task.name)
 
 
 def test_a_template_that_fails_only_on_a_prompt_names_the_conversation_it_was_making(tmp_path):
   # The whole conversation renders at load; the prompts inside it only when tokenized.
   prompt_fails = "{% if add_generation_prompt %}{{ 1 / 0 }}{% endif %}" + (
       chat_templates.builtin("chatml").source)
-  task, path = _register_failing(tmp_path, "chat_prompt_fails", prompt_fails)
-  try:
+  with _registered_failing(tmp_path, "chat_prompt_fails", prompt_fails) as (task, path):
     assert task.source.count() == 2
     with pytest.raises(UserError, match=rf"^{re.escape(path)}, record 2: chat template "
                                         r"'chat_prompt_fails' cannot render.*ZeroDivisionError"):
       task.source.example("train", 1, {"inputs": 0, "targets": 512})
-  finally:
-    seqio.TaskRegistry.remove(task.name)

@@ -41,6 +41,7 @@ whole budget again every epoch.
 """
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -118,6 +119,7 @@ def _bos_text(vocabulary: seqio.Vocabulary, tokenizer) -> str | None:
   return None if bos is None else tokenizer.id_to_token(bos)
 
 
+@functools.lru_cache(maxsize=64)  # asked at every encoding; a spec is frozen, so hashable
 def writes_bos(template: chat_templates.TemplateSpec) -> bool:
   """Whether the template writes BOS itself (Llama 2 and 3) or leaves it to the tokenizer."""
   try:
