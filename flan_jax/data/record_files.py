@@ -25,7 +25,7 @@ import math
 import numbers
 import os
 import zlib
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from flan_jax.errors import UserError
 
@@ -103,6 +103,21 @@ def parse_json(text: str | bytes) -> Any:
   except RecursionError:
     raise JsonError("not readable JSON: lists and objects nested too deeply for Python's "
                     "parser (no record needs that many levels)") from None
+
+
+def json_lines(data: bytes) -> Iterator[tuple[int, Any]]:
+  """JSONL: per non-blank line, its 1-based number and its JSON value, or the JsonError
+  saying why it has none (for the reader to raise or skip). Lines end at "\n" only, so
+  a U+2028 inside a string stays inside it."""
+  for number, line in enumerate(data.split(b"\n"), start=1):
+    if number == 1:
+      line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM opens the file, not the record
+    if not line.strip():
+      continue
+    try:
+      yield number, parse_json(line)
+    except JsonError as e:
+      yield number, e
 
 
 MISSING = object()  # what `lookup` finds where a record has no such key

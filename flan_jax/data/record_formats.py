@@ -96,18 +96,13 @@ class Layout:
 
 def jsonl_rows(data: bytes, path: str) -> Rows:
   """One JSON value per non-blank line."""
-  for number, line in enumerate(data.split(b"\n"), start=1):
-    if number == 1:
-      line = line.removeprefix(b"\xef\xbb\xbf")
-    if not line.strip():
-      continue
+  for number, value in record_files.json_lines(data):
     where = f"{path}, line {number}"
-    try:
-      yield where, record_files.parse_json(line)
-    except record_files.JsonError as e:
-      yield where, record_files.RecordProblem(
-          f"{where}: {e}. Each line of a JSONL file must be one complete JSON object; fix or "
-          "remove the line.")
+    if isinstance(value, record_files.JsonError):
+      value = record_files.RecordProblem(
+          f"{where}: {value}. Each line of a JSONL file must be one complete JSON object; fix "
+          "or remove the line.")
+    yield where, value
 
 
 def json_document(data: bytes, path: str, format_argument: str = "format") -> Any:
