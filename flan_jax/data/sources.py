@@ -75,7 +75,7 @@ def read_records(
   path = os.fspath(path)
   spec = RecordSpec.create(fields, optional_fields, list_fields, field_map, on_error)
   layout = Layout(format, delimiter, has_header, column_names, json_records_key)
-  layout.format_of(path)
+  layout.format_of(path)  # before any I/O, as the other argument checks
   return _read_file(path, spec, layout)
 
 
