@@ -1,4 +1,5 @@
-"""`python -m flan_jax.data.inspect`: names, rendered examples, statistics and a plot."""
+"""`python -m flan_jax.inspect_data` and `flan_jax.data.inspect`: names, rendered examples,
+statistics and a plot."""
 
 import io
 import os
@@ -14,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_list_prints_every_task_and_mixture_one_per_line():
-  result = subprocess.run([sys.executable, "-m", "flan_jax.data.inspect", "--list"], cwd=REPO,
+  result = subprocess.run([sys.executable, "-m", "flan_jax.inspect_data", "--list"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   names = result.stdout.split()

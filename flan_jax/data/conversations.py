@@ -50,18 +50,19 @@ merged, by kind (`tool_turn`, `tool_call_turn`, `tool_calls_dropped`,
 `trailing_user_turn`, `merged_turn`, `unanswered_prompt`, `deleted_message`,
 `failed_review`, `bad_record`), for the caller to report (`summary()`).
 
-Files are read here rather than through `sources.read_records`: that reader yields
-flat string fields, and a conversation is a nested list. The places and messages
-follow its style, and `record_files` reads the bytes and the JSON for both.
+Files are read by the row readers `sources.read_records` uses (`record_formats`:
+JSONL lines, a JSON list's elements), with the same places and the same on_error
+policy (`record_files`); the fields are not `read_records`' flat strings, since a
+conversation is a nested list.
 """
 
 import collections
 import dataclasses
 import math
 import os
-from typing import Any, Iterator, Literal, Mapping, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
-from flan_jax.data import record_files
+from flan_jax.data import record_files, record_formats
 from flan_jax.errors import UserError
 
 Turn = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
@@ -80,7 +81,7 @@ _OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
 _TOOL_ROLES = ("tool", "function", "ipython", "observation")
 _TOOL_CALL_ROLES = ("function_call",)  # ShareGPT's assistant turn that calls a tool
 _JOINER = "\n\n"  # between merged turns, and between an Alpaca instruction and input
-_MAX_PROBLEMS = 20
+_preview, _keys = record_files.preview, record_files.keys  # as every record reader shows them
 
 
 @dataclasses.dataclass
@@ -152,24 +153,18 @@ def read_conversations(path: str | os.PathLike, *, format: Format | None = None,
   """
   path = os.fspath(path)
   _check_options(format, paths)
-  if on_error not in ("raise", "skip"):
-    raise UserError(f"on_error={on_error!r}; use 'raise' (stop at the first bad record) or "
-                    "'skip' (drop bad records and count them).")
+  record_files.check_on_error(on_error)
   result, records = Conversations([]), 0
   for where, raw in _rows(path, file_format):
     records += 1
     try:
-      if isinstance(raw, UserError):
+      if isinstance(raw, record_files.RecordProblem):
         raise raw
       parsed = parse_record(raw, format=format, paths=paths,
                             merge_consecutive=merge_consecutive, where=where)
-    except UserError as problem:
-      if on_error == "raise":
-        raise UserError(f"{problem} (Or pass on_error='skip' to drop such records and count "
-                        "them.)") from None
+    except (UserError, record_files.RecordProblem) as problem:
+      record_files.skip_or_raise(problem, on_error, result.problems)
       result.counts["bad_record"] += 1
-      if len(result.problems) < _MAX_PROBLEMS:
-        result.problems.append(str(problem))
       continue
     result.conversations.extend(parsed.conversations)
     result.records.extend([records - 1] * len(parsed.conversations))
@@ -464,57 +459,27 @@ def _object(value: Any, field: str, where: str) -> Mapping:
   return value
 
 
-def _preview(value: Any, limit: int = 60) -> str:
-  text = repr(value)
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _keys(record: Mapping, limit: int = 12) -> str:
-  keys = sorted(map(str, record))
-  return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
-
-
 # Files.
 
-def _rows(path: str, file_format: str | None) -> Iterator[tuple[str, Any]]:
-  """(place, record) pairs; a line that is not JSON comes as a UserError to raise or skip."""
+def _rows(path: str, file_format: str | None) -> record_formats.Rows:
+  """(place, record) pairs; a line that is not JSON comes as a RecordProblem to raise or skip."""
   file_format = file_format or _file_format(path)
   if file_format not in ("jsonl", "json"):
     raise UserError(f"file_format={file_format!r}; use 'jsonl' or 'json'.")
   data = record_files.read_bytes(path)
-  if file_format == "json":
-    try:
-      document = record_files.parse_json(data.removeprefix(b"\xef\xbb\xbf"))
-    except record_files.JsonError as e:
-      place = f"{path}, line {e.line}" if e.line else path
-      hint = (" It seems to hold one object per line: pass file_format='jsonl'."
-              if e.msg == "Extra data" else "")
-      raise UserError(f"{place}: {e}.{hint}") from None
-    if not isinstance(document, list):
-      raise UserError(f"{path}: expected a JSON list of records at the top level, found a "
-                      f"{type(document).__name__}. Pass file_format='jsonl' for one object "
-                      "per line.")
-    for index, record in enumerate(document):
-      yield f"{path}, element {index}", record
-    return
-  for number, line in enumerate(data.split(b"\n"), start=1):
-    if number == 1:
-      line = line.removeprefix(b"\xef\xbb\xbf")
-    if not line.strip():
-      continue
-    where = f"{path}, line {number}"
-    try:
-      yield where, record_files.parse_json(line)
-    except record_files.JsonError as e:
-      yield where, UserError(f"{where}: {e}. Each line of a JSONL file must be one complete "
-                             "JSON object; fix or remove the line.")
+  if file_format == "jsonl":
+    return record_formats.jsonl_rows(data, path)
+  document = record_formats.json_document(data, path, format_argument="file_format")
+  if not isinstance(document, list):
+    raise UserError(f"{path}: expected a JSON list of records at the top level, found a "
+                    f"{type(document).__name__}. Pass file_format='jsonl' for one object "
+                    "per line.")
+  return record_formats.json_elements(document, path)
 
 
 def _file_format(path: str) -> str:
-  name = path[:-3] if path.endswith(".gz") else path
-  extension = os.path.splitext(name)[1].lower()
-  formats = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
-  if extension not in formats:
+  extension = record_formats.extension(path)
+  if record_formats.EXTENSIONS.get(extension) not in ("jsonl", "json"):
     raise UserError(f"{path}: cannot tell the file format from the extension "
                     f"{extension or '(none)'!r}. Pass file_format='jsonl' or 'json'.")
-  return formats[extension]
+  return record_formats.EXTENSIONS[extension]

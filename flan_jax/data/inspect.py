@@ -1,52 +1,23 @@
-r"""Look at tasks and mixtures as the model sees them.
+"""Look at tasks and mixtures as the model sees them (`python -m flan_jax.inspect_data`).
 
-  python -m flan_jax.data.inspect --list [--data_dir=DIR]
-  python -m flan_jax.data.inspect --mixture=default_train [--plot=rates.png]
-  python -m flan_jax.data.inspect --task=default_add --num_examples=3
-  python -m flan_jax.data.inspect --chat=conversations.jsonl --chat_template=llama3 \
-      --vocabulary=MODEL_DIR
-
-For a task or mixture it prints rendered examples with the loss mask visible
-(target tokens, the only ones trained on, between ⟦ ⟧), per-task example counts
-and effective rates, token-length statistics, how many examples the feature
+For a task or mixture, `inspect` prints rendered examples with the loss mask visible
+(target tokens, the only ones trained on, between ⟦ ⟧; a conversation shows each
+assistant turn's trained tokens, its words and end-of-turn EOS), per-task example
+counts and effective rates, token-length statistics, how many examples the feature
 lengths would truncate, and the packing efficiency; it writes a PNG of the
-mixture's proportions. --chat registers a conversation file as the task `chat` and
-shows its conversations rendered with the template, each assistant turn's trained
-tokens (its words and end-of-turn EOS) between ⟦ ⟧. The built-in default mixture is always registered;
---data_dir also registers the real task library from that directory.
+mixture's proportions. What to inspect must be registered first: the command line
+registers the task library and conversation files, a script its own tasks.
 """
 
 import dataclasses
 import itertools
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import seqio
 
-from absl import app, flags, logging  # noqa: E402
-import numpy as np  # noqa: E402
-import seqio  # noqa: E402
-
-from flan_jax.data import (chat_examples, mixtures, packing, pipeline,  # noqa: E402
-                           registry, task_reader, truncation, vocabularies)
-from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
-
-flags.DEFINE_string("data_dir", None, "Register the task library from this directory.")
-flags.DEFINE_bool("list", False, "Print every registered task and mixture name, one per line.")
-flags.DEFINE_string("task", None, "A task to inspect.")
-flags.DEFINE_string("mixture", None, "A mixture to inspect.")
-flags.DEFINE_string("split", "train", "Split to read.")
-flags.DEFINE_integer("num_examples", 2, "Rendered examples to show.")
-flags.DEFINE_integer("sample_size", 200, "Examples per task sampled for the statistics.")
-flags.DEFINE_integer("inputs_length", 512, "TASK_FEATURE_LENGTHS['inputs'] to check against.")
-flags.DEFINE_integer("targets_length", 128, "TASK_FEATURE_LENGTHS['targets'] to check against.")
-flags.DEFINE_string("plot", None, "Where to write the proportions PNG (default: NAME_rates.png).")
-flags.DEFINE_string("chat", None, "A conversation file (messages, ShareGPT, Alpaca or OASST "
-                    "JSONL/JSON) to inspect as the task `chat`.")
-flags.DEFINE_string("chat_template", "chatml", "With --chat: a built-in template or a path.")
-flags.DEFINE_string("vocabulary", None, "With --chat: the tokenizer (a SentencePiece .model, a "
-                    "tokenizer.json or a model directory; default: bytes).")
-FLAGS = flags.FLAGS
+from flan_jax.data import (chat_examples, mixtures, packing, pipeline, registry, task_reader,
+                           truncation)
 
 
 @dataclasses.dataclass
@@ -57,13 +28,6 @@ class LengthStats:
   def truncated(self, inputs_length: int, targets_length: int) -> tuple[int, int]:
     return (sum(n > inputs_length for n in self.inputs),
             sum(n > targets_length for n in self.targets))
-
-
-def register_all(data_dir: str | None) -> None:
-  import flan_jax_tasks.default_mixture  # noqa: F401
-  if data_dir:
-    from flan_jax_tasks import library
-    library.register(data_dir)
 
 
 def show_with_loss_mask(vocabulary: seqio.Vocabulary, row: dict[str, np.ndarray]) -> str:
@@ -194,25 +158,5 @@ def inspect(name: str, *, split: str = "train", num_examples: int = 2, sample_si
   return report
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"Unexpected arguments {argv[1:]}.")
-  logging.set_verbosity(logging.WARNING)
-  register_all(FLAGS.data_dir)
-  if FLAGS.chat:
-    vocabulary = (vocabularies.library_vocabulary(FLAGS.vocabulary, None)
-                  or vocabularies.byte_vocabulary())
-    chat_examples.ChatTask("chat", FLAGS.chat, FLAGS.chat_template).register(vocabulary)
-  if FLAGS.list:
-    print("\n".join(registry.registered_names()))
-    return
-  name = FLAGS.task or FLAGS.mixture or ("chat" if FLAGS.chat else None)
-  if not name:
-    raise UserError("Give --list, --task=NAME, --mixture=NAME or --chat=FILE.")
-  inspect(name, split=FLAGS.split, num_examples=FLAGS.num_examples,
-          sample_size=FLAGS.sample_size, plot_path=FLAGS.plot,
-          lengths={"inputs": FLAGS.inputs_length, "targets": FLAGS.targets_length})
-
-
-if __name__ == "__main__":
-  app.run(exit_on_user_error(main))
+if __name__ == "__main__":  # the command line moved up, beside the task library it registers
+  sys.exit("The command is `python -m flan_jax.inspect_data` now (same flags).")

@@ -32,13 +32,9 @@ def read_documents(path: str, field: str = "text") -> list[str]:
   if not path.removesuffix(".gz").endswith(".jsonl"):
     return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
   documents = []
-  for number, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = record_files.parse_json(line)
-    except record_files.JsonError as e:
-      raise UserError(f"{path}:{number}: {e}; write one JSON object per line.") from None
+  for number, record in record_files.json_lines(data):
+    if isinstance(record, record_files.JsonError):
+      raise UserError(f"{path}:{number}: {record}; write one JSON object per line.")
     value = record.get(field) if isinstance(record, dict) else None
     if not isinstance(value, str):
       raise UserError(f"{path}:{number}: needs a string field {field!r} (the document); set "
