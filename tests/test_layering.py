@@ -13,7 +13,8 @@ ALLOWED = {
     "training": {"models"},
     "evaluation": {"models", "data"},
 }
-LEAVES = {"errors", "metrics", "orbax_messages", "paths"}  # import nothing from flan_jax
+# Import nothing from flan_jax but other leaves.
+LEAVES = {"errors", "metrics", "model_dir", "orbax_messages", "paths"}
 
 
 def _flan_jax_imports(path: pathlib.Path) -> set[str]:
@@ -41,5 +42,5 @@ def test_packages_import_only_downward(package):
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
-def test_leaf_modules_import_nothing_from_flan_jax(leaf):
-  assert not _flan_jax_imports(PACKAGE / f"{leaf}.py")
+def test_leaf_modules_import_nothing_from_flan_jax_but_leaves(leaf):
+  assert _flan_jax_imports(PACKAGE / f"{leaf}.py") <= LEAVES - {leaf}
