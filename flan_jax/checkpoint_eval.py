@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import jax
 
 from flan_jax import job, model_dir, paths
-from flan_jax.data import chat_examples, clusters, registry, vocabularies
+from flan_jax.data import chat_examples, clusters, registry
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.evaluator import EvalConfig
@@ -74,11 +74,10 @@ def evaluate_checkpoint(
   """
   evaluation = evaluation or EvalConfig()
   checkpoint = model_dir.resolve(checkpoint_path)
-  vocabulary = job.tokenizer_vocabulary(vocabulary_path, checkpoint)
-  if data_dir:  # the task library, tokenized as `train` would tokenize it
-    job.register_task_library(data_dir, vocabulary)
-  if chat_tasks:
-    _register_chat_tasks(chat_tasks, checkpoint, vocabulary or vocabularies.byte_vocabulary())
+  # The task library tokenized as `train` would tokenize it; conversations rendered as
+  # the checkpoint's training rendered them.
+  job.register_tasks(data_dir, vocabulary_path, checkpoint, chat_tasks,
+                     register=_registration_as_trained(checkpoint))
   job.ensure_writable_dir(output_dir)
   tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
            if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]
@@ -115,20 +114,18 @@ def evaluate_checkpoint(
   return report
 
 
-def _register_chat_tasks(chat_tasks: Sequence[chat_examples.ChatTask],
-                         checkpoint: model_dir.ResolvedCheckpoint, vocabulary) -> None:
-  """Registers the conversation tasks to render as the checkpoint's training rendered
-  them, and to score only the records it held out."""
-  template_file = checkpoint.chat_template_file()
-  recorded = chat_examples.load_template(template_file) if template_file else None
-  trained = checkpoint.held_out()
-  held_out = paths.join(checkpoint.path, model_dir.HELD_OUT_FILE)  # for the message
-  for chat_task in chat_tasks:
+def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
+  """Registers a conversation task to render as the checkpoint's training rendered it,
+  and to score only the records training held out."""
+  def register(chat_task: chat_examples.ChatTask, vocabulary) -> None:
+    recorded = chat_examples.trained_template(checkpoint)
     if recorded is None and chat_task.template is None:
       raise UserError(f"{checkpoint.path} records no chat template (no "
                       f"{model_dir.TEMPLATE_FILE}, no chat_template in a "
                       f"tokenizer_config.json), so ChatTask {chat_task.name!r} cannot render "
                       "as training did by itself: set ChatTask.template to the one training "
                       "used.")
-    chat_examples.check_held_out(trained, chat_task, held_out)
+    held_out = paths.join(checkpoint.path, model_dir.HELD_OUT_FILE)  # for the message
+    chat_examples.check_held_out(checkpoint.held_out(), chat_task, held_out)
     chat_task.register(vocabulary, recorded)
+  return register

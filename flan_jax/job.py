@@ -1,9 +1,9 @@
 """What train, eval and infer set up alike, written once.
 
 - MODEL_DIR (or OUTPUT_DIR) proven writable, once per job, before any expensive work.
-- The vocabulary: VOCABULARY_PATH, else the checkpoint's own tokenizer, else bytes;
-  the task library and conversation / plain-text files registered with it; the one
-  vocabulary a job's tasks share, and a checkpoint with a row for each of its ids.
+- The tasks: the task library and conversation / plain-text files, registered with
+  VOCABULARY_PATH, else the checkpoint's own tokenizer, else bytes; the one vocabulary
+  a job's tasks share, and a checkpoint with a row for each of its ids.
 - The model family for a config and a vocabulary.
 - Evaluation on training's mesh: parameters in training's layout, each batch's rows
   split over the data axes and the hosts, and the group means.
@@ -14,7 +14,7 @@
 import dataclasses
 import os
 import socket
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import seqio
 
@@ -49,20 +49,25 @@ def ensure_writable_dir(path: str) -> str:
   return path
 
 
-def tokenizer_vocabulary(vocabulary_path: str | None,
-                         checkpoint: ResolvedCheckpoint | None) -> seqio.Vocabulary | None:
-  """`vocabulary_path` if given, else the checkpoint's own tokenizer, else None (bytes)."""
-  if vocabulary_path:
-    return vocabularies.vocabulary_from_path(vocabulary_path)
-  if checkpoint is not None and checkpoint.tokenizer_dir:
-    return vocabularies.vocabulary_from_path(checkpoint.tokenizer_dir)
-  return None
+def _register(task, vocabulary: seqio.Vocabulary) -> None:
+  task.register(vocabulary)
 
 
-def register_task_library(data_dir: str, vocabulary: seqio.Vocabulary | None) -> None:
-  """The real task library (tasks/library), registered from its files."""
-  from flan_jax_tasks import library
-  library.register(data_dir, vocabulary)
+def register_tasks(data_dir: str | None, vocabulary_path: str | None,
+                   checkpoint: "str | ResolvedCheckpoint | None", file_tasks: Sequence = (),
+                   register: Callable[[Any, seqio.Vocabulary], None] = _register) -> None:
+  """Registers the task library (tasks/library, from `data_dir`) and tasks read from
+  files (`ChatTask`, `TextTask`: `register(task, vocabulary)`), tokenized with
+  `vocabulary_path`, else the checkpoint's own tokenizer, else the library's default
+  (bytes for the files)."""
+  if not data_dir and not file_tasks:
+    return
+  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint)
+  if data_dir:
+    from flan_jax_tasks import library
+    library.register(data_dir, vocabulary)
+  for task in file_tasks:
+    register(task, vocabulary or vocabularies.byte_vocabulary())
 
 
 def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:

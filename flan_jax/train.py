@@ -16,8 +16,7 @@ import gin
 import jax
 
 from flan_jax import finetune, gin_utils, job
-from flan_jax import model_dir as model_dir_lib
-from flan_jax.data import mixtures, vocabularies
+from flan_jax.data import mixtures
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
 from flan_jax.evaluation.evaluator import EvalConfig
@@ -100,13 +99,8 @@ def train(
   some plain text, say.
   """
   gin_utils.check_command_line_bindings_used()
-  if data_dir or chat_tasks or text_tasks:
-    initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
-    vocabulary = job.tokenizer_vocabulary(vocabulary_path, initial)
-    if data_dir:  # the real task library (tasks/library), registered from its files
-      job.register_task_library(data_dir, vocabulary)
-    for task in [*chat_tasks, *text_tasks]:
-      task.register(vocabulary or vocabularies.byte_vocabulary())
+  job.register_tasks(data_dir, vocabulary_path, initial_checkpoint_path,
+                     [*chat_tasks, *text_tasks])
   if mixture_parts:
     mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
   return finetune.finetune(

@@ -56,7 +56,8 @@ from flan_jax.data import chat_templates, conversations, example_source, hf_toke
 from flan_jax.errors import UserError
 # Where a run records its template, and per conversation task the file and how many of
 # its last records training never read (evaluation later must hold out the same ones).
-from flan_jax.model_dir import HELD_OUT_FILE, TEMPLATE_FILE, read_json_or
+from flan_jax import model_dir
+from flan_jax.model_dir import HELD_OUT_FILE, TEMPLATE_FILE  # noqa: F401  (named here too)
 
 TrainOn = Literal["all", "last"]
 TRAIN_ON: tuple[str, ...] = ("all", "last")
@@ -550,21 +551,18 @@ def held_out_record(tasks: Sequence[seqio.Task]) -> dict[str, dict]:
           for task in tasks if isinstance(task.source, ChatSource)}
 
 
-def trained_template(directory: str) -> chat_templates.TemplateSpec | None:
+def trained_template(directory: "str | model_dir.ResolvedCheckpoint"
+                     ) -> chat_templates.TemplateSpec | None:
   """The chat template a checkpoint was trained with: a run's recorded one
   (TEMPLATE_FILE), else a Hugging Face model's own; None where it has neither. A
   damaged record is an error, never a silent default."""
-  if paths.exists(paths.join(directory, TEMPLATE_FILE)):
-    return load_template(directory)
-  config = paths.join(directory, "tokenizer_config.json")
-  if paths.exists(config) and "chat_template" in paths.read_json(config):
-    return chat_templates.from_tokenizer_config(config)
-  return None
+  path = model_dir.resolve(directory).chat_template_file()
+  return load_template(path) if path else None
 
 
-def recorded_held_out(directory: str) -> dict[str, dict]:
+def recorded_held_out(directory: "str | model_dir.ResolvedCheckpoint") -> dict[str, dict]:
   """What a run recorded it held out (`held_out_record`); {} where it recorded nothing."""
-  return read_json_or(paths.join(directory, HELD_OUT_FILE), {})
+  return model_dir.resolve(directory).held_out()
 
 
 def check_held_out(recorded: Mapping[str, Mapping], task: ChatTask, where: str) -> None:
