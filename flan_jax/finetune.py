@@ -98,22 +98,6 @@ def _tasks_with_split(tasks: list[seqio.Task], split: str) -> list[seqio.Task]:
   return [t for t in tasks if evaluator.eval_split(t, split)]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Run:
-  """What `_set_up` settles for the rest of the job."""
-  model_dir: str
-  mixture_or_task_name: str
-  task_feature_lengths: Mapping[str, int]
-  batch_size: int
-  trainer: trainer_lib.TrainerConfig
-  network: ModelFamily
-  mesh: object  # jax.sharding.Mesh
-  workers: int
-  initial_params: object
-  evaluate: job.MeshEvaluation | None  # None: no task to evaluate
-  groups: dict[str, list[str]]
-
-
 def finetune(
     *,
     model_dir: str,
@@ -142,29 +126,44 @@ def finetune(
   """
   job.ensure_writable_dir(model_dir)
   with RunLock(model_dir, enabled=jax.process_index() == 0):
-    run = _set_up(
-        model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
-        task_feature_lengths=task_feature_lengths, batch_size=batch_size, trainer=trainer,
-        model=model, heldout_mixture_or_task_name=heldout_mixture_or_task_name,
-        evaluation=evaluation, initial_checkpoint_path=initial_checkpoint_path,
-        truncation_sample=truncation_sample, data_workers=data_workers, config_gin=config_gin)
-    before = _evaluate_before(run) if evaluate_before else {}
-    # The evaluation curve in metrics.jsonl and TensorBoard: before at step 0, every
-    # `trainer.eval_every` steps (the trainer), and after at the last step.
+    # Set up, every setting checked before any evaluation: a setting's error should not
+    # wait minutes.
+    seen_tasks = registry.leaf_tasks(mixture_or_task_name)
+    heldout_tasks = (registry.leaf_tasks(heldout_mixture_or_task_name)
+                     if heldout_mixture_or_task_name else [])
+    mesh, workers = _check_settings(task_feature_lengths, batch_size, trainer, data_workers)
+    vocabulary = job.task_vocabulary(seen_tasks + heldout_tasks)
+    initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
+    model, initial_params = _starting_model(model, initial, vocabulary)
+    network = job.network_for(model, vocabulary)
+    _record_run(model_dir, model, initial, config_gin, seen_tasks + heldout_tasks, vocabulary)
+    evaluate, groups = _evaluation(seen_tasks, heldout_tasks, evaluation, network, mesh,
+                                   task_feature_lengths, vocabulary.eos_id)
+    if jax.process_index() == 0 and truncation_sample:
+      pipeline.report_truncation(seen_tasks, task_feature_lengths, inputs_eos=network.inputs_eos,
+                                 examples_per_task=truncation_sample, seed=trainer.seed)
+
+    # Evaluate, train, evaluate again. The evaluation curve in metrics.jsonl and
+    # TensorBoard: before at step 0, every `trainer.eval_every` steps (the trainer), and
+    # after at the last step.
+    before = {}
+    if evaluate_before and evaluate:
+      # The parameters training starts from (the same seed), placed as training places them.
+      before = evaluate(step_lib.place_params(network, mesh, task_feature_lengths,
+                                              initial_params, seed=trainer.seed))
     _log_evaluation(model_dir, 0, before)
-    state = _train(run, optimizer)
-    return _report(run, before, run.evaluate(state.params) if run.evaluate else {})
+    batches = _batches(mixture_or_task_name, task_feature_lengths, batch_size, trainer.seed,
+                       network, workers)
+    state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
+                              initial_params=initial_params,
+                              evaluate=(lambda p: logged_means(evaluate(p))) if evaluate else None)
+    after = evaluate(state.params) if evaluate else {}
+    return _report(model_dir, trainer.train_steps, before, after, groups)
 
 
-def _set_up(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-            batch_size: int, trainer: trainer_lib.TrainerConfig, model: DecoderConfig | T5Config,
-            heldout_mixture_or_task_name: str | None, evaluation: evaluator.EvalConfig,
-            initial_checkpoint_path: str | None, truncation_sample: int,
-            data_workers: int | None, config_gin: str | None) -> _Run:
-  """Checks every setting (before any evaluation: a setting's error should not wait
-  minutes), loads the initial checkpoint, and records the run in MODEL_DIR."""
-  seen_tasks = registry.leaf_tasks(mixture_or_task_name)
-  heldout_tasks = registry.leaf_tasks(heldout_mixture_or_task_name) if heldout_mixture_or_task_name else []
+def _check_settings(task_feature_lengths: Mapping[str, int], batch_size: int,
+                    trainer: trainer_lib.TrainerConfig, data_workers: int | None):
+  """(training's mesh, the number of data workers), once the settings fit them."""
   check_feature_lengths(task_feature_lengths)
   workers = pipeline.default_workers(jax.default_backend()) if data_workers is None else data_workers
   if workers < 0:
@@ -175,9 +174,14 @@ def _set_up(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: 
   if batch_size % trainer.microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
                     f"{trainer.microbatches} equal slices.")
-  vocabulary = job.task_vocabulary(seen_tasks + heldout_tasks)
+  return mesh, workers
+
+
+def _starting_model(model: DecoderConfig | T5Config,
+                    initial: model_dir_lib.ResolvedCheckpoint | None,
+                    vocabulary: seqio.Vocabulary):
+  """(the model config, the initial checkpoint's parameters or None)."""
   initial_params = None
-  initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
   if initial:
     # The checkpoint fixes the architecture; gin's model config keeps only how it runs.
     pretrained, initial_params = load_pretrained(initial)
@@ -188,45 +192,25 @@ def _set_up(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: 
     # 32,100 ids to 32,128 rows, Qwen2 its 151,665 to 151,936. No task produces those
     # ids, and generation and scoring mask them out (`num_token_ids`). Fewer rows than
     # ids cannot run the tasks' tokens at all.
-    job.check_vocabulary_fits(model, vocabulary, initial_checkpoint_path)
+    job.check_vocabulary_fits(model, vocabulary, initial.path)
   if not model.vocab_size:
     model = dataclasses.replace(model, vocab_size=vocabulary.vocab_size)
-  network = job.network_for(model, vocabulary)
-  # What MODEL_DIR records is written only now, holding its lock, once this run's
-  # settings agree with what it recorded: a refused run leaves the files of the run it
-  # would have resumed or disturbed as they were.
-  check_same_model(model_dir, model)
-  template, held_out = _check_recorded_conversations(model_dir, seen_tasks + heldout_tasks)
-  if jax.process_index() == 0:  # one writer into the shared MODEL_DIR
-    _record_run(model_dir, model, initial, config_gin, template, held_out, vocabulary)
-
-  # Inverted tasks (write the question from the answer) cannot be scored against labels.
-  heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]
-  eval_tasks = _tasks_with_split(heldout_tasks, evaluation.split)
-  seen_eval_tasks = []
-  if evaluation.evaluate_seen:
-    # Per seen dataset, the task its score counts (see `job.report_groups`): a library
-    # renders each dataset several ways, and evaluating all of them costs hours.
-    headline = set(clusters.headline_tasks([t.name for t in seen_tasks]))
-    seen_eval_tasks = [t for t in _tasks_with_split(seen_tasks, evaluation.split)
-                       if t.name in headline]
-    eval_tasks = seen_eval_tasks + eval_tasks
-  groups = job.report_groups([t.name for t in seen_eval_tasks], [t.name for t in heldout_tasks])
-  # Evaluation runs on training's mesh, in training's layout.
-  evaluate = job.MeshEvaluation(network, mesh, eval_tasks, task_feature_lengths,
-                                vocabulary.eos_id, evaluation, groups) if eval_tasks else None
-
-  if jax.process_index() == 0 and truncation_sample:
-    pipeline.report_truncation(seen_tasks, task_feature_lengths, inputs_eos=network.inputs_eos,
-                               examples_per_task=truncation_sample, seed=trainer.seed)
-  return _Run(model_dir, mixture_or_task_name, task_feature_lengths, batch_size, trainer,
-              network, mesh, workers, initial_params, evaluate, groups)
+  return model, initial_params
 
 
 def _record_run(model_dir: str, model: DecoderConfig | T5Config,
                 initial: model_dir_lib.ResolvedCheckpoint | None, config_gin: str | None,
-                template, held_out: dict, vocabulary: seqio.Vocabulary) -> None:
-  """What MODEL_DIR keeps beside the checkpoints, for the tools that read a run."""
+                tasks: list[seqio.Task], vocabulary: seqio.Vocabulary) -> None:
+  """What MODEL_DIR keeps beside the checkpoints, for the tools that read a run.
+
+  It is written only now, holding the lock, once this run's settings agree with what
+  MODEL_DIR recorded: a refused run leaves the files of the run it would have resumed
+  or disturbed as they were.
+  """
+  check_same_model(model_dir, model)
+  template, held_out = _check_recorded_conversations(model_dir, tasks)
+  if jax.process_index() != 0:  # one writer into the shared MODEL_DIR
+    return
   if config_gin is not None:
     paths.write_atomically(paths.join(model_dir, model_dir_lib.CONFIG_GIN), config_gin)
   # So `convert --from_orbax=MODEL_DIR --to_hf=...` can export.
@@ -242,38 +226,52 @@ def _record_run(model_dir: str, model: DecoderConfig | T5Config,
                                    vocabulary)
 
 
-def _evaluate_before(run: _Run) -> dict[str, float]:
-  """The parameters training starts from (the same seed), placed as training places them."""
-  if run.evaluate is None:
-    return {}
-  return run.evaluate(step_lib.place_params(run.network, run.mesh, run.task_feature_lengths,
-                                            run.initial_params, seed=run.trainer.seed))
+def _evaluation(seen_tasks: list[seqio.Task], heldout_tasks: list[seqio.Task],
+                evaluation: evaluator.EvalConfig, network: ModelFamily, mesh,
+                task_feature_lengths: Mapping[str, int], eos_id: int):
+  """(the evaluation on training's mesh, None where no task has the split; the groups
+  reported)."""
+  # Inverted tasks (write the question from the answer) cannot be scored against labels.
+  heldout_tasks = [t for t in heldout_tasks if clusters.is_evaluated(t.name)]
+  eval_tasks = _tasks_with_split(heldout_tasks, evaluation.split)
+  seen_eval_tasks = []
+  if evaluation.evaluate_seen:
+    # Per seen dataset, the task its score counts (see `job.report_groups`): a library
+    # renders each dataset several ways, and evaluating all of them costs hours.
+    headline = set(clusters.headline_tasks([t.name for t in seen_tasks]))
+    seen_eval_tasks = [t for t in _tasks_with_split(seen_tasks, evaluation.split)
+                       if t.name in headline]
+    eval_tasks = seen_eval_tasks + eval_tasks
+  groups = job.report_groups([t.name for t in seen_eval_tasks], [t.name for t in heldout_tasks])
+  if not eval_tasks:
+    return None, groups
+  return job.MeshEvaluation(network, mesh, eval_tasks, task_feature_lengths, eos_id, evaluation,
+                            groups), groups
 
 
-def _train(run: _Run, optimizer: optimizer_lib.OptimizerConfig) -> step_lib.TrainState:
+def _batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+             batch_size: int, seed: int, network: ModelFamily, workers: int):
+  """This process's share of the training stream, from a start step (and saved state)."""
   def batches(start_step: int, state=None):
     return pipeline.train_batches(
-        run.mixture_or_task_name, run.task_feature_lengths, run.batch_size,
-        seed=run.trainer.seed, shard_index=jax.process_index(), num_shards=jax.process_count(),
-        skip_batches=start_step, encoder_decoder=run.network.encoder_decoder,
-        bos_id=getattr(run.network, "bos_id", 0), inputs_eos=run.network.inputs_eos,
-        state=state, workers=run.workers)
-
-  evaluate = run.evaluate
-  return trainer_lib.train(run.network, optimizer, run.trainer, batches, run.model_dir,
-                           run.task_feature_lengths, initial_params=run.initial_params,
-                           evaluate=(lambda p: logged_means(evaluate(p))) if evaluate else None)
+        mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
+        shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
+        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
+        inputs_eos=network.inputs_eos, state=state, workers=workers)
+  return batches
 
 
-def _report(run: _Run, before: dict[str, float], after: dict[str, float]) -> dict:
-  """Logs, records and prints the comparison; returns {"before", "after", "groups"}."""
-  _log_evaluation(run.model_dir, run.trainer.train_steps, after)
-  results = {"before": before, "after": after, "groups": run.groups}
+def _report(model_dir: str, step: int, before: dict[str, float], after: dict[str, float],
+            groups: dict[str, list[str]]) -> dict:
+  """Logs `after` at the last step, records and prints the comparison; returns
+  {"before", "after", "groups"}."""
+  _log_evaluation(model_dir, step, after)
+  results = {"before": before, "after": after, "groups": groups}
   if jax.process_index() == 0:
-    paths.write_json(paths.join(run.model_dir, model_dir_lib.RESULTS_FILE), results, indent=2,
+    paths.write_json(paths.join(model_dir, model_dir_lib.RESULTS_FILE), results, indent=2,
                      sort_keys=True)
     if before or after:  # a run without evaluation tasks (conversations) has no table
-      print_comparison(before, after, run.groups)
+      print_comparison(before, after, groups)
   return results
 
 
