@@ -18,7 +18,7 @@ from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
 from flan_jax.data.chat_examples import ChatTask  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
 
-gin_utils.define_flags()
+gin_utils.define_flags('MIXTURE_OR_TASK_NAME = "x"')
 gin_utils.configurables(EvalConfig, ChatTask)
 
 

@@ -136,13 +136,18 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0] if "\n" in text and len(text) > 300 else text
 
 
-def define_flags() -> None:
+# The flags `define_flags` defines belong to the entry point that calls it: its --help
+# lists them.
+flags.disclaim_key_flags()
+
+
+def define_flags(binding_example: str) -> None:
   """--gin_file and --gin_bindings, for an entry point configured by gin (once, however
   many entry points a process imports)."""
   if "gin_file" in flags.FLAGS:
     return
   flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
-  flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS = 100'.")
+  flags.DEFINE_multi_string("gin_bindings", [], f"gin bindings, e.g. {binding_example!r}.")
 
 
 def configurables(*classes: type) -> None:

@@ -25,7 +25,7 @@ from flan_jax.models.t5 import T5Config
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 
-gin_utils.define_flags()
+gin_utils.define_flags("TRAIN_STEPS = 100")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
