@@ -17,6 +17,7 @@ import dataclasses
 from typing import Mapping
 
 import jax
+from jax.sharding import Mesh
 import seqio
 
 from flan_jax import job, model_dir as model_dir_lib, paths
@@ -227,7 +228,7 @@ def _record_run(model_dir: str, model: DecoderConfig | T5Config,
 
 
 def _evaluation(seen_tasks: list[seqio.Task], heldout_tasks: list[seqio.Task],
-                evaluation: evaluator.EvalConfig, network: ModelFamily, mesh,
+                evaluation: evaluator.EvalConfig, network: ModelFamily, mesh: Mesh,
                 task_feature_lengths: Mapping[str, int], eos_id: int):
   """(the evaluation on training's mesh, None where no task has the split; the groups
   reported)."""

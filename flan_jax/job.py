@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Any, Callable, Mapping, Sequence
 
+from jax.sharding import Mesh
 import seqio
 
 from flan_jax import paths
@@ -54,7 +55,7 @@ def _register(task, vocabulary: seqio.Vocabulary) -> None:
 
 
 def register_tasks(data_dir: str | None, vocabulary_path: str | None,
-                   checkpoint: "str | ResolvedCheckpoint | None", file_tasks: Sequence = (),
+                   checkpoint: str | ResolvedCheckpoint | None, file_tasks: Sequence = (),
                    register: Callable[[Any, seqio.Vocabulary], None] = _register) -> None:
   """Registers the task library (tasks/library, from `data_dir`) and tasks read from
   files (`ChatTask`, `TextTask`: `register(task, vocabulary)`), tokenized with
@@ -102,7 +103,7 @@ class MeshEvaluation:
   """`tasks` evaluated on training's mesh, with the means of `groups`; parameters come
   already placed in training's layout (`train_step.place_params`)."""
   network: ModelFamily
-  mesh: object  # jax.sharding.Mesh
+  mesh: Mesh
   tasks: Sequence[seqio.Task]
   task_feature_lengths: Mapping[str, int]
   eos_id: int

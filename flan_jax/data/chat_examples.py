@@ -51,12 +51,11 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax import metrics, paths
+from flan_jax import metrics, model_dir, paths
 from flan_jax.data import chat_templates, conversations, example_source, hf_tokenizer, vocabularies
 from flan_jax.errors import UserError
 # Where a run records its template, and per conversation task the file and how many of
 # its last records training never read (evaluation later must hold out the same ones).
-from flan_jax import model_dir
 from flan_jax.model_dir import HELD_OUT_FILE, TEMPLATE_FILE  # noqa: F401  (named here too)
 
 TrainOn = Literal["all", "last"]
