@@ -12,19 +12,14 @@ from typing import Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import flags  # noqa: E402
 import gin  # noqa: E402
 
 from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
 from flan_jax.data.chat_examples import ChatTask  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
 
-flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'MIXTURE_OR_TASK_NAME = \"x\"'.")
-FLAGS = flags.FLAGS
-
-gin.external_configurable(EvalConfig)
-gin.external_configurable(ChatTask)
+gin_utils.define_flags('MIXTURE_OR_TASK_NAME = "x"')
+gin_utils.configurables(EvalConfig, ChatTask)
 
 
 @gin.configurable
@@ -46,7 +41,7 @@ def evaluate(
   `chat_tasks`: `ChatTask`s to name in MIXTURE_OR_TASK_NAME, rendered with the
   checkpoint's recorded chat template (leave `ChatTask.template` unset).
   """
-  gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
+  gin_utils.check_command_line_bindings_used()
   return checkpoint_eval.evaluate_checkpoint(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,
@@ -54,9 +49,7 @@ def evaluate(
       chat_tasks=tuple(chat_tasks))
 
 
-def main(argv):
-  gin_utils.start_main(argv, FLAGS.gin_file, FLAGS.gin_bindings)
-  evaluate()
+main = gin_utils.main_calling(evaluate)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,44 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0] if "\n" in text and len(text) > 300 else text
 
 
+# The flags `define_flags` defines belong to the entry point that calls it: its --help
+# lists them.
+flags.disclaim_key_flags()
+
+
+def define_flags(binding_example: str) -> None:
+  """--gin_file and --gin_bindings, for an entry point configured by gin (once, however
+  many entry points a process imports)."""
+  if "gin_file" in flags.FLAGS:
+    return
+  flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
+  flags.DEFINE_multi_string("gin_bindings", [], f"gin bindings, e.g. {binding_example!r}.")
+
+
+def configurables(*classes: type) -> None:
+  """Makes each class configurable in gin files (`@DecoderConfig()`, ...)."""
+  for cls in classes:
+    gin.external_configurable(cls)
+
+
+def check_command_line_bindings_used() -> None:
+  """`check_bindings_used` of the command line's --gin_bindings (none where no command
+  line was parsed: a test calling the configured function)."""
+  parsed = flags.FLAGS.is_parsed()
+  check_bindings_used(flags.FLAGS.gin_bindings if parsed else [])
+
+
+def main_calling(job: Callable[[], object], before: Callable[[], None] = lambda: None
+                 ) -> Callable[[list[str]], None]:
+  """An entry point's main: the command line checked and gin parsed (config errors
+  before `before`, e.g. joining a cluster), then `job()`."""
+  def main(argv: list[str]) -> None:
+    start_main(argv, flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
+    before()
+    job()
+  return main
+
+
 def run_main(main_fn: Callable[[list[str]], None]) -> None:
   """app.run, with `--gin.NAME=VALUE` flags and UserErrors as one line and exit status 2."""
   argv = exit_on_user_error(rewrite_gin_flags)(sys.argv)

@@ -10,7 +10,9 @@ once it is completely written, but nothing renames atomically; and nothing appen
 are written for both.
 """
 
+import json
 import os
+from typing import Any
 
 from etils import epath
 
@@ -47,6 +49,16 @@ def listdir(path) -> list[str]:
 
 def read_text(path) -> str:
   return epath.Path(path).read_text()
+
+
+def read_json(path) -> Any:
+  """The JSON value in `path` (ValueError where it is not JSON, as `json.loads`)."""
+  return json.loads(read_text(path))
+
+
+def write_json(path, value: Any, **dumps_options) -> None:
+  """`value` as JSON (`json.dumps` with `dumps_options`), written atomically."""
+  write_atomically(path, json.dumps(value, **dumps_options))
 
 
 def remove(path) -> None:

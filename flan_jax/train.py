@@ -15,8 +15,8 @@ from absl import flags
 import gin
 import jax
 
-from flan_jax import finetune, gin_utils
-from flan_jax.data import mixtures, vocabularies
+from flan_jax import finetune, gin_utils, job
+from flan_jax.data import mixtures
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
 from flan_jax.evaluation.evaluator import EvalConfig
@@ -25,8 +25,7 @@ from flan_jax.models.t5 import T5Config
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 
-flags.DEFINE_multi_string("gin_file", [], "gin config files, parsed in order.")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. 'TRAIN_STEPS = 100'.")
+gin_utils.define_flags("TRAIN_STEPS = 100")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -35,9 +34,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
                   "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
-for _config_class in (DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask,
-                      TextTask):
-  gin.external_configurable(_config_class)
+gin_utils.configurables(DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask, TextTask)
 
 
 @gin.configurable
@@ -101,16 +98,9 @@ def train(
   weight}) registers `mixture_or_task_name` as their mixture: instruction data with
   some plain text, say.
   """
-  gin_utils.check_bindings_used(FLAGS.gin_bindings if FLAGS.is_parsed() else [])
-  if data_dir:  # the real task library (tasks/library), registered from its files
-    from flan_jax_tasks import library
-    library.register(data_dir, vocabularies.library_vocabulary(vocabulary_path,
-                                                              initial_checkpoint_path))
-  if chat_tasks or text_tasks:
-    vocabulary = (vocabularies.library_vocabulary(vocabulary_path, initial_checkpoint_path)
-                  or vocabularies.byte_vocabulary())
-    for task in [*chat_tasks, *text_tasks]:
-      task.register(vocabulary)
+  gin_utils.check_command_line_bindings_used()
+  job.register_tasks(data_dir, vocabulary_path, initial_checkpoint_path,
+                     [*chat_tasks, *text_tasks])
   if mixture_parts:
     mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
   return finetune.finetune(
@@ -139,13 +129,14 @@ def train(
   )
 
 
-def main(argv):
-  # Config errors before joining the cluster: a process that fails after joining makes
-  # the others wait minutes for it before they exit too.
-  gin_utils.start_main(argv, FLAGS.gin_file, FLAGS.gin_bindings)
+def _join_cluster() -> None:
   if FLAGS.coordinator_address or FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  train()
+
+
+# Config errors before joining the cluster: a process that fails after joining makes
+# the others wait minutes for it before they exit too.
+main = gin_utils.main_calling(train, before=_join_cluster)
 
 
 if __name__ == "__main__":

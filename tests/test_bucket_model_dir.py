@@ -13,7 +13,7 @@ import os
 import pytest
 from etils.epath import gpath, testing as epath_testing
 
-from flan_jax import finetune, paths
+from flan_jax import finetune, job, paths
 from flan_jax.errors import UserError
 from flan_jax.models import convert
 from flan_jax.training import checkpoints, metrics_writer, trainer
@@ -68,7 +68,7 @@ class _RecordingSummaryWriter:
 
 
 def test_model_dir_in_a_bucket_is_created_and_probed_without_leftovers(bucket):
-  assert finetune.ensure_writable_dir(RUN) == RUN
+  assert job.ensure_writable_dir(RUN) == RUN
   assert (bucket / "run").is_dir() and not os.listdir(bucket / "run")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
+from flan_jax import model_dir as model_dir_lib
 from flan_jax.data.pipeline import train_batches
 from flan_jax.errors import Interrupted, UserError
 from flan_jax.models.families import DecoderOnly
@@ -111,7 +112,7 @@ def test_a_diverging_loss_stops_at_its_step_and_only_finite_checkpoints_remain(t
   # Every checkpoint kept restores to finite parameters.
   from flan_jax.models import convert
   for step in (latest,):
-    params = convert._run_params(str(tmp_path), step)
+    params = model_dir_lib.resolve(str(tmp_path)).read_step(step, convert.read_params)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
 
 
@@ -157,7 +158,8 @@ def test_skip_leaves_the_weights_as_they_were_on_a_spiking_step_and_training_goe
     _train(tmp_path, 14, _batches_with_an_odd_one(12), optimizer=OptimizerConfig(1e-2, 2),
            checkpoint_every=1, keep_checkpoints=None, spike_factor=1.5, spike_warmup=5,
            spike_action="skip")
-  params = [jax.tree.leaves(convert._run_params(str(tmp_path), step)) for step in (12, 13, 14)]
+  run = model_dir_lib.resolve(str(tmp_path))
+  params = [jax.tree.leaves(run.read_step(step, convert.read_params)) for step in (12, 13, 14)]
   assert all(np.array_equal(a, b) for a, b in zip(params[0], params[1]))  # step 13 skipped
   assert not all(np.array_equal(a, b) for a, b in zip(params[1], params[2]))  # 14 trained
   assert [m["skipped_steps"] for m in _logged(tmp_path)] == [0] * 12 + [1, 1]

@@ -10,8 +10,8 @@ from flan_jax.data.flan_task import FlanTaskSpec, register_flan_task
 from flan_jax.data.templates import Template, apply_templates
 from flan_jax.data.vocabularies import byte_vocabulary, output_features
 from flan_jax.evaluation import evaluator
+from flan_jax.job import report_groups
 from flan_jax.metrics import accuracy, strip
-from flan_jax.finetune import report_groups
 
 VOCAB = byte_vocabulary()
 EOS = VOCAB.eos_id

@@ -20,7 +20,8 @@ ALLOWED = {
     "training": {"models"},
     "evaluation": {"models", "data"},
 }
-LEAVES = {"errors", "metrics", "orbax_messages", "paths"}  # import nothing from flan_jax
+# Import nothing from flan_jax but other leaves.
+LEAVES = {"errors", "metrics", "model_dir", "orbax_messages", "paths"}
 
 
 def _imports(path: pathlib.Path, top: str) -> set[str]:
@@ -53,8 +54,8 @@ def test_packages_import_only_downward(package):
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
-def test_leaf_modules_import_nothing_from_flan_jax(leaf):
-  assert not _flan_jax_imports(PACKAGE / f"{leaf}.py")
+def test_leaf_modules_import_nothing_from_flan_jax_but_leaves(leaf):
+  assert _flan_jax_imports(PACKAGE / f"{leaf}.py") <= LEAVES - {leaf}
 
 
 def _below_the_entry_points() -> list[pathlib.Path]:

@@ -43,7 +43,6 @@ whole budget again every epoch.
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import re
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
@@ -52,9 +51,12 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax import metrics, paths
+from flan_jax import metrics, model_dir, paths
 from flan_jax.data import chat_templates, conversations, example_source, hf_tokenizer, vocabularies
 from flan_jax.errors import UserError
+# Where a run records its template, and per conversation task the file and how many of
+# its last records training never read (evaluation later must hold out the same ones).
+from flan_jax.model_dir import HELD_OUT_FILE, TEMPLATE_FILE  # noqa: F401  (named here too)
 
 TrainOn = Literal["all", "last"]
 TRAIN_ON: tuple[str, ...] = ("all", "last")
@@ -513,12 +515,6 @@ def is_conversation_task(task: seqio.Task) -> bool:
   return isinstance(task.source, ChatSource)
 
 
-TEMPLATE_FILE = "chat_template.json"  # where a run records its template, in MODEL_DIR
-# Where it records, per conversation task, the file and how many of its last records
-# training never read: evaluation later must hold out the same ones.
-HELD_OUT_FILE = "chat_held_out.json"
-
-
 def load_template(name_or_path: str) -> chat_templates.TemplateSpec:
   """A built-in template by name; a run's MODEL_DIR (its recorded `chat_template.json`)
   or such a file; or a model's own, from its directory or tokenizer_config.json."""
@@ -554,22 +550,18 @@ def held_out_record(tasks: Sequence[seqio.Task]) -> dict[str, dict]:
           for task in tasks if isinstance(task.source, ChatSource)}
 
 
-def trained_template(directory: str) -> chat_templates.TemplateSpec | None:
+def trained_template(directory: "str | model_dir.ResolvedCheckpoint"
+                     ) -> chat_templates.TemplateSpec | None:
   """The chat template a checkpoint was trained with: a run's recorded one
   (TEMPLATE_FILE), else a Hugging Face model's own; None where it has neither. A
   damaged record is an error, never a silent default."""
-  if paths.exists(paths.join(directory, TEMPLATE_FILE)):
-    return load_template(directory)
-  config = paths.join(directory, "tokenizer_config.json")
-  if paths.exists(config) and "chat_template" in json.loads(paths.read_text(config)):
-    return chat_templates.from_tokenizer_config(config)
-  return None
+  path = model_dir.resolve(directory).chat_template_file()
+  return load_template(path) if path else None
 
 
-def recorded_held_out(directory: str) -> dict[str, dict]:
+def recorded_held_out(directory: "str | model_dir.ResolvedCheckpoint") -> dict[str, dict]:
   """What a run recorded it held out (`held_out_record`); {} where it recorded nothing."""
-  path = paths.join(directory, HELD_OUT_FILE)
-  return json.loads(paths.read_text(path)) if paths.exists(path) else {}
+  return model_dir.resolve(directory).held_out()
 
 
 def check_held_out(recorded: Mapping[str, Mapping], task: ChatTask, where: str) -> None:

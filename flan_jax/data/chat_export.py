@@ -36,7 +36,7 @@ def _read(path: str) -> dict:
   if not paths.exists(path):
     return {}
   try:
-    loaded = json.loads(paths.read_text(path))
+    loaded = paths.read_json(path)
   except ValueError:
     return {}  # replaced below; an imported model's broken file must not stop the export
   return loaded if isinstance(loaded, dict) else {}

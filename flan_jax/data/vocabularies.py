@@ -12,6 +12,7 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
+from flan_jax import model_dir
 from flan_jax.errors import UserError
 
 
@@ -370,15 +371,12 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   }
 
 
-def library_vocabulary(vocabulary_path: str | None, checkpoint_path: str | None):
+def library_vocabulary(vocabulary_path: str | None,
+                       checkpoint_path: "str | model_dir.ResolvedCheckpoint | None"):
   """What the task library tokenizes with: `vocabulary_path` if given, else the
   checkpoint's own tokenizer (a Hugging Face directory, or an orbax one from
   `convert --to_orbax`, which keeps it in hf_files/), else None (bytes)."""
   if vocabulary_path:
     return vocabulary_from_path(vocabulary_path)
-  if checkpoint_path:
-    for directory in (checkpoint_path, os.path.join(checkpoint_path, "hf_files")):
-      if any(os.path.isfile(os.path.join(directory, name))
-             for name in ("tokenizer.model", "tokenizer.json")):
-        return vocabulary_from_path(directory)
-  return None
+  tokenizer_dir = checkpoint_path and model_dir.resolve(checkpoint_path).tokenizer_dir
+  return vocabulary_from_path(tokenizer_dir) if tokenizer_dir else None

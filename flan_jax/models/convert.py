@@ -25,8 +25,6 @@ a warning and left as it is.
 """
 
 import dataclasses
-import json
-import logging
 import os
 import shutil
 import sys
@@ -35,16 +33,18 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from flan_jax import orbax_messages, paths
+from flan_jax import model_dir as model_dir_lib
+from flan_jax import paths
 from flan_jax.errors import UserError, exit_on_user_error
 from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
 
-CONFIG_FILE = "flan_jax_config.json"
-HF_CONFIG_FILE = "hf_config.json"
-HF_FILES_DIR = "hf_files"
-PARAMS_DIR = "params"
+# MODEL_DIR's names, here too: tests and older code reach them through `convert`.
+CONFIG_FILE = model_dir_lib.CONFIG_FILE
+HF_CONFIG_FILE = model_dir_lib.HF_CONFIG_FILE
+HF_FILES_DIR = model_dir_lib.HF_FILES_DIR
+PARAMS_DIR = model_dir_lib.PARAMS_DIR
 
 FAMILIES = {"decoder": DecoderConfig, "t5": T5Config}
 SUPPORTED_ARCHITECTURES = hf_llama.SUPPORTED_ARCHITECTURES + hf_t5.SUPPORTED_ARCHITECTURES
@@ -94,11 +94,10 @@ def family(config: ModelConfig) -> str:
 
 
 def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:
-  paths.write_atomically(paths.join(directory, CONFIG_FILE),
-                         json.dumps({"family": family(config), **dataclasses.asdict(config)},
-                                    indent=2))
+  paths.write_json(paths.join(directory, CONFIG_FILE),
+                   {"family": family(config), **dataclasses.asdict(config)}, indent=2)
   if hf_config is not None:
-    paths.write_atomically(paths.join(directory, HF_CONFIG_FILE), json.dumps(hf_config, indent=2))
+    paths.write_json(paths.join(directory, HF_CONFIG_FILE), hf_config, indent=2)
 
 
 def _copy_hf_files(hf_dir: str, directory: str) -> None:
@@ -111,22 +110,20 @@ def _copy_hf_files(hf_dir: str, directory: str) -> None:
 
 
 def save_run_config(model_dir: str, config: ModelConfig,
-                    initial_checkpoint_path: str | None = None) -> None:
+                    initial_checkpoint_path: str | model_dir_lib.ResolvedCheckpoint | None = None
+                    ) -> None:
   """What a finetuning run's MODEL_DIR needs beside its checkpoints to export to HF."""
   hf_config = None
   if initial_checkpoint_path:
-    source = os.path.abspath(os.path.expanduser(initial_checkpoint_path))
-    if os.path.isfile(os.path.join(source, "config.json")):  # Hugging Face
-      with open(os.path.join(source, "config.json")) as f:
-        hf_config = json.load(f)
-      _copy_hf_files(source, model_dir)
+    source = model_dir_lib.resolve(initial_checkpoint_path)
+    if source.hf_config_file:
+      hf_config = paths.read_json(source.hf_config_file)
+    if source.kind == "hf":
+      _copy_hf_files(source.directory, model_dir)
     else:  # one of ours, which may carry its own HF extras
-      if os.path.isfile(os.path.join(source, HF_CONFIG_FILE)):
-        with open(os.path.join(source, HF_CONFIG_FILE)) as f:
-          hf_config = json.load(f)
-      extras = os.path.join(source, HF_FILES_DIR)
-      for name in os.listdir(extras) if os.path.isdir(extras) else []:
-        paths.copy(os.path.join(extras, name), paths.join(model_dir, HF_FILES_DIR, name))
+      extras = source.file(HF_FILES_DIR)
+      for name in paths.listdir(extras) if paths.isdir(extras) else []:
+        paths.copy(paths.join(extras, name), paths.join(model_dir, HF_FILES_DIR, name))
   _write_config(model_dir, config, hf_config)
 
 
@@ -146,37 +143,7 @@ def save_orbax(params, config: ModelConfig, directory: str,
   _write_config(directory, config, hf_config)
 
 
-def _run_params(directory: str, step: int | None):
-  """The parameters of a finetuning run's checkpoint `step` (default: the newest that
-  restores; each newer one that does not is reported in a warning and left as it is)."""
-  checkpoints = os.path.join(directory, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()
-                 and os.path.exists(os.path.join(checkpoints, d, "commit_success.txt")))
-  if not steps or (step is not None and step not in steps):
-    raise UserError(f"{checkpoints} has no finished checkpoint"
-                    f"{'' if step is None else f' for step {step}'} (found: {steps or 'none'}).")
-  orbax_messages.quiet()  # a damaged step's failed read leaves tracebacks behind
-  failures = []
-  for candidate in [step] if step is not None else reversed(steps):
-    try:
-      params = _read_params(os.path.join(checkpoints, str(candidate), "default"))
-    except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
-      first_line = (str(e).splitlines() or [""])[0][:200]
-      failures.append((candidate, f"{type(e).__name__}: {first_line}"))
-      continue
-    for damaged, reason in failures:  # left in place: reading a run never changes it
-      logging.warning("Checkpoint %d in %s does not restore (%s); reading checkpoint %d "
-                      "instead.", damaged, checkpoints, reason, candidate)
-    return params
-  if step is not None:
-    others = [s for s in steps if s != step]
-    raise UserError(f"checkpoint {step} in {checkpoints} does not restore ({failures[0][1]}): "
-                    f"pass the step of an intact one ({', '.join(map(str, others)) or 'none'}).")
-  raise UserError(f"no checkpoint in {checkpoints} restores: "
-                  f"{'; '.join(f'step {s} ({reason})' for s, reason in failures)}.")
-
-
-def _read_params(path: str):
+def read_params(path: str):
   """The parameters saved at `path` (a step's "default" item) as host arrays."""
   import orbax.checkpoint as ocp
   # Only the parameters are read (not the optimizer state, twice their size for Adam),
@@ -194,43 +161,42 @@ def _read_params(path: str):
   return ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
 
 
-def load_orbax(directory: str, step: int | None = None):
-  """(config, params, original HF config or None) from a `save_orbax` directory or a run.
+def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | None = None):
+  """(config, params, original HF config or None) from a `save_orbax` directory or a run
+  (its checkpoint `step`, by default the newest that restores).
 
   Params come back unscanned, whatever layout the run trained in.
   """
   import orbax.checkpoint as ocp
-  directory = os.path.abspath(directory)
-  config_path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  checkpoint = model_dir_lib.resolve(directory)
+  directory = checkpoint.directory
+  config_path = checkpoint.file(CONFIG_FILE)
+  if not paths.exists(config_path):
     raise UserError(f"no {CONFIG_FILE} in {directory}: was it written by --to_orbax?")
-  with open(config_path) as f:
-    fields = json.load(f)
+  fields = paths.read_json(config_path)
   name = fields.pop("family", "decoder")  # checkpoints from before T5 have no family
   if name not in FAMILIES:
     raise UserError(f"{config_path}: unknown model family {name!r}; known are "
                     f"{', '.join(FAMILIES)}.")
   config = FAMILIES[name](**fields)
-  if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR))["params"]
-  elif os.path.isdir(os.path.join(directory, "checkpoints")):
-    params = _run_params(directory, step)
+  if paths.isdir(checkpoint.file(PARAMS_DIR)):
+    params = ocp.StandardCheckpointer().restore(checkpoint.file(PARAMS_DIR))["params"]
+  elif checkpoint.kind == "run":
+    params = checkpoint.read_step(step, read_params)
   else:
-    raise UserError(f"{directory} has {CONFIG_FILE} but neither {PARAMS_DIR}/ nor checkpoints/.")
+    raise UserError(f"{directory} has {CONFIG_FILE} but neither {PARAMS_DIR}/ nor "
+                    f"{model_dir_lib.CHECKPOINTS_DIR}/.")
   if config.scan_layers:
     params = layer_stack.unstack_layers(params)
     config = dataclasses.replace(config, scan_layers=False)
-  hf_config = None
-  if os.path.exists(os.path.join(directory, HF_CONFIG_FILE)):
-    with open(os.path.join(directory, HF_CONFIG_FILE)) as f:
-      hf_config = json.load(f)
+  hf_file = checkpoint.file(HF_CONFIG_FILE)
+  hf_config = paths.read_json(hf_file) if paths.exists(hf_file) else None
   return config, params, hf_config
 
 
 def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:
   config, params = load_hf(hf_dir)
-  with open(os.path.join(hf_dir, "config.json")) as f:
-    hf_config = json.load(f)
+  hf_config = paths.read_json(os.path.join(hf_dir, model_dir_lib.HF_CONFIG_JSON))
   save_orbax(params, config, orbax_dir, hf_config)
   _copy_hf_files(hf_dir, orbax_dir)
 

@@ -9,22 +9,25 @@ with it the config class: `DecoderConfig` or `T5Config`. Params come unscanned.
 The caller checks that its tasks' vocabulary is the one the model was trained with.
 """
 
-import os
-
+from flan_jax import model_dir
 from flan_jax.errors import UserError
 from flan_jax.models import convert
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
 
 
-def load_pretrained(path: str) -> tuple[DecoderConfig | T5Config, dict]:
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isfile(os.path.join(path, "config.json")):
-    return convert.load_hf(path)
-  if os.path.isfile(os.path.join(path, convert.CONFIG_FILE)):
-    config, params, _ = convert.load_orbax(path)
+def load_pretrained(path: str | model_dir.ResolvedCheckpoint, step: int | None = None,
+                    setting: str = "INITIAL_CHECKPOINT_PATH",
+                    ) -> tuple[DecoderConfig | T5Config, dict]:
+  """(config, params) of any checkpoint path; `step` picks a run's checkpoint (default:
+  the newest that restores); `setting` names the path in the error for none."""
+  checkpoint = model_dir.resolve(path)
+  if checkpoint.kind == "hf":
+    return convert.load_hf(checkpoint.directory)
+  if checkpoint.kind is not None:
+    config, params, _ = convert.load_orbax(checkpoint, step)
     return config, params
   raise UserError(
-      f"INITIAL_CHECKPOINT_PATH {path!r} is neither a Hugging Face checkpoint (config.json + "
+      f"{setting} {checkpoint.directory!r} is neither a Hugging Face checkpoint (config.json + "
       f"*.safetensors) nor an orbax one from `python -m flan_jax.models.convert --to_orbax` "
-      f"({convert.CONFIG_FILE} + params/).")
+      f"({model_dir.CONFIG_FILE} + params/).")

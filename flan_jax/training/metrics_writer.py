@@ -15,9 +15,7 @@ from typing import Mapping
 from clu import metric_writers
 
 from flan_jax import paths
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard/train"
+from flan_jax.model_dir import METRICS_FILE, TENSORBOARD_DIR
 
 
 def read_records(model_dir: str) -> list[dict]:

@@ -20,8 +20,7 @@ import time
 
 from flan_jax import paths
 from flan_jax.errors import UserError
-
-LOCK_FILE = ".run_lock"
+from flan_jax.model_dir import LOCK_FILE
 
 
 def _alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ import tqdm
 
 from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
+from flan_jax.model_dir import CHECKPOINTS_DIR, DATA_STATE_DIR
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
@@ -45,7 +46,6 @@ from flan_jax.training.stop_signals import StopSignals
 # `state()` method has it saved with every checkpoint, as MODEL_DIR/data_state/<step>/
 # host_<i>.json, and gets it back on resume; one without is replayed from the start.
 BatchStream = Callable[..., Iterator[dict[str, np.ndarray]]]
-DATA_STATE_DIR = "data_state"
 # params -> scalars to log under "eval/" (every process calls it: it may be collective)
 EvalFn = Callable[[Any], Mapping[str, float]]
 
@@ -238,7 +238,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   mesh = mesh_lib.make_mesh(config.mesh_shape, dcn_shape=config.dcn_mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
-  checkpointer = Checkpointer(f"{model_dir}/checkpoints", config.keep_checkpoints)
+  checkpointer = Checkpointer(paths.join(model_dir, CHECKPOINTS_DIR), config.keep_checkpoints)
   latest = checkpointer.latest_step()
   if latest is None:
     state, shardings = step_lib.init_train_state(model, optimizer, mesh, task_feature_lengths,
