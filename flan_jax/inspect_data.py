@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 
-from flan_jax.data import chat_examples, registry, vocabularies  # noqa: E402
+from flan_jax import job  # noqa: E402
+from flan_jax.data import chat_examples, registry  # noqa: E402
 from flan_jax.data.inspect import inspect  # noqa: E402
 from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
@@ -42,22 +43,13 @@ flags.DEFINE_string("vocabulary", None, "With --chat: the tokenizer (a SentenceP
 FLAGS = flags.FLAGS
 
 
-def register_all(data_dir: str | None) -> None:
-  import flan_jax_tasks.default_mixture  # noqa: F401
-  if data_dir:
-    from flan_jax_tasks import library
-    library.register(data_dir)
-
-
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments {argv[1:]}.")
   logging.set_verbosity(logging.WARNING)
-  register_all(FLAGS.data_dir)
-  if FLAGS.chat:
-    vocabulary = (vocabularies.library_vocabulary(FLAGS.vocabulary, None)
-                  or vocabularies.byte_vocabulary())
-    chat_examples.ChatTask("chat", FLAGS.chat, FLAGS.chat_template).register(vocabulary)
+  import flan_jax_tasks.default_mixture  # noqa: F401
+  chat = [chat_examples.ChatTask("chat", FLAGS.chat, FLAGS.chat_template)] if FLAGS.chat else []
+  job.register_tasks(FLAGS.data_dir, FLAGS.vocabulary, None, file_tasks=chat)
   if FLAGS.list:
     print("\n".join(registry.registered_names()))
     return
