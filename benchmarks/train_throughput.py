@@ -257,6 +257,7 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   import jax
 
   from flan_jax.models.families import DecoderOnly, EncoderDecoder
+  from flan_jax.training import losses
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import optimizer as optimizer_lib
   from flan_jax.training import train_step as step_lib
@@ -282,8 +283,8 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   jax.block_until_ready(state)
   setup_s = time.perf_counter() - start
   # z_loss=0: transformers' loss has none, and equal losses need equal objectives.
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, z_loss=0.0,
-                                        loss_chunk_length=args.loss_chunk_length)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, losses.cross_entropy_loss(
+      z_loss=0.0, chunk_length=args.loss_chunk_length))
   return FlanTrainer(config, train_step, state, step_lib.global_batch(flan_batch, mesh), mesh,
                      hf_inputs, setup_s)
 

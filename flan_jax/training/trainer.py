@@ -16,6 +16,9 @@ Faults cost at most the work since the last save:
   `spike_action="skip"`, the step is skipped and counted.
 - A save that cannot be written (a full disk) stops the run with one error naming the
   step and the checkpoint it can resume from (see `checkpoints`).
+
+Every logged step records the loss's metrics (see `losses`), the step's own, the
+learning rate and tokens per second, to metrics.jsonl, TensorBoard and the progress bar.
 """
 
 import dataclasses
@@ -31,6 +34,7 @@ import tqdm
 from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.models.families import ModelFamily
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import spikes
@@ -99,6 +103,10 @@ class TrainerConfig:
       raise UserError(f"label_smoothing must be in [0, 1), got {smoothing!r}.")
     self.spike_rule  # checks the spike settings
 
+  def loss(self) -> losses.LossFn:
+    """The default loss, cross-entropy, with this config's settings."""
+    return losses.cross_entropy_loss(self.z_loss, self.label_smoothing, self.loss_chunk_length)
+
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
   """Tokens the model read: the decoder's, plus the encoder's for an encoder-decoder.
@@ -123,10 +131,12 @@ class _StepCheck:
     if step <= self._checked:
       return
     self._checked = step
-    finite, spike = (bool(v) for v in jax.device_get((metrics["finite"], metrics["spike"])))
+    verdict = metrics["check"]
+    finite, spike = (bool(v) for v in jax.device_get((verdict["finite"], verdict["spike"])))
     if finite and not spike:
       return
     host = jax.device_get(metrics)
+    host = {**host, **host.pop("check")}
     what = spikes.describe(host, self._rule)
     if self._rule.action == "skip":  # the step was skipped on the device
       logging.warning("Step %d was skipped: %s.", step, what)
@@ -165,6 +175,21 @@ class _StepCheck:
         f"{where}. Lower the learning rate or check the data, then rerun: it resumes from "
         "there. (spike_action='skip' skips such steps instead; a larger spike_factor, or "
         "None, flags fewer or none.)")
+
+
+def _logged(host_metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """A step's metrics as logged: the loss's ("loss" first), then the step's own; not
+  its verdict on itself."""
+  step_metrics = {name: host_metrics[name] for name in step_lib.STEP_METRICS}
+  loss_metrics = {name: value for name, value in host_metrics.items()
+                  if name not in step_metrics and name != "check"}
+  return {"loss": loss_metrics.pop("loss"), **loss_metrics, **step_metrics}
+
+
+def _progress(scalars: Mapping[str, float]) -> dict[str, str]:
+  """The progress bar's summary of a logged step."""
+  shown = {"loss": f"{scalars['loss']:.3f}", "tok_s": f"{scalars['tokens_per_second']:,.0f}"}
+  return shown
 
 
 def _data_state_path(model_dir: str, step: int) -> str:
@@ -223,8 +248,12 @@ def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
           task_feature_lengths: Mapping[str, int], initial_params=None,
-          evaluate: EvalFn | None = None) -> step_lib.TrainState:
+          evaluate: EvalFn | None = None,
+          loss_fn: losses.LossFn | None = None) -> step_lib.TrainState:
   """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+  The steps minimise `loss_fn` (None: cross-entropy with `config`'s z-loss, label
+  smoothing and chunking), and every metric it returns is logged.
 
   A fresh run starts from `initial_params` (pretrained weights) when given, else from
   a random initialisation; a resumed run ignores them. Every `config.eval_every` steps
@@ -253,9 +282,9 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     checkpointer.close()
     return state
 
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
-                                        config.microbatches, config.label_smoothing, config.seed,
-                                        config.loss_chunk_length, config.spike_rule)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings,
+                                        loss_fn or config.loss(), microbatches=config.microbatches,
+                                        seed=config.seed, spike_rule=config.spike_rule)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   place = lambda local_batch: step_lib.global_batch(local_batch, mesh)
@@ -295,18 +324,14 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         tokens += _non_padding_tokens(local_batch) * jax.process_count()
         logging_step = done % config.log_every == 0 or done == config.train_steps
         if logging_step:
-          host_metrics = jax.device_get(metrics)
+          logged = _logged(jax.device_get(metrics))  # waits for the step
           elapsed = max(time.perf_counter() - timer, 1e-9)
-          scalars = {"loss": host_metrics["loss"], "z_loss": host_metrics["z_loss"],
-                     "grad_norm": host_metrics["grad_norm"],
-                     "param_norm": host_metrics["param_norm"],
-                     "skipped_steps": host_metrics["skipped_steps"],
-                     "learning_rate": float(schedule(step)), "tokens_per_second": tokens / elapsed}
+          scalars = {**logged, "learning_rate": float(schedule(step)),
+                     "tokens_per_second": tokens / elapsed}
           if first_step_s is not None:
             scalars["time_to_first_step_s"], first_step_s = first_step_s, None
           writer.write(done, scalars)
-          bar.set_postfix(loss=f"{scalars['loss']:.3f}",
-                          tok_s=f"{scalars['tokens_per_second']:,.0f}")
+          bar.set_postfix(_progress(scalars))
           tokens, timer = 0, time.perf_counter()
         if done % config.checkpoint_every == 0 or done == config.train_steps:
           check(done, metrics)  # nothing non-finite or spiking is ever saved
