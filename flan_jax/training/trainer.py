@@ -18,7 +18,8 @@ Faults cost at most the work since the last save:
   step and the checkpoint it can resume from (see `checkpoints`).
 
 Every logged step records the loss's metrics (see `losses`), the step's own, the
-learning rate and tokens per second, to metrics.jsonl, TensorBoard and the progress bar.
+learning rate, tokens per second, MFU (where the devices' peak is known, see `mfu`)
+and goodput (see `goodput`), to metrics.jsonl, TensorBoard and the progress bar.
 """
 
 import dataclasses
@@ -33,13 +34,16 @@ import tqdm
 
 from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
+from flan_jax.models import flops
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import mfu as mfu_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import spikes
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.goodput import GoodputClock
 from flan_jax.training.prefetch import Placed, Prefetcher
 from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
@@ -85,6 +89,9 @@ class TrainerConfig:
   spike_factor: float | None = 10.0
   spike_warmup: int = 10
   spike_action: str = "stop"
+  # Peak FLOP/s of one device, for MFU (None: from `mfu`'s table by device kind; a
+  # device not in it gets no MFU).
+  peak_flops_per_device: float | None = None
 
   @property
   def spike_rule(self) -> spikes.SpikeRule:
@@ -102,6 +109,11 @@ class TrainerConfig:
         0.0 <= smoothing < 1.0):
       raise UserError(f"label_smoothing must be in [0, 1), got {smoothing!r}.")
     self.spike_rule  # checks the spike settings
+    peak = self.peak_flops_per_device
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float))
+                             or not peak > 0):
+      raise UserError(f"peak_flops_per_device must be a positive number of FLOP/s, or None "
+                      f"to look it up by device kind; got {peak!r}.")
 
   def loss(self) -> losses.LossFn:
     """The default loss, cross-entropy, with this config's settings."""
@@ -189,6 +201,9 @@ def _logged(host_metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _progress(scalars: Mapping[str, float]) -> dict[str, str]:
   """The progress bar's summary of a logged step."""
   shown = {"loss": f"{scalars['loss']:.3f}", "tok_s": f"{scalars['tokens_per_second']:,.0f}"}
+  if "mfu" in scalars:
+    shown["mfu"] = f"{scalars['mfu']:.1%}"
+  shown["goodput"] = f"{scalars['goodput']:.0%}"
   return shown
 
 
@@ -264,6 +279,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   of the run's first step (setup, restoring, compiling and the step itself).
   """
   began = time.perf_counter()
+  clock = GoodputClock()
   mesh = mesh_lib.make_mesh(config.mesh_shape, dcn_shape=config.dcn_mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
@@ -285,6 +301,10 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings,
                                         loss_fn or config.loss(), microbatches=config.microbatches,
                                         seed=config.seed, spike_rule=config.spike_rule)
+  flops_per_row = flops.flops_per_sequence(model.config,
+                                           model.sequence_lengths(task_feature_lengths))
+  peak_flops = mfu_lib.peak_flops_per_device(jax.devices()[0].device_kind,
+                                             config.peak_flops_per_device)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   place = lambda local_batch: step_lib.global_batch(local_batch, mesh)
@@ -300,19 +320,23 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
                   disable=not (config.progress_bar and is_primary))
   if start and is_primary:
     bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
-  tokens, timer = 0, time.perf_counter()
+  tokens, rows, timer = 0, 0, time.perf_counter()
   saved, unchecked, first_step_s = start, None, None
   check = _StepCheck(config.spike_rule, checkpointer, model_dir)
   try:
     with StopSignals() as stop:
       for step in range(start, config.train_steps):
-        local_batch, placed_batch = next(stream)
+        with clock.counting("data_wait"):
+          local_batch, placed_batch = next(stream)
+        if step == start:
+          clock.switch("compile")
         state, metrics = train_step(state, placed_batch)
         done = step + 1
         if step == start:
           jax.block_until_ready(metrics["loss"])
           first_step_s = time.perf_counter() - began
           logging.info("Time to first step: %.1f s.", first_step_s)
+          clock.switch("step")
         checkpointer.raise_if_failed()  # a save that failed in the background stops the run
         # The previous step is checked now, one step late, so that reading its verdict
         # does not leave the device idle.
@@ -322,36 +346,44 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         # Counted per host and assumed alike across hosts. The first window's rate
         # includes compilation.
         tokens += _non_padding_tokens(local_batch) * jax.process_count()
+        rows += len(local_batch["decoder_target_tokens"]) * jax.process_count()
         logging_step = done % config.log_every == 0 or done == config.train_steps
         if logging_step:
           logged = _logged(jax.device_get(metrics))  # waits for the step
           elapsed = max(time.perf_counter() - timer, 1e-9)
           scalars = {**logged, "learning_rate": float(schedule(step)),
                      "tokens_per_second": tokens / elapsed}
+          if peak_flops is not None:
+            scalars["mfu"] = mfu_lib.mfu(flops_per_row * rows, elapsed, peak_flops,
+                                         jax.device_count())
+          scalars.update(clock.metrics())
           if first_step_s is not None:
             scalars["time_to_first_step_s"], first_step_s = first_step_s, None
           writer.write(done, scalars)
           bar.set_postfix(_progress(scalars))
-          tokens, timer = 0, time.perf_counter()
+          tokens, rows, timer = 0, 0, time.perf_counter()
         if done % config.checkpoint_every == 0 or done == config.train_steps:
-          check(done, metrics)  # nothing non-finite or spiking is ever saved
-          _save_data_state(model_dir, done, stream, checkpointer)
-          checkpointer.save(done, state)
+          with clock.counting("checkpoint"):
+            check(done, metrics)  # nothing non-finite or spiking is ever saved
+            _save_data_state(model_dir, done, stream, checkpointer)
+            checkpointer.save(done, state)
           saved = done
         if (evaluate and config.eval_every and done % config.eval_every == 0
             and done < config.train_steps):
-          scalars = evaluate(state.params)
+          with clock.counting("eval"):
+            scalars = evaluate(state.params)
           writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
           if is_primary:
             bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
                                                    for name, value in sorted(scalars.items())))
-          tokens, timer = 0, time.perf_counter()  # the next tokens/s leaves evaluation out
+          tokens, rows, timer = 0, 0, time.perf_counter()  # the next rates leave evaluation out
         bar.update(1)
         if done < config.train_steps and stop.requested(sync=logging_step):
-          check(done, metrics)
-          if saved != done:
-            _save_data_state(model_dir, done, stream, checkpointer)
-            checkpointer.save(done, state)
+          with clock.counting("checkpoint"):
+            check(done, metrics)
+            if saved != done:
+              _save_data_state(model_dir, done, stream, checkpointer)
+              checkpointer.save(done, state)
           raise Interrupted(
               f"Stopped by {stop.name} at step {done}: checkpoint {done} is saved in "
               f"{model_dir}/checkpoints. Run the same command again to resume from it.",
