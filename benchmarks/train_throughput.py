@@ -23,8 +23,9 @@ before and after the rounds (the fastest of jnp.dot and torch.matmul of --peak_s
 square matrices, median of 10 each). On a GPU compute is bf16 by default (parameters
 stay float32, as in mixed-precision training on both sides; torch under autocast) and
 the peak is the datasheet's dense bf16 one for GPUs in `flan_jax.training.mfu`'s table
-(989 TFLOP/s on an H100 / H200), else measured (8192-square matmuls). flan_jax runs with its defaults (attention implementation,
-loss chunking) unless --attention / --loss_chunk_length say otherwise.
+(989 TFLOP/s on an H100 / H200), else measured (8192-square matmuls). flan_jax runs
+with its defaults (attention implementation, loss chunking) unless --attention /
+--loss_chunk_length say otherwise.
 
 Tokens per step: the predicted tokens for a decoder, B * (L - 1); for T5 every token
 either stack reads, B * (encoder + decoder length), reported with sequences (rows) per
@@ -283,8 +284,8 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   jax.block_until_ready(state)
   setup_s = time.perf_counter() - start
   # z_loss=0: transformers' loss has none, and equal losses need equal objectives.
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, losses.cross_entropy_loss(
-      z_loss=0.0, chunk_length=args.loss_chunk_length))
+  loss = losses.cross_entropy_loss(z_loss=0.0, chunk_length=args.loss_chunk_length)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, loss)
   return FlanTrainer(config, train_step, state, step_lib.global_batch(flan_batch, mesh), mesh,
                      hf_inputs, setup_s)
 

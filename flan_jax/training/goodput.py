@@ -9,9 +9,9 @@ and running it), "data_wait" (waiting for the next batch), "checkpoint" (judging
 step then saving it) and "eval" (evaluating during training).
 
 The clock is a chess clock: exactly one part runs at any time, so the parts add up
-to the wall time (up to float rounding). Steps run asynchronously, so a step's device time lands where the
-host next waits for it: in "step" when the host reads its verdict, or in
-"checkpoint" when a save waits for the step to finish.
+to the wall time (up to float rounding). Steps run asynchronously, so a step's device
+time lands where the host next waits for it: in "step" when the host reads its
+verdict, or in "checkpoint" when a save waits for the step to finish.
 """
 
 import contextlib

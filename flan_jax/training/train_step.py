@@ -154,6 +154,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
     step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def scaled_loss(params, part, total_weight, index=0):
+      """The part's loss over the whole batch's weight (None: the part is the batch)."""
       loss_sum, weight, sums = loss_fn(model, params, part, jax.random.fold_in(step_rng, index))
       total_weight = weight if total_weight is None else total_weight
       return loss_sum / jnp.maximum(total_weight, 1.0), (weight, sums)
@@ -171,7 +172,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
         grads, sums = carry
         index, part = indexed_part
         (_, (_, part_sums)), part_grads = grad_fn(state.params, part, weight, index)
-        return (jax.tree.map(jnp.add, grads, part_grads), jax.tree.map(jnp.add, sums, part_sums)), None
+        return jax.tree.map(jnp.add, (grads, sums), (part_grads, part_sums)), None
 
       parts = _microbatches(batch, microbatches)
       first = jax.tree.map(lambda x: x[0], parts)
