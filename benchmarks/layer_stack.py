@@ -20,7 +20,7 @@ import numpy as np
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import DecoderOnly, EncoderDecoder
 from flan_jax.models.t5 import T5Config
-from flan_jax.training.train_step import token_losses
+from flan_jax.training.losses import token_losses
 
 
 def model_for(family: str, layers: int, embed_dim: int):

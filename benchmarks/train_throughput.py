@@ -22,14 +22,16 @@ float32 and the peak FLOP/s the MFU is measured against is measured in the same 
 before and after the rounds (the fastest of jnp.dot and torch.matmul of --peak_size
 square matrices, median of 10 each). On a GPU compute is bf16 by default (parameters
 stay float32, as in mixed-precision training on both sides; torch under autocast) and
-the peak is the datasheet's dense bf16 989 TFLOP/s on an H100 / H200, else measured
-(8192-square matmuls). flan_jax runs with its defaults (attention implementation,
-loss chunking) unless --attention / --loss_chunk_length say otherwise.
+the peak is the datasheet's dense bf16 one for GPUs in `flan_jax.training.mfu`'s table
+(989 TFLOP/s on an H100 / H200), else measured (8192-square matmuls). flan_jax runs
+with its defaults (attention implementation, loss chunking) unless --attention /
+--loss_chunk_length say otherwise.
 
 Tokens per step: the predicted tokens for a decoder, B * (L - 1); for T5 every token
 either stack reads, B * (encoder + decoder length), reported with sequences (rows) per
-second, the unit T5 throughputs are usually quoted in. T5's MFU counts each stack's
-weights and attention over its own tokens (`t5_flops_per_step`).
+second, the unit T5 throughputs are usually quoted in. Model FLOPs are counted as
+training counts them (`flan_jax.models.flops`): T5's count each stack's weights and
+attention over its own tokens.
 
 The last line is `ratio_vs_hf=X.XX mfu=Y.YY` (tokens/s ours over theirs; flan_jax's
 MFU as a fraction of that peak). Results go to
@@ -76,7 +78,6 @@ T5_MODELS = {
                     num_heads=4, head_dim=16, mlp_dim=128),  # for tests
 }
 LEARNING_RATE, BETAS, WEIGHT_DECAY, CLIP_NORM = 1e-4, (0.9, 0.95), 0.01, 1.0
-DATASHEET_BF16_FLOPS = {"H200": 989e12, "H100": 989e12}  # dense, SXM
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -233,7 +234,7 @@ class Contestants:
   torch_sync: Callable
   flan_parameters: int
   hf_parameters: int
-  matmul_parameters: dict[str, int]  # see `matmul_parameters`
+  matmul_parameters: dict[str, int]  # `flops.matmul_weights`
   tokens_per_step: int  # decoder: B * (L - 1) predicted tokens; T5: B * (Le + Ld)
   flops_per_step: float
   flan_setup_s: float
@@ -257,6 +258,7 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   import jax
 
   from flan_jax.models.families import DecoderOnly, EncoderDecoder
+  from flan_jax.training import losses
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import optimizer as optimizer_lib
   from flan_jax.training import train_step as step_lib
@@ -282,8 +284,8 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   jax.block_until_ready(state)
   setup_s = time.perf_counter() - start
   # z_loss=0: transformers' loss has none, and equal losses need equal objectives.
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, z_loss=0.0,
-                                        loss_chunk_length=args.loss_chunk_length)
+  loss = losses.cross_entropy_loss(z_loss=0.0, chunk_length=args.loss_chunk_length)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, loss)
   return FlanTrainer(config, train_step, state, step_lib.global_batch(flan_batch, mesh), mesh,
                      hf_inputs, setup_s)
 
@@ -293,7 +295,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   import torch
   import transformers
 
-  from flan_jax.models import hf_llama, hf_t5
+  from flan_jax.models import flops, hf_llama, hf_t5
 
   t5 = is_t5(args.model)
   flan = flan_trainer(args, device, dtype)
@@ -306,7 +308,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
     return metrics["loss"]
 
   flan_parameters = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
-  matmuls = matmul_parameters(params)
+  matmuls = flops.matmul_weights(config)
 
   # The same weights in transformers' layout, through our exporter.
   with tempfile.TemporaryDirectory() as tmp:
@@ -354,11 +356,12 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   if t5:
     tokens_per_step = args.batch * (args.length + args.targets_length)
-    flops_per_step = t5_flops_per_step(config, matmuls, args.batch, args.length,
-                                       args.targets_length)
+    flops_per_step = args.batch * flops.flops_per_sequence(
+        config, {"encoder": args.length, "decoder": args.targets_length})
   else:
     tokens_per_step = args.batch * (args.length - 1)
-    flops_per_step = tokens_per_step * flops_per_token(config, matmuls["decoder"], args.length)
+    flops_per_step = tokens_per_step * flops.flops_per_token(
+        config, {"decoder": args.length})["decoder"]
   return Contestants(
       config=config, flan_step=flan_step, torch_step=make_torch_step(hf_model),
       torch_compiled_step=make_torch_step(torch.compile(hf_model)) if args.torch_compile else None,
@@ -368,55 +371,9 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
       flan_setup_s=flan.setup_s)
 
 
-def matmul_parameters(params) -> dict[str, int]:
-  """Matmul weights (all but the embedding table, norm scales and T5's relative position
-  tables, which are gathered or multiplied elementwise) by the tokens they multiply:
-  "encoder" for T5's encoder and its decoder's cross-attention keys and values (which
-  project the encoded inputs), "decoder" for the rest (a decoder-only model: all)."""
-  import jax
-  counts = {"encoder": 0, "decoder": 0}
-  for path, x in jax.tree_util.tree_leaves_with_path(params):
-    keys = [getattr(k, "key", str(k)) for k in path]
-    if keys[-1] in ("embedding", "scale", "relpos_bias"):
-      continue
-    reads_inputs = keys[0] == "encoder" or ("cross_attention" in keys
-                                            and keys[-1] in ("key", "value"))
-    counts["encoder" if reads_inputs else "decoder"] += int(np.size(x))
-  return counts
-
-
-def flops_per_token(config, matmul_parameters: int, length: int) -> float:
-  """6N for the weight matmuls (forward + backward) plus 12 * layers * width * length for
-  attention's scores and values (PaLM's count, full not causal, as usual)."""
-  width = config.num_heads * config.head_dim
-  return 6 * matmul_parameters + 12 * config.num_layers * width * length
-
-
-def t5_flops_per_step(config, matmuls: dict[str, int], batch: int, inputs_length: int,
-                      targets_length: int) -> float:
-  """Forward + backward FLOPs of one T5 step, the decoder's count applied to each stack:
-
-      6 * (N_enc * T_enc + N_dec * T_dec)
-      + 12 * width * (L_enc * S_enc * T_enc + L_dec * (S_dec + S_enc) * T_dec)
-
-  N_enc: matmul weights that read encoder tokens (the encoder, and the decoder's
-  cross-attention keys and values), N_dec the rest (with lm_head); T = B * S the tokens
-  of each stack in a step; width = heads * head_dim. Attention's scores and values per
-  query token: encoder self-attention over S_enc keys, decoder self-attention over S_dec
-  and cross-attention over S_enc (PaLM's 12 * layers * width * keys, full not causal).
-  """
-  enc_tokens, dec_tokens = batch * inputs_length, batch * targets_length
-  width = config.num_heads * config.head_dim
-  weights = 6 * (matmuls["encoder"] * enc_tokens + matmuls["decoder"] * dec_tokens)
-  attention = 12 * width * (config.num_encoder_layers * inputs_length * enc_tokens
-                            + config.num_decoder_layers * (targets_length + inputs_length)
-                            * dec_tokens)
-  return weights + attention
-
-
 def measure_peak_flops(device: str, dtype: str, size: int, repeats: int = 10) -> dict:
   """Matmul FLOP/s of this machine, median of `repeats`, for jax and torch; the datasheet
-  figure on an H100 / H200 in bf16."""
+  figure in bf16 on a GPU in `flan_jax.training.mfu`'s table."""
   import jax
   import jax.numpy as jnp
   import torch
@@ -450,11 +407,13 @@ def measure_peak_flops(device: str, dtype: str, size: int, repeats: int = 10) ->
   result = {"jax_matmul_flops": jax_flops, "torch_matmul_flops": torch_flops,
             "peak_flops": max(jax_flops, torch_flops),
             "peak_source": f"measured: faster of jnp.dot and torch.matmul, {size}x{size} {dtype}"}
-  if device == "cuda":
+  if device == "cuda" and dtype == "bfloat16":
+    from flan_jax.training import mfu
+
     name = torch.cuda.get_device_name()
-    for chip, peak in DATASHEET_BF16_FLOPS.items():
-      if chip in name and dtype == "bfloat16":
-        result.update(peak_flops=peak, peak_source=f"datasheet: {chip} dense bf16")
+    peak = mfu.peak_flops_per_device(name)
+    if peak is not None:
+      result.update(peak_flops=peak, peak_source=f"datasheet: {name} dense bf16")
   return result
 
 

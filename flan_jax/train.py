@@ -61,6 +61,7 @@ def train(
     spike_factor: float | None = 10.0,
     spike_warmup: int = 10,
     spike_action: str = "stop",
+    peak_flops_per_device: float | None = None,
     seed: int = 0,
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
@@ -89,6 +90,8 @@ def train(
   the last 100 steps is a spike (None: none is). `spike_action`: "stop" stops the run,
   keeping only checkpoints from before the spike; "skip" leaves the weights as they
   were for that step, counts it, and goes on.
+  `peak_flops_per_device`: one device's peak FLOP/s, for the MFU logged (None: known
+  accelerators' from a table; others log no MFU).
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -115,7 +118,8 @@ def train(
                             microbatches=microbatches, label_smoothing=label_smoothing,
                             loss_chunk_length=loss_chunk_length, prefetch=prefetch,
                             spike_factor=spike_factor, spike_warmup=spike_warmup,
-                            spike_action=spike_action),
+                            spike_action=spike_action,
+                            peak_flops_per_device=peak_flops_per_device),
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

@@ -11,6 +11,7 @@ import pytest
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import DecoderOnly, EncoderDecoder
 from flan_jax.models.t5 import T5Config
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -51,12 +52,12 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch_ones(config):
   targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
 
   def whole(params):
-    ce, z = step_lib.token_losses(network.logits(params, batch), targets, 1e-3, 0.1)
+    ce, z = losses.token_losses(network.logits(params, batch), targets, 1e-3, 0.1)
     return (ce * weights).sum() + (z * weights).sum()
 
   def chunked(params):
-    ce, z = step_lib.chunked_loss_sums(network, params, network.hidden_states(params, batch),
-                                       targets, weights, 1e-3, 0.1, chunk_length=4)
+    ce, z = losses.chunked_loss_sums(network, params, network.hidden_states(params, batch),
+                                     targets, weights, 1e-3, 0.1, chunk_length=4)
     return ce + z
 
   (a, grads_a), (b, grads_b) = (jax.jit(jax.value_and_grad(f))(params) for f in (whole, chunked))
@@ -77,7 +78,7 @@ def _temp_bytes(chunk_length):
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh))
            for k, v in _batch(network, lengths, rows=8).items()}
   step = step_lib.make_train_step(network, optimizer, mesh, shardings,
-                                  loss_chunk_length=chunk_length)
+                                  losses.cross_entropy_loss(chunk_length=chunk_length))
   with jax.set_mesh(mesh):
     return step.jitted.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
 
@@ -97,8 +98,8 @@ def test_a_train_step_with_chunks_takes_the_whole_batch_step():
   results = []
   for chunk_length in (0, 8):
     state, shardings = step_lib.init_train_state(network, optimizer, mesh, lengths, seed=0)
-    step = step_lib.make_train_step(network, optimizer, mesh, shardings, z_loss=1e-3,
-                                    loss_chunk_length=chunk_length)
+    step = step_lib.make_train_step(network, optimizer, mesh, shardings,
+                                    losses.cross_entropy_loss(z_loss=1e-3, chunk_length=chunk_length))
     results.append(step(state, batch))
   (whole, whole_metrics), (chunked, chunked_metrics) = results
   np.testing.assert_allclose(whole_metrics["loss"], chunked_metrics["loss"], rtol=1e-6)

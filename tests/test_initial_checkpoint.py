@@ -108,7 +108,7 @@ def test_rows_start_from_the_tokenizers_bos_as_the_pretrained_model_expects(stor
   from flan_jax.data import pipeline, vocabularies
   from flan_jax.models.families import DecoderOnly
   from flan_jax.models.hf_llama import load_hf_checkpoint
-  from flan_jax.training.train_step import per_token_loss
+  from flan_jax.training.losses import per_token_loss
 
   vocabulary = seqio.get_mixture_or_task(story_task).output_features["targets"].vocabulary
   assert vocabularies.bos_id(vocabulary) == 1  # Llama's <s>; id 0 is <unk>

@@ -13,6 +13,7 @@ import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default task
 from flan_jax.data.pipeline import train_batches
 from flan_jax.errors import UserError
 from flan_jax.models.families import DecoderOnly
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -43,7 +44,7 @@ def test_four_microbatches_of_eight_equal_one_batch_of_thirty_two():
 def test_label_smoothing_equals_optax_cross_entropy_with_smoothed_labels():
   logits = jax.random.normal(jax.random.key(0), (2, 3, 11)) * 3
   targets = jnp.array([[1, 5, 10], [0, 0, 7]])
-  ce, _ = step_lib.token_losses(logits, targets, 0.0, label_smoothing=0.1)
+  ce, _ = losses.token_losses(logits, targets, 0.0, label_smoothing=0.1)
   labels = optax.smooth_labels(jax.nn.one_hot(targets, 11), 0.1)
   np.testing.assert_allclose(ce, optax.softmax_cross_entropy(logits, labels), rtol=1e-6)
 

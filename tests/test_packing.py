@@ -10,7 +10,8 @@ from flan_jax.data import packing
 from flan_jax.data.pipeline import feature_converter
 from flan_jax.models.families import DecoderOnly, EncoderDecoder
 from flan_jax.models.t5 import T5Config
-from flan_jax.training.train_step import init_params, per_token_loss
+from flan_jax.training.losses import per_token_loss
+from flan_jax.training.train_step import init_params
 from tiny import TINY_DECODER
 
 LENGTHS = {"inputs": 128, "targets": 32}

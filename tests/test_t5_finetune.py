@@ -21,7 +21,7 @@ from flan_jax.models import convert  # noqa: E402
 from flan_jax.models.families import EncoderDecoder  # noqa: E402
 from flan_jax.models.t5 import T5Config  # noqa: E402
 from flan_jax.training.optimizer import OptimizerConfig  # noqa: E402
-from flan_jax.training.train_step import per_token_loss  # noqa: E402
+from flan_jax.training.losses import per_token_loss  # noqa: E402
 from flan_jax.training.trainer import TrainerConfig  # noqa: E402
 
 LENGTHS = {"inputs": 64, "targets": 16}

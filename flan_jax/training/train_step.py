@@ -1,8 +1,8 @@
-"""Train state, its sharded initialisation, the loss, and the jit-compiled train step.
+"""Train state, its sharded initialisation, and the jit-compiled train step.
 
-The loss is token cross-entropy on target tokens only (seqio's `decoder_loss_weights`),
-averaged over the batch's target tokens, plus PaLM's z-loss (z_loss * logsumexp**2),
-which keeps the softmax normaliser near 1 and the logits from drifting in bf16.
+The step minimises the `LossFn` it is given (`losses`; cross-entropy with z-loss by
+default): the loss summed over the batch, divided by the batch's weight (its target
+tokens, for cross-entropy).
 
 Each step also judges itself for spikes against the window of recent steps the state
 carries (`spikes`): its metrics say whether it spiked, and under the "skip" action a
@@ -20,11 +20,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from flan_jax.models.families import ModelFamily
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import spikes as spikes_lib
 
 Batch = Mapping[str, Any]
 Lengths = Mapping[str, int]
+# What a step reports of itself, besides its loss's metrics and its verdict ("check").
+STEP_METRICS = ("grad_norm", "param_norm", "skipped_steps")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -32,50 +35,6 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   opt_state: Any
   spikes: spikes_lib.SpikeWindow
-
-
-def token_losses(logits_BxLxV, targets_BxL, z_loss: float, label_smoothing: float = 0.0):
-  """Per-token cross-entropy and z-loss, both [B, L] float32.
-
-  With label smoothing ε the target is (1 - ε) on the label plus ε spread evenly over
-  the vocabulary, whose cross-entropy is logsumexp - mean(logits).
-  """
-  log_z = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  target_logit = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  ce = log_z - target_logit
-  if label_smoothing:
-    ce = (1.0 - label_smoothing) * ce + label_smoothing * (log_z - logits_BxLxV.mean(axis=-1))
-  return ce, z_loss * jnp.square(log_z)
-
-
-def chunked_loss_sums(model: ModelFamily, params, hidden_BxLxE, targets_BxL, weights_BxL,
-                      z_loss: float, label_smoothing: float, chunk_length: int):
-  """(sum of weighted cross-entropy, sum of weighted z-loss), projecting `chunk_length`
-  positions at a time: only one chunk's float32 logits [B, chunk, V] exist at once, in
-  the forward pass and (recomputed) in the backward pass, never the whole [B, L, V].
-  """
-  batch, length = targets_BxL.shape
-  chunks = -(-length // chunk_length)
-  pad = chunks * chunk_length - length  # padded positions weigh 0
-  if pad:
-    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
-    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
-  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
-
-  @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
-  def chunk_sums(sums, chunk):
-    hidden, targets, weights = chunk
-    ce, z = token_losses(model.project(params, hidden), targets, z_loss, label_smoothing)
-    return (sums[0] + (ce * weights).sum(), sums[1] + (z * weights).sum()), None
-
-  sums, _ = jax.lax.scan(chunk_sums, (jnp.zeros(()), jnp.zeros(())),
-                         (split(hidden_BxLxE), split(targets_BxL), split(weights_BxL)))
-  return sums
-
-
-def per_token_loss(model: ModelFamily, params, batch: Batch) -> jnp.ndarray:
-  """Cross-entropy of every target position ([B, L]); callers apply the loss weights."""
-  return token_losses(model.logits(params, batch), batch["decoder_target_tokens"], 0.0)[0]
 
 
 def init_params(model: ModelFamily, rng, lengths: Lengths):
@@ -168,66 +127,67 @@ def _microbatches(batch: Batch, count: int) -> Batch:
 
 
 def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    shardings: TrainState, z_loss: float = 1e-4, microbatches: int = 1,
-                    label_smoothing: float = 0.0, seed: int = 0,
-                    loss_chunk_length: int = 0,
+                    shardings: TrainState,
+                    loss_fn: losses.LossFn = losses.cross_entropy_loss(), *,
+                    microbatches: int = 1, seed: int = 0,
                     spike_rule: spikes_lib.SpikeRule = spikes_lib.SpikeRule()) -> Callable:
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
 
+  The step minimises `loss_fn`'s loss sum over the batch's weight (see `losses`). Its
+  metrics are the loss's, each divided by that weight likewise, the step's own
+  ("grad_norm", "param_norm", "skipped_steps"), and under "check" its verdict on
+  itself (finite, spiked, the medians it was judged against).
+
   With `microbatches` > 1 the batch's gradient is accumulated over that many slices,
-  each one's loss divided by the whole batch's target tokens, so the step equals the
+  each one's loss divided by the whole batch's weight, so the step equals the
   one-slice step (up to float summation order) in a fraction of the activation memory.
 
   Dropout (a model's `dropout_rate`) draws its masks from `seed`, the step number and
   the microbatch, so a resumed run drops exactly what a straight run drops, on any mesh.
 
-  Targets longer than `loss_chunk_length` (0: never) have their loss computed that many
-  positions at a time (`chunked_loss_sums`), so large vocabularies never hold the whole
-  batch's float32 logits.
-
-  Its metrics say whether the step spiked under `spike_rule` (see `spikes`); with the
-  "skip" action a step that spiked or is not finite is not applied.
+  The step is judged for spikes under `spike_rule` (see `spikes`), on the loss's
+  "loss" metric, the gradient norm and the weights' norm; with the "skip" action a
+  step that spiked or is not finite is not applied.
   """
 
   def step(state: TrainState, batch: Batch):
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    num_targets = jnp.maximum(weights.sum(), 1.0)
-
     step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-    def loss_fn(params, part, index=0):
-      rng = jax.random.fold_in(step_rng, index)
-      targets = part["decoder_target_tokens"]
-      part_weights = part["decoder_loss_weights"].astype(jnp.float32)
-      if loss_chunk_length and targets.shape[1] > loss_chunk_length:
-        ce_sum, z_sum = chunked_loss_sums(
-            model, params, model.hidden_states(params, part, dropout_rng=rng), targets,
-            part_weights, z_loss, label_smoothing, loss_chunk_length)
-      else:
-        ce, z = token_losses(model.logits(params, part, dropout_rng=rng), targets, z_loss,
-                             label_smoothing)
-        ce_sum, z_sum = (ce * part_weights).sum(), (z * part_weights).sum()
-      return (ce_sum + z_sum) / num_targets, (ce_sum, z_sum)
+    def scaled_loss(params, part, total_weight, index=0):
+      """The part's loss over the whole batch's weight (None: the part is the batch)."""
+      loss_sum, weight, sums = loss_fn(model, params, part, jax.random.fold_in(step_rng, index))
+      total_weight = weight if total_weight is None else total_weight
+      return loss_sum / jnp.maximum(total_weight, 1.0), (weight, sums)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(scaled_loss, has_aux=True)
     if microbatches == 1:
-      (_, (ce_sum, z_sum)), grads = grad_fn(state.params, batch)
+      (_, (weight, sums)), grads = grad_fn(state.params, batch, None)
     else:
+      # Every slice's loss is divided by the whole batch's weight, read first. The weight
+      # depends on the batch alone, so the model's forward pass in this call is dead code
+      # that the compiler drops.
+      _, weight, _ = loss_fn(model, state.params, batch, step_rng)
+
       def accumulate(carry, indexed_part):
-        grads, ce_sum, z_sum = carry
+        grads, sums = carry
         index, part = indexed_part
-        (_, (ce, z)), part_grads = grad_fn(state.params, part, index)
-        return (jax.tree.map(jnp.add, grads, part_grads), ce_sum + ce, z_sum + z), None
+        (_, (_, part_sums)), part_grads = grad_fn(state.params, part, weight, index)
+        return jax.tree.map(jnp.add, (grads, sums), (part_grads, part_sums)), None
+
+      parts = _microbatches(batch, microbatches)
+      first = jax.tree.map(lambda x: x[0], parts)
+      zero_sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
+          lambda: loss_fn(model, state.params, first, step_rng)[2]))
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, ce_sum, z_sum), _ = jax.lax.scan(
-          accumulate, (zeros, jnp.zeros(()), jnp.zeros(())),
-          (jnp.arange(microbatches), _microbatches(batch, microbatches)))
-    ce_mean, z_mean = ce_sum / num_targets, z_sum / num_targets
+      (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
+                                      (jnp.arange(microbatches), parts))
+    loss_metrics = {name: value / jnp.maximum(weight, 1.0) for name, value in sums.items()}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    watched = {"loss": ce_mean, "grad_norm": optax.tree.norm(grads),
+    watched = {"loss": loss_metrics["loss"], "grad_norm": optax.tree.norm(grads),
                "param_norm": optax.tree.norm(params)}
-    finite = jnp.isfinite(z_mean) & jnp.all(jnp.isfinite(jnp.stack(list(watched.values()))))
+    values = [v.astype(jnp.float32) for v in [*loss_metrics.values(), *watched.values()]]
+    finite = jnp.all(jnp.isfinite(jnp.stack(values)))
     spiked, medians = spikes_lib.judge(state.spikes, spike_rule, watched)
     spike = spiked["loss"] | spiked["grad_norm"] | spiked["param_norm"]
     normal = finite & ~spike
@@ -238,9 +198,9 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
                                        (params, opt_state), (state.params, state.opt_state))
     window = spikes_lib.record(state.spikes, watched, normal, skipped)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, spikes=window)
-    metrics = {**watched, **medians, "z_loss": z_mean, "target_tokens": weights.sum(),
-               "finite": finite, "spikes": spiked, "spike": spike,
-               "skipped_steps": window.skipped_steps, "skips_in_a_row": window.skips_in_a_row}
+    check = {**medians, "finite": finite, "spikes": spiked, "spike": spike,
+             "skips_in_a_row": window.skips_in_a_row}
+    metrics = {**loss_metrics, **watched, "skipped_steps": window.skipped_steps, "check": check}
     return new_state, metrics
 
   jitted = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),

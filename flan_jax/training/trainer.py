@@ -16,6 +16,10 @@ Faults cost at most the work since the last save:
   `spike_action="skip"`, the step is skipped and counted.
 - A save that cannot be written (a full disk) stops the run with one error naming the
   step and the checkpoint it can resume from (see `checkpoints`).
+
+Every logged step records the loss's metrics (see `losses`), the step's own, the
+learning rate, tokens per second, MFU (where the devices' peak is known, see `mfu`)
+and goodput (see `goodput`), to metrics.jsonl, TensorBoard and the progress bar.
 """
 
 import dataclasses
@@ -31,12 +35,16 @@ import tqdm
 from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.model_dir import CHECKPOINTS_DIR, DATA_STATE_DIR
+from flan_jax.models import flops
 from flan_jax.models.families import ModelFamily
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import mfu as mfu_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import spikes
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.checkpoints import Checkpointer
+from flan_jax.training.goodput import GoodputClock
 from flan_jax.training.prefetch import Placed, Prefetcher
 from flan_jax.training import metrics_writer
 from flan_jax.training.metrics_writer import MetricsWriter
@@ -81,6 +89,9 @@ class TrainerConfig:
   spike_factor: float | None = 10.0
   spike_warmup: int = 10
   spike_action: str = "stop"
+  # Peak FLOP/s of one device, for MFU (None: from `mfu`'s table by device kind; a
+  # device not in it gets no MFU).
+  peak_flops_per_device: float | None = None
 
   @property
   def spike_rule(self) -> spikes.SpikeRule:
@@ -98,6 +109,15 @@ class TrainerConfig:
         0.0 <= smoothing < 1.0):
       raise UserError(f"label_smoothing must be in [0, 1), got {smoothing!r}.")
     self.spike_rule  # checks the spike settings
+    peak = self.peak_flops_per_device
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float))
+                             or not peak > 0):
+      raise UserError(f"peak_flops_per_device must be a positive number of FLOP/s, or None "
+                      f"to look it up by device kind; got {peak!r}.")
+
+  def loss(self) -> losses.LossFn:
+    """The default loss, cross-entropy, with this config's settings."""
+    return losses.cross_entropy_loss(self.z_loss, self.label_smoothing, self.loss_chunk_length)
 
 
 def _non_padding_tokens(batch: dict[str, np.ndarray]) -> int:
@@ -123,10 +143,12 @@ class _StepCheck:
     if step <= self._checked:
       return
     self._checked = step
-    finite, spike = (bool(v) for v in jax.device_get((metrics["finite"], metrics["spike"])))
+    verdict = metrics["check"]
+    finite, spike = (bool(v) for v in jax.device_get((verdict["finite"], verdict["spike"])))
     if finite and not spike:
       return
     host = jax.device_get(metrics)
+    host = {**host, **host.pop("check")}
     what = spikes.describe(host, self._rule)
     if self._rule.action == "skip":  # the step was skipped on the device
       logging.warning("Step %d was skipped: %s.", step, what)
@@ -165,6 +187,24 @@ class _StepCheck:
         f"{where}. Lower the learning rate or check the data, then rerun: it resumes from "
         "there. (spike_action='skip' skips such steps instead; a larger spike_factor, or "
         "None, flags fewer or none.)")
+
+
+def _logged(host_metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """A step's metrics as logged: the loss's ("loss" first), then the step's own; not
+  its verdict on itself."""
+  step_metrics = {name: host_metrics[name] for name in step_lib.STEP_METRICS}
+  loss_metrics = {name: value for name, value in host_metrics.items()
+                  if name not in step_metrics and name != "check"}
+  return {"loss": loss_metrics.pop("loss"), **loss_metrics, **step_metrics}
+
+
+def _progress(scalars: Mapping[str, float]) -> dict[str, str]:
+  """The progress bar's summary of a logged step."""
+  shown = {"loss": f"{scalars['loss']:.3f}", "tok_s": f"{scalars['tokens_per_second']:,.0f}"}
+  if "mfu" in scalars:
+    shown["mfu"] = f"{scalars['mfu']:.1%}"
+  shown["goodput"] = f"{scalars['goodput']:.0%}"
+  return shown
 
 
 def _data_state_path(model_dir: str, step: int) -> str:
@@ -223,8 +263,12 @@ def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir
 def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
           task_feature_lengths: Mapping[str, int], initial_params=None,
-          evaluate: EvalFn | None = None) -> step_lib.TrainState:
+          evaluate: EvalFn | None = None,
+          loss_fn: losses.LossFn | None = None) -> step_lib.TrainState:
   """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+  The steps minimise `loss_fn` (None: cross-entropy with `config`'s z-loss, label
+  smoothing and chunking), and every metric it returns is logged.
 
   A fresh run starts from `initial_params` (pretrained weights) when given, else from
   a random initialisation; a resumed run ignores them. Every `config.eval_every` steps
@@ -235,6 +279,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   of the run's first step (setup, restoring, compiling and the step itself).
   """
   began = time.perf_counter()
+  clock = GoodputClock()
   mesh = mesh_lib.make_mesh(config.mesh_shape, dcn_shape=config.dcn_mesh_shape)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, config.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, config.train_steps)
@@ -253,9 +298,13 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     checkpointer.close()
     return state
 
-  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings, config.z_loss,
-                                        config.microbatches, config.label_smoothing, config.seed,
-                                        config.loss_chunk_length, config.spike_rule)
+  train_step = step_lib.make_train_step(model, optimizer, mesh, shardings,
+                                        loss_fn or config.loss(), microbatches=config.microbatches,
+                                        seed=config.seed, spike_rule=config.spike_rule)
+  flops_per_row = flops.flops_per_sequence(model.config,
+                                           model.sequence_lengths(task_feature_lengths))
+  peak_flops = mfu_lib.peak_flops_per_device(jax.devices()[0].device_kind,
+                                             config.peak_flops_per_device)
   data_state = _load_data_state(model_dir, start) if start else None
   stream = batches(start, data_state) if data_state is not None else batches(start)
   place = lambda local_batch: step_lib.global_batch(local_batch, mesh)
@@ -271,19 +320,23 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
                   disable=not (config.progress_bar and is_primary))
   if start and is_primary:
     bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
-  tokens, timer = 0, time.perf_counter()
+  tokens, rows, timer = 0, 0, time.perf_counter()
   saved, unchecked, first_step_s = start, None, None
   check = _StepCheck(config.spike_rule, checkpointer, model_dir)
   try:
     with StopSignals() as stop:
       for step in range(start, config.train_steps):
-        local_batch, placed_batch = next(stream)
+        with clock.counting("data_wait"):
+          local_batch, placed_batch = next(stream)
+        if step == start:
+          clock.switch("compile")
         state, metrics = train_step(state, placed_batch)
         done = step + 1
         if step == start:
           jax.block_until_ready(metrics["loss"])
           first_step_s = time.perf_counter() - began
           logging.info("Time to first step: %.1f s.", first_step_s)
+          clock.switch("step")
         checkpointer.raise_if_failed()  # a save that failed in the background stops the run
         # The previous step is checked now, one step late, so that reading its verdict
         # does not leave the device idle.
@@ -293,40 +346,44 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         # Counted per host and assumed alike across hosts. The first window's rate
         # includes compilation.
         tokens += _non_padding_tokens(local_batch) * jax.process_count()
+        rows += len(local_batch["decoder_target_tokens"]) * jax.process_count()
         logging_step = done % config.log_every == 0 or done == config.train_steps
         if logging_step:
-          host_metrics = jax.device_get(metrics)
+          logged = _logged(jax.device_get(metrics))  # waits for the step
           elapsed = max(time.perf_counter() - timer, 1e-9)
-          scalars = {"loss": host_metrics["loss"], "z_loss": host_metrics["z_loss"],
-                     "grad_norm": host_metrics["grad_norm"],
-                     "param_norm": host_metrics["param_norm"],
-                     "skipped_steps": host_metrics["skipped_steps"],
-                     "learning_rate": float(schedule(step)), "tokens_per_second": tokens / elapsed}
+          scalars = {**logged, "learning_rate": float(schedule(step)),
+                     "tokens_per_second": tokens / elapsed}
+          if peak_flops is not None:
+            scalars["mfu"] = mfu_lib.mfu(flops_per_row * rows, elapsed, peak_flops,
+                                         jax.device_count())
+          scalars.update(clock.metrics())
           if first_step_s is not None:
             scalars["time_to_first_step_s"], first_step_s = first_step_s, None
           writer.write(done, scalars)
-          bar.set_postfix(loss=f"{scalars['loss']:.3f}",
-                          tok_s=f"{scalars['tokens_per_second']:,.0f}")
-          tokens, timer = 0, time.perf_counter()
+          bar.set_postfix(_progress(scalars))
+          tokens, rows, timer = 0, 0, time.perf_counter()
         if done % config.checkpoint_every == 0 or done == config.train_steps:
-          check(done, metrics)  # nothing non-finite or spiking is ever saved
-          _save_data_state(model_dir, done, stream, checkpointer)
-          checkpointer.save(done, state)
+          with clock.counting("checkpoint"):
+            check(done, metrics)  # nothing non-finite or spiking is ever saved
+            _save_data_state(model_dir, done, stream, checkpointer)
+            checkpointer.save(done, state)
           saved = done
         if (evaluate and config.eval_every and done % config.eval_every == 0
             and done < config.train_steps):
-          scalars = evaluate(state.params)
+          with clock.counting("eval"):
+            scalars = evaluate(state.params)
           writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
           if is_primary:
             bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
                                                    for name, value in sorted(scalars.items())))
-          tokens, timer = 0, time.perf_counter()  # the next tokens/s leaves evaluation out
+          tokens, rows, timer = 0, 0, time.perf_counter()  # the next rates leave evaluation out
         bar.update(1)
         if done < config.train_steps and stop.requested(sync=logging_step):
-          check(done, metrics)
-          if saved != done:
-            _save_data_state(model_dir, done, stream, checkpointer)
-            checkpointer.save(done, state)
+          with clock.counting("checkpoint"):
+            check(done, metrics)
+            if saved != done:
+              _save_data_state(model_dir, done, stream, checkpointer)
+              checkpointer.save(done, state)
           raise Interrupted(
               f"Stopped by {stop.name} at step {done}: checkpoint {done} is saved in "
               f"{model_dir}/checkpoints. Run the same command again to resume from it.",
