@@ -265,7 +265,7 @@ def _finetune(
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=trainer.seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
-        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
+        encoder_decoder=network.encoder_decoder, bos_id=network.bos_id,
         inputs_eos=inputs_eos, state=state, workers=workers)
 
   state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,

@@ -5,7 +5,7 @@ safetensors (Hugging Face; `hf_llama` for Llama/Mistral/Qwen2, `hf_t5` for T5,
 chosen by config.json's "architectures") or `flan_jax_config.json` and `params/`
 (the orbax layout `python -m flan_jax.models.convert --to_orbax` writes, whose
 "family" says which). Either way the checkpoint decides the architecture, and
-with it the config class: `DecoderConfig` or `T5Config`. Params come unscanned.
+with it the config class (`DecoderConfig`, `T5Config`). Params come unscanned.
 The caller checks that its tasks' vocabulary is the one the model was trained with.
 """
 
@@ -13,11 +13,10 @@ import os
 
 from flan_jax.errors import UserError
 from flan_jax.models import convert
-from flan_jax.models.decoder import DecoderConfig
-from flan_jax.models.t5 import T5Config
+from flan_jax.models.config import ModelConfig
 
 
-def load_pretrained(path: str) -> tuple[DecoderConfig | T5Config, dict]:
+def load_pretrained(path: str) -> tuple[ModelConfig, dict]:
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(os.path.join(path, "config.json")):
     return convert.load_hf(path)
