@@ -227,9 +227,7 @@ class Decoder(nn.Module):
     cfg = self.config
     if not cfg.prefix_lm:
       prefix_BxL = jnp.zeros_like(prefix_BxL)
-    embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
+    embedding = layers.embedding_table(self, cfg, stddev=0.02)
     x = dropout(self, jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype), cfg.dropout_rate)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 

@@ -5,7 +5,7 @@
   `linear`, so a change to how weights are held or applied (LoRA adapters, a
   quantized frozen base) is made here, in one place. `Dense` is the two together as a
   submodule holding {"kernel"}, the layout `flax.linen.Dense` had.
-- `RMSNorm`.
+- `RMSNorm` and `embedding_table`.
 - The decoding cache of keys and values: `init_kv_cache` and `write_kv`.
 - `output_logits`: hidden states -> logits through the tied embedding or lm_head, for
   the models' own output and for losses that project a chunk at a time
@@ -82,6 +82,14 @@ class RMSNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def embedding_table(module: nn.Module, config: Any, stddev: float) -> jnp.ndarray:
+  """`module`'s "embedding" [padded vocab, embed] (param dtype), normal with `stddev`; the
+  input lookup and, tied, the output layer (`output_logits`)."""
+  init = nn.with_logical_partitioning(nn.initializers.normal(stddev), ("vocab", "embed"))
+  return module.param("embedding", init, (config.padded_vocab_size, config.embed_dim),
+                      config.param_dtype)
 
 
 def init_kv_cache(num_layers: int, scan: bool, batch_size: int, length: int, num_heads: int,

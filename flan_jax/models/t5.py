@@ -358,9 +358,7 @@ class T5(nn.Module):
   def setup(self):
     cfg = self.config
     # T5 does not scale its embedding, so it starts at unit variance.
-    self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
-        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
+    self.embedding = layers.embedding_table(self, cfg, stddev=1.0)
     self.encoder = EncoderStack(cfg)
     self.decoder = DecoderStack(cfg)
     if not cfg.tie_embeddings:
