@@ -49,7 +49,8 @@ def test_without_prefix_flags_causal_and_without_positions_the_whole_segment():
   segments, positions = np.array([[1, 1, 2, 2, 0]]), np.array([[0, 1, 0, 1, 0]])
   same_segment = segments[0][:, None] == segments[0][None, :]
   causal = make_attention_mask(segments, positions, None, segments, positions, None)[0, 0]
-  np.testing.assert_array_equal(causal, same_segment & (positions[0][None, :] <= positions[0][:, None]))
+  key_not_after_query = positions[0][None, :] <= positions[0][:, None]
+  np.testing.assert_array_equal(causal, same_segment & key_not_after_query)
   np.testing.assert_array_equal(
       causal, _mask([1, 1, 2, 2, 0], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0]))
   queries = np.array([[1, 2]])

@@ -235,7 +235,8 @@ def test_cpu_attention_equals_jax_attention_in_value_and_every_gradient():
   bias = jax.random.normal(keys[3], (1, H, L, L))
   g = jax.random.normal(keys[4], (B, L, H, D))
   segments = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
-  mask = make_attention_mask(segments, None, None, segments, None, None).at[0, 0, 5].set(False)  # query 5 of row 0: no key
+  mask = make_attention_mask(segments, None, None, segments, None, None)
+  mask = mask.at[0, 0, 5].set(False)  # query 5 of row 0: no key
   assert not bool(mask[0, 0, 5].any())
   loss = lambda f: lambda q, k, v, bias: jnp.sum(f(q, k, v, mask, bias) * g)
   reference = lambda q, k, v, mask, bias: jax.nn.dot_product_attention(

@@ -39,7 +39,6 @@ from flan_jax.models.families import MASKED_SCORE, ModelFamily, family_for, mask
 
 GenerateFn = Callable[..., np.ndarray]
 STRATEGIES = ("greedy", "sample", "beam")
-_NEG = MASKED_SCORE  # Hugging Face's "never" (-1e9): finite, so sums stay comparable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +137,13 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     ends = (token == eos_id) | (t + 1 >= T)
 
     # The best K continuations that have not ended keep running.
-    running_scores, keep = jax.lax.top_k(top_scores + ends * _NEG, K)
+    running_scores, keep = jax.lax.top_k(top_scores + ends * MASKED_SCORE, K)
     running, source_beam = gather(candidates, keep), gather(beam, keep)
 
     # Ended ones among the best K join the finished hypotheses, if the row is open.
     length = (t + 1).astype(jnp.float32)
-    ended_scores = (top_scores / length ** length_penalty + (~open_)[:, None] * _NEG
-                    + (~(ends & top_k_of_2k))* _NEG)
+    ended_scores = (top_scores / length ** length_penalty + (~open_)[:, None] * MASKED_SCORE
+                    + (~(ends & top_k_of_2k))* MASKED_SCORE)
     finished_scores, keep = jax.lax.top_k(
         jnp.concatenate([finished_scores, ended_scores], 1), K)
     finished = gather(jnp.concatenate([finished, candidates], 1), keep)
@@ -154,7 +153,7 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     logits, cache = step(running[:, :, t].reshape(-1), t, reorder(cache, rows))
     # Can the best running beam still beat the worst finished one (at today's length)?
     best_possible = running_scores[:, :1] / length ** length_penalty
-    worst = jnp.where(finished_flag, finished_scores.min(axis=1, keepdims=True), _NEG)
+    worst = jnp.where(finished_flag, finished_scores.min(axis=1, keepdims=True), MASKED_SCORE)
     open_ = open_ & jnp.any(best_possible > worst, axis=1)
     return (t + 1, logits, cache, running, running_scores, finished, finished_scores,
             finished_flag, open_, ~jnp.all(ends))
@@ -163,10 +162,11 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     t, *_, open_, can_continue = c
     return (t < T) & jnp.any(open_) & can_continue
 
-  running_scores = jnp.broadcast_to(jnp.where(jnp.arange(K) == 0, 0.0, _NEG), (batch, K))
+  running_scores = jnp.broadcast_to(jnp.where(jnp.arange(K) == 0, 0.0, MASKED_SCORE), (batch, K))
   empty = jnp.zeros((batch, K, T), jnp.int32)
   carry = (jnp.zeros((), jnp.int32), first_logits, cache, empty, running_scores, empty,
-           jnp.full((batch, K), _NEG), jnp.zeros((batch, K), bool), jnp.ones((batch,), bool),
+           jnp.full((batch, K), MASKED_SCORE), jnp.zeros((batch, K), bool),
+           jnp.ones((batch,), bool),
            jnp.array(True))
   c = jax.lax.while_loop(keep_going, body, carry)
   return c[5][:, 0], c[6][:, 0]

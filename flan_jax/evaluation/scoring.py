@@ -144,19 +144,22 @@ def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id
   (`batch_size` is rounded up to a multiple of its devices).
   """
   batch_size = placement.batch_size(batch_size)
+  # An encoder-decoder family encodes each prompt once for all its options; a
+  # decoder-only one reads prompt and option in one row, several pairs to a row.
   if network.encoder_decoder:
     scorer = make_encoder_decoder_scorer(network, params, placement)
+    fill = lambda pairs, scores: _score_encoder_decoder(scorer, pairs, lengths, batch_size,
+                                                        scores)
   else:
     scorer = make_row_scorer(network, params, placement)
+    fill = lambda pairs, scores: _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id,
+                                                     scores)
 
   def score(examples: Sequence[Sequence[Pair]]) -> ScoredOptions:
     pairs = [(i, j, prompt, option) for i, ex in enumerate(examples)
              for j, (prompt, option) in enumerate(ex)]
     scores = np.zeros(len(pairs), np.float64)
-    if network.encoder_decoder:
-      _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores)
-    else:
-      _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores)
+    fill(pairs, scores)
     log_likelihoods = [[0.0] * len(ex) for ex in examples]
     counts = [[0] * len(ex) for ex in examples]
     for (i, j, _, option), value in zip(pairs, scores):

@@ -144,9 +144,8 @@ class Attention(nn.Module):
     k = layers.linear(x_BxLxE, w_k_ExKxD)
     v = layers.linear(x_BxLxE, w_v_ExKxD)
     if cfg.attention_bias:
-      bias = lambda name, axes, shape: self.param(
-          name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
-          cfg.param_dtype).astype(cfg.dtype)
+      bias = lambda name, axes, shape: layers.weight(
+          self, name, shape, nn.with_logical_partitioning(nn.initializers.zeros, axes), cfg)
       q = q + bias("query_bias", ("heads", "kv"), (H, D))
       k = k + bias("key_bias", ("kv_heads", "kv"), (K, D))
       v = v + bias("value_bias", ("kv_heads", "kv"), (K, D))
