@@ -20,15 +20,6 @@ T5 = T5Config(vocab_size=50, vocab_pad_multiple=64, embed_dim=16, num_heads=2, h
               mlp_dim=24, num_encoder_layers=1, num_decoder_layers=1)
 
 
-def _primitives(jaxpr):
-  for equation in jaxpr.eqns:
-    yield equation.primitive.name
-    for param in equation.params.values():
-      inner = getattr(param, "jaxpr", param)
-      if hasattr(inner, "eqns"):
-        yield from _primitives(inner)
-
-
 def test_dense_keeps_flax_dense_parameters_values_and_gradients():
   """`Dense` replaced `nn.Dense(use_bias=False)`: the same {"kernel"} from the same rng,
   the same product and weight gradient, and it runs `projection.project` (on a CPU,
@@ -43,8 +34,7 @@ def test_dense_keeps_flax_dense_parameters_values_and_gradients():
   grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params)
   np.testing.assert_allclose(grad(ours)["params"]["kernel"], grad(plain)["params"]["kernel"],
                              rtol=1e-5)
-  names = list(_primitives(jax.make_jaxpr(ours.apply)(params, x).jaxpr))
-  assert any(name.startswith("custom_vjp_call") for name in names), names
+  assert "custom_vjp_call" in str(jax.make_jaxpr(ours.apply)(params, x))
 
 
 def test_linear_contracts_attention_weights_as_einsum():
