@@ -26,11 +26,11 @@ from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.report import print_comparison
 from flan_jax.models import convert
+from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import ModelFamily
 from flan_jax.models.layer_stack import stack_layers
 from flan_jax.models.pretrained import load_pretrained
-from flan_jax.models.t5 import T5Config
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import trainer as trainer_lib
@@ -49,7 +49,7 @@ def check_feature_lengths(lengths: Mapping[str, int]) -> None:
   check_whole_number("TASK_FEATURE_LENGTHS['targets']", lengths["targets"], 1)
 
 
-def check_same_model(model_dir: str, model: DecoderConfig | T5Config) -> None:
+def check_same_model(model_dir: str, model: ModelConfig) -> None:
   """A run resumes only into the model it saved: other shapes cannot restore."""
   path = paths.join(model_dir, model_dir_lib.CONFIG_FILE)
   if not paths.isdir(paths.join(model_dir, model_dir_lib.CHECKPOINTS_DIR)) or not paths.exists(path):
@@ -106,7 +106,7 @@ def finetune(
     task_feature_lengths: Mapping[str, int],
     batch_size: int,
     trainer: trainer_lib.TrainerConfig,
-    model: DecoderConfig | T5Config = DecoderConfig(),
+    model: ModelConfig = DecoderConfig(),
     optimizer: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
     heldout_mixture_or_task_name: str | None = None,
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
@@ -178,7 +178,7 @@ def _check_settings(task_feature_lengths: Mapping[str, int], batch_size: int,
   return mesh, workers
 
 
-def _starting_model(model: DecoderConfig | T5Config,
+def _starting_model(model: ModelConfig,
                     initial: model_dir_lib.ResolvedCheckpoint | None,
                     vocabulary: seqio.Vocabulary):
   """(the model config, the initial checkpoint's parameters or None)."""
@@ -199,7 +199,7 @@ def _starting_model(model: DecoderConfig | T5Config,
   return model, initial_params
 
 
-def _record_run(model_dir: str, model: DecoderConfig | T5Config,
+def _record_run(model_dir: str, model: ModelConfig,
                 initial: model_dir_lib.ResolvedCheckpoint | None, config_gin: str | None,
                 tasks: list[seqio.Task], vocabulary: seqio.Vocabulary) -> None:
   """What MODEL_DIR keeps beside the checkpoints, for the tools that read a run.
@@ -257,7 +257,7 @@ def _batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
     return pipeline.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
         shard_index=jax.process_index(), num_shards=jax.process_count(), skip_batches=start_step,
-        encoder_decoder=network.encoder_decoder, bos_id=getattr(network, "bos_id", 0),
+        encoder_decoder=network.encoder_decoder, bos_id=network.bos_id,
         inputs_eos=network.inputs_eos, state=state, workers=workers)
   return batches
 

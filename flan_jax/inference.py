@@ -118,7 +118,7 @@ class Predictor:
     if self._score is None:
       self._score = scoring.make_option_scorer(
           self.network, self.params, lengths, batch_size=self.batch_size,
-          bos_id=getattr(self.network, "bos_id", 0))
+          bos_id=self.network.bos_id)
     pairs = []
     for text, options in examples:
       prompt = self._fitted(text)

@@ -26,9 +26,8 @@ from flan_jax.evaluation import evaluator, placement
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.model_dir import ResolvedCheckpoint
 from flan_jax.models import families
-from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.config import ModelConfig
 from flan_jax.models.families import ModelFamily
-from flan_jax.models.t5 import T5Config
 from flan_jax.training import mesh as mesh_lib
 
 
@@ -81,7 +80,7 @@ def task_vocabulary(tasks: list[seqio.Task]) -> seqio.Vocabulary:
   return vocabulary
 
 
-def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Vocabulary,
+def check_vocabulary_fits(model: ModelConfig, vocabulary: seqio.Vocabulary,
                           checkpoint_path: str) -> None:
   """A checkpoint needs an embedding row for every id the tasks' tokenizer produces."""
   if model.vocab_size < vocabulary.vocab_size:
@@ -92,7 +91,7 @@ def check_vocabulary_fits(model: DecoderConfig | T5Config, vocabulary: seqio.Voc
         "the task library, --gin.VOCABULARY_PATH=...).")
 
 
-def network_for(config: DecoderConfig | T5Config, vocabulary: seqio.Vocabulary) -> ModelFamily:
+def network_for(config: ModelConfig, vocabulary: seqio.Vocabulary) -> ModelFamily:
   """The model family running `config` on `vocabulary`'s ids (those beyond it masked)."""
   return families.family_for(config, bos_id=vocabularies.bos_id(vocabulary),
                              num_token_ids=vocabulary.vocab_size)

@@ -20,8 +20,9 @@ from flan_jax.data import mixtures
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
 from flan_jax.evaluation.evaluator import EvalConfig
+from flan_jax.models import families
+from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
-from flan_jax.models.t5 import T5Config
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 
@@ -34,7 +35,8 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
                   "Slurm, Open MPI).")
 FLAGS = flags.FLAGS
 
-gin_utils.configurables(DecoderConfig, T5Config, OptimizerConfig, EvalConfig, ChatTask, TextTask)
+gin_utils.configurables(*families.config_classes().values(), OptimizerConfig, EvalConfig,
+                        ChatTask, TextTask)
 
 
 @gin.configurable
@@ -46,7 +48,7 @@ def train(
     batch_size: int = gin.REQUIRED,
     heldout_mixture_or_task_name: str | None = None,
     data_dir: str | None = None,
-    model: DecoderConfig | T5Config | None = None,
+    model: ModelConfig | None = None,
     optimizer: OptimizerConfig | None = None,
     evaluation: EvalConfig | None = None,
     checkpoint_every: int = 500,

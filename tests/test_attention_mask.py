@@ -43,6 +43,21 @@ def test_cached_keys_by_position_not_slot():
   np.testing.assert_array_equal(mask, [False, True, True, True, False])
 
 
+def test_without_prefix_flags_causal_and_without_positions_the_whole_segment():
+  """T5's masks: its decoder is causal with no prefix; its encoder and cross-attention
+  see every key of the query's segment."""
+  segments, positions = np.array([[1, 1, 2, 2, 0]]), np.array([[0, 1, 0, 1, 0]])
+  same_segment = segments[0][:, None] == segments[0][None, :]
+  causal = make_attention_mask(segments, positions, None, segments, positions, None)[0, 0]
+  key_not_after_query = positions[0][None, :] <= positions[0][:, None]
+  np.testing.assert_array_equal(causal, same_segment & key_not_after_query)
+  np.testing.assert_array_equal(
+      causal, _mask([1, 1, 2, 2, 0], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0]))
+  queries = np.array([[1, 2]])
+  cross = make_attention_mask(queries, None, None, segments, None, None)[0, 0]
+  np.testing.assert_array_equal(cross, [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0]])
+
+
 def test_the_attention_implementation_is_checked_in_both_model_configs():
   import dataclasses
 

@@ -8,7 +8,8 @@ import pytest
 
 from flan_jax.models.attention_mask import make_attention_mask
 from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
-                                              causal_block_attention)
+                                              broadcast_rows, causal_block_attention,
+                                              cpu_attention)
 from tiny import attention_decoder, packed_ids
 
 
@@ -208,3 +209,39 @@ def test_t5_auto_blocks_long_inputs_and_no_layer_keeps_its_whole_scores():
   scores = B * 4 * L * L * 4
   xla, auto = (temp_bytes(name, 2) - temp_bytes(name, 1) for name in ("xla", "auto"))
   assert xla > scores and auto < scores / 4, (xla, auto)
+
+
+def test_the_bias_broadcast_to_every_row_has_the_summed_gradient():
+  """`broadcast_rows` (the shared relative position bias as one per row, its gradient
+  summed by a matrix product) against jnp.broadcast_to's own gradient."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  bias = jax.random.normal(keys[0], (1, 3, 5, 7))
+  g = jax.random.normal(keys[1], (4, 3, 5, 7))
+  loss = lambda f: lambda b: jnp.sum(f(b) * g)
+  ours = jax.value_and_grad(loss(lambda b: broadcast_rows(b, 4)))(bias)
+  reference = jax.value_and_grad(loss(lambda b: jnp.broadcast_to(b, (4, 3, 5, 7))))(bias)
+  np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
+  np.testing.assert_allclose(ours[1], reference[1], rtol=1e-5, atol=1e-6)
+  assert ours[1].shape == (1, 3, 5, 7)
+
+
+def test_cpu_attention_equals_jax_attention_in_value_and_every_gradient():
+  """`cpu_attention` (normalised after the values, the bias broadcast by
+  `broadcast_rows`) against `jax.nn.dot_product_attention` on packed rows with a bias,
+  one of whose query rows has every key masked."""
+  B, L, H, D = 2, 6, 3, 4
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  q, k, v = (jax.random.normal(key, (B, L, H, D)) for key in keys[:3])
+  bias = jax.random.normal(keys[3], (1, H, L, L))
+  g = jax.random.normal(keys[4], (B, L, H, D))
+  segments = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  mask = make_attention_mask(segments, None, None, segments, None, None)
+  mask = mask.at[0, 0, 5].set(False)  # query 5 of row 0: no key
+  assert not bool(mask[0, 0, 5].any())
+  loss = lambda f: lambda q, k, v, bias: jnp.sum(f(q, k, v, mask, bias) * g)
+  reference = lambda q, k, v, mask, bias: jax.nn.dot_product_attention(
+      q, k, v, bias=bias, mask=mask, scale=1.0, implementation="xla")
+  ours = jax.value_and_grad(loss(cpu_attention), argnums=(0, 1, 2, 3))(q, k, v, bias)
+  theirs = jax.value_and_grad(loss(reference), argnums=(0, 1, 2, 3))(q, k, v, bias)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from flan_jax.errors import UserError  # noqa: E402
-from flan_jax.evaluation.decoding import make_encoder_decoder_generate  # noqa: E402
+from flan_jax.evaluation.decoding import make_greedy_generate  # noqa: E402
 from flan_jax.evaluation.evaluator import left_pad_prompts  # noqa: E402
 from flan_jax.models import convert, hf_t5, layer_stack  # noqa: E402
 from flan_jax.models.decoder import DecoderConfig  # noqa: E402
@@ -145,7 +145,7 @@ def greedy(config: T5Config, params, encoder_tokens: np.ndarray, steps: int) -> 
   """Our evaluator's greedy decoding: prompts left-padded, then encode and a cached decoder."""
   prompts, mask, _ = left_pad_prompts([row[row != 0] for row in encoder_tokens],
                                       encoder_tokens.shape[1], prefix=())
-  generate = make_encoder_decoder_generate(T5(config), params, steps, eos_id=-1)
+  generate = make_greedy_generate(T5(config), params, steps, eos_id=-1)
   return generate(prompts, mask)
 
 

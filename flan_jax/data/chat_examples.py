@@ -56,7 +56,7 @@ from flan_jax.data import chat_templates, conversations, example_source, hf_toke
 from flan_jax.errors import UserError
 # Where a run records its template, and per conversation task the file and how many of
 # its last records training never read (evaluation later must hold out the same ones).
-from flan_jax.model_dir import HELD_OUT_FILE, TEMPLATE_FILE  # noqa: F401  (named here too)
+from flan_jax.model_dir import TEMPLATE_FILE
 
 TrainOn = Literal["all", "last"]
 TRAIN_ON: tuple[str, ...] = ("all", "last")

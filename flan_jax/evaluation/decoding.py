@@ -6,10 +6,10 @@ row's positions count only its real tokens, and padding has segment 0, so a row
 sees exactly what it would see alone. Tokens after a row's EOS are 0, and decoding
 stops once no row can change any more.
 
-Each family gives a prefill (the prompt's last logits and a cache) and a one-token
-step; T5 encodes the prompt once, decodes from the start token 0, and keeps its
-cross-attention keys and values in the cache after the first step. The strategies
-are written once over that interface:
+Each family (`families.ModelFamily`) gives a prefill (the prompt's last logits and a
+cache) and a one-token step; T5 encodes the prompt once, decodes from the start token
+0, and keeps its cross-attention keys and values in the cache after the first step.
+The strategies are written once over that interface:
 
 - greedy: the most likely token;
 - sampling: temperature, then top-k, then top-p (nucleus) filtering, as Hugging
@@ -35,13 +35,10 @@ import numpy as np
 
 from flan_jax.errors import UserError
 from flan_jax.evaluation.placement import RowPlacement
-from flan_jax.models import decoder as decoder_lib
-from flan_jax.models import t5 as t5_lib
-from flan_jax.models.families import DecoderOnly, EncoderDecoder, ModelFamily, mask_unused_ids
+from flan_jax.models.families import MASKED_SCORE, ModelFamily, family_for, mask_unused_ids
 
 GenerateFn = Callable[..., np.ndarray]
 STRATEGIES = ("greedy", "sample", "beam")
-_NEG = -1.0e9  # Hugging Face's "never": finite, so sums stay comparable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,59 +64,10 @@ class DecodeConfig:
       raise UserError(f"num_beams must be >= 1 (got {self.num_beams}).")
 
 
-# --- each family: prefill, then one token per step ----------------------------
-
-def _start_decoder(network: DecoderOnly, params, prompts_BxP, mask_BxP, max_new_tokens: int):
-  """(logits [B, V] after the prompt, cache, step(token [B], t, cache))."""
-  model, config = network.module, network.config
-  batch, prompt_length = prompts_BxP.shape
-  cache = decoder_lib.init_cache(config, batch, prompt_length + max_new_tokens)
-  segment_ids = mask_BxP.astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-  logits, cache = model.apply({"params": params}, prompts_BxP, positions, segment_ids,
-                              segment_ids, cache=cache)
-  ones = jnp.ones((batch, 1), jnp.int32)
-  next_position = positions[:, -1] + 1
-
-  def step(token, t, cache):
-    logits, cache = model.apply({"params": params}, token[:, None], (next_position + t)[:, None],
-                                ones, 0 * ones, cache=cache)
-    return logits[:, -1], cache
-
-  return logits[:, -1], cache, step
-
-
-def _start_encoder_decoder(network: EncoderDecoder, params, prompts_BxP, mask_BxP,
-                           max_new_tokens: int):
-  model = network.module
-  batch = prompts_BxP.shape[0]
-  segment_ids = mask_BxP.astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-  encoded = model.apply({"params": params}, prompts_BxP, segment_ids, positions,
-                        method=t5_lib.T5.encode)
-  ones = jnp.ones((batch, 1), jnp.int32)
-
-  def decode(token, slot, cache):
-    logits, cache = model.apply(
-        {"params": params}, encoded, segment_ids, token[:, None], ones,
-        jnp.broadcast_to(slot, (batch, 1)), cache=cache, method=t5_lib.T5.decode)
-    return logits[:, -1], cache
-
-  # The decoder starts from token 0 (slot 0); its logits give the first generated
-  # token, and this first call adds the cross-attention keys and values to the cache.
-  cache = t5_lib.init_cache(network.config, batch, max_new_tokens + 1)
-  first, cache = decode(jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32), cache)
-  return first, cache, lambda token, t, cache: decode(token, t + 1, cache)
-
-
 def _start(network: ModelFamily, params, prompts, mask, max_new_tokens: int):
-  start = _start_encoder_decoder if network.encoder_decoder else _start_decoder
-  return start(network, params, prompts, mask, max_new_tokens)
-
-
-def _reorder_cache(network: ModelFamily, cache, rows):
-  module = t5_lib if network.encoder_decoder else decoder_lib
-  return module.reorder_cache(network.config, cache, rows)
+  """(logits [B, V] after the prompt, cache, step(token [B], t, cache))."""
+  first, cache, context = network.prefill(params, prompts, mask, max_new_tokens)
+  return first, cache, lambda token, t, cache: network.step(params, context, token, t, cache)
 
 
 # --- strategies ---------------------------------------------------------------
@@ -189,13 +137,13 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     ends = (token == eos_id) | (t + 1 >= T)
 
     # The best K continuations that have not ended keep running.
-    running_scores, keep = jax.lax.top_k(top_scores + ends * _NEG, K)
+    running_scores, keep = jax.lax.top_k(top_scores + ends * MASKED_SCORE, K)
     running, source_beam = gather(candidates, keep), gather(beam, keep)
 
     # Ended ones among the best K join the finished hypotheses, if the row is open.
     length = (t + 1).astype(jnp.float32)
-    ended_scores = (top_scores / length ** length_penalty + (~open_)[:, None] * _NEG
-                    + (~(ends & top_k_of_2k))* _NEG)
+    ended_scores = (top_scores / length ** length_penalty + (~open_)[:, None] * MASKED_SCORE
+                    + (~(ends & top_k_of_2k))* MASKED_SCORE)
     finished_scores, keep = jax.lax.top_k(
         jnp.concatenate([finished_scores, ended_scores], 1), K)
     finished = gather(jnp.concatenate([finished, candidates], 1), keep)
@@ -205,7 +153,7 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     logits, cache = step(running[:, :, t].reshape(-1), t, reorder(cache, rows))
     # Can the best running beam still beat the worst finished one (at today's length)?
     best_possible = running_scores[:, :1] / length ** length_penalty
-    worst = jnp.where(finished_flag, finished_scores.min(axis=1, keepdims=True), _NEG)
+    worst = jnp.where(finished_flag, finished_scores.min(axis=1, keepdims=True), MASKED_SCORE)
     open_ = open_ & jnp.any(best_possible > worst, axis=1)
     return (t + 1, logits, cache, running, running_scores, finished, finished_scores,
             finished_flag, open_, ~jnp.all(ends))
@@ -214,10 +162,11 @@ def _beam_search(first_logits, cache, step, reorder, batch: int, num_beams: int,
     t, *_, open_, can_continue = c
     return (t < T) & jnp.any(open_) & can_continue
 
-  running_scores = jnp.broadcast_to(jnp.where(jnp.arange(K) == 0, 0.0, _NEG), (batch, K))
+  running_scores = jnp.broadcast_to(jnp.where(jnp.arange(K) == 0, 0.0, MASKED_SCORE), (batch, K))
   empty = jnp.zeros((batch, K, T), jnp.int32)
   carry = (jnp.zeros((), jnp.int32), first_logits, cache, empty, running_scores, empty,
-           jnp.full((batch, K), _NEG), jnp.zeros((batch, K), bool), jnp.ones((batch,), bool),
+           jnp.full((batch, K), MASKED_SCORE), jnp.zeros((batch, K), bool),
+           jnp.ones((batch,), bool),
            jnp.array(True))
   c = jax.lax.while_loop(keep_going, body, carry)
   return c[5][:, 0], c[6][:, 0]
@@ -253,7 +202,7 @@ def _compiled_generate(network: ModelFamily, max_new_tokens: int, eos_id: int,
       batch, K = prompts_BxP.shape[0], config.num_beams
       first, cache, step = _start(network, params, jnp.repeat(prompts_BxP, K, axis=0),
                                   jnp.repeat(mask_BxP, K, axis=0), max_new_tokens)
-      return _beam_search(first, cache, step, lambda c, rows: _reorder_cache(network, c, rows),
+      return _beam_search(first, cache, step, network.reorder_cache,
                           batch, K, max_new_tokens, eos_id, config.length_penalty,
                           num_token_ids)[0]
     first, cache, step = _start(network, params, prompts_BxP, mask_BxP, max_new_tokens)
@@ -270,15 +219,9 @@ def _compiled_generate(network: ModelFamily, max_new_tokens: int, eos_id: int,
   return generate
 
 
-def make_greedy_generate(model: decoder_lib.Decoder, params, max_new_tokens: int, eos_id: int,
+def make_greedy_generate(model, params, max_new_tokens: int, eos_id: int,
                          num_token_ids: int | None = None) -> GenerateFn:
-  """Greedy decoding for a bare `Decoder` module (prompts already carry their BOS)."""
-  return make_generate(DecoderOnly(model.config, num_token_ids=num_token_ids), params,
-                       max_new_tokens, eos_id)
-
-
-def make_encoder_decoder_generate(model: t5_lib.T5, params, max_new_tokens: int, eos_id: int,
-                                  num_token_ids: int | None = None) -> GenerateFn:
-  """Greedy decoding for a bare `T5` module."""
-  return make_generate(EncoderDecoder(model.config, num_token_ids=num_token_ids), params,
+  """Greedy decoding for a bare model module (`Decoder`: prompts already carry their BOS;
+  `T5`)."""
+  return make_generate(family_for(model.config, num_token_ids=num_token_ids), params,
                        max_new_tokens, eos_id)

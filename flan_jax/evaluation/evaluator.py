@@ -83,7 +83,7 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
         generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
                                         placement=placement),
         score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
-                                         bos_id=getattr(network, "bos_id", 0),
+                                         bos_id=network.bos_id,
                                          placement=placement),
         lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
         inputs_eos=network.inputs_eos, batch_size=batch_size,

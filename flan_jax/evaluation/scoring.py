@@ -28,7 +28,6 @@ import numpy as np
 
 from flan_jax.data import packing
 from flan_jax.evaluation.placement import RowPlacement
-from flan_jax.models import t5 as t5_lib
 
 Pair = tuple[np.ndarray, np.ndarray]  # (fitted prompt tokens, fitted option tokens)
 
@@ -104,17 +103,14 @@ def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
 
 @functools.lru_cache(maxsize=32)
 def _compiled_encoder_decoder_scorer(network):
-  module = network.module
 
   @jax.jit
   def score(params, prompts, prompt_segments, batch):
-    encoded = module.apply({"params": params}, prompts, prompt_segments,
-                           method=t5_lib.T5.encode)
+    encoded = network.encode(params, prompts, prompt_segments)
     index = batch["prompt_index"]
-    logits, _ = module.apply(
-        {"params": params}, encoded[index], prompt_segments[index],
-        batch["decoder_input_tokens"], batch["decoder_segment_ids"],
-        batch["decoder_positions"], method=t5_lib.T5.decode)
+    logits, _ = network.decode(params, encoded[index], prompt_segments[index],
+                               batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                               batch["decoder_positions"])
     return jnp.sum(_picked_log_probs(network.mask_unused_ids(logits),
                                      batch["decoder_target_tokens"],
                                      batch["decoder_loss_weights"]), axis=-1)
@@ -148,19 +144,22 @@ def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id
   (`batch_size` is rounded up to a multiple of its devices).
   """
   batch_size = placement.batch_size(batch_size)
+  # An encoder-decoder family encodes each prompt once for all its options; a
+  # decoder-only one reads prompt and option in one row, several pairs to a row.
   if network.encoder_decoder:
     scorer = make_encoder_decoder_scorer(network, params, placement)
+    fill = lambda pairs, scores: _score_encoder_decoder(scorer, pairs, lengths, batch_size,
+                                                        scores)
   else:
     scorer = make_row_scorer(network, params, placement)
+    fill = lambda pairs, scores: _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id,
+                                                     scores)
 
   def score(examples: Sequence[Sequence[Pair]]) -> ScoredOptions:
     pairs = [(i, j, prompt, option) for i, ex in enumerate(examples)
              for j, (prompt, option) in enumerate(ex)]
     scores = np.zeros(len(pairs), np.float64)
-    if network.encoder_decoder:
-      _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores)
-    else:
-      _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores)
+    fill(pairs, scores)
     log_likelihoods = [[0.0] * len(ex) for ex in examples]
     counts = [[0] * len(ex) for ex in examples]
     for (i, j, _, option), value in zip(pairs, scores):

@@ -45,17 +45,25 @@ from flan_jax.models.pallas_attention import splash_block_size_for, splash_place
 
 def make_attention_mask(
     q_segment_ids_BxQ: jnp.ndarray,
-    q_positions_BxQ: jnp.ndarray,
-    q_prefix_BxQ: jnp.ndarray,
+    q_positions_BxQ: jnp.ndarray | None,
+    q_prefix_BxQ: jnp.ndarray | None,
     kv_segment_ids_BxK: jnp.ndarray,
-    kv_positions_BxK: jnp.ndarray,
-    kv_prefix_BxK: jnp.ndarray,
+    kv_positions_BxK: jnp.ndarray | None,
+    kv_prefix_BxK: jnp.ndarray | None,
 ) -> jnp.ndarray:
-  """Boolean mask of shape [batch, 1, queries, keys] (broadcast over heads)."""
-  same_segment = q_segment_ids_BxQ[:, :, None] == kv_segment_ids_BxK[:, None, :]
-  causal = kv_positions_BxK[:, None, :] <= q_positions_BxQ[:, :, None]
-  both_prefix = q_prefix_BxQ.astype(bool)[:, :, None] & kv_prefix_BxK.astype(bool)[:, None, :]
-  return (same_segment & (causal | both_prefix))[:, None, :, :]
+  """Boolean mask of shape [batch, 1, queries, keys] (broadcast over heads).
+
+  Without positions every key of the query's segment is visible (an encoder, or
+  cross-attention); without prefix flags, none is read bidirectionally (T5's decoder).
+  """
+  mask = q_segment_ids_BxQ[:, :, None] == kv_segment_ids_BxK[:, None, :]
+  if q_positions_BxQ is not None:
+    visible = kv_positions_BxK[:, None, :] <= q_positions_BxQ[:, :, None]
+    if q_prefix_BxQ is not None:
+      visible = visible | (q_prefix_BxQ.astype(bool)[:, :, None]
+                           & kv_prefix_BxK.astype(bool)[:, None, :])
+    mask = mask & visible
+  return mask[:, None, :, :]
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blocked", "causal_blocks", "splash")

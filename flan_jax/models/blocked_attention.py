@@ -1,4 +1,8 @@
-"""Attention over one block of keys at a time, never holding [B, H, Q, K] scores.
+"""Our own attention paths beside jax's `dot_product_attention`: blocked, causal-blocked
+and T5's on a CPU.
+
+`blocked_attention`: attention over one block of keys at a time, never holding
+[B, H, Q, K] scores.
 
 The XLA path of `jax.nn.dot_product_attention` builds every query-key score in float32
 (64 GiB for a 1B model at 8 x 2,048 tokens); the cuDNN kernel does not, but only
@@ -12,19 +16,22 @@ Masks and biases come per block from callables of (first key, block size), compu
 from token ids (segments, positions, prefix flags) and never built whole.
 """
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from flan_jax.models.layers import MASKED_SCORE
+
 # (first key of the block, block size) -> bool [B, 1, Q, block] / float32 [B or 1, H, Q, block]
 BlockMask = Callable[[jnp.ndarray, int], jnp.ndarray]
 BlockBias = Callable[[jnp.ndarray, int], jnp.ndarray]
 
-# Scores of masked keys. Finite, so a block whose keys are all masked for a query
-# (exp(-1e30 - (-1e30)) = 1) is caught by zeroing masked probabilities, not by NaNs;
-# where nothing zeroes them (a row with no key at all), the keys weigh equally.
-MASKED_SCORE = -1e30
+# Masked keys score MASKED_SCORE: finite, so a block whose keys are all masked for a
+# query (exp(MASKED_SCORE - MASKED_SCORE) = 1) is caught by zeroing masked
+# probabilities, not by NaNs; where nothing zeroes them (a row with no key at all),
+# the keys weigh equally.
 
 
 def block_size_for(num_keys: int, preferred: int = 256) -> int | None:
@@ -121,3 +128,50 @@ def causal_block_attention(q_BxLxHxD, k_BxLxGxD, v_BxLxGxD, mask_Bx1xLxL, *, sca
     outputs.append(out.reshape(B, G, R, block_size, D).transpose(0, 3, 1, 2, 4)
                    .reshape(B, block_size, H, D))
   return jnp.concatenate(outputs, axis=1).astype(q_BxLxHxD.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
+  """The one relative position bias as [rows, H, Q, K], for `cpu_attention`. Its
+  gradient sums the rows' gradients with a matrix product: XLA:CPU reduces a leading
+  axis of this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an
+  eighth of a T5-small train step, every layer's bias gradient being summed over the
+  batch."""
+  return jnp.broadcast_to(bias_1xHxQxK, (rows,) + bias_1xHxQxK.shape[1:])
+
+
+def _broadcast_rows_forward(bias_1xHxQxK, rows):
+  return broadcast_rows(bias_1xHxQxK, rows), None
+
+
+def _broadcast_rows_backward(rows, _, g_BxHxQxK):
+  ones = jnp.ones((rows,), g_BxHxQxK.dtype)
+  # Exact at HIGHEST precision (a sum of products by one); a default-precision float32
+  # matmul may round its inputs (bf16 passes on TPUs, TF32 on GPUs).
+  return (jnp.einsum("b...,b->...", g_BxHxQxK, ones, precision=jax.lax.Precision.HIGHEST)[None],)
+
+
+broadcast_rows.defvjp(_broadcast_rows_forward, _broadcast_rows_backward)
+
+
+def cpu_attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask_Bx1xQxK, bias_1xHxQxK):
+  """softmax(q k^T + bias, masked) v, unscaled as T5 is, every score at once: XLA's path
+  on a CPU, where two changes to `jax.nn.dot_product_attention`'s made a T5-small
+  encoder layer's forward and backward 14% faster (174 against 203 ms):
+  - each row is normalised after the values are summed, dividing [Q, head_dim] numbers
+    instead of [Q, K] probabilities;
+  - the one bias reaches every row through `broadcast_rows`.
+  A row with every key masked averages the values, as jax's path does."""
+  B = q_BxQxHxD.shape[0]
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD.astype(q_BxQxHxD.dtype),
+                      preferred_element_type=jnp.float32)
+  if bias_1xHxQxK is not None:
+    rows = broadcast_rows(bias_1xHxQxK, B) if bias_1xHxQxK.shape[0] == 1 else bias_1xHxQxK
+    scores = scores + rows.astype(jnp.float32)
+  if mask_Bx1xQxK is not None:
+    scores = jnp.where(mask_Bx1xQxK, scores, MASKED_SCORE)
+  # Softmax's shift cancels in its gradient.
+  exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+  summed = jnp.einsum("bhqk,bkhd->bqhd", exp, v_BxKxHxD.astype(jnp.float32))
+  normaliser = jnp.swapaxes(exp.sum(axis=-1), 1, 2)[..., None]  # [B, Q, H, 1]
+  return (summed / normaliser).astype(q_BxQxHxD.dtype)

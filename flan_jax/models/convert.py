@@ -36,7 +36,8 @@ import numpy as np
 from flan_jax import model_dir as model_dir_lib
 from flan_jax import paths
 from flan_jax.errors import UserError, exit_on_user_error
-from flan_jax.models import hf_llama, hf_t5, layer_stack, safetensors_io
+from flan_jax.models import families, hf_llama, hf_t5, layer_stack, safetensors_io
+from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
 
@@ -46,9 +47,8 @@ HF_CONFIG_FILE = model_dir_lib.HF_CONFIG_FILE
 HF_FILES_DIR = model_dir_lib.HF_FILES_DIR
 PARAMS_DIR = model_dir_lib.PARAMS_DIR
 
-FAMILIES = {"decoder": DecoderConfig, "t5": T5Config}
+FAMILIES = families.config_classes()  # CONFIG_FILE's "family" -> its config class
 SUPPORTED_ARCHITECTURES = hf_llama.SUPPORTED_ARCHITECTURES + hf_t5.SUPPORTED_ARCHITECTURES
-ModelConfig = DecoderConfig | T5Config
 
 # Keys of a Llama-family HF config that are ours to write on export; everything else is
 # kept (hf_t5 makes the same split itself).
@@ -90,7 +90,7 @@ def load_hf(directory: str, **config_overrides) -> tuple[ModelConfig, dict]:
 
 
 def family(config: ModelConfig) -> str:
-  return next(name for name, cls in FAMILIES.items() if isinstance(config, cls))
+  return families.family_name(config)
 
 
 def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:

@@ -18,30 +18,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax.models.attention_mask import (attention_implementation,
-                                            check_attention_implementation, make_attention_mask,
+from flan_jax.models import layers
+from flan_jax.models.attention_mask import (attention_implementation, make_attention_mask,
                                             xla_or_cudnn)
 from flan_jax.models.blocked_attention import (block_size_for, blocked_attention,
                                               causal_block_attention, causal_block_size_for)
-from flan_jax.models.layer_stack import apply_layers, check_remat_policy, dropout, take_cache_rows
+from flan_jax.models.config import ModelConfig
+from flan_jax.models.layer_stack import apply_layers, dropout
+from flan_jax.models.layers import RMSNorm, fan_in_init
 from flan_jax.models.pallas_attention import splash_attention
-from flan_jax.models.projection import dense_dot_general
 
 Cache = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-  vocab_size: int = 0  # 0: taken from the task vocabulary at run time
-  # The embedding is padded to a multiple of this, so its vocab axis divides evenly
-  # over a tensor-parallel mesh axis; logits are cut back to `vocab_size`.
-  vocab_pad_multiple: int = 128
+class DecoderConfig(ModelConfig):
+  """`ModelConfig`'s settings, and the decoder's own. Its dropout is on the embeddings
+  and on each attention and MLP output before it joins the residual stream."""
   num_layers: int = 4
-  embed_dim: int = 128
-  num_heads: int = 4
   num_kv_heads: int = 4
-  head_dim: int = 32
-  mlp_dim: int = 384
   rope_theta: float = 10_000.0
   # RoPE frequency scaling for longer contexts: "none", "linear" (every frequency
   # divided by the factor) or "llama3" (Llama 3.1/3.2: low frequencies divided by the
@@ -51,32 +46,12 @@ class DecoderConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_position: int = 8192
-  norm_eps: float = 1e-6
-  tie_embeddings: bool = True
   # True: a prefix-LM, reading the prompt bidirectionally (t5x's decoder-only FLAN
   # setup). False: causal attention everywhere, as the Hugging Face causal LMs it is
   # imported from were pretrained and as transformers runs an export.
   prefix_lm: bool = True
   # Qwen2 adds a bias to the query, key and value projections (not the output one).
   attention_bias: bool = False
-  dtype: str = "float32"  # compute dtype
-  param_dtype: str = "float32"
-  # One scanned layer instead of num_layers unrolled ones (faster compiles for deep
-  # models; parameters gain a leading "layers" axis), and what to rematerialise in
-  # the backward pass (`layer_stack.REMAT_POLICIES`).
-  scan_layers: bool = False
-  remat_policy: str = "none"
-  # How attention runs (`attention_mask.ATTENTION_IMPLEMENTATIONS`): "auto" picks per
-  # backend and length; "xla" runs everywhere; "cudnn" is the fused flash-attention
-  # kernel on NVIDIA GPUs (bf16/fp16 compute only); "splash" Pallas's TPU kernel.
-  attention_implementation: str = "auto"
-  # Dropout on the embeddings and on each attention and MLP output before it joins the
-  # residual stream; only while training (see `layer_stack.dropout`).
-  dropout_rate: float = 0.0
-
-  @property
-  def padded_vocab_size(self) -> int:
-    return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -84,31 +59,7 @@ class DecoderConfig:
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}.")
     if self.rope_scaling not in ROPE_SCALINGS:
       raise ValueError(f"rope_scaling={self.rope_scaling!r} is not one of {ROPE_SCALINGS}.")
-    check_remat_policy(self.remat_policy)
-    check_attention_implementation(self.attention_implementation)
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
-
-
-def _dense_init(*axes: str, in_axes: tuple[int, ...] = (0,)):
-  """Fan-in scaled normal init over `in_axes`, with logical axis names attached."""
-  out_axes = tuple(i for i in range(len(axes)) if i not in in_axes)
-  init = nn.initializers.lecun_normal(in_axis=in_axes, out_axis=out_axes)
-  return nn.with_logical_partitioning(init, axes)
-
-
-class RMSNorm(nn.Module):
-  eps: float
-  dtype: Any
-  param_dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+    super().__post_init__()
 
 
 ROPE_SCALINGS = ("none", "linear", "llama3")
@@ -182,30 +133,27 @@ class Attention(nn.Module):
     then the keys' (segment ids, positions, prefix flags), which they mask by."""
     cfg = self.config
     E, H, K, D = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    weight = lambda name, axes, shape, in_axes=(0,): self.param(
-        name, _dense_init(*axes, in_axes=in_axes), shape, cfg.param_dtype).astype(cfg.dtype)
+    weight = lambda name, axes, shape, in_axes=(0,): layers.weight(
+        self, name, shape, fan_in_init(axes, in_axes), cfg)
     w_q_ExHxD = weight("query", ("embed", "heads", "kv"), (E, H, D))
     w_k_ExKxD = weight("key", ("embed", "kv_heads", "kv"), (E, K, D))
     w_v_ExKxD = weight("value", ("embed", "kv_heads", "kv"), (E, K, D))
     w_o_HxDxE = weight("out", ("heads", "kv", "embed"), (H, D, E), in_axes=(0, 1))
 
-    q = jnp.einsum("ble,ehd->blhd", x_BxLxE, w_q_ExHxD)
-    k = jnp.einsum("ble,ekd->blkd", x_BxLxE, w_k_ExKxD)
-    v = jnp.einsum("ble,ekd->blkd", x_BxLxE, w_v_ExKxD)
+    q = layers.linear(x_BxLxE, w_q_ExHxD)
+    k = layers.linear(x_BxLxE, w_k_ExKxD)
+    v = layers.linear(x_BxLxE, w_v_ExKxD)
     if cfg.attention_bias:
-      bias = lambda name, axes, shape: self.param(
-          name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
-          cfg.param_dtype).astype(cfg.dtype)
+      bias = lambda name, axes, shape: layers.weight(
+          self, name, shape, nn.with_logical_partitioning(nn.initializers.zeros, axes), cfg)
       q = q + bias("query_bias", ("heads", "kv"), (H, D))
       k = k + bias("key_bias", ("kv_heads", "kv"), (K, D))
       v = v + bias("value_bias", ("kv_heads", "kv"), (K, D))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if layer_cache is not None:
-      write = lambda buffer, new: jax.lax.dynamic_update_slice(
-          buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
-      k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
-      layer_cache = {"k": k, "v": v}
+      layer_cache = layers.write_kv(layer_cache, k, v, cache_index)
+      k, v = layer_cache["k"], layer_cache["v"]
     implementation = _implementation(cfg, k.shape[1], cached=layer_cache is not None)
     if implementation == "splash":
       segment_ids, _, prefix = mask_ids[:3]
@@ -227,7 +175,7 @@ class Attention(nn.Module):
                                          mask=mask_ids[0],
                                          implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), layer_cache
+    return layers.linear(out, w_o_HxDxE), layer_cache
 
 
 def _implementation(cfg: DecoderConfig, num_keys: int, cached: bool) -> str:
@@ -241,9 +189,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxE):
     cfg = self.config
-    dense = lambda features, axes, name: nn.Dense(
-        features, use_bias=False, kernel_init=_dense_init(*axes), dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, dot_general=dense_dot_general, name=name)
+    dense = lambda features, axes, name: layers.Dense(features, axes, cfg, name=name)
     gate = dense(cfg.mlp_dim, ("embed", "mlp"), "gate")(x_BxLxE)
     up = dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_BxLxE)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
@@ -280,9 +226,7 @@ class Decoder(nn.Module):
     cfg = self.config
     if not cfg.prefix_lm:
       prefix_BxL = jnp.zeros_like(prefix_BxL)
-    embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
+    embedding = layers.embedding_table(self, cfg, stddev=0.02)
     x = dropout(self, jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.dtype), cfg.dropout_rate)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -310,14 +254,9 @@ class Decoder(nn.Module):
     if return_hidden:
       return x, None
 
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("ble,ve->blv", x, embedding.astype(cfg.dtype))
-    else:
-      logits = nn.Dense(cfg.padded_vocab_size, use_bias=False, kernel_init=_dense_init("embed", "vocab"),
-                        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                        dot_general=dense_dot_general, name="lm_head")(x)
-    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-    logits = logits[..., :cfg.vocab_size]
+    lm_head = None if cfg.tie_embeddings else layers.Dense(
+        cfg.padded_vocab_size, ("embed", "vocab"), cfg, name="lm_head")
+    logits = layers.output_logits(cfg, x, embedding, lm_head)
 
     if cache is None:
       return logits, None
@@ -328,21 +267,12 @@ class Decoder(nn.Module):
     return logits, new_cache
 
 
-def reorder_cache(config: DecoderConfig, cache: Cache, rows) -> Cache:
-  """The cache of rows `rows` (beam search moves caches with their beams)."""
-  return take_cache_rows(cache, rows, config.scan_layers)
-
-
 def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
   """An empty KV cache for `length` tokens; its slots have segment 0 until written."""
-  shape = (batch_size, length, config.num_kv_heads, config.head_dim)
-  if config.scan_layers:  # one stacked cache, scanned over with the layers
-    shape = (config.num_layers, *shape)
-  layer = lambda: {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+  ids = lambda: jnp.zeros((batch_size, length), jnp.int32)
   return {
-      "layers": layer() if config.scan_layers else tuple(layer() for _ in range(config.num_layers)),
-      "segment_ids": jnp.zeros((batch_size, length), jnp.int32),
-      "positions": jnp.zeros((batch_size, length), jnp.int32),
-      "prefix": jnp.zeros((batch_size, length), jnp.int32),
+      "layers": layers.init_kv_cache(config.num_layers, config.scan_layers, batch_size, length,
+                                     config.num_kv_heads, config.head_dim, config.dtype),
+      "segment_ids": ids(), "positions": ids(), "prefix": ids(),
       "index": jnp.zeros((), jnp.int32),
   }

@@ -9,24 +9,32 @@ rows lives here, so the train step, the trainer and the evaluator are written on
 
 Both families' batches share the target-side features (`decoder_target_tokens`,
 `decoder_loss_weights`), so the loss is computed the same way for both.
+
+Decoding and scoring talk to a family only (`ModelFamily`): `prefill` and `step` for
+generation, `reorder_cache` for beam search, `encode`/`decode` where the prompt is
+encoded apart (`encoder_decoder`). A family is registered for its config class
+(`register_family`), and `family_for(config)` finds it: a new family is its model
+module, its family class here and one registration.
 """
 
 import dataclasses
-from typing import Any, Mapping, Union
+from typing import Any, ClassVar, Mapping, Protocol
 
 import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
+from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import Decoder, DecoderConfig
-from flan_jax.models.projection import project
+from flan_jax.models.decoder import init_cache as init_decoder_cache
+from flan_jax.models.layer_stack import take_cache_rows
+from flan_jax.models.layers import MASKED_SCORE, linear, output_logits
 from flan_jax.models.t5 import T5, T5Config
+from flan_jax.models.t5 import init_cache as init_t5_cache
 
 Batch = Mapping[str, Any]
 Lengths = Mapping[str, int]
-
-# Far below any real logit, yet finite: log_softmax over a row stays free of inf - inf.
-_MASKED_LOGIT = -1e9
+Cache = dict[str, Any]
 
 
 def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarray:
@@ -39,20 +47,16 @@ def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarr
   vocab = logits.shape[-1]
   if num_token_ids is None or num_token_ids >= vocab:
     return logits
-  # -1e9 overflows float16 to -inf; its own minimum / 2 is still far below any logit.
-  fill = max(_MASKED_LOGIT, float(jnp.finfo(logits.dtype).min) / 2)
+  # MASKED_SCORE overflows float16 to -inf; its own minimum / 2 is still far below any logit.
+  fill = max(MASKED_SCORE, float(jnp.finfo(logits.dtype).min) / 2)
   return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
 
 
-def _project(config, params, hidden_BxLxE) -> jnp.ndarray:
-  """The output layer both model families end with (tied: the embedding; else lm_head),
-  for losses that project a chunk of positions at a time."""
-  if config.tie_embeddings:
-    table = params["embedding"].astype(config.dtype)
-    logits = jnp.einsum("ble,ve->blv", hidden_BxLxE, table)
-  else:
-    logits = project(hidden_BxLxE, params["lm_head"]["kernel"].astype(config.dtype))
-  return logits.astype(jnp.float32)[..., :config.vocab_size]
+def _prompt_ids(mask_BxP):
+  """Segment ids and positions of left-padded prompts: padding is segment 0, and each
+  row's positions count only its real tokens."""
+  segment_ids = mask_BxP.astype(jnp.int32)
+  return segment_ids, jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
 
 
 def _dropout_rngs(rng) -> dict:
@@ -70,8 +74,59 @@ def _arange_if_missing(batch: Batch, key: str, like: jnp.ndarray) -> jnp.ndarray
   return jnp.broadcast_to(jnp.arange(like.shape[1]), like.shape) if value is None else value
 
 
+class ModelFamily(Protocol):
+  """What the trainer, the evaluator, decoding and scoring need from a model family.
+
+  Generation: `prefill(params, prompts [B, P] left-padded, mask [B, P], max_new_tokens)`
+  -> (logits [B, V] for the first new token, cache, context); then per token
+  `step(params, context, token [B], t, cache)` -> (logits [B, V], cache), t counting
+  the new tokens from 0; `reorder_cache(cache, rows)` moves rows with their beams.
+  An `encoder_decoder` family also has `encode` and `decode` (scoring encodes each
+  prompt once for all its options).
+  """
+  config: ModelConfig
+  bos_id: int  # the token every decoder row starts from
+  num_token_ids: int | None
+  encoder_decoder: bool
+  inputs_eos: bool
+
+  def sequence_lengths(self, task_feature_lengths: Lengths) -> dict[str, int]: ...
+  def init(self, rng, task_feature_lengths: Lengths): ...
+  def logits(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray: ...
+  def hidden_states(self, params, batch: Batch, dropout_rng=None) -> jnp.ndarray: ...
+  def project(self, params, hidden_BxLxE) -> jnp.ndarray: ...
+  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray: ...
+  def prompt_prefix(self) -> list[int]: ...
+  def prefill(self, params, prompts_BxP, mask_BxP, max_new_tokens: int) -> tuple: ...
+  def step(self, params, context, token_B, t, cache: Cache) -> tuple: ...
+  def reorder_cache(self, cache: Cache, rows) -> Cache: ...
+
+
+class _Family:
+  """What every family does alike, over its `config` and `num_token_ids`."""
+  config: ModelConfig
+  num_token_ids: int | None
+
+  def project(self, params, hidden_BxLxE) -> jnp.ndarray:
+    """Hidden states -> float32 logits [B, L, vocab_size]: the model's output layer
+    (`layers.output_logits`), for losses that project a chunk of positions at a time."""
+    config = self.config
+    lm_head = None
+    if not config.tie_embeddings:
+      lm_head = lambda x: linear(x, params["lm_head"]["kernel"].astype(config.dtype))
+    return output_logits(config, hidden_BxLxE, params["embedding"], lm_head, constrained=False)
+
+  def reorder_cache(self, cache: Cache, rows) -> Cache:
+    """The cache of rows `rows` (beam search moves caches with their beams)."""
+    return take_cache_rows(cache, rows, self.config.scan_layers)
+
+  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
+    """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
+    return mask_unused_ids(logits, self.num_token_ids)
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderOnly:
+class DecoderOnly(_Family):
   """[BOS] + inputs + targets in one row; with `config.prefix_lm` the prompt is read bidirectionally.
 
   `bos_id` starts every row: 0 for our own vocabularies (as seqio's PrefixLM
@@ -85,7 +140,13 @@ class DecoderOnly:
   config: DecoderConfig
   bos_id: int = 0
   num_token_ids: int | None = None
-  encoder_decoder = False
+  encoder_decoder: ClassVar[bool] = False
+  name: ClassVar[str] = "decoder"  # the "family" MODEL_DIR's config records
+
+  @classmethod
+  def from_config(cls, config: DecoderConfig, bos_id: int | None,
+                  num_token_ids: int | None) -> "DecoderOnly":
+    return cls(config, bos_id=bos_id or 0, num_token_ids=num_token_ids)
 
   @property
   def module(self) -> Decoder:
@@ -119,9 +180,22 @@ class DecoderOnly:
     return self.module.apply({"params": params}, *self.inputs(batch), return_hidden=True,
                              rngs=_dropout_rngs(dropout_rng))[0]
 
-  def project(self, params, hidden_BxLxE) -> jnp.ndarray:
-    """Hidden states -> float32 logits [B, L, vocab_size], as the model's output layer."""
-    return _project(self.config, params, hidden_BxLxE)
+  def prefill(self, params, prompts_BxP, mask_BxP, max_new_tokens: int):
+    """The prompts read into a cache with room for `max_new_tokens` more; the context is
+    each row's next position."""
+    batch, prompt_length = prompts_BxP.shape
+    cache = init_decoder_cache(self.config, batch, prompt_length + max_new_tokens)
+    segment_ids, positions = _prompt_ids(mask_BxP)
+    logits, cache = self.module.apply({"params": params}, prompts_BxP, positions, segment_ids,
+                                      segment_ids, cache=cache)
+    return logits[:, -1], cache, positions[:, -1] + 1
+
+  def step(self, params, next_position_B, token_B, t, cache: Cache):
+    ones = jnp.ones((token_B.shape[0], 1), jnp.int32)
+    logits, cache = self.module.apply({"params": params}, token_B[:, None],
+                                      (next_position_B + t)[:, None], ones, 0 * ones,
+                                      cache=cache)
+    return logits[:, -1], cache
 
   def prompt_prefix(self) -> list[int]:
     return [self.bos_id]
@@ -132,20 +206,25 @@ class DecoderOnly:
     checkpoints, which were pretrained to continue a prompt directly."""
     return self.config.prefix_lm
 
-  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
-    """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
-    return mask_unused_ids(logits, self.num_token_ids)
-
 
 @dataclasses.dataclass(frozen=True)
-class EncoderDecoder:
+class EncoderDecoder(_Family):
   """T5: the encoder reads the inputs, the decoder starts from 0 and writes the targets.
 
   `num_token_ids` as for `DecoderOnly` (T5 pads its 32,100 ids to 32,128 rows).
   """
   config: T5Config
   num_token_ids: int | None = None
-  encoder_decoder = True
+  encoder_decoder: ClassVar[bool] = True
+  name: ClassVar[str] = "t5"
+  # The decoder's start token, whatever the tokenizer's BOS: T5 was pretrained so.
+  bos_id: ClassVar[int] = 0
+
+  @classmethod
+  def from_config(cls, config: T5Config, bos_id: int | None,
+                  num_token_ids: int | None) -> "EncoderDecoder":
+    del bos_id  # see `bos_id` above
+    return cls(config, num_token_ids=num_token_ids)
 
   @property
   def module(self) -> T5:
@@ -180,24 +259,44 @@ class EncoderDecoder:
     """[B, Ld, E]: what `logits` projects onto the vocabulary (`project`)."""
     return self._apply(params, batch, dropout_rng, return_hidden=True)
 
-  def project(self, params, hidden_BxLxE) -> jnp.ndarray:
-    """Hidden states -> float32 logits [B, Ld, vocab_size], as T5's output layer: original
-    T5 scales by embed_dim**-0.5 before reusing the embedding."""
-    if self.config.tie_embeddings:
-      hidden_BxLxE = hidden_BxLxE * (self.config.embed_dim ** -0.5)
-    return _project(self.config, params, hidden_BxLxE)
+  def encode(self, params, tokens_BxL, segment_ids_BxL, positions_BxL=None) -> jnp.ndarray:
+    """Encoded inputs [B, L, E] (`T5.encode`)."""
+    return self.module.apply({"params": params}, tokens_BxL, segment_ids_BxL, positions_BxL,
+                             method=T5.encode)
+
+  def decode(self, params, encoded, encoder_segment_ids, tokens_BxL, segment_ids_BxL=None,
+             positions_BxL=None, cache: Cache | None = None):
+    """(logits [B, L, V], new cache or None) of decoder rows reading `encoded` (`T5.decode`)."""
+    return self.module.apply({"params": params}, encoded, encoder_segment_ids, tokens_BxL,
+                             segment_ids_BxL, positions_BxL, cache=cache, method=T5.decode)
+
+  def prefill(self, params, prompts_BxP, mask_BxP, max_new_tokens: int):
+    """The prompts encoded, then the decoder's start token 0 (slot 0) read: its logits
+    give the first new token, and this first call adds the cross-attention keys and
+    values to the cache. The context is the encoding and its segment ids."""
+    batch = prompts_BxP.shape[0]
+    segment_ids, positions = _prompt_ids(mask_BxP)
+    context = (self.encode(params, prompts_BxP, segment_ids, positions), segment_ids)
+    cache = init_t5_cache(self.config, batch, max_new_tokens + 1)
+    logits, cache = self._decode_slot(params, context, jnp.zeros((batch,), jnp.int32),
+                                      jnp.zeros((), jnp.int32), cache)
+    return logits, cache, context
+
+  def step(self, params, context, token_B, t, cache: Cache):
+    return self._decode_slot(params, context, token_B, t + 1, cache)
+
+  def _decode_slot(self, params, context, token_B, slot, cache: Cache):
+    encoded, segment_ids = context
+    batch = token_B.shape[0]
+    logits, cache = self.decode(params, encoded, segment_ids, token_B[:, None],
+                                jnp.ones((batch, 1), jnp.int32),
+                                jnp.broadcast_to(slot, (batch, 1)), cache=cache)
+    return logits[:, -1], cache
 
   def prompt_prefix(self) -> list[int]:
     return []
 
   inputs_eos = True  # T5's encoder inputs end with EOS, as in its pretraining
-
-  def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
-    """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
-    return mask_unused_ids(logits, self.num_token_ids)
-
-
-ModelFamily = Union[DecoderOnly, EncoderDecoder]
 
 
 def conversation_reader(network: ModelFamily) -> ModelFamily:
@@ -214,11 +313,37 @@ def conversation_reader(network: ModelFamily) -> ModelFamily:
   return dataclasses.replace(network, config=dataclasses.replace(network.config, prefix_lm=False))
 
 
-def family_for(config: DecoderConfig | T5Config, bos_id: int | None = None,
+_FAMILIES: dict[type, type] = {}  # config class -> family class
+
+
+def register_family(config_class: type, family_class: type) -> None:
+  """`family_for` builds `family_class.from_config(config, bos_id, num_token_ids)` for a
+  config of `config_class`; `family_class.name` is what MODEL_DIR's config records."""
+  _FAMILIES[config_class] = family_class
+
+
+register_family(DecoderConfig, DecoderOnly)
+register_family(T5Config, EncoderDecoder)
+
+
+def config_classes() -> dict[str, type]:
+  """Each registered family's name -> its config class."""
+  return {family.name: config_class for config_class, family in _FAMILIES.items()}
+
+
+def _family_class(config: ModelConfig) -> type:
+  for config_class in type(config).__mro__:
+    if config_class in _FAMILIES:
+      return _FAMILIES[config_class]
+  raise TypeError(f"no model family for {type(config).__name__}")
+
+
+def family_name(config: ModelConfig) -> str:
+  """The name MODEL_DIR's config records for the family of `config` ("decoder", "t5")."""
+  return _family_class(config).name
+
+
+def family_for(config: ModelConfig, bos_id: int | None = None,
                num_token_ids: int | None = None) -> ModelFamily:
   """`num_token_ids`: the tokenizer's vocabulary size, if the model may have more rows."""
-  if isinstance(config, T5Config):
-    return EncoderDecoder(config, num_token_ids=num_token_ids)
-  if isinstance(config, DecoderConfig):
-    return DecoderOnly(config, bos_id=bos_id or 0, num_token_ids=num_token_ids)
-  raise TypeError(f"no model family for {type(config).__name__}")
+  return _family_class(config).from_config(config, bos_id=bos_id, num_token_ids=num_token_ids)

@@ -5,20 +5,19 @@ safetensors (Hugging Face; `hf_llama` for Llama/Mistral/Qwen2, `hf_t5` for T5,
 chosen by config.json's "architectures") or `flan_jax_config.json` and `params/`
 (the orbax layout `python -m flan_jax.models.convert --to_orbax` writes, whose
 "family" says which). Either way the checkpoint decides the architecture, and
-with it the config class: `DecoderConfig` or `T5Config`. Params come unscanned.
+with it the config class (`DecoderConfig`, `T5Config`). Params come unscanned.
 The caller checks that its tasks' vocabulary is the one the model was trained with.
 """
 
 from flan_jax import model_dir
 from flan_jax.errors import UserError
 from flan_jax.models import convert
-from flan_jax.models.decoder import DecoderConfig
-from flan_jax.models.t5 import T5Config
+from flan_jax.models.config import ModelConfig
 
 
 def load_pretrained(path: str | model_dir.ResolvedCheckpoint, step: int | None = None,
                     setting: str = "INITIAL_CHECKPOINT_PATH",
-                    ) -> tuple[DecoderConfig | T5Config, dict]:
+                    ) -> tuple[ModelConfig, dict]:
   """(config, params) of any checkpoint path; `step` picks a run's checkpoint (default:
   the newest that restores); `setting` names the path in the error for none."""
   checkpoint = model_dir.resolve(path)

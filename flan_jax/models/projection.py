@@ -54,20 +54,3 @@ def project(x_xI: jnp.ndarray, w_IxO: jnp.ndarray) -> jnp.ndarray:
   """x [..., in] @ w [in, out] -> [..., out], named `PROJECTION`."""
   product = _narrow_side_product if jax.default_backend() == "cpu" else _product
   return checkpoint_name(product(x_xI, w_IxO), PROJECTION)
-
-
-def _is_dense_product(lhs, rhs, dimension_numbers, precision, preferred_element_type) -> bool:
-  contracting, batch = dimension_numbers
-  return (rhs.ndim == 2 and tuple(map(tuple, contracting)) == ((lhs.ndim - 1,), (0,))
-          and tuple(map(tuple, batch)) == ((), ()) and precision is None
-          and preferred_element_type is None)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """For `flax.linen.Dense(dot_general=...)`: `project` for Dense's own product (the
-  input's last axis against the kernel's first, default precision); any other call is
-  `jax.lax.dot_general` unchanged."""
-  if _is_dense_product(lhs, rhs, dimension_numbers, precision, preferred_element_type):
-    return project(lhs, rhs)
-  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=preferred_element_type)

@@ -32,7 +32,6 @@ and its [1, H, Q, block] bias built from them, so no [B or 1, H, Q, K] array exi
 """
 
 import dataclasses
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -40,12 +39,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models import layer_stack
-from flan_jax.models.attention_mask import (attention_implementation,
-                                            check_attention_implementation, xla_or_cudnn)
-from flan_jax.models.blocked_attention import MASKED_SCORE, block_size_for, blocked_attention
-from flan_jax.models.decoder import RMSNorm
-from flan_jax.models.projection import dense_dot_general
+from flan_jax.models import layer_stack, layers
+from flan_jax.models.attention_mask import (attention_implementation, make_attention_mask,
+                                            xla_or_cudnn)
+from flan_jax.models.blocked_attention import block_size_for, blocked_attention, cpu_attention
+from flan_jax.models.config import ModelConfig
+from flan_jax.models.layers import RMSNorm, fan_in_init
 
 Cache = dict[str, Any]
 
@@ -58,56 +57,33 @@ FEED_FORWARDS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
-  vocab_size: int = 0  # 0: taken from the task vocabulary at run time
-  # The embedding is padded to a multiple of this, so its vocab axis divides evenly
-  # over a tensor-parallel mesh axis; logits are cut back to `vocab_size`.
-  vocab_pad_multiple: int = 128
-  embed_dim: int = 128
-  num_heads: int = 4
-  head_dim: int = 32
+class T5Config(ModelConfig):
+  """`ModelConfig`'s settings, and T5's own.
+
+  `tie_embeddings` True: original T5, the output projection is the embedding (after
+  scaling the decoder output by embed_dim**-0.5). False: v1.1 / Flan-T5, a separate
+  lm_head. `attention_implementation`: "auto", "xla", "cudnn" or "blocked" (the paths
+  that take no bias, "causal_blocks" and "splash", come to "xla" here). Dropout is
+  t5x's: on the embeddings, the MLP's hidden units, each sub-layer's output before it
+  joins the residual stream, and each stack's output. Attention probabilities are not
+  dropped: the fused attention kernels take no dropout.
+  """
   mlp_dim: int = 256
+  tie_embeddings: bool = False
   num_encoder_layers: int = 2
   num_decoder_layers: int = 2
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
-  norm_eps: float = 1e-6
   feed_forward: str = "gated-gelu"
-  # True: original T5, the output projection is the embedding (after scaling the
-  # decoder output by embed_dim**-0.5). False: v1.1 / Flan-T5, a separate lm_head.
-  tie_embeddings: bool = False
-  dtype: str = "float32"  # compute dtype
-  param_dtype: str = "float32"
-  scan_layers: bool = False  # see layer_stack: one scanned layer instead of a Python loop
-  remat_policy: str = "none"  # one of layer_stack.REMAT_POLICIES
-  # "auto", "xla", "cudnn" or "blocked" (see DecoderConfig; the paths that take no
-  # bias, "causal_blocks" and "splash", come to "xla" here)
-  attention_implementation: str = "auto"
-  # t5x's dropout: on the embeddings, the MLP's hidden units, each sub-layer's output
-  # before it joins the residual stream, and each stack's output; only while training
-  # (see `layer_stack.dropout`). Attention probabilities are not dropped: the fused
-  # attention kernels take no dropout.
-  dropout_rate: float = 0.0
 
   @property
-  def padded_vocab_size(self) -> int:
-    return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
+  def tied_output_scale(self) -> float:
+    return self.embed_dim ** -0.5
 
   def __post_init__(self):
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")
-    layer_stack.check_remat_policy(self.remat_policy)
-    check_attention_implementation(self.attention_implementation)
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1).")
-
-
-def _init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: float = 1.0):
-  """Fan-in scaled truncated normal over `in_axes` (variance `scale`/fan_in), with axis names."""
-  out_axes = tuple(i for i in range(len(axes)) if i not in in_axes)
-  init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
-                                          in_axis=in_axes, out_axis=out_axes)
-  return nn.with_logical_partitioning(init, axes)
+    super().__post_init__()
 
 
 def relative_position_buckets(relative_position, bidirectional: bool, num_buckets: int,
@@ -153,57 +129,8 @@ def position_bias(table_NxH, q_positions_BxQ, k_positions_BxK, bidirectional: bo
 
 def segment_mask(q_segment_ids_BxQ, k_segment_ids_BxK, q_positions_BxQ=None, k_positions_BxK=None):
   """Boolean [B, 1, Q, K]: same segment and, given positions, key not after query."""
-  mask = q_segment_ids_BxQ[:, :, None] == k_segment_ids_BxK[:, None, :]
-  if q_positions_BxQ is not None:
-    mask = mask & (k_positions_BxK[:, None, :] <= q_positions_BxQ[:, :, None])
-  return mask[:, None]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def broadcast_rows(bias_1xHxQxK: jnp.ndarray, rows: int) -> jnp.ndarray:
-  """The one relative position bias as [rows, H, Q, K], for `cpu_attention`. Its
-  gradient sums the rows' gradients with a matrix product: XLA:CPU reduces a leading
-  axis of this shape 30x slower (74 vs 2 ms for 8 x 6 x 512 x 512), which took an
-  eighth of a T5-small train step, every layer's bias gradient being summed over the
-  batch."""
-  return jnp.broadcast_to(bias_1xHxQxK, (rows,) + bias_1xHxQxK.shape[1:])
-
-
-def _broadcast_rows_forward(bias_1xHxQxK, rows):
-  return broadcast_rows(bias_1xHxQxK, rows), None
-
-
-def _broadcast_rows_backward(rows, _, g_BxHxQxK):
-  ones = jnp.ones((rows,), g_BxHxQxK.dtype)
-  # Exact at HIGHEST precision (a sum of products by one); a default-precision float32
-  # matmul may round its inputs (bf16 passes on TPUs, TF32 on GPUs).
-  return (jnp.einsum("b...,b->...", g_BxHxQxK, ones, precision=jax.lax.Precision.HIGHEST)[None],)
-
-
-broadcast_rows.defvjp(_broadcast_rows_forward, _broadcast_rows_backward)
-
-
-def cpu_attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask_Bx1xQxK, bias_1xHxQxK):
-  """softmax(q k^T + bias, masked) v, unscaled as T5 is, every score at once: XLA's path
-  on a CPU, where two changes to `jax.nn.dot_product_attention`'s made a T5-small
-  encoder layer's forward and backward 14% faster (174 against 203 ms):
-  - each row is normalised after the values are summed, dividing [Q, head_dim] numbers
-    instead of [Q, K] probabilities;
-  - the one bias reaches every row through `broadcast_rows`.
-  A row with every key masked averages the values, as jax's path does."""
-  B = q_BxQxHxD.shape[0]
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD.astype(q_BxQxHxD.dtype),
-                      preferred_element_type=jnp.float32)
-  if bias_1xHxQxK is not None:
-    rows = broadcast_rows(bias_1xHxQxK, B) if bias_1xHxQxK.shape[0] == 1 else bias_1xHxQxK
-    scores = scores + rows.astype(jnp.float32)
-  if mask_Bx1xQxK is not None:
-    scores = jnp.where(mask_Bx1xQxK, scores, MASKED_SCORE)
-  # Softmax's shift cancels in its gradient.
-  exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-  summed = jnp.einsum("bhqk,bkhd->bqhd", exp, v_BxKxHxD.astype(jnp.float32))
-  normaliser = jnp.swapaxes(exp.sum(axis=-1), 1, 2)[..., None]  # [B, Q, H, 1]
-  return (summed / normaliser).astype(q_BxQxHxD.dtype)
+  return make_attention_mask(q_segment_ids_BxQ, q_positions_BxQ, None, k_segment_ids_BxK,
+                             k_positions_BxK, None)
 
 
 class BlockedMask(NamedTuple):
@@ -235,27 +162,25 @@ class Attention(nn.Module):
     `source` again (cross-attention during decoding)."""
     cfg = self.config
     E, H, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim
-    weight = lambda name, init, shape: self.param(
-        name, init, shape, cfg.param_dtype).astype(cfg.dtype)
+    weight = lambda name, init, shape: layers.weight(self, name, shape, init, cfg)
     # The 1/sqrt(head_dim) that other transformers apply to the logits is folded into
     # the query's initial scale: T5 never scales the logits.
-    w_q_ExHxD = weight("query", _init(("embed", "heads", "kv"), scale=1.0 / D), (E, H, D))
-    w_k_ExHxD = weight("key", _init(("embed", "heads", "kv")), (E, H, D))
-    w_v_ExHxD = weight("value", _init(("embed", "heads", "kv")), (E, H, D))
-    w_o_HxDxE = weight("out", _init(("heads", "kv", "embed"), in_axes=(0, 1)), (H, D, E))
+    w_q_ExHxD = weight("query", fan_in_init(("embed", "heads", "kv"), scale=1.0 / D), (E, H, D))
+    w_k_ExHxD = weight("key", fan_in_init(("embed", "heads", "kv")), (E, H, D))
+    w_v_ExHxD = weight("value", fan_in_init(("embed", "heads", "kv")), (E, H, D))
+    w_o_HxDxE = weight("out", fan_in_init(("heads", "kv", "embed"), in_axes=(0, 1)), (H, D, E))
 
-    q = jnp.einsum("ble,ehd->blhd", x_BxQxE, w_q_ExHxD)
+    q = layers.linear(x_BxQxE, w_q_ExHxD)
     if memory is None:
-      k = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_k_ExHxD)
-      v = jnp.einsum("ble,ehd->blhd", source_BxKxE, w_v_ExHxD)
+      k = layers.linear(source_BxKxE, w_k_ExHxD)
+      v = layers.linear(source_BxKxE, w_v_ExHxD)
     else:
       k, v = memory["k"], memory["v"]
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    if layer_cache is not None:
-      write = lambda buffer, new: jax.lax.dynamic_update_slice(
-          buffer, new.astype(buffer.dtype), (0, cache_index, 0, 0))
-      k, v = write(layer_cache["k"], k), write(layer_cache["v"], v)
     keys_values = {"k": k, "v": v}
+    if layer_cache is not None:
+      keys_values = layers.write_kv(layer_cache, k, v, cache_index)
+      k, v = keys_values["k"], keys_values["v"]
     if isinstance(mask, BlockedMask):  # `bias` is then the relative position table, or None
       out = self._blocked_attention(q, k, v, mask, bias)
     else:  # a whole mask and bias: cuDNN (NVIDIA GPUs, 16 bits) or XLA
@@ -267,7 +192,7 @@ class Attention(nn.Module):
                                            mask=mask, scale=1.0,
                                            implementation=xla_or_cudnn(implementation))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("blhd,hde->ble", out, w_o_HxDxE), keys_values
+    return layers.linear(out, w_o_HxDxE), keys_values
 
   def _blocked_attention(self, q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, mask: BlockedMask, table_NxH):
     """Attention a block of keys at a time: each block's mask from the ids, its bias
@@ -295,9 +220,7 @@ class MLP(nn.Module):
   def __call__(self, x_BxLxE):
     cfg = self.config
     activation, gated = FEED_FORWARDS[cfg.feed_forward]
-    dense = lambda features, axes, name: nn.Dense(
-        features, use_bias=False, kernel_init=_init(axes), dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype, dot_general=dense_dot_general, name=name)
+    dense = lambda features, axes, name: layers.Dense(features, axes, cfg, name=name)
     # Gated: activation(gate) * up (HF wi_0, wi_1); plain: activation(up) (HF wi).
     hidden = activation(dense(cfg.mlp_dim, ("embed", "mlp"), "gate" if gated else "up")(x_BxLxE))
     if gated:
@@ -435,15 +358,11 @@ class T5(nn.Module):
   def setup(self):
     cfg = self.config
     # T5 does not scale its embedding, so it starts at unit variance.
-    self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
-        (cfg.padded_vocab_size, cfg.embed_dim), cfg.param_dtype)
+    self.embedding = layers.embedding_table(self, cfg, stddev=1.0)
     self.encoder = EncoderStack(cfg)
     self.decoder = DecoderStack(cfg)
     if not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(cfg.padded_vocab_size, use_bias=False,
-                              kernel_init=_init(("embed", "vocab")), dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype, dot_general=dense_dot_general)
+      self.lm_head = layers.Dense(cfg.padded_vocab_size, ("embed", "vocab"), cfg)
 
   def _embed(self, tokens_BxL):
     x = jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.config.dtype)
@@ -498,20 +417,8 @@ class T5(nn.Module):
                         decoder_segment_ids, decoder_positions, cache)
 
   def _logits(self, x_BxLxE):
-    cfg = self.config
-    if cfg.tie_embeddings:
-      # Original T5 rescales before reusing the (unit-variance) embedding as the output layer.
-      x_BxLxE = x_BxLxE * (cfg.embed_dim ** -0.5)
-      logits = jnp.einsum("ble,ve->blv", x_BxLxE, self.embedding.astype(cfg.dtype))
-    else:
-      logits = self.lm_head(x_BxLxE)
-    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-    return logits[..., :cfg.vocab_size]
-
-
-def reorder_cache(config: T5Config, cache: Cache, rows) -> Cache:
-  """The cache of rows `rows` (beam search moves caches with their beams)."""
-  return layer_stack.take_cache_rows(cache, rows, config.scan_layers)
+    lm_head = None if self.config.tie_embeddings else self.lm_head
+    return layers.output_logits(self.config, x_BxLxE, self.embedding, lm_head)
 
 
 def init_cache(config: T5Config, batch_size: int, length: int) -> Cache:
@@ -522,11 +429,6 @@ def init_cache(config: T5Config, batch_size: int, length: int) -> Cache:
   The first `decode` with it adds each layer's cross-attention {"k", "v"} [B, Le, H, D]
   as "cross".
   """
-  shape = (batch_size, length, config.num_heads, config.head_dim)
-  if config.scan_layers:
-    shape = (config.num_decoder_layers,) + shape
-    layers = {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
-  else:
-    layers = tuple({"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
-                   for _ in range(config.num_decoder_layers))
-  return {"layers": layers, "index": jnp.zeros((), jnp.int32)}
+  return {"layers": layers.init_kv_cache(config.num_decoder_layers, config.scan_layers, batch_size,
+                                        length, config.num_heads, config.head_dim, config.dtype),
+          "index": jnp.zeros((), jnp.int32)}
