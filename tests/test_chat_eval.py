@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax import metrics
+from flan_jax import metrics, model_dir as model_dir_lib
 from flan_jax.data import chat_examples, chat_templates, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
@@ -217,7 +217,7 @@ def test_a_prefix_lm_run_on_conversations_answers_causally_and_keeps_its_templat
   assert predictor.chat_template == chat_templates.builtin("zephyr")
   assert not predictor.network.config.prefix_lm  # the prompt read as training read it
   assert inference.load_predictor(str(model_dir)).network.config.prefix_lm  # FLAN prompts
-  held_out = json.loads((model_dir / chat_examples.HELD_OUT_FILE).read_text())
+  held_out = json.loads((model_dir / model_dir_lib.HELD_OUT_FILE).read_text())
   assert held_out == {"chat": {"path": str(tmp_path / "chat.jsonl"), "validation_records": 2}}
 
   def reregister(**changes):
@@ -252,6 +252,6 @@ def test_a_checkpoint_without_a_template_or_with_a_damaged_one_is_an_error_not_c
   with pytest.raises(UserError, match="records no chat template .* set ChatTask.template"):
     checkpoint_eval.evaluate_checkpoint(str(tmp_path), "c", {"inputs": 8, "targets": 8},
                                         str(tmp_path / "out"), chat_tasks=[unnamed])
-  (tmp_path / chat_examples.TEMPLATE_FILE).write_text("{not json")
+  (tmp_path / model_dir_lib.TEMPLATE_FILE).write_text("{not json")
   with pytest.raises(UserError):
     chat_examples.trained_template(str(tmp_path))
