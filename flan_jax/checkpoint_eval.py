@@ -118,7 +118,7 @@ def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
   """Registers a conversation task to render as the checkpoint's training rendered it,
   and to score only the records training held out."""
   def register(chat_task: chat_examples.ChatTask, vocabulary) -> None:
-    recorded = chat_examples.trained_template(checkpoint)
+    recorded = chat_examples.trained_template(checkpoint.chat_template_file())
     if recorded is None and chat_task.template is None:
       raise UserError(f"{checkpoint.path} records no chat template (no "
                       f"{model_dir.TEMPLATE_FILE}, no chat_template in a "

@@ -142,7 +142,7 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
     if name in settings:
       check_whole_number(name, settings[name], 1)
   checkpoint = model_dir.resolve(checkpoint_path)
-  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint)
+  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint.tokenizer_dir)
   config, params = checkpoint_eval.load_checkpoint(checkpoint, step)
   if vocabulary is None:
     vocabulary = vocabularies.byte_vocabulary()

@@ -54,7 +54,7 @@ def _register(task, vocabulary: seqio.Vocabulary) -> None:
 
 
 def register_tasks(data_dir: str | None, vocabulary_path: str | None,
-                   checkpoint: str | ResolvedCheckpoint | None, file_tasks: Sequence = (),
+                   checkpoint: ResolvedCheckpoint | None, file_tasks: Sequence = (),
                    register: Callable[[Any, seqio.Vocabulary], None] = _register) -> None:
   """Registers the task library (tasks/library, from `data_dir`) and tasks read from
   files (`ChatTask`, `TextTask`: `register(task, vocabulary)`), tokenized with
@@ -62,7 +62,8 @@ def register_tasks(data_dir: str | None, vocabulary_path: str | None,
   (bytes for the files)."""
   if not data_dir and not file_tasks:
     return
-  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint)
+  vocabulary = vocabularies.library_vocabulary(vocabulary_path,
+                                               checkpoint and checkpoint.tokenizer_dir)
   if data_dir:
     from flan_jax_tasks import library
     library.register(data_dir, vocabulary)

@@ -15,7 +15,7 @@ from absl import flags
 import gin
 import jax
 
-from flan_jax import finetune, gin_utils, job
+from flan_jax import finetune, gin_utils, job, model_dir as model_dir_lib
 from flan_jax.data import mixtures
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
@@ -104,8 +104,8 @@ def train(
   some plain text, say.
   """
   gin_utils.check_command_line_bindings_used()
-  job.register_tasks(data_dir, vocabulary_path, initial_checkpoint_path,
-                     [*chat_tasks, *text_tasks])
+  initial = initial_checkpoint_path and model_dir_lib.resolve(initial_checkpoint_path)
+  job.register_tasks(data_dir, vocabulary_path, initial or None, [*chat_tasks, *text_tasks])
   if mixture_parts:
     mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
   return finetune.finetune(

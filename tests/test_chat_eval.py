@@ -247,11 +247,14 @@ def test_a_prefix_lm_run_on_conversations_answers_causally_and_keeps_its_templat
 
 def test_a_checkpoint_without_a_template_or_with_a_damaged_one_is_an_error_not_chatml(tmp_path):
   from flan_jax import checkpoint_eval
-  assert chat_examples.trained_template(str(tmp_path)) is None
+  def recorded_template():
+    return chat_examples.trained_template(model_dir_lib.resolve(str(tmp_path)).chat_template_file())
+
+  assert recorded_template() is None
   unnamed = chat_examples.ChatTask("c", str(tmp_path / "c.jsonl"), validation_records=1)
   with pytest.raises(UserError, match="records no chat template .* set ChatTask.template"):
     checkpoint_eval.evaluate_checkpoint(str(tmp_path), "c", {"inputs": 8, "targets": 8},
                                         str(tmp_path / "out"), chat_tasks=[unnamed])
   (tmp_path / model_dir_lib.TEMPLATE_FILE).write_text("{not json")
   with pytest.raises(UserError):
-    chat_examples.trained_template(str(tmp_path))
+    recorded_template()

@@ -278,7 +278,12 @@ def test_seqio_task_tokenizes_with_it(tmp_path):
 
 
 def test_the_library_tokenizes_with_the_starting_checkpoints_own_tokenizer(tmp_path):
-  from flan_jax.data.vocabularies import library_vocabulary as _library_vocabulary
+  from flan_jax import model_dir
+  from flan_jax.data.vocabularies import library_vocabulary
+
+  def _library_vocabulary(vocabulary_path, checkpoint_path):  # as a job resolves it
+    checkpoint = checkpoint_path and model_dir.resolve(checkpoint_path)
+    return library_vocabulary(vocabulary_path, checkpoint and checkpoint.tokenizer_dir)
 
   hf_dir = tmp_path / "hf"
   _train_bpe(hf_dir)  # a tokenizer.json (+ its config) beside an HF checkpoint

@@ -51,12 +51,10 @@ from absl import logging
 import numpy as np
 import seqio
 
-from flan_jax import metrics, model_dir, paths
+from flan_jax import metrics, paths
 from flan_jax.data import chat_templates, conversations, example_source, hf_tokenizer, vocabularies
 from flan_jax.errors import UserError
-# Where a run records its template, and per conversation task the file and how many of
-# its last records training never read (evaluation later must hold out the same ones).
-from flan_jax.model_dir import TEMPLATE_FILE
+from flan_jax.model_dir import TEMPLATE_FILE  # where a run records its chat template
 
 TrainOn = Literal["all", "last"]
 TRAIN_ON: tuple[str, ...] = ("all", "last")
@@ -550,18 +548,12 @@ def held_out_record(tasks: Sequence[seqio.Task]) -> dict[str, dict]:
           for task in tasks if isinstance(task.source, ChatSource)}
 
 
-def trained_template(directory: "str | model_dir.ResolvedCheckpoint"
-                     ) -> chat_templates.TemplateSpec | None:
-  """The chat template a checkpoint was trained with: a run's recorded one
-  (TEMPLATE_FILE), else a Hugging Face model's own; None where it has neither. A
-  damaged record is an error, never a silent default."""
-  path = model_dir.resolve(directory).chat_template_file()
-  return load_template(path) if path else None
-
-
-def recorded_held_out(directory: "str | model_dir.ResolvedCheckpoint") -> dict[str, dict]:
-  """What a run recorded it held out (`held_out_record`); {} where it recorded nothing."""
-  return model_dir.resolve(directory).held_out()
+def trained_template(template_file: str | None) -> chat_templates.TemplateSpec | None:
+  """The chat template a checkpoint was trained with, from the file that records it
+  (`ResolvedCheckpoint.chat_template_file`: a run's TEMPLATE_FILE, or a Hugging Face
+  tokenizer_config.json); None where there is none. A damaged record is an error,
+  never a silent default."""
+  return load_template(template_file) if template_file else None
 
 
 def check_held_out(recorded: Mapping[str, Mapping], task: ChatTask, where: str) -> None:

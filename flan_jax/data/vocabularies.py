@@ -12,7 +12,6 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
-from flan_jax import model_dir
 from flan_jax.errors import UserError
 
 
@@ -371,12 +370,9 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   }
 
 
-def library_vocabulary(vocabulary_path: str | None,
-                       checkpoint_path: "str | model_dir.ResolvedCheckpoint | None"):
+def library_vocabulary(vocabulary_path: str | None, tokenizer_dir: str | None):
   """What the task library tokenizes with: `vocabulary_path` if given, else the
-  checkpoint's own tokenizer (a Hugging Face directory, or an orbax one from
-  `convert --to_orbax`, which keeps it in hf_files/), else None (bytes)."""
-  if vocabulary_path:
-    return vocabulary_from_path(vocabulary_path)
-  tokenizer_dir = checkpoint_path and model_dir.resolve(checkpoint_path).tokenizer_dir
-  return vocabulary_from_path(tokenizer_dir) if tokenizer_dir else None
+  checkpoint's own tokenizer (`tokenizer_dir`: a Hugging Face directory, or the hf_files/
+  of an orbax checkpoint from `convert --to_orbax`), else None (bytes)."""
+  path = vocabulary_path or tokenizer_dir
+  return vocabulary_from_path(path) if path else None
