@@ -234,7 +234,7 @@ class Contestants:
   torch_sync: Callable
   flan_parameters: int
   hf_parameters: int
-  matmul_parameters: dict[str, int]  # `flops.matmul_weights`
+  matmul_parameters: dict[str, int]  # `ModelFamily.matmul_weights`
   tokens_per_step: int  # decoder: B * (L - 1) predicted tokens; T5: B * (Le + Ld)
   flops_per_step: float
   flan_setup_s: float
@@ -295,7 +295,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   import torch
   import transformers
 
-  from flan_jax.models import flops, hf_llama, hf_t5
+  from flan_jax.models import families, hf_llama, hf_t5
 
   t5 = is_t5(args.model)
   flan = flan_trainer(args, device, dtype)
@@ -308,7 +308,8 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
     return metrics["loss"]
 
   flan_parameters = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
-  matmuls = flops.matmul_weights(config)
+  family = families.family_for(config)
+  matmuls = family.matmul_weights()
 
   # The same weights in transformers' layout, through our exporter.
   with tempfile.TemporaryDirectory() as tmp:
@@ -356,12 +357,12 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   if t5:
     tokens_per_step = args.batch * (args.length + args.targets_length)
-    flops_per_step = args.batch * flops.flops_per_sequence(
-        config, {"encoder": args.length, "decoder": args.targets_length})
+    flops_per_step = args.batch * family.flops_per_sequence(
+        {"encoder": args.length, "decoder": args.targets_length})
   else:
     tokens_per_step = args.batch * (args.length - 1)
-    flops_per_step = tokens_per_step * flops.flops_per_token(
-        config, {"decoder": args.length})["decoder"]
+    flops_per_step = tokens_per_step * family.flops_per_token(
+        {"decoder": args.length})["decoder"]
   return Contestants(
       config=config, flan_step=flan_step, torch_step=make_torch_step(hf_model),
       torch_compiled_step=make_torch_step(torch.compile(hf_model)) if args.torch_compile else None,

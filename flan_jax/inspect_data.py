@@ -38,8 +38,9 @@ flags.DEFINE_string("plot", None, "Where to write the proportions PNG (default: 
 flags.DEFINE_string("chat", None, "A conversation file (messages, ShareGPT, Alpaca or OASST "
                     "JSONL/JSON) to inspect as the task `chat`.")
 flags.DEFINE_string("chat_template", "chatml", "With --chat: a built-in template or a path.")
-flags.DEFINE_string("vocabulary", None, "With --chat: the tokenizer (a SentencePiece .model, a "
-                    "tokenizer.json or a model directory; default: bytes).")
+flags.DEFINE_string("vocabulary", None, "What --chat and --data_dir's task library tokenize "
+                    "with, as train's VOCABULARY_PATH: a SentencePiece .model, a tokenizer.json "
+                    "or a model directory (default: bytes).")
 FLAGS = flags.FLAGS
 
 

@@ -62,6 +62,17 @@ def test_every_family_has_the_bos_its_decoder_rows_start_from():
   assert family_for(T5, bos_id=1).bos_id == 0
 
 
+def test_causal_families_read_the_prompt_as_they_read_the_answer():
+  # A prefix-LM reads its prompt bidirectionally, T5's encoder does too; a causal
+  # decoder (an imported Hugging Face checkpoint) does not. Evaluation asks this to know
+  # whether conversations need a causal reader of their own.
+  assert not family_for(DECODER).causal  # DecoderConfig's default is a prefix-LM
+  causal = family_for(dataclasses.replace(DECODER, prefix_lm=False))
+  assert causal.causal and families.conversation_reader(causal) is causal
+  assert families.conversation_reader(family_for(DECODER)).causal
+  assert not family_for(T5).causal
+
+
 def _decoder_row(tokens):
   length = tokens.shape[1]
   ones = np.ones_like(tokens)

@@ -14,7 +14,6 @@ import pytest
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches
 from flan_jax.errors import UserError
-from flan_jax.models import flops
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import DecoderOnly, EncoderDecoder
 from flan_jax.models.t5 import T5Config
@@ -33,10 +32,11 @@ def test_decoder_flops_per_token_by_hand():
   # tied output layer 8*128: N = 2176.
   config = DecoderConfig(vocab_size=100, num_layers=2, embed_dim=8, num_heads=2,
                          num_kv_heads=1, head_dim=4, mlp_dim=16)
-  assert flops.matmul_weights(config) == {"decoder": 2176}
+  family = DecoderOnly(config)
+  assert family.matmul_weights() == {"decoder": 2176}
   per_token = 6 * 2176 + 12 * 2 * (2 * 4) * 10  # attention over 10 keys
-  assert flops.flops_per_token(config, {"decoder": 10}) == {"decoder": per_token}
-  assert flops.flops_per_sequence(config, {"decoder": 10}) == 10 * per_token
+  assert family.flops_per_token({"decoder": 10}) == {"decoder": per_token}
+  assert family.flops_per_sequence({"decoder": 10}) == 10 * per_token
 
 
 def test_t5_flops_per_token_by_hand():
@@ -46,13 +46,14 @@ def test_t5_flops_per_token_by_hand():
   # and outputs, MLP, and the output layer 8*128.
   config = T5Config(vocab_size=100, embed_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
                     num_encoder_layers=1, num_decoder_layers=2, feed_forward="relu")
-  assert flops.matmul_weights(config) == {"encoder": 512 + 2 * 128,
-                                          "decoder": 2 * (256 + 128 + 256) + 1024}
+  family = EncoderDecoder(config)
+  assert family.matmul_weights() == {"encoder": 512 + 2 * 128,
+                                     "decoder": 2 * (256 + 128 + 256) + 1024}
   lengths = {"encoder": 6, "decoder": 4}
   encoder = 6 * 768 + 12 * 1 * 8 * 6  # attends over the 6 encoder keys
   decoder = 6 * 2304 + 12 * 2 * 8 * (4 + 6)  # over its 4 keys, then the 6 encoded ones
-  assert flops.flops_per_token(config, lengths) == {"encoder": encoder, "decoder": decoder}
-  assert flops.flops_per_sequence(config, lengths) == 6 * encoder + 4 * decoder
+  assert family.flops_per_token(lengths) == {"encoder": encoder, "decoder": decoder}
+  assert family.flops_per_sequence(lengths) == 6 * encoder + 4 * decoder
 
 
 def _counted_matmul_weights(family) -> dict[str, int]:
@@ -83,7 +84,7 @@ T5_TINY = T5Config(vocab_size=300, embed_dim=32, num_heads=4, head_dim=8, mlp_di
     EncoderDecoder(dataclasses.replace(T5_TINY, feed_forward="relu", tie_embeddings=True)),
 ], ids=["decoder", "decoder_untied_bias", "t5", "t5_relu_tied"])
 def test_matmul_weights_are_the_models_own(family):
-  assert flops.matmul_weights(family.config) == _counted_matmul_weights(family)
+  assert family.matmul_weights() == _counted_matmul_weights(family)
 
 
 def test_peak_flops_come_from_the_table_by_device_kind_or_the_setting():
@@ -93,6 +94,15 @@ def test_peak_flops_come_from_the_table_by_device_kind_or_the_setting():
   assert mfu.peak_flops_per_device("TPU v5 lite") == 197e12
   assert mfu.peak_flops_per_device("TPU v5") == 459e12
   assert mfu.peak_flops_per_device("cpu") is None
+  # Names that contain a shorter one in the table get their own peak, not the shorter's.
+  assert mfu.peak_flops_per_device("NVIDIA H100 NVL") == 835e12
+  assert mfu.peak_flops_per_device("NVIDIA L40") == 181e12
+  assert mfu.peak_flops_per_device("NVIDIA L40S") == 362e12
+  assert mfu.peak_flops_per_device("NVIDIA L4") == 121e12
+  assert mfu.peak_flops_per_device("NVIDIA GB200") == 2500e12
+  assert mfu.peak_flops_per_device("NVIDIA B200") == 2250e12
+  assert mfu.peak_flops_per_device("TPU v4 lite") == 138e12
+  assert mfu.peak_flops_per_device("TPU v4") == 275e12
   assert mfu.peak_flops_per_device("cpu", given=2e12) == 2e12
   assert mfu.mfu(flops=4e12, seconds=2.0, peak_per_device=1e12, devices=4) == 0.5
   for bad in (0, -1.0, "989e12", True):
@@ -152,7 +162,7 @@ def test_a_training_run_logs_mfu_and_where_its_wall_time_went(tmp_path):
   assert 0 < last["goodput"] < 1
 
   # MFU: the row's model FLOPs times 8 rows a step, over the same window as tokens/s.
-  row_flops = flops.flops_per_sequence(TINY_DECODER, {"decoder": 80})
+  row_flops = DecoderOnly(TINY_DECODER).flops_per_sequence({"decoder": 80})
   for record, batch in zip(logged, train_batches("default_add", LENGTHS, 8, seed=0)):
     tokens = np.count_nonzero(batch["decoder_segment_ids"])
     window_s = tokens / record["tokens_per_second"]

@@ -87,10 +87,10 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
                                          placement=placement),
         lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
         inputs_eos=network.inputs_eos, batch_size=batch_size,
-        causal=not network.encoder_decoder and not network.config.prefix_lm,
+        causal=network.causal,
         conversations=conversations)
 
-  if network.encoder_decoder or not network.config.prefix_lm:
+  if network.encoder_decoder or network.causal:  # reads conversations as it reads prompts
     return model_for(network)
   return model_for(network, conversations=model_for(families.conversation_reader(network)))
 

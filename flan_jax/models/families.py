@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
+from flan_jax.models import flops
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.decoder import init_cache as init_decoder_cache
@@ -89,6 +90,7 @@ class ModelFamily(Protocol):
   num_token_ids: int | None
   encoder_decoder: bool
   inputs_eos: bool
+  causal: bool  # every position attends only to earlier ones, the prompt's included
 
   def sequence_lengths(self, task_feature_lengths: Lengths) -> dict[str, int]: ...
   def init(self, rng, task_feature_lengths: Lengths): ...
@@ -100,6 +102,9 @@ class ModelFamily(Protocol):
   def prefill(self, params, prompts_BxP, mask_BxP, max_new_tokens: int) -> tuple: ...
   def step(self, params, context, token_B, t, cache: Cache) -> tuple: ...
   def reorder_cache(self, cache: Cache, rows) -> Cache: ...
+  def matmul_weights(self) -> dict[str, int]: ...
+  def flops_per_token(self, seq_lengths: Mapping[str, int]) -> dict[str, float]: ...
+  def flops_per_sequence(self, seq_lengths: Mapping[str, int]) -> float: ...
 
 
 class _Family:
@@ -123,6 +128,10 @@ class _Family:
   def mask_unused_ids(self, logits: jnp.ndarray) -> jnp.ndarray:
     """logits [..., V] with ids >= num_token_ids pushed far below any real token's."""
     return mask_unused_ids(logits, self.num_token_ids)
+
+  def flops_per_sequence(self, seq_lengths: Mapping[str, int]) -> float:
+    """Training FLOPs of one row of `seq_lengths` (`sequence_lengths`), for MFU."""
+    return flops.per_sequence(self.flops_per_token(seq_lengths), seq_lengths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +214,16 @@ class DecoderOnly(_Family):
     """Whether prompts end with EOS: seqio's prefix-LM convention, never for causal
     checkpoints, which were pretrained to continue a prompt directly."""
     return self.config.prefix_lm
+
+  @property
+  def causal(self) -> bool:
+    return not self.config.prefix_lm
+
+  def matmul_weights(self) -> dict[str, int]:
+    return flops.decoder_matmul_weights(self.config)
+
+  def flops_per_token(self, seq_lengths: Mapping[str, int]) -> dict[str, float]:
+    return flops.decoder_flops_per_token(self.config, seq_lengths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +316,13 @@ class EncoderDecoder(_Family):
     return []
 
   inputs_eos = True  # T5's encoder inputs end with EOS, as in its pretraining
+  causal = False  # the encoder reads the prompt bidirectionally
+
+  def matmul_weights(self) -> dict[str, int]:
+    return flops.encoder_decoder_matmul_weights(self.config)
+
+  def flops_per_token(self, seq_lengths: Mapping[str, int]) -> dict[str, float]:
+    return flops.encoder_decoder_flops_per_token(self.config, seq_lengths)
 
 
 def conversation_reader(network: ModelFamily) -> ModelFamily:

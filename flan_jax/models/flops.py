@@ -24,52 +24,57 @@ from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import FEED_FORWARDS, T5Config
 
 
-def _attention_projections(config) -> int:
+def _attention_projections(config: DecoderConfig | T5Config, kv_heads: int) -> int:
   """Query and output weights (heads), key and value weights (kv heads)."""
   width = config.embed_dim * config.head_dim
-  kv_heads = getattr(config, "num_kv_heads", config.num_heads)
   return 2 * width * config.num_heads + 2 * width * kv_heads
 
 
-def _mlp_weights(config, gated: bool) -> int:
+def _mlp_weights(config: DecoderConfig | T5Config, gated: bool) -> int:
   return (3 if gated else 2) * config.embed_dim * config.mlp_dim
 
 
-def matmul_weights(config: DecoderConfig | T5Config) -> dict[str, int]:
-  """Matmul weights by the tokens they multiply: {"decoder": N} for a decoder-only
-  model; {"encoder": N_enc, "decoder": N_dec} for an encoder-decoder. The output layer
-  counts its padded vocabulary: that is the matmul the device runs."""
-  output_layer = config.embed_dim * config.padded_vocab_size
-  if isinstance(config, T5Config):
-    mlp = _mlp_weights(config, gated=FEED_FORWARDS[config.feed_forward][1])
-    attention = _attention_projections(config)
-    cross_key_value = attention // 2  # T5 has as many key and value heads as query heads
-    return {"encoder": config.num_encoder_layers * (attention + mlp)
-                       + config.num_decoder_layers * cross_key_value,
-            "decoder": config.num_decoder_layers * (2 * attention - cross_key_value + mlp)
-                       + output_layer}
-  layer = _attention_projections(config) + _mlp_weights(config, gated=True)
-  return {"decoder": config.num_layers * layer + output_layer}
+def _output_layer(config: DecoderConfig | T5Config) -> int:
+  """The output layer counts its padded vocabulary: that is the matmul the device runs."""
+  return config.embed_dim * config.padded_vocab_size
 
 
-def flops_per_token(config: DecoderConfig | T5Config,
-                    seq_lengths: Mapping[str, int]) -> dict[str, float]:
-  """Training FLOPs (forward and backward) per token of each stack, for sequences of
-  `seq_lengths` ({"decoder": L}, or {"encoder": Le, "decoder": Ld}, as
-  `ModelFamily.sequence_lengths` gives them)."""
-  weights = matmul_weights(config)
+def decoder_matmul_weights(config: DecoderConfig) -> dict[str, int]:
+  """{"decoder": N}: every token passes through all of a decoder-only model's weights."""
+  layer = _attention_projections(config, config.num_kv_heads) + _mlp_weights(config, gated=True)
+  return {"decoder": config.num_layers * layer + _output_layer(config)}
+
+
+def encoder_decoder_matmul_weights(config: T5Config) -> dict[str, int]:
+  """{"encoder": N_enc, "decoder": N_dec}: matmul weights by the tokens they multiply."""
+  mlp = _mlp_weights(config, gated=FEED_FORWARDS[config.feed_forward][1])
+  attention = _attention_projections(config, config.num_heads)  # T5: as many kv heads
+  cross_key_value = attention // 2
+  return {"encoder": config.num_encoder_layers * (attention + mlp)
+                     + config.num_decoder_layers * cross_key_value,
+          "decoder": config.num_decoder_layers * (2 * attention - cross_key_value + mlp)
+                     + _output_layer(config)}
+
+
+def decoder_flops_per_token(config: DecoderConfig,
+                            seq_lengths: Mapping[str, int]) -> dict[str, float]:
+  """Training FLOPs (forward and backward) per token of rows of `seq_lengths["decoder"]`."""
   width = config.num_heads * config.head_dim
-  if isinstance(config, T5Config):
-    encoder, decoder = seq_lengths["encoder"], seq_lengths["decoder"]
-    return {"encoder": 6 * weights["encoder"]
-                       + 12 * config.num_encoder_layers * width * encoder,
-            "decoder": 6 * weights["decoder"]
-                       + 12 * config.num_decoder_layers * width * (decoder + encoder)}
-  return {"decoder": 6 * weights["decoder"]
+  return {"decoder": 6 * decoder_matmul_weights(config)["decoder"]
                      + 12 * config.num_layers * width * seq_lengths["decoder"]}
 
 
-def flops_per_sequence(config: DecoderConfig | T5Config, seq_lengths: Mapping[str, int]) -> float:
+def encoder_decoder_flops_per_token(config: T5Config,
+                                    seq_lengths: Mapping[str, int]) -> dict[str, float]:
+  """Training FLOPs per token of each stack, for {"encoder": Le, "decoder": Ld}."""
+  weights = encoder_decoder_matmul_weights(config)
+  width = config.num_heads * config.head_dim
+  encoder, decoder = seq_lengths["encoder"], seq_lengths["decoder"]
+  return {"encoder": 6 * weights["encoder"] + 12 * config.num_encoder_layers * width * encoder,
+          "decoder": 6 * weights["decoder"]
+                     + 12 * config.num_decoder_layers * width * (decoder + encoder)}
+
+
+def per_sequence(flops_per_token: Mapping[str, float], seq_lengths: Mapping[str, int]) -> float:
   """Training FLOPs of one row of a batch: each stack's tokens times their FLOPs."""
-  return sum(per_token * seq_lengths[stack]
-             for stack, per_token in flops_per_token(config, seq_lengths).items())
+  return sum(per_token * seq_lengths[stack] for stack, per_token in flops_per_token.items())

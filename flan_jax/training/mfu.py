@@ -20,16 +20,20 @@ from typing import Sequence
 # GPUs show one per chip.
 PEAK_FLOPS_PER_DEVICE: Sequence[tuple[str, float]] = (
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
     ("H100", 989e12),
     ("H200", 989e12),  # GH200 too: an H100-class GPU
     ("H800", 989e12),
+    ("GB200", 2500e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("TPU v2", 22.5e12),
     ("TPU v3", 61.5e12),
+    ("TPU v4 lite", 138e12),  # v4i
     ("TPU v4", 275e12),
     ("TPU v5 lite", 197e12),  # v5e
     ("TPU v5e", 197e12),

@@ -35,7 +35,6 @@ import tqdm
 from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.model_dir import CHECKPOINTS_DIR, DATA_STATE_DIR
-from flan_jax.models import flops
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
@@ -148,7 +147,8 @@ class _StepCheck:
     if finite and not spike:
       return
     host = jax.device_get(metrics)
-    host = {**host, **host.pop("check")}
+    check = host.pop("check")
+    host = {**host, **check}
     what = spikes.describe(host, self._rule)
     if self._rule.action == "skip":  # the step was skipped on the device
       logging.warning("Step %d was skipped: %s.", step, what)
@@ -301,8 +301,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   train_step = step_lib.make_train_step(model, optimizer, mesh, shardings,
                                         loss_fn or config.loss(), microbatches=config.microbatches,
                                         seed=config.seed, spike_rule=config.spike_rule)
-  flops_per_row = flops.flops_per_sequence(model.config,
-                                           model.sequence_lengths(task_feature_lengths))
+  flops_per_row = model.flops_per_sequence(model.sequence_lengths(task_feature_lengths))
   peak_flops = mfu_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                              config.peak_flops_per_device)
   data_state = _load_data_state(model_dir, start) if start else None
