@@ -28,6 +28,7 @@ import numpy as np
 
 from flan_jax.data import packing
 from flan_jax.evaluation.placement import RowPlacement
+from flan_jax.models.families import target_log_probs
 
 Pair = tuple[np.ndarray, np.ndarray]  # (fitted prompt tokens, fitted option tokens)
 
@@ -46,12 +47,6 @@ class ScoredOptions:
     return chosen
 
 
-def _picked_log_probs(logits_BxLxV, targets_BxL, weights_BxL):
-  log_probs = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-  return picked * weights_BxL
-
-
 @functools.lru_cache(maxsize=32)
 def _compiled_row_scorer(network):
   """One compiled function per model, whatever the parameters (see `make_row_scorer`)."""
@@ -59,8 +54,8 @@ def _compiled_row_scorer(network):
   @jax.jit
   def score(params, batch):
     logits = network.mask_unused_ids(network.logits(params, batch))
-    return _picked_log_probs(logits, batch["decoder_target_tokens"],
-                             batch["decoder_loss_weights"])
+    return target_log_probs(logits, batch["decoder_target_tokens"],
+                            batch["decoder_loss_weights"])
 
   return score
 
@@ -111,9 +106,9 @@ def _compiled_encoder_decoder_scorer(network):
     logits, _ = network.decode(params, encoded[index], prompt_segments[index],
                                batch["decoder_input_tokens"], batch["decoder_segment_ids"],
                                batch["decoder_positions"])
-    return jnp.sum(_picked_log_probs(network.mask_unused_ids(logits),
-                                     batch["decoder_target_tokens"],
-                                     batch["decoder_loss_weights"]), axis=-1)
+    return jnp.sum(target_log_probs(network.mask_unused_ids(logits),
+                                    batch["decoder_target_tokens"],
+                                    batch["decoder_loss_weights"]), axis=-1)
 
   return score
 

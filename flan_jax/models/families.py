@@ -20,6 +20,7 @@ module, its family class here and one registration.
 import dataclasses
 from typing import Any, ClassVar, Mapping, Protocol
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,6 +52,15 @@ def mask_unused_ids(logits: jnp.ndarray, num_token_ids: int | None) -> jnp.ndarr
   # MASKED_SCORE overflows float16 to -inf; its own minimum / 2 is still far below any logit.
   fill = max(MASKED_SCORE, float(jnp.finfo(logits.dtype).min) / 2)
   return jnp.where(jnp.arange(vocab) < num_token_ids, logits, jnp.asarray(fill, logits.dtype))
+
+
+def target_log_probs(logits_BxLxV, targets_BxL, weights_BxL) -> jnp.ndarray:
+  """Each target token's log-probability under the logits, times its weight ([B, L]
+  float32: 0 where the weight is 0). Scoring ranks options by these; preference losses
+  compare them."""
+  log_probs = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
+  return picked * weights_BxL
 
 
 def _prompt_ids(mask_BxP):

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Protocol
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models.families import ModelFamily
+from flan_jax.models.families import ModelFamily, target_log_probs
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jnp.ndarray]
@@ -100,14 +100,6 @@ def cross_entropy_loss(z_loss: float = 1e-4, label_smoothing: float = 0.0,
     return ce_sum + z_sum, weights.sum(), {"loss": ce_sum, "z_loss": z_sum}
 
   return loss
-
-
-def target_log_probs(logits_BxLxV, targets_BxL, weights_BxL) -> jnp.ndarray:
-  """Each target token's log-probability under the logits, times its weight ([B, L]
-  float32: 0 where the weight is 0)."""
-  log_probs = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-  return picked * weights_BxL
 
 
 def token_log_probs(family: ModelFamily, params, batch: Batch, rng=None) -> jnp.ndarray:
