@@ -160,7 +160,8 @@ class _StepCheck:
     elif not finite:
       self._checkpointer.wait()
       latest = self._checkpointer.latest_step()
-      where = (f"the last checkpoint, step {latest} in {self._model_dir}/checkpoints, is finite"
+      checkpoints = paths.join(self._model_dir, CHECKPOINTS_DIR)
+      where = (f"the last checkpoint, step {latest} in {checkpoints}, is finite"
                if latest is not None else "no checkpoint was saved")
       raise UserError(
           f"training diverged at step {step}: loss {float(host['loss'])}, gradient norm "
@@ -180,7 +181,7 @@ class _StepCheck:
              if aside else "")
     latest = self._checkpointer.latest_step()
     where = (f"the last checkpoint from before it is step {latest} in "
-             f"{self._model_dir}/checkpoints" if latest is not None else
+             f"{paths.join(self._model_dir, CHECKPOINTS_DIR)}" if latest is not None else
              "no checkpoint from before it was saved (a rerun starts from the beginning)")
     raise UserError(
         f"training spiked at step {step}: {what}. Nothing from that step on was saved{moved}; "
@@ -238,7 +239,7 @@ def _load_data_state(model_dir: str, step: int) -> dict | None:
     logging.info("No data position saved for step %d: replaying the stream up to it.", step)
     return None
   try:
-    return json.loads(paths.read_text(path))
+    return paths.read_json(path)
   except ValueError as e:
     logging.warning("%s is damaged (%s): replaying the stream up to step %d.", path, e, step)
   return None
@@ -246,6 +247,7 @@ def _load_data_state(model_dir: str, step: int) -> dict | None:
 
 def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir: str):
   """The newest checkpoint that restores; a damaged one is reported in a line and skipped."""
+  checkpoints = paths.join(model_dir, CHECKPOINTS_DIR)
   failures = []
   for step in reversed(checkpointer.all_steps()):
     try:
@@ -253,10 +255,10 @@ def _restore_newest_intact(checkpointer: Checkpointer, abstract_state, model_dir
     except Exception as e:  # orbax and tensorstore raise many kinds for damaged files
       reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
       aside = checkpointer.set_aside(step)
-      logging.warning("Checkpoint %d in %s/checkpoints does not restore (%s); moved it to %s "
-                      "and trying an older one.", step, model_dir, reason, aside)
+      logging.warning("Checkpoint %d in %s does not restore (%s); moved it to %s "
+                      "and trying an older one.", step, checkpoints, reason, aside)
       failures.append(f"step {step} ({reason})")
-  raise UserError(f"No checkpoint in {model_dir}/checkpoints restores: {'; '.join(failures)}. "
+  raise UserError(f"No checkpoint in {checkpoints} restores: {'; '.join(failures)}. "
                   "Move that directory aside to train from the start.")
 
 
@@ -318,7 +320,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   bar = tqdm.tqdm(total=config.train_steps, initial=start, unit="step", dynamic_ncols=True,
                   disable=not (config.progress_bar and is_primary))
   if start and is_primary:
-    bar.write(f"Resumed from checkpoint at step {start} in {model_dir}/checkpoints.")
+    bar.write(f"Resumed from checkpoint at step {start} in "
+              f"{paths.join(model_dir, CHECKPOINTS_DIR)}.")
   tokens, rows, timer = 0, 0, time.perf_counter()
   saved, unchecked, first_step_s = start, None, None
   check = _StepCheck(config.spike_rule, checkpointer, model_dir)
@@ -385,7 +388,8 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
               checkpointer.save(done, state)
           raise Interrupted(
               f"Stopped by {stop.name} at step {done}: checkpoint {done} is saved in "
-              f"{model_dir}/checkpoints. Run the same command again to resume from it.",
+              f"{paths.join(model_dir, CHECKPOINTS_DIR)}. Run the same command again to resume "
+              "from it.",
               stop.received)
   finally:
     stream.close()
