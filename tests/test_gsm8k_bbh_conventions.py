@@ -100,3 +100,71 @@ def test_gsm8k_first_prompt_is_lm_evals_character_for_character():
   assert example["references"] == "18"
   # lm-eval stops at "Q:", "</s>" and "<|im_end|>".
   assert gsm8k.STOP_SEQUENCES == ("Q:", "</s>", "<|im_end|>")
+
+
+# --- BBH
+
+# (generation, target, what lm-eval's filter makes of it, lm-eval's exact_match), by hand.
+# Both variants first cut the generation at the first "</s>", "Q" or "\n\n" (`until`).
+# Answer-only (`bbh_fewshot`): no filter, so the cut text as it is; exact_match with
+# no ignore_case, ignore_punctuation or regexes_to_ignore, so plain string equality.
+BBH_DIRECT = [
+    ("False", "False", "False", 1),
+    ("False ", "False", "False ", 0),  # trailing space kept
+    ("(A)\n", "(A)", "(A)\n", 0),  # a single newline is no stop sequence
+    (" (B)", "(B)", " (B)", 0),  # a decoded leading space kept
+    ("(B)\n\nQ: next question", "(B)", "(B)", 1),
+    ("True\n\n", "True", "True", 1),
+    ("(B) Quite sure.", "(B)", "(B) ", 0),  # cut at the "Q" of "Quite", the space stays
+    ("Quite so.", "(B)", "", 0),
+    ("", "False", "", 0),
+    ("Valid", "valid", "Valid", 0),  # case counts
+    ("Yes.", "Yes", "Yes.", 0),  # punctuation counts
+    ("] ) }", "] ) }", "] ) }", 1),
+    ("12", "-12", "12", 0),
+    ("(C)</s>(D)", "(C)", "(C)", 1),
+]
+# Chain of thought (`bbh_cot_fewshot`): the regex filter "(?<=the answer is )(.*)(?=.)",
+# first match (take_first), stripped; "[invalid]" when nothing matches. `.` stops at a
+# newline, so the answer is the rest of that line less its last character.
+BBH_COT = [
+    ("So the answer is (B).", "(B)", "(B)", 1),
+    ("the answer is (B).", "(B)", "(B)", 1),
+    ("Let's see. So the answer is (B).\n\nQ: next. So the answer is (C).", "(B)", "(B)", 1),
+    ("So the answer is (B).\nDone.", "(B)", "(B)", 1),
+    ("So the answer is (B)", "(B)", "(B", 0),  # no period: the last real character goes
+    ("So the answer is  False .", "False", "False", 1),  # the filter strips
+    ("So the answer is 5", "5", "", 0),  # matches with an empty answer
+    ("So the answer is (b).", "(B)", "(b)", 0),
+    ("The answer is (B).", "(B)", "[invalid]", 0),  # case-sensitive phrase
+    ("the answer is (A). Or the answer is (B).", "(B)", "(A). Or the answer is (B)", 0),
+    ("So the answer is ] ) }.", "] ) }", "] ) }", 1),
+    ("So the answer is -12.", "-12", "-12", 1),
+    ("So the answer is \n(B).", "(B)", "[invalid]", 0),
+    ("Quickly: the answer is (A).", "(A)", "[invalid]", 0),  # cut at "Q" first
+    ("", "(A)", "[invalid]", 0),
+    ("No final answer.", "(A)", "[invalid]", 0),
+]
+
+
+@pytest.mark.parametrize("generation, target, extracted, hit", BBH_DIRECT)
+def test_bbh_answer_only_extraction_and_exact_match_are_lm_evals(generation, target, extracted,
+                                                                 hit):
+  assert bbh.direct_postprocessor(generation) == extracted
+  assert bbh.exact_match([[target]], [extracted]) == {"exact_match": 100.0 * hit}
+
+
+@pytest.mark.parametrize("generation, target, extracted, hit", BBH_COT)
+def test_bbh_cot_extraction_and_exact_match_are_lm_evals(generation, target, extracted, hit):
+  assert bbh.cot_postprocessor(generation) == extracted
+  assert bbh.exact_match([[target]], [extracted]) == {"exact_match": 100.0 * hit}
+
+
+def test_bbh_tasks_use_these_extractions_and_the_mean_over_the_table():
+  spec = bbh.spec(DATA, "navigate")  # records load lazily; no data needed
+  assert spec.postprocess_fns == {"zs_noopt": bbh.direct_postprocessor,
+                                  "cot": bbh.cot_postprocessor}
+  for table, extract in ((BBH_DIRECT, bbh.direct_postprocessor), (BBH_COT, bbh.cot_postprocessor)):
+    targets = [[target] for _, target, _, _ in table]
+    score = bbh.exact_match(targets, [extract(g) for g, _, _, _ in table])["exact_match"]
+    assert score == pytest.approx(100.0 * sum(hit for *_, hit in table) / len(table))

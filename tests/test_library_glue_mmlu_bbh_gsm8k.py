@@ -267,7 +267,7 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
   assert bbh.cot_answer("So the answer is -12.") == "-12"
   assert bbh.cot_answer("So the answer is ] ) }.") == "] ) }"
   assert bbh.cot_answer("So the answer is (D)") == "(D"  # lm-eval drops the last character
-  assert bbh.cot_answer("The answer is (D).") == ""  # case-sensitive; no answer scores 0
+  assert bbh.cot_answer("The answer is (D).") == "[invalid]"  # case-sensitive; scores 0
   assert bbh.cot_answer("the answer is (A). Or the answer is (B).") == "(A). Or the answer is (B)"
   for task in bbh.tasks(DATA):
     with open(os.path.join(DATA, "eval", "bbh", "cot-prompts", f"{task}.txt"), encoding="utf-8") as f:
@@ -290,7 +290,7 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
                 "Q: Yesterday was ... So the answer is (C).")
   predictions = [task.postprocess_fn(p, example=example) for p in
                  (prediction, "So the answer is (b).", "No final answer.")]
-  assert predictions == ["(B)", "(b)", ""]
+  assert predictions == ["(B)", "(b)", "[invalid]"]
   assert [fn([target], [p]) for fn in task.predict_metric_fns for p in predictions] == [
       {"exact_match": 100.0}, {"exact_match": 0.0}, {"exact_match": 0.0}]
   # Dyck answers are all punctuation: they must match as written, not normalised away.
@@ -298,8 +298,10 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
   assert dyck.predict_metric_fns[0]([["] ]"]], [dyck.postprocess_fn("So the answer is ].")]) == {
       "exact_match": 0.0}
   direct = seqio.get_mixture_or_task("bbh_date_understanding_zs_noopt")
+  # Answer-only text is compared as lm-eval compares it, whitespace included (more
+  # cases in tests/test_gsm8k_bbh_conventions.py).
   assert [direct.postprocess_fn(t) for t in (" (B)\n\nQ: next", "(B) Quite sure.", "(B)")] == [
-      "(B)", "(B)", "(B)"]
+      " (B)", "(B) ", "(B)"]
 
 
 def test_gsm8k_prompt_is_lm_evals_eight_exemplars_then_the_question(library):
