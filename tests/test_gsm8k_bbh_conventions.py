@@ -90,6 +90,21 @@ def test_gsm8k_exemplars_are_lm_evals_fixed_eight_not_train_problems(tmp_path):
   assert target == "2 + 3 = 5. The answer is 5."
 
 
+def test_gsm8k_exemplars_file_counts_what_it_ignores_and_rejects_an_empty_file(tmp_path, caplog):
+  folder = tmp_path / "eval" / "gsm8k"
+  _test_file(folder)
+  rows = [{"question": f"What is {n} + 1?", "target": f"{n} + 1 = {n + 1}. The answer is {n + 1}."}
+          for n in range(10)]
+  (folder / "cot_exemplars.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with caplog.at_level("WARNING"):
+    shots = gsm8k.exemplars(str(tmp_path))
+  assert shots == [(r["question"], r["target"]) for r in rows[:8]]
+  assert "10 exemplars" in caplog.text and "2 ignored" in caplog.text
+  (folder / "cot_exemplars.jsonl").write_text("")
+  with pytest.raises(ValueError, match="cot_exemplars.jsonl"):
+    gsm8k.exemplars(str(tmp_path))
+
+
 @needs_data
 def test_gsm8k_first_prompt_is_lm_evals_character_for_character():
   gsm8k.register(DATA)
