@@ -267,7 +267,7 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
   assert bbh.cot_answer("So the answer is -12.") == "-12"
   assert bbh.cot_answer("So the answer is ] ) }.") == "] ) }"
   assert bbh.cot_answer("So the answer is (D)") == "(D"  # lm-eval drops the last character
-  assert bbh.cot_answer("The answer is (D).") == ""  # case-sensitive; no answer scores 0
+  assert bbh.cot_answer("The answer is (D).") == "[invalid]"  # case-sensitive; scores 0
   assert bbh.cot_answer("the answer is (A). Or the answer is (B).") == "(A). Or the answer is (B)"
   for task in bbh.tasks(DATA):
     with open(os.path.join(DATA, "eval", "bbh", "cot-prompts", f"{task}.txt"), encoding="utf-8") as f:
@@ -290,7 +290,7 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
                 "Q: Yesterday was ... So the answer is (C).")
   predictions = [task.postprocess_fn(p, example=example) for p in
                  (prediction, "So the answer is (b).", "No final answer.")]
-  assert predictions == ["(B)", "(b)", ""]
+  assert predictions == ["(B)", "(b)", "[invalid]"]
   assert [fn([target], [p]) for fn in task.predict_metric_fns for p in predictions] == [
       {"exact_match": 100.0}, {"exact_match": 0.0}, {"exact_match": 0.0}]
   # Dyck answers are all punctuation: they must match as written, not normalised away.
@@ -298,41 +298,33 @@ def test_bbh_cot_answers_are_read_as_lm_eval_reads_them(library):
   assert dyck.predict_metric_fns[0]([["] ]"]], [dyck.postprocess_fn("So the answer is ].")]) == {
       "exact_match": 0.0}
   direct = seqio.get_mixture_or_task("bbh_date_understanding_zs_noopt")
+  # Answer-only text is compared as lm-eval compares it, whitespace included (more
+  # cases in tests/test_gsm8k_bbh_conventions.py).
   assert [direct.postprocess_fn(t) for t in (" (B)\n\nQ: next", "(B) Quite sure.", "(B)")] == [
-      "(B)", "(B)", "(B)"]
+      " (B)", "(B) ", "(B)"]
 
 
-def _first_exemplar():
-  raw = _jsonl(os.path.join(DATA, "eval", "gsm8k", "train.jsonl"))[0]
-  assert raw["answer"] == ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-                           "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n"
-                           "#### 72")
-  return (f"Q: {raw['question']}\nA: Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 "
-          "clips altogether in April and May. The answer is 72.\n\n")
-
-
-def test_gsm8k_prompt_is_eight_worked_train_problems_in_order_then_the_question(library):
-  train = _jsonl(os.path.join(DATA, "eval", "gsm8k", "train.jsonl"))
+def test_gsm8k_prompt_is_lm_evals_eight_exemplars_then_the_question(library):
+  # The whole prompt, character for character: tests/test_gsm8k_bbh_conventions.py.
   test = _jsonl(os.path.join(DATA, "eval", "gsm8k", "test.jsonl"))
   source = _source("gsm8k_cot")
   assert source.num_input_examples("test") == len(test)
   example = _render("gsm8k_cot", "test", index=0)
   prompt = example["inputs"]
-  assert prompt.startswith(_first_exemplar())
+  assert prompt.startswith("Q: There are 15 trees in the grove. ")
   assert prompt.endswith(f"\n\nQ: {test[0]['question']}\nA:")
   blocks = prompt.split("\n\n")
   assert len(blocks) == gsm8k.SHOTS + 1
-  for block, raw in zip(blocks, train[:gsm8k.SHOTS]):
-    final = raw["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    assert block.startswith(f"Q: {raw['question']}\nA: ") and block.endswith(f" The answer is {final}.")
-    assert "<<" not in block and "####" not in block and block.count("\n") == 1
+  for block, (question, target) in zip(blocks, gsm8k.LM_EVAL_EXEMPLARS):
+    assert block == f"Q: {question}\nA: {target}" and block.count("\n") == 1
   assert source.render("test", 0, 7)["inputs"] == prompt  # fixed exemplars, whatever the seed
+  assert _render("gsm8k_cot", "test", index=5)["inputs"].startswith("\n\n".join(blocks[:-1]))
   answer = test[0]["answer"].rsplit("####", 1)[1].strip()
   assert example["targets"].endswith(f" The answer is {answer}.")
   assert example["references"] == answer
 
 
-def test_gsm8k_exemplars_file_replaces_the_train_problems(tmp_path):
+def test_gsm8k_exemplars_file_replaces_lm_evals_exemplars(tmp_path):
   folder = tmp_path / "eval" / "gsm8k"
   folder.mkdir(parents=True)
   (folder / "test.jsonl").write_text(json.dumps(

@@ -21,12 +21,13 @@ that). Cluster: `bbh`.
 
 Scoring, both variants: the greedy generation is cut at the first of lm-eval's stop
 sequences (`STOP_SEQUENCES`, among them a bare "Q"), as lm-eval stops generating
-there. Answer-only takes the cut text, stripped; CoT takes what follows the first
-"the answer is " up to, not including, the last character of that line (lm-eval's
-extraction: "... the answer is (B)." gives "(B)"), and nothing when the phrase is
-missing. `exact_match` then requires the string to equal the target exactly: no
-case or punctuation normalisation, which would make Dyck-language answers (all
-brackets) empty and "-12" equal to "12".
+there. Answer-only takes the cut text as it is, whitespace included (`bbh_fewshot`
+has no filter): "False " and "(A)\n" do not equal "False" and "(A)". CoT applies
+lm-eval's `get-answer` filter: what follows the first "the answer is " up to, not
+including, the last character of that line, stripped ("... the answer is (B)." gives
+"(B)"), and "[invalid]" when the phrase is missing. `exact_match` then requires the
+string to equal the target exactly: no case or punctuation normalisation, which
+would make Dyck-language answers (all brackets) empty and "-12" equal to "12".
 """
 
 import functools
@@ -55,9 +56,11 @@ EXEMPLAR_END = "\n\n"
 DIRECT_TEMPLATE = Template("{direct_prompt}Q: {input}\nA:", "{target}")
 COT_TEMPLATE = Template("{cot_prompt}Q: {input}\nA: " + COT_CUE + "\n", "{target}")
 
-# lm-eval reads the CoT answer as the first "the answer is " followed by the rest of
-# that line less its last character (the period); case-sensitive.
-_COT_ANSWER = re.compile(r"the answer is (.*).")
+# lm-eval's `get-answer` filter (bbh cot_fewshot): the first "the answer is " followed
+# by the rest of that line less its last character (the period); case-sensitive. Its
+# fallback when nothing matches is INVALID.
+_COT_ANSWER = re.compile(r"(?<=the answer is )(.*)(?=.)")
+INVALID = "[invalid]"
 
 
 def tasks(data_dir: str) -> list[str]:
@@ -77,9 +80,10 @@ def cut_at_stop_sequences(text: str, stops: Sequence[str]) -> str:
 
 
 def cot_answer(text: str) -> str:
-  """The answer a chain of thought states, read as lm-eval reads it; "" when it states none."""
+  """The answer a chain of thought states, read as lm-eval reads it (stripped); INVALID
+  ("[invalid]", lm-eval's fallback) when it states none."""
   match = _COT_ANSWER.search(text)
-  return match.group(1).strip() if match else ""
+  return match.group(1).strip() if match else INVALID
 
 
 def parse_cot_prompt(text: str, path: str = "<prompt>") -> tuple[str, list[tuple[str, str]]]:
@@ -97,7 +101,7 @@ def parse_cot_prompt(text: str, path: str = "<prompt>") -> tuple[str, list[tuple
   for shot in shots:
     question, found, answer = shot.partition("\nA: ")
     rationale = answer.strip().removeprefix(COT_CUE).strip()
-    if not found or not cot_answer(rationale):
+    if not found or cot_answer(rationale) in ("", INVALID):
       raise ValueError(f"{path}: an exemplar lacks 'A: ... the answer is X.': {shot[:80]!r}")
     exemplars.append((question.strip(), rationale))
   if not exemplars:
@@ -128,10 +132,11 @@ def load(data_dir: str, task: str, split: str) -> list[dict]:
 
 
 def direct_postprocessor(text: str, example=None, is_target: bool = False):
-  """Answer-only: the generation up to the first stop sequence, stripped; targets: the references."""
+  """Answer-only: the generation up to the first stop sequence, not stripped (lm-eval's
+  `bbh_fewshot` compares it as it is); targets: the references."""
   if is_target:
     return strip_postprocessor(text, example, is_target=True)
-  return cut_at_stop_sequences(text, STOP_SEQUENCES).strip()
+  return cut_at_stop_sequences(text, STOP_SEQUENCES)
 
 
 def cot_postprocessor(text: str, example=None, is_target: bool = False):

@@ -1,17 +1,15 @@
 """GSM8K's test set, 8-shot chain-of-thought as lm-evaluation-harness's `gsm8k_cot`, from DATA_DIR/eval/gsm8k.
 
-Files: `test.jsonl` (and `train.jsonl`) of `{"question", "answer"}`, where the answer
-is a worked solution with calculator annotations `<<48/2=24>>` and a last line
-`#### N`. Optionally `cot_exemplars.jsonl`: the few-shot exemplars, one
-`{"question", "target"}` per line, the target a worked answer ending "The answer is N."
-(put lm-eval's eight chain-of-thought exemplars there to reproduce its prompt exactly).
+Files: `test.jsonl` (and `train.jsonl`, not used here) of `{"question", "answer"}`,
+where the answer is a worked solution with calculator annotations `<<48/2=24>>` and a
+last line `#### N`. Optionally `cot_exemplars.jsonl`: other few-shot exemplars, one
+`{"question", "target"}` per line, the target a worked answer ending "The answer is N.".
 
-The prompt (docs/evaluation_conventions.md): eight exemplars, each "Q: <question>\\nA:
-<worked answer>" followed by a blank line, then "Q: <question>\\nA:". The exemplars
-are `cot_exemplars.jsonl`'s when it exists, else the first eight problems of
-`train.jsonl` in file order, each written as its solution without the annotations,
-steps joined into one paragraph, and "The answer is N." (the form lm-eval's
-exemplars end in). Without either file the prompt is zero-shot.
+The prompt (docs/evaluation_conventions.md) is lm-eval's: eight exemplars, each
+"Q: <question>\nA: <worked answer>" followed by a blank line, then "Q: <question>\nA:".
+The exemplars are lm-eval's `gsm8k_cot` ones (`LM_EVAL_EXEMPLARS`, the eight
+chain-of-thought exemplars of Wei et al. 2022, "There are 15 trees in the grove..."),
+the same for every question, or `cot_exemplars.jsonl`'s first eight when that file exists.
 
 One FlanTaskSpec, split "test" only, registers `gsm8k_cot` (cluster
 `arithmetic_cot`) and the mixture `gsm8k`. The target is the record's worked answer;
@@ -27,6 +25,7 @@ the last two compared as lm-eval does (case, commas, "$" and a final period igno
 """
 
 import functools
+import logging
 import os
 import re
 
@@ -49,6 +48,41 @@ EXEMPLAR_END = "\n\n"
 # `prompt` is the exemplars, each ending in a blank line.
 TEMPLATE = Template("{prompt}Q: {question}\nA:", "{worked_answer}")
 
+# lm-eval's gsm8k-cot.yaml `fewshot_config.samples` (sampler first_n, all eight used):
+# (question, target), joined as "Q: <question>\nA:" + " " + target + "\n\n".
+LM_EVAL_EXEMPLARS: tuple[tuple[str, str], ...] = (
+    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After "
+     "they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+     "There are 15 trees originally. Then there were 21 trees after some more were planted. So "
+     "there must have been 21 - 15 = 6. The answer is 6."),
+    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the "
+     "parking lot?",
+     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
+    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have "
+     "left in total?",
+     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
+     "After eating 35, they had 74 - 35 = 39. The answer is 39."),
+    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
+     "lollipops did Jason give to Denny?",
+     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny "
+     "20 - 12 = 8. The answer is 8."),
+    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys "
+     "does he have now?",
+     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more "
+     "toys. 5 + 4 = 9. The answer is 9."),
+    ("There were nine computers in the server room. Five more computers were installed each day, "
+     "from monday to thursday. How many computers are now in the server room?",
+     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So "
+     "5 * 4 = 20 computers were added. 9 + 20 is 29. The answer is 29."),
+    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
+     "How many golf balls did he have at the end of wednesday?",
+     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After "
+     "losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
+    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has "
+     "23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
+)
+
 _ANNOTATION = re.compile(r"<<[^>]*>>")
 # lm-eval's two extractions, and what its exact match ignores before comparing.
 _STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
@@ -70,8 +104,8 @@ def solution(answer: str, where: str = "") -> tuple[str, str]:
   return " ".join(lines), final.strip()
 
 
-def _read(path: str, limit: int | None = None) -> list[dict]:
-  rows = read_records(path, fields=("question", "answer")).records[:limit]
+def _read(path: str) -> list[dict]:
+  rows = read_records(path, fields=("question", "answer")).records
   records = []
   for index, row in enumerate(rows):
     rationale, final = solution(row["answer"], f"{path}, record {index}")
@@ -81,15 +115,19 @@ def _read(path: str, limit: int | None = None) -> list[dict]:
 
 
 def exemplars(data_dir: str) -> list[tuple[str, str]]:
-  """(question, worked answer) of the few-shot exemplars, in order (see the module docstring)."""
+  """(question, worked answer) of the few-shot exemplars, in order: `cot_exemplars.jsonl`'s
+  first eight when the file exists, else lm-eval's (`LM_EVAL_EXEMPLARS`)."""
   given = os.path.join(data_dir, ROOT, EXEMPLARS_FILE)
-  if tf.io.gfile.exists(given):
-    rows = read_records(given, fields=("question", "target")).records
-    return [(r["question"].strip(), r["target"].strip()) for r in rows[:SHOTS]]
-  train = os.path.join(data_dir, ROOT, "train.jsonl")
-  if tf.io.gfile.exists(train):
-    return [(r["question"], r["worked_answer"]) for r in _read(train, SHOTS)]
-  return []
+  if not tf.io.gfile.exists(given):
+    return list(LM_EVAL_EXEMPLARS)
+  rows = read_records(given, fields=("question", "target")).records
+  if not rows:
+    raise ValueError(f"{given} has no exemplars; add {SHOTS} lines of "
+                     '{"question": ..., "target": "... The answer is N."} or remove the file.')
+  if len(rows) > SHOTS:
+    logging.warning("%s: %d exemplars, only the first %d are used (lm-eval's %d-shot); %d ignored.",
+                    given, len(rows), SHOTS, SHOTS, len(rows) - SHOTS)
+  return [(r["question"].strip(), r["target"].strip()) for r in rows[:SHOTS]]
 
 
 @functools.lru_cache(maxsize=None)
