@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import seqio
 
-from flan_jax.data import chat_examples, task_reader, truncation
+from flan_jax.data import chat_examples, flan_task, task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import GenerateFn
@@ -66,10 +66,14 @@ class EvalModel:
   # causally; None for an encoder-decoder, see `families.conversation_reader`).
   causal: bool = False
   conversations: "EvalModel | None" = None
+  # A decoder-only model's position limit (Hugging Face's max_position_embeddings), if
+  # known: an option row longer than it loses its prompt's front, as lm-eval cuts.
+  max_length: int | None = None
 
 
 def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
-                    batch_size: int, placement: RowPlacement = RowPlacement()) -> EvalModel:
+                    batch_size: int, placement: RowPlacement = RowPlacement(),
+                    max_length: int | None = None) -> EvalModel:
   """A model family's parameters as evaluation uses them: greedy generation, option
   scoring and the prompt format it was trained with.
 
@@ -77,6 +81,9 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
   `placement` spreads each batch's rows over the devices and hosts.
   """
   batch_size = placement.batch_size(batch_size)
+  if max_length is not None and max_length <= lengths["targets"]:
+    raise UserError(f"the model reads {max_length} positions, which holds no prompt before a "
+                    f"{lengths['targets']}-token option: lower TASK_FEATURE_LENGTHS['targets'].")
 
   def model_for(network: ModelFamily, conversations: EvalModel | None = None) -> EvalModel:
     return EvalModel(
@@ -88,7 +95,8 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
         lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
         inputs_eos=network.inputs_eos, batch_size=batch_size,
         causal=network.causal,
-        conversations=conversations)
+        conversations=conversations,
+        max_length=None if network.encoder_decoder else max_length)
 
   if network.encoder_decoder or network.causal:  # reads conversations as it reads prompts
     return model_for(network)
@@ -160,14 +168,30 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
 
 
 def _option_pairs(example, prompt, model: EvalModel, vocabulary,
-                  counts: truncation.TruncationCounts) -> list[Pair]:
-  """(prompt, option) token pairs, each option scored as the target it would be."""
+                  counts: truncation.TruncationCounts, style: str = "target") -> list[Pair]:
+  """(prompt, option) token pairs, one per option.
+
+  `style` (`flan_task.option_scoring`): "target" scores the option as the training
+  target it would be, with EOS (FLAN's, t5x's rank classification); "continuation"
+  its tokens alone (lm-eval's loglikelihood). Options longer than the target length
+  lose their end (a target keeps its EOS); rows longer than the model's maximum
+  length lose the prompt's front. Both are counted.
+  """
   pairs = []
+  length = model.lengths["targets"]
   for option in _options(example):
-    tokens = [*vocabulary.encode(option), vocabulary.eos_id]
-    option_tokens, cut = truncation.fit_targets(tokens, model.lengths["targets"])
-    counts.targets_cut += int(cut)
-    pairs.append((prompt, option_tokens))
+    tokens = list(vocabulary.encode(option))
+    if style == "target":
+      option_tokens, cut = truncation.fit_targets([*tokens, vocabulary.eos_id], length)
+    else:
+      option_tokens, cut = np.asarray(tokens[:length], np.int32), len(tokens) > length
+    option_prompt, row_cut = prompt, False
+    if model.max_length is not None:
+      option_prompt, row_cut = truncation.fit_row(prompt, option_tokens, model.max_length)
+    counts.options += 1
+    counts.options_cut += int(cut)
+    counts.rows_cut += int(row_cut)
+    pairs.append((option_prompt, option_tokens))
   return pairs
 
 
@@ -223,7 +247,8 @@ def _start(task: seqio.Task, model: EvalModel, config: EvalConfig) -> _TaskRun:
 def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) -> None:
   """Picks every ranked task's options in one scoring call: small tasks share batches
   instead of each padding a batch of its own."""
-  items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts))
+  items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts,
+                                        flan_task.option_scoring(run.task.name)))
            for run in runs for example, prompt in zip(run.examples, run.prompts)]
   if not items:
     return
@@ -276,7 +301,7 @@ def _metrics(run: _TaskRun) -> dict[str, float]:
     metrics.update(metric_fn(targets, run.scores))
   if run.ranked:
     metrics["majority_baseline"] = majority_baseline(targets, [_options(ex) for ex in run.examples])
-  if run.counts.inputs_cut or run.counts.targets_cut:
+  if run.counts.any_cut:
     log.warning("%s: %s.", run.task.name, run.counts)
   return metrics
 

@@ -1,0 +1,107 @@
+"""How answer options are scored: FLAN's targets (with EOS) or lm-eval's continuations
+(without), length normalisation, and the cuts that fit a row, all against references
+computed by hand or by transformers."""
+
+import dataclasses
+import logging
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+import seqio
+
+from flan_jax.data import flan_task
+from flan_jax.data.vocabularies import vocabulary_from_path
+from flan_jax.evaluation import evaluator
+from flan_jax.evaluation.evaluator import EvalConfig
+from flan_jax.evaluation.scoring import ScoredOptions
+from flan_jax.models.families import family_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+STORIES = os.path.join(DATA, "models", "stories260K-hf")
+needs_stories = pytest.mark.skipif(not (os.path.isdir(STORIES) and
+                                        os.path.isdir(os.path.join(DATA, "eval", "mmlu"))),
+                                   reason="stories260K-hf or MMLU is not in shared/data")
+
+
+def _recording(model: evaluator.EvalModel):
+  """`model` whose option scorer keeps every (prompt, option) pair and its score."""
+  seen = []
+
+  def score(examples):
+    scored = model.score(examples)
+    for pairs, values in zip(examples, scored.log_likelihoods):
+      seen.extend((np.asarray(p), np.asarray(o), v) for (p, o), v in zip(pairs, values))
+    return scored
+
+  return dataclasses.replace(model, score=score), seen
+
+
+@pytest.fixture(scope="module")
+def stories():
+  import torch
+  import transformers
+  from flan_jax.models import hf_llama
+  config, params = hf_llama.load_hf_checkpoint(STORIES)
+  vocabulary = vocabulary_from_path(os.path.join(STORIES, "tokenizer.model"))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
+  return family_for(config, bos_id=1), params, vocabulary, hf
+
+
+def _mmlu_task(vocabulary, name: str) -> seqio.Task:
+  from flan_jax_tasks.library import mmlu
+  spec = dataclasses.replace(mmlu.spec(DATA, "world_religions"), name=name, vocabulary=vocabulary)
+  return seqio.get_mixture_or_task(flan_task.register_flan_task(spec)["zs_noopt"])
+
+
+def _transformers_log_likelihood(hf, tokens: list[int], option_length: int) -> float:
+  """Sum of the last `option_length` tokens' log-probabilities given all before them."""
+  import torch
+  with torch.no_grad():
+    log_probs = torch.log_softmax(hf(torch.tensor([tokens])).logits[0].double(), -1).numpy()
+  start = len(tokens) - option_length
+  return float(sum(log_probs[start + k - 1, t] for k, t in enumerate(tokens[start:])))
+
+
+@needs_stories
+def test_mmlu_scores_each_letter_alone_as_lm_eval_does_with_no_eos(stories):
+  network, params, vocabulary, hf = stories
+  task = _mmlu_task(vocabulary, "mmlu_conventions_wr")
+  lengths = {"inputs": 400, "targets": 4}
+  model, seen = _recording(evaluator.make_eval_model(network, params, lengths, vocabulary.eos_id,
+                                                     batch_size=8))
+  evaluator.evaluate_task(task, model, EvalConfig(max_examples_per_task=3))
+  assert len(seen) == 12  # 3 questions x A-D
+  for prompt, option, score in seen:
+    # lm-eval's continuation " A": the letter's own tokens, no EOS after them.
+    assert option.tolist() in [vocabulary.encode(letter) for letter in "ABCD"]
+    reference = _transformers_log_likelihood(hf, [1, *prompt.tolist(), *option.tolist()],
+                                             len(option))
+    assert score == pytest.approx(reference, abs=1e-4)
+
+
+@needs_stories
+def test_flan_tasks_still_score_options_as_training_targets_with_eos(stories):
+  network, params, vocabulary, _ = stories
+  spec = flan_task.FlanTaskSpec(
+      name="conventions_yes_no", cluster="conventions", vocabulary=vocabulary,
+      records=lambda split: [{"q": f"is {i} even", "a": "yes" if i % 2 == 0 else "no"}
+                             for i in range(4)],
+      templates=(flan_task.Template("{q}?", "{a}"),), options=("yes", "no"), few_shot=False)
+  task = seqio.get_mixture_or_task(flan_task.register_flan_task(spec)["zs_opt"])
+  assert flan_task.option_scoring(task.name) == "target"
+  model, seen = _recording(evaluator.make_eval_model(
+      network, params, {"inputs": 32, "targets": 8}, vocabulary.eos_id, batch_size=8))
+  evaluator.evaluate_task(task, model, EvalConfig(max_examples_per_task=2))
+  assert seen and all(option[-1] == vocabulary.eos_id for _, option, _ in seen)
+
+
+def test_an_unknown_option_scoring_is_one_clear_error():
+  spec = flan_task.FlanTaskSpec(name="conventions_bad", cluster="c", records=lambda s: [],
+                                templates=(flan_task.Template("{q}", "{a}"),),
+                                option_scoring="lm_eval")
+  with pytest.raises(ValueError, match="option_scoring='lm_eval'; use one of"):
+    flan_task.register_flan_task(spec)
