@@ -105,3 +105,32 @@ def test_an_unknown_option_scoring_is_one_clear_error():
                                 option_scoring="lm_eval")
   with pytest.raises(ValueError, match="option_scoring='lm_eval'; use one of"):
     flan_task.register_flan_task(spec)
+
+
+def test_eval_gin_ranks_options_by_their_summed_log_likelihood_as_lm_evals_acc():
+  import subprocess
+  import sys
+  script = ("import gin, flan_jax.eval; gin.parse_config_file('gin/eval.gin'); "
+            "print(gin.query_parameter('EvalConfig.length_normalize'))")
+  completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                             text=True, timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                 [REPO, os.path.join(REPO, ".pp"), os.environ.get("PYTHONPATH", "")])))
+  assert completed.returncode == 0, completed.stderr[-2000:]
+  assert completed.stdout.split()[-1] == "False"
+
+
+@needs_stories
+def test_length_normalisation_changes_mmlu_choices_when_letters_differ_in_token_count(stories):
+  network, params, vocabulary, _ = stories
+  # This SentencePiece vocabulary spells "A" as two tokens ("▁", "A") and "B" as one.
+  assert [len(vocabulary.encode(letter)) for letter in "ABCD"] == [2, 1, 2, 2]
+  task = _mmlu_task(vocabulary, "mmlu_conventions_wr_normalised")
+  model = evaluator.make_eval_model(network, params, {"inputs": 400, "targets": 4},
+                                    vocabulary.eos_id, batch_size=16)
+  kept: list[ScoredOptions] = []
+  recording = dataclasses.replace(model, score=lambda ex: kept.append(model.score(ex)) or kept[-1])
+  evaluator.evaluate_task(task, recording, EvalConfig(max_examples_per_task=20))
+  (scored,) = kept
+  assert all(counts == [2, 1, 2, 2] for counts in scored.token_counts)
+  summed, normalised = scored.choices(), scored.choices(length_normalize=True)
+  assert summed != normalised  # so MMLU is scored unnormalised, as lm-eval's `acc`
