@@ -134,3 +134,95 @@ def test_length_normalisation_changes_mmlu_choices_when_letters_differ_in_token_
   assert all(counts == [2, 1, 2, 2] for counts in scored.token_counts)
   summed, normalised = scored.choices(), scored.choices(length_normalize=True)
   assert summed != normalised  # so MMLU is scored unnormalised, as lm-eval's `acc`
+
+
+def _long_task(vocabulary, name: str, option_scoring: str) -> seqio.Task:
+  """Two questions with a long prompt; options "yes" and a long sentence."""
+  spec = flan_task.FlanTaskSpec(
+      name=name, cluster="conventions", vocabulary=vocabulary, option_scoring=option_scoring,
+      records=lambda split: [{"q": f"Once upon a time there was a little girl number {i} who "
+                                   "liked to play in the park with her dog every day",
+                              "a": "yes"} for i in range(2)],
+      templates=(flan_task.Template("{q}. Did she play?", "{a}"),),
+      options=("yes", "she went home and slept in her bed all night long"), few_shot=False)
+  return seqio.get_mixture_or_task(flan_task.register_flan_task(spec)["zs_noopt"])
+
+
+@needs_stories
+@pytest.mark.parametrize("option_scoring", ["target", "continuation"])
+def test_a_long_option_is_cut_counted_and_named_in_a_warning(stories, option_scoring, caplog):
+  network, params, vocabulary, _ = stories
+  task = _long_task(vocabulary, f"conventions_long_option_{option_scoring}", option_scoring)
+  model, seen = _recording(evaluator.make_eval_model(
+      network, params, {"inputs": 128, "targets": 6}, vocabulary.eos_id, batch_size=8))
+  with caplog.at_level(logging.WARNING):
+    _, counts = evaluator.evaluate_task(task, model, EvalConfig(max_examples_per_task=2))
+  assert (counts.options, counts.options_cut, counts.rows_cut) == (4, 2, 0)
+  warning = next(r.getMessage() for r in caplog.records if task.name in r.getMessage())
+  assert "2 of 4 answer options cut at the end" in warning
+  long_option = list(vocabulary.encode("she went home and slept in her bed all night long"))
+  kept = [option.tolist() for _, option, _ in seen if len(option) == 6]
+  expected = long_option[:5] + [vocabulary.eos_id] if option_scoring == "target" else long_option[:6]
+  assert kept == [expected, expected]  # a target keeps its EOS, a continuation its first tokens
+
+
+@needs_stories
+def test_a_row_past_the_models_length_loses_its_prompts_front_and_scores_as_that_row(
+    stories, caplog):
+  network, params, vocabulary, hf = stories
+  task = _long_task(vocabulary, "conventions_long_row", "continuation")
+  lengths = {"inputs": 128, "targets": 32}  # prompts of 44 tokens, options of 2 and 24
+  max_length = 40  # fewer positions than prompt + option
+  full, _ = _recording(evaluator.make_eval_model(network, params, lengths, vocabulary.eos_id,
+                                                 batch_size=8))
+  model, seen = _recording(evaluator.make_eval_model(network, params, lengths, vocabulary.eos_id,
+                                                     batch_size=8, max_length=max_length))
+  prompts = evaluator._start(task, full, EvalConfig(max_examples_per_task=2)).prompts
+  with caplog.at_level(logging.WARNING):
+    _, counts = evaluator.evaluate_task(task, model, EvalConfig(max_examples_per_task=2))
+  assert counts.rows_cut == 4 and counts.options_cut == 0
+  assert any(task.name in r.getMessage() and "4 of 4 option rows longer than the model's "
+             "maximum length cut from the left" in r.getMessage() for r in caplog.records)
+  for index, (prompt, option, score) in enumerate(seen):
+    whole = prompts[index // 2]
+    assert len(whole) + len(option) > max_length
+    # lm-eval's rule: the option whole, the prompt's last tokens that fit; BOS stays first.
+    kept = whole[len(whole) - (max_length - len(option)):]
+    np.testing.assert_array_equal(prompt, kept)
+    reference = _transformers_log_likelihood(hf, [1, *kept.tolist(), *option.tolist()],
+                                             len(option))
+    assert score == pytest.approx(reference, abs=1e-4)
+
+
+def test_a_model_too_short_for_any_option_is_one_clear_error():
+  from flan_jax.errors import UserError
+  from tiny import TINY_DECODER
+  network = family_for(TINY_DECODER)
+  with pytest.raises(UserError, match="lower TASK_FEATURE_LENGTHS"):
+    evaluator.make_eval_model(network, {}, {"inputs": 8, "targets": 8}, 1, 4, max_length=8)
+
+
+@needs_stories
+def test_the_evaluation_report_says_which_bos_rule_and_option_scoring_made_each_number(
+    stories, tmp_path):
+  from flan_jax import checkpoint_eval
+  _, _, vocabulary, _ = stories
+  task = _long_task(vocabulary, "conventions_report", "continuation")
+  report = checkpoint_eval.evaluate_checkpoint(
+      STORIES, task.name, {"inputs": 64, "targets": 32}, str(tmp_path),
+      evaluation=EvalConfig(max_examples_per_task=2, batch_size=8))
+  written = (tmp_path / "eval" / f"{task.name}.json").read_text()
+  import json
+  assert json.loads(written)["scoring"] == report["scoring"] == {
+      "bos": "added (id 1)",  # the tokenizer's <s>, which lm-eval adds only if its config says so
+      "option_scoring": {"continuation": [task.name]}, "length_normalize": False,
+      "max_length": 512}  # config.json's max_position_embeddings
+
+
+def test_an_encoder_decoder_report_says_no_bos():
+  from flan_jax.models.t5 import T5Config
+  network = family_for(T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8,
+                                mlp_dim=64, num_encoder_layers=1, num_decoder_layers=1))
+  conventions = evaluator.scoring_conventions(network, ["anything"], EvalConfig())
+  assert conventions["bos"].startswith("none") and conventions["option_scoring"] == {
+      "target": ["anything"]}

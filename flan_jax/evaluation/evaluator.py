@@ -103,6 +103,27 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
   return model_for(network, conversations=model_for(families.conversation_reader(network)))
 
 
+def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config: EvalConfig,
+                        max_length: int | None = None) -> dict:
+  """How the numbers of an evaluation were produced, for its report: the BOS rule, the
+  option scoring of each task with options, normalisation and the row length limit.
+
+  lm-eval's Hugging Face backend adds a BOS only where the tokenizer's config says so
+  (none for a checkpoint without tokenizer_config.json); this evaluator always starts a
+  decoder-only row with one, so the report says which.
+  """
+  prefix = network.prompt_prefix()
+  if network.encoder_decoder:
+    bos = "none (encoder-decoder: the encoder reads the prompt alone)"
+  else:
+    bos = f"added (id {prefix[0]})" if prefix else "none"
+  styles: dict[str, list[str]] = {}
+  for name in task_names:
+    styles.setdefault(flan_task.option_scoring(name), []).append(name)
+  return {"bos": bos, "option_scoring": styles, "length_normalize": config.length_normalize,
+          "max_length": max_length}
+
+
 def eval_split(task: seqio.Task, split: str) -> str | None:
   """`split`, or "test" for evaluation-only tasks (MMLU, BBH, GSM8K) that have no other."""
   if split in task.splits:
