@@ -115,7 +115,7 @@ class MeshEvaluation:
     rows = placement.sharded_rows(mesh_lib.batch_sharding(self.mesh))
     model = evaluator.make_eval_model(self.network, params, self.task_feature_lengths,
                                       self.eos_id, self.config.batch_size, placement=rows,
-                                      max_length=self.max_length)
+                                      max_length=self.max_length, add_bos=self.config.add_bos)
     with mesh_lib.on_mesh(self.mesh):
       results = evaluator.evaluate(list(self.tasks), model, self.config)
     return {**results, **evaluator.group_means(results, self.groups)}

@@ -226,3 +226,25 @@ def test_an_encoder_decoder_report_says_no_bos():
   conventions = evaluator.scoring_conventions(network, ["anything"], EvalConfig())
   assert conventions["bos"].startswith("none") and conventions["option_scoring"] == {
       "target": ["anything"]}
+
+
+@needs_stories
+@pytest.mark.parametrize("max_length", [None, 40])
+def test_without_bos_options_score_as_transformers_scores_the_prompt_alone(stories, max_length):
+  network, params, vocabulary, hf = stories
+  task = _long_task(vocabulary, f"conventions_no_bos_{max_length}", "continuation")
+  model, seen = _recording(evaluator.make_eval_model(
+      network, params, {"inputs": 128, "targets": 32}, vocabulary.eos_id, batch_size=8,
+      max_length=max_length, add_bos=False))
+  _, counts = evaluator.evaluate_task(task, model, EvalConfig(max_examples_per_task=2))
+  assert model.prompt_prefix == () and len(seen) == 4
+  assert counts.rows_cut == (0 if max_length is None else 4)
+  for prompt, option, score in seen:
+    tokens = [*prompt.tolist(), *option.tolist()]
+    # lm-eval without BOS: the window is max_length + 1 tokens, of which the model reads
+    # all but the last, and the prompt's first token is not predicted.
+    assert max_length is None or len(tokens) == max_length + 1
+    assert tokens[0] != 1
+    assert score == pytest.approx(_transformers_log_likelihood(hf, tokens, len(option)), abs=1e-4)
+  conventions = evaluator.scoring_conventions(network, [task.name], EvalConfig(add_bos=False))
+  assert conventions["bos"].startswith("none")

@@ -50,6 +50,9 @@ class EvalConfig:
   seed: int = 0  # the same prompts (templates, exemplars, option formats) at every evaluation
   rank_classification: bool = True  # tasks with options: pick the most likely option
   length_normalize: bool = False  # rank by mean instead of summed token log-likelihood
+  # False: a decoder-only model reads prompts without its BOS, as lm-eval reads a
+  # checkpoint whose tokenizer adds none (no tokenizer_config.json).
+  add_bos: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,7 @@ class EvalModel:
 
 def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
                     batch_size: int, placement: RowPlacement = RowPlacement(),
-                    max_length: int | None = None) -> EvalModel:
+                    max_length: int | None = None, add_bos: bool = True) -> EvalModel:
   """A model family's parameters as evaluation uses them: greedy generation, option
   scoring and the prompt format it was trained with.
 
@@ -90,9 +93,9 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
         generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
                                         placement=placement),
         score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
-                                         bos_id=network.bos_id,
+                                         bos_id=network.bos_id if add_bos else None,
                                          placement=placement),
-        lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
+        lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()) if add_bos else (),
         inputs_eos=network.inputs_eos, batch_size=batch_size,
         causal=network.causal,
         conversations=conversations,
@@ -115,6 +118,8 @@ def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config:
   prefix = network.prompt_prefix()
   if network.encoder_decoder:
     bos = "none (encoder-decoder: the encoder reads the prompt alone)"
+  elif not config.add_bos:
+    bos = "none (EvalConfig.add_bos=False)"
   else:
     bos = f"added (id {prefix[0]})" if prefix else "none"
   styles: dict[str, list[str]] = {}
@@ -208,7 +213,10 @@ def _option_pairs(example, prompt, model: EvalModel, vocabulary,
       option_tokens, cut = np.asarray(tokens[:length], np.int32), len(tokens) > length
     option_prompt, row_cut = prompt, False
     if model.max_length is not None:
-      option_prompt, row_cut = truncation.fit_row(prompt, option_tokens, model.max_length)
+      # Without a BOS the prompt's first token starts the row and takes no position of
+      # its own, as in lm-eval's window of max_length + 1 tokens.
+      limit = model.max_length + (0 if model.prompt_prefix else 1)
+      option_prompt, row_cut = truncation.fit_row(prompt, option_tokens, limit)
     counts.options += 1
     counts.options_cut += int(cut)
     counts.rows_cut += int(row_cut)
