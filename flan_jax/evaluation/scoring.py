@@ -3,8 +3,10 @@
 FLAN evaluates a task with answer options by asking which option the model finds most
 likely, not by whether free generation spells one exactly. Each (prompt, option) pair
 is laid out exactly as training lays out an example (`packing`: the same BOS, the
-same prompt format, the option as the target with its EOS), and the option's score
-is the sum of its tokens' log-probabilities, optionally divided by their number.
+same prompt format, the option as the target), and the option's score is the sum of
+its tokens' log-probabilities, optionally divided by their number. Whether an option
+ends in EOS is the caller's choice (the evaluator follows each task's
+`option_scoring`: FLAN's targets with EOS, lm-eval's continuations without).
 For a decoder-only model pairs are packed several to a row, as training packs
 examples (each its own segment, positions restarting), which scores short prompts
 ~2x faster than a row per pair. Batches have one fixed shape so the scorer compiles once.
