@@ -3,11 +3,10 @@
 computed by hand or by transformers."""
 
 import dataclasses
+import json
 import logging
 import os
-import re
 
-import jax
 import numpy as np
 import pytest
 import seqio
@@ -112,9 +111,9 @@ def test_eval_gin_ranks_options_by_their_summed_log_likelihood_as_lm_evals_acc()
   import sys
   script = ("import gin, flan_jax.eval; gin.parse_config_file('gin/eval.gin'); "
             "print(gin.query_parameter('EvalConfig.length_normalize'))")
+  path = os.pathsep.join([REPO, os.path.join(REPO, ".pp"), os.environ.get("PYTHONPATH", "")])
   completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                             text=True, timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                                 [REPO, os.path.join(REPO, ".pp"), os.environ.get("PYTHONPATH", "")])))
+                             text=True, timeout=300, env=dict(os.environ, PYTHONPATH=path))
   assert completed.returncode == 0, completed.stderr[-2000:]
   assert completed.stdout.split()[-1] == "False"
 
@@ -162,7 +161,8 @@ def test_a_long_option_is_cut_counted_and_named_in_a_warning(stories, option_sco
   assert "2 of 4 answer options cut at the end" in warning
   long_option = list(vocabulary.encode("she went home and slept in her bed all night long"))
   kept = [option.tolist() for _, option, _ in seen if len(option) == 6]
-  expected = long_option[:5] + [vocabulary.eos_id] if option_scoring == "target" else long_option[:6]
+  expected = (long_option[:5] + [vocabulary.eos_id] if option_scoring == "target"
+              else long_option[:6])
   assert kept == [expected, expected]  # a target keeps its EOS, a continuation its first tokens
 
 
@@ -212,7 +212,6 @@ def test_the_evaluation_report_says_which_bos_rule_and_option_scoring_made_each_
       STORIES, task.name, {"inputs": 64, "targets": 32}, str(tmp_path),
       evaluation=EvalConfig(max_examples_per_task=2, batch_size=8))
   written = (tmp_path / "eval" / f"{task.name}.json").read_text()
-  import json
   assert json.loads(written)["scoring"] == report["scoring"] == {
       "bos": "added (id 1)",  # the tokenizer's <s>, which lm-eval adds only if its config says so
       "option_scoring": {"continuation": [task.name]}, "length_normalize": False,

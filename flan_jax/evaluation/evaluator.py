@@ -3,8 +3,8 @@
 A task whose examples carry answer `options` is scored by rank classification, as
 FLAN scores it: the option with the highest log-likelihood is the prediction
 (`scoring`). Each task says how its options are scored (`flan_task.option_scoring`):
-as training targets, with EOS (FLAN's), or as lm-eval's continuations, without (MMLU). Other tasks, or all tasks with `rank_classification=False`, generate
-greedily. Either way each task's own postprocessor and metric functions decide the
+as training targets, with EOS (FLAN's), or as lm-eval's continuations, without
+(MMLU). Other tasks, or all tasks with `rank_classification=False`, generate greedily. Either way each task's own postprocessor and metric functions decide the
 score, as in seqio, so a task registered once is trained on and evaluated the same way.
 
 Tasks with score metrics (seqio's `(targets, scores)` functions, such as held-out
