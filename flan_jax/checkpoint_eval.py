@@ -6,7 +6,9 @@ orbax checkpoint from `convert --to_orbax`, or a Hugging Face directory. Tasks a
 evaluated as training evaluates them (`evaluator`: rank classification for options
 tasks, the task's own metrics, the same prompts for a seed); inverted tasks are
 skipped. Written to OUTPUT_DIR/eval/<name>.json: {"results": {"task/metric": value},
-"groups": {group: [tasks]}} with the means of `job.eval_groups` (FLAN's zero-shot score
+"groups": {group: [tasks]}, "scoring": how the numbers were produced (the BOS rule,
+each task's option scoring, `length_normalize`, the model's position limit; see
+`evaluator.scoring_conventions`)} with the means of `job.eval_groups` (FLAN's zero-shot score
 `all`, one per cluster, one per variant). A table is printed, and
 OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
 """
@@ -96,9 +98,12 @@ def evaluate_checkpoint(
   mesh = mesh_lib.make_mesh(mesh_shape, dcn_shape=dcn_mesh_shape)
   params = step_lib.place_params(network, mesh, task_feature_lengths, params)
   groups = job.eval_groups([t.name for t in tasks])
+  max_length = position_limit(checkpoint)
   results = job.MeshEvaluation(network, mesh, tasks, task_feature_lengths, vocabulary.eos_id,
-                               evaluation, groups)(params)
-  report = {"results": results, "groups": groups}
+                               evaluation, groups, max_length=max_length)(params)
+  report = {"results": results, "groups": groups,
+            "scoring": evaluator.scoring_conventions(network, [t.name for t in tasks],
+                                                     evaluation, max_length)}
   if jax.process_index() == 0:
     directory = os.path.join(output_dir, model_dir.EVAL_DIR)
     os.makedirs(directory, exist_ok=True)
@@ -112,6 +117,15 @@ def evaluate_checkpoint(
                     os.path.join(directory, f"{mixture_or_task_name}.png"))
     print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint_path}")
   return report
+
+
+def position_limit(checkpoint: model_dir.ResolvedCheckpoint) -> int | None:
+  """A Hugging Face checkpoint's max_position_embeddings, the length lm-eval cuts rows to;
+  None for our own checkpoints, which record no limit."""
+  if checkpoint.kind != "hf":
+    return None
+  value = paths.read_json(checkpoint.config_file).get("max_position_embeddings")
+  return int(value) if value else None
 
 
 def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):

@@ -109,11 +109,13 @@ class MeshEvaluation:
   eos_id: int
   config: EvalConfig
   groups: Mapping[str, Sequence[str]]
+  max_length: int | None = None  # the model's position limit, where known (`evaluator`)
 
   def __call__(self, params) -> dict[str, float]:
     rows = placement.sharded_rows(mesh_lib.batch_sharding(self.mesh))
     model = evaluator.make_eval_model(self.network, params, self.task_feature_lengths,
-                                      self.eos_id, self.config.batch_size, placement=rows)
+                                      self.eos_id, self.config.batch_size, placement=rows,
+                                      max_length=self.max_length, add_bos=self.config.add_bos)
     with mesh_lib.on_mesh(self.mesh):
       results = evaluator.evaluate(list(self.tasks), model, self.config)
     return {**results, **evaluator.group_means(results, self.groups)}

@@ -45,6 +45,20 @@ REFERENCE_SEPARATOR = "\x1e"
 # The source shuffles record order itself; seqio's buffer after rendering only mixes locally.
 SHUFFLE_BUFFER = 16
 
+# How a task's answer options are scored (rank classification), by task name.
+# "target": as training targets, with EOS, as t5x/seqio rank classification scores them
+# (FLAN's own tasks). "continuation": the option's tokens alone, lm-eval's
+# loglikelihood of the continuation given the context (its `acc`): an EOS after the
+# option would add log p(EOS | prompt, option), which varies by option and can
+# change the choice.
+OPTION_SCORING = ("target", "continuation")
+_OPTION_SCORING_OF: dict[str, str] = {}
+
+
+def option_scoring(task_name: str) -> str:
+  """"target" or "continuation" (see OPTION_SCORING); "target" for unregistered tasks."""
+  return _OPTION_SCORING_OF.get(task_name, "target")
+
 
 def cached_loader(load: RecordLoader) -> RecordLoader:
   """Reads each split once per process, on first use."""
@@ -207,6 +221,9 @@ class FlanTaskSpec:
   # Variant name -> postprocessor, replacing the default (`strip_postprocessor`;
   # `cot_postprocessor` for "cot"), e.g. BBH's cut at lm-eval's stop sequences.
   postprocess_fns: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+  # How options are scored: "target" (with EOS, FLAN's) or "continuation" (without,
+  # lm-eval's; for benchmarks whose numbers are compared with lm-eval's `acc`).
+  option_scoring: str = "target"
 
 
 def variants_of(spec: FlanTaskSpec) -> list[Variant]:
@@ -232,6 +249,9 @@ def variants_of(spec: FlanTaskSpec) -> list[Variant]:
 
 def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
   """Registers each variant as `<name>_<variant>` and a mixture `<name>`; returns variant -> task."""
+  if spec.option_scoring not in OPTION_SCORING:
+    raise ValueError(f"{spec.name}: option_scoring={spec.option_scoring!r}; use one of "
+                     f"{OPTION_SCORING}.")
   vocabulary = spec.vocabulary or default_vocabulary()
   records = cached_loader(spec.records)
   names = {}
@@ -255,6 +275,7 @@ def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
         metric_fns=list(spec.metric_fns),
     )
     clusters.assign(task_name, spec.cluster, dataset=spec.name, variant=variant.name)
+    _OPTION_SCORING_OF[task_name] = spec.option_scoring
     names[variant.name] = task_name
   if not names:
     raise ValueError(f"Task spec {spec.name!r} yields no variants: give it templates.")

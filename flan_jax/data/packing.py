@@ -63,14 +63,16 @@ class _Row:
   used: list  # tokens used in each bin
 
 
-def _fill_prefix_lm(row: _Row, length: int, bos_id: int) -> dict[str, np.ndarray]:
+def _fill_prefix_lm(row: _Row, length: int, bos_id: int,
+                    starts: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+  """`starts`: each segment's first input token instead of `bos_id` (see `prefix_lm_row`)."""
   out = {k: np.zeros(length, np.int32) for k in FEATURES}
   start = 0
   for segment, (inputs, targets, weights) in enumerate(row.pieces, start=1):
     tokens = np.concatenate([inputs, targets])
     end = start + len(tokens)
     out["decoder_target_tokens"][start:end] = tokens
-    out["decoder_input_tokens"][start] = bos_id
+    out["decoder_input_tokens"][start] = bos_id if starts is None else starts[segment - 1]
     out["decoder_input_tokens"][start + 1:end] = tokens[:-1]
     out["decoder_loss_weights"][start + len(inputs):end] = 1 if weights is None else weights
     out["decoder_segment_ids"][start:end] = segment
@@ -234,18 +236,20 @@ def row_features(inputs, targets, lengths: Mapping[str, int], *, encoder_decoder
   return packer._emit(row)
 
 
-def prefix_lm_row(examples: Sequence[tuple], length: int, *, bos_id: int = 0
-                  ) -> dict[str, np.ndarray]:
+def prefix_lm_row(examples: Sequence[tuple], length: int, *, bos_id: int = 0,
+                  starts: Sequence[int] | None = None) -> dict[str, np.ndarray]:
   """Several fitted (inputs, targets) examples in one decoder row, segments 1, 2, ... in order.
 
   What the packer emits for them, for callers that choose the grouping themselves
-  (evaluation packs option-scoring rows in order).
+  (evaluation packs option-scoring rows in order). `starts` gives each example's first
+  input token in place of `bos_id`: a prompt read without BOS starts from its own
+  first token, which is then not predicted.
   """
   pieces = [(np.asarray(i, np.int32), np.asarray(t, np.int32), None) for i, t in examples]
   used = sum(len(i) + len(t) for i, t, _ in pieces)
   if used > length:
     raise ValueError(f"{used} tokens do not fit in a row of {length}.")
-  return _fill_prefix_lm(_Row(pieces=pieces, used=[used]), length, bos_id)
+  return _fill_prefix_lm(_Row(pieces=pieces, used=[used]), length, bos_id, starts)
 
 
 def pack(examples: Iterable, lengths: Mapping[str, int], max_open_rows: int = 64,

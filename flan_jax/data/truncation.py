@@ -29,6 +29,16 @@ class TruncationCounts:
   examples: int = 0
   inputs_cut: int = 0
   targets_cut: int = 0
+  # Rank classification: answer options longer than the target length (their end cut),
+  # and (prompt, option) rows longer than the model's maximum length (their prompt's
+  # front cut, the option kept whole).
+  options: int = 0
+  options_cut: int = 0
+  rows_cut: int = 0
+
+  @property
+  def any_cut(self) -> bool:
+    return bool(self.inputs_cut or self.targets_cut or self.options_cut or self.rows_cut)
 
   def add(self, inputs_cut: bool, targets_cut: bool) -> None:
     self.examples += 1
@@ -36,8 +46,14 @@ class TruncationCounts:
     self.targets_cut += int(targets_cut)
 
   def __str__(self) -> str:
-    return (f"{self.inputs_cut} of {self.examples} prompts cut from the front, "
+    text = (f"{self.inputs_cut} of {self.examples} prompts cut from the front, "
             f"{self.targets_cut} targets cut at the end")
+    if self.options_cut:
+      text += f", {self.options_cut} of {self.options} answer options cut at the end"
+    if self.rows_cut:
+      text += (f", {self.rows_cut} of {self.options} option rows longer than the model's "
+               "maximum length cut from the left (the option kept whole)")
+    return text
 
 
 def fit_inputs(tokens, length: int, *, eos_id: int, inputs_eos: bool = True
@@ -49,6 +65,19 @@ def fit_inputs(tokens, length: int, *, eos_id: int, inputs_eos: bool = True
   if len(tokens) <= length:
     return tokens, False
   return tokens[len(tokens) - length:], True
+
+
+def fit_row(prompt, option, max_length: int) -> tuple[np.ndarray, bool]:
+  """The prompt's last tokens that fit before the whole `option` in `max_length` positions.
+
+  lm-eval cuts a too-long context + continuation from the left, so the continuation
+  is scored whole; the decoder's BOS is shifted in ahead of the prompt, and stays.
+  """
+  prompt = np.asarray(prompt, np.int32)
+  room = max(max_length - len(option), 0)
+  if len(prompt) <= room:
+    return prompt, False
+  return prompt[len(prompt) - room:], True
 
 
 def fit_targets(tokens, length: int) -> tuple[np.ndarray, bool]:

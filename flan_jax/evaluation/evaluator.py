@@ -2,8 +2,9 @@
 
 A task whose examples carry answer `options` is scored by rank classification, as
 FLAN scores it: the option with the highest log-likelihood is the prediction
-(`scoring`). Other tasks, or all tasks with `rank_classification=False`, generate
-greedily. Either way each task's own postprocessor and metric functions decide the
+(`scoring`). Each task says how its options are scored (`flan_task.option_scoring`):
+as training targets, with EOS (FLAN's), or as lm-eval's continuations, without
+(MMLU). Other tasks, or all tasks with `rank_classification=False`, generate greedily. Either way each task's own postprocessor and metric functions decide the
 score, as in seqio, so a task registered once is trained on and evaluated the same way.
 
 Tasks with score metrics (seqio's `(targets, scores)` functions, such as held-out
@@ -26,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import seqio
 
-from flan_jax.data import chat_examples, task_reader, truncation
+from flan_jax.data import chat_examples, flan_task, task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
 from flan_jax.evaluation import decoding, scoring
 from flan_jax.evaluation.decoding import GenerateFn
@@ -50,6 +51,9 @@ class EvalConfig:
   seed: int = 0  # the same prompts (templates, exemplars, option formats) at every evaluation
   rank_classification: bool = True  # tasks with options: pick the most likely option
   length_normalize: bool = False  # rank by mean instead of summed token log-likelihood
+  # False: a decoder-only model reads prompts without its BOS, as lm-eval reads a
+  # checkpoint whose tokenizer adds none (no tokenizer_config.json).
+  add_bos: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +70,14 @@ class EvalModel:
   # causally; None for an encoder-decoder, see `families.conversation_reader`).
   causal: bool = False
   conversations: "EvalModel | None" = None
+  # A decoder-only model's position limit (Hugging Face's max_position_embeddings), if
+  # known: an option row longer than it loses its prompt's front, as lm-eval cuts.
+  max_length: int | None = None
 
 
 def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eos_id: int,
-                    batch_size: int, placement: RowPlacement = RowPlacement()) -> EvalModel:
+                    batch_size: int, placement: RowPlacement = RowPlacement(),
+                    max_length: int | None = None, add_bos: bool = True) -> EvalModel:
   """A model family's parameters as evaluation uses them: greedy generation, option
   scoring and the prompt format it was trained with.
 
@@ -77,22 +85,49 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
   `placement` spreads each batch's rows over the devices and hosts.
   """
   batch_size = placement.batch_size(batch_size)
+  if max_length is not None and max_length <= lengths["targets"]:
+    raise UserError(f"the model reads {max_length} positions, which holds no prompt before a "
+                    f"{lengths['targets']}-token option: lower TASK_FEATURE_LENGTHS['targets'].")
 
   def model_for(network: ModelFamily, conversations: EvalModel | None = None) -> EvalModel:
     return EvalModel(
         generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
                                         placement=placement),
         score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
-                                         bos_id=network.bos_id,
+                                         bos_id=network.bos_id if add_bos else None,
                                          placement=placement),
-        lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()),
+        lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()) if add_bos else (),
         inputs_eos=network.inputs_eos, batch_size=batch_size,
         causal=network.causal,
-        conversations=conversations)
+        conversations=conversations,
+        max_length=None if network.encoder_decoder else max_length)
 
   if network.encoder_decoder or network.causal:  # reads conversations as it reads prompts
     return model_for(network)
   return model_for(network, conversations=model_for(families.conversation_reader(network)))
+
+
+def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config: EvalConfig,
+                        max_length: int | None = None) -> dict:
+  """How the numbers of an evaluation were produced, for its report: the BOS rule, the
+  option scoring of each task with options, normalisation and the row length limit.
+
+  lm-eval's Hugging Face backend adds a BOS only where the tokenizer's config says so
+  (none for a checkpoint without tokenizer_config.json); this evaluator always starts a
+  decoder-only row with one, so the report says which.
+  """
+  prefix = network.prompt_prefix()
+  if network.encoder_decoder:
+    bos = "none (encoder-decoder: the encoder reads the prompt alone)"
+  elif not config.add_bos:
+    bos = "none (EvalConfig.add_bos=False)"
+  else:
+    bos = f"added (id {prefix[0]})" if prefix else "none"
+  styles: dict[str, list[str]] = {}
+  for name in task_names:
+    styles.setdefault(flan_task.option_scoring(name), []).append(name)
+  return {"bos": bos, "option_scoring": styles, "length_normalize": config.length_normalize,
+          "max_length": max_length}
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
@@ -160,14 +195,33 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
 
 
 def _option_pairs(example, prompt, model: EvalModel, vocabulary,
-                  counts: truncation.TruncationCounts) -> list[Pair]:
-  """(prompt, option) token pairs, each option scored as the target it would be."""
+                  counts: truncation.TruncationCounts, style: str = "target") -> list[Pair]:
+  """(prompt, option) token pairs, one per option.
+
+  `style` (`flan_task.option_scoring`): "target" scores the option as the training
+  target it would be, with EOS (FLAN's, t5x's rank classification); "continuation"
+  its tokens alone (lm-eval's loglikelihood). Options longer than the target length
+  lose their end (a target keeps its EOS); rows longer than the model's maximum
+  length lose the prompt's front. Both are counted.
+  """
   pairs = []
+  length = model.lengths["targets"]
   for option in _options(example):
-    tokens = [*vocabulary.encode(option), vocabulary.eos_id]
-    option_tokens, cut = truncation.fit_targets(tokens, model.lengths["targets"])
-    counts.targets_cut += int(cut)
-    pairs.append((prompt, option_tokens))
+    tokens = list(vocabulary.encode(option))
+    if style == "target":
+      option_tokens, cut = truncation.fit_targets([*tokens, vocabulary.eos_id], length)
+    else:
+      option_tokens, cut = np.asarray(tokens[:length], np.int32), len(tokens) > length
+    option_prompt, row_cut = prompt, False
+    if model.max_length is not None:
+      # Without a BOS the prompt's first token starts the row and takes no position of
+      # its own, as in lm-eval's window of max_length + 1 tokens.
+      limit = model.max_length + (0 if model.prompt_prefix else 1)
+      option_prompt, row_cut = truncation.fit_row(prompt, option_tokens, limit)
+    counts.options += 1
+    counts.options_cut += int(cut)
+    counts.rows_cut += int(row_cut)
+    pairs.append((option_prompt, option_tokens))
   return pairs
 
 
@@ -223,7 +277,8 @@ def _start(task: seqio.Task, model: EvalModel, config: EvalConfig) -> _TaskRun:
 def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) -> None:
   """Picks every ranked task's options in one scoring call: small tasks share batches
   instead of each padding a batch of its own."""
-  items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts))
+  items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts,
+                                        flan_task.option_scoring(run.task.name)))
            for run in runs for example, prompt in zip(run.examples, run.prompts)]
   if not items:
     return
@@ -276,7 +331,7 @@ def _metrics(run: _TaskRun) -> dict[str, float]:
     metrics.update(metric_fn(targets, run.scores))
   if run.ranked:
     metrics["majority_baseline"] = majority_baseline(targets, [_options(ex) for ex in run.examples])
-  if run.counts.inputs_cut or run.counts.targets_cut:
+  if run.counts.any_cut:
     log.warning("%s: %s.", run.task.name, run.counts)
   return metrics
 

@@ -3,8 +3,10 @@
 FLAN evaluates a task with answer options by asking which option the model finds most
 likely, not by whether free generation spells one exactly. Each (prompt, option) pair
 is laid out exactly as training lays out an example (`packing`: the same BOS, the
-same prompt format, the option as the target with its EOS), and the option's score
-is the sum of its tokens' log-probabilities, optionally divided by their number.
+same prompt format, the option as the target), and the option's score is the sum of
+its tokens' log-probabilities, optionally divided by their number. Whether an option
+ends in EOS is the caller's choice (the evaluator follows each task's
+`option_scoring`: FLAN's targets with EOS, lm-eval's continuations without).
 For a decoder-only model pairs are packed several to a row, as training packs
 examples (each its own segment, positions restarting), which scores short prompts
 ~2x faster than a row per pair. Batches have one fixed shape so the scorer compiles once.
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.data import packing
+from flan_jax.errors import UserError
 from flan_jax.evaluation.placement import RowPlacement
 from flan_jax.models.families import target_log_probs
 
@@ -81,13 +84,24 @@ def _packed_groups(pairs, length: int):
 
 
 def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
-  """Pairs packed several to a row, as training packs examples; sums per segment."""
+  """Pairs packed several to a row, as training packs examples; sums per segment.
+
+  `bos_id` None: no BOS, as lm-eval reads a checkpoint whose tokenizer adds none; each
+  prompt starts from its own first token.
+  """
   length = lengths["inputs"] + lengths["targets"]
+  if bos_id is None and any(len(prompt) == 0 for _, _, prompt, _ in pairs):
+    raise UserError("an empty prompt gives an option nothing to follow without a BOS: "
+                    "score with the model's BOS (EvalConfig.add_bos=True).")
   groups = list(_packed_groups(pairs, length))
   for start in range(0, len(groups), batch_size):
     chunk = groups[start:start + batch_size]
-    rows = [packing.prefix_lm_row([pairs[k][2:] for k in group], length, bos_id=bos_id)
-            for group in chunk]
+    if bos_id is None:
+      rows = [packing.prefix_lm_row([(pairs[k][2][1:], pairs[k][3]) for k in group], length,
+                                    starts=[pairs[k][2][0] for k in group]) for group in chunk]
+    else:
+      rows = [packing.prefix_lm_row([pairs[k][2:] for k in group], length, bos_id=bos_id)
+              for group in chunk]
     batch = _stack_padded(rows, batch_size)
     token_scores = scorer(batch)
     for row, group in enumerate(chunk):
@@ -128,13 +142,15 @@ def make_encoder_decoder_scorer(network, params, placement: RowPlacement = RowPl
   return run
 
 
-def make_option_scorer(network, params, lengths, *, batch_size: int = 64, bos_id: int = 0,
+def make_option_scorer(network, params, lengths, *, batch_size: int = 64,
+                       bos_id: int | None = 0,
                        placement: RowPlacement = RowPlacement()
                        ) -> Callable[[Sequence[Sequence[Pair]]], ScoredOptions]:
   """examples -> ScoredOptions: the log-likelihood of every option of every example.
 
   `examples[i]` lists (prompt, option) token pairs, already fitted to `lengths` by
-  `truncation`'s rule, one pair per option; an example's pairs share one prompt. The
+  `truncation`'s rule, one pair per option; an example's pairs share one prompt. A
+  decoder-only row starts from `bos_id`, or with None from its prompt's first token. The
   forward pass is compiled once, for every call; `placement` says where its rows run
   (`batch_size` is rounded up to a multiple of its devices).
   """

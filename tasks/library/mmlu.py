@@ -27,8 +27,9 @@ description line, then each exemplar as "<question>\\nA. ..\\nB. ..\\nC. ..\\nD.
 
 The exemplars are the subject's five dev records in file order (the dev file is
 the "train" split, `ordered_exemplars`). Scoring is rank classification over the
-options "A".."D": the evaluator scores each letter as the target after the prompt
-and predicts the likeliest; `accuracy` compares it with the answer letter.
+options "A".."D": the evaluator scores each letter's tokens after the prompt, with no
+EOS after them (`option_scoring="continuation"`, lm-eval's loglikelihood), and predicts
+the likeliest; `accuracy` compares it with the answer letter.
 
 One FlanTaskSpec per subject registers
 
@@ -127,6 +128,8 @@ def spec(data_dir: str, subject: str) -> FlanTaskSpec:
       name=f"mmlu_{subject}", cluster=CLUSTER, records=functools.partial(load, data_dir, subject),
       templates=(ZERO_SHOT,), splits=("train", "test"), options=LETTERS, options_variants=False,
       ordered_exemplars=True, metric_fns=(accuracy,),
+      # lm-eval's `acc`: the loglikelihood of " A" given the prompt, with no EOS after it.
+      option_scoring="continuation",
       # The framework's few-shot layout is replaced by lm-eval's (same name, fs_noopt).
       few_shot=False,
       extra_variants=(DescribedFewShot("fs_noopt", (QUESTION,), k=SHOTS, description=DESCRIPTION),))
