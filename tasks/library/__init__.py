@@ -14,7 +14,8 @@ On top, the collections and splits FLAN trains with:
 - `flan_collection`: Flan 2022's split of the collections (Flan 2021-style datasets
   46%, T0 27.9%, Natural Instructions 24.2%, chain-of-thought 1.8%);
 - `loo_<cluster>_train` / `loo_<cluster>_eval` for every training cluster.
-MMLU, BBH and GSM8K are evaluation-only and appear in no training mixture.
+MMLU, BBH, GSM8K, TyDiQA and MGSM are evaluation-only and appear in no training mixture;
+a benchmark whose files are missing is skipped with one log line saying where they go.
 """
 
 import importlib
@@ -28,8 +29,8 @@ from flan_jax.data.vocabularies import set_default_vocabulary
 from flan_jax.errors import UserError
 
 SUBMODULES = ("t0", "natural_instructions", "instruction_induction", "cot", "glue",
-              "instruct", "mmlu", "bbh", "gsm8k")
-EVALUATION_ONLY = ("mmlu", "bbh", "gsm8k")
+              "instruct", "mmlu", "bbh", "gsm8k", "tydiqa", "mgsm")
+EVALUATION_ONLY = ("mmlu", "bbh", "gsm8k", "tydiqa", "mgsm")
 CAP = 3_000  # FLAN's per-task cap on examples-proportional rates
 # Flan 2022's mixture weights (Longpre et al., 2023, Table 2), over our collections.
 FLAN_2022_WEIGHTS = {"flan2021": 0.46, "t0": 0.279, "natural_instructions": 0.242, "cot": 0.018}
