@@ -210,3 +210,18 @@ def test_the_library_entry_point_registers_both_for_evaluation_only():
   from flan_jax_tasks import library  # pylint: disable=g-import-not-at-top
   for name in ("tydiqa", "mgsm"):
     assert name in library.SUBMODULES and name in library.EVALUATION_ONLY
+
+
+def test_both_run_through_the_seqio_pipeline(registered):
+  lengths = {"inputs": 4096, "targets": 64}
+  task = seqio.get_mixture_or_task("tydiqa_goldp_finnish_1shot")
+  (example,) = list(task.get_dataset(lengths, split="test", shuffle=False).as_numpy_iterator())
+  assert example["inputs_pretokenized"].decode().endswith(
+      "Passage: Helsinki on Suomen pääkaupunki.\nQuestion: Mikä on Suomen pääkaupunki?\nAnswer:")
+  assert example["targets_pretokenized"].decode() == "Helsinki"
+  task = seqio.get_mixture_or_task("mgsm_en_cot")
+  examples = list(task.get_dataset(lengths, split="test", shuffle=False).as_numpy_iterator())
+  assert [e["targets_pretokenized"].decode() for e in examples] == [
+      "The answer is 7.", "The answer is 1200."]
+  assert all(e["inputs_pretokenized"].decode().count("\nAnswer: ") == gsm8k.SHOTS
+             for e in examples)
