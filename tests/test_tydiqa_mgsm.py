@@ -164,7 +164,8 @@ def test_mgsm_prompt_is_gsm8ks_exemplars_in_question_answer_layout(registered):
       "plant today?\nAnswer: There are 15 trees originally. Then there were 21 trees after some "
       "more were planted. So there must have been 21 - 15 = 6. The answer is 6.")
   assert len(blocks) == 1 + gsm8k.SHOTS + 1
-  assert blocks[-1] == "Question: Anna hat 5 Äpfel und isst 2. Wie viele Äpfel hat sie noch?\nAnswer:"
+  assert blocks[-1] == (
+      "Question: Anna hat 5 Äpfel und isst 2. Wie viele Äpfel hat sie noch?\nAnswer:")
   assert example["references"] == "3"
 
 
@@ -181,7 +182,8 @@ def test_mgsm_reads_the_last_number_and_averages_languages(registered):
   scores = {k: v for fn in task.predict_metric_fns for k, v in fn(targets, predictions).items()}
   assert scores["flexible_extract"] == 50.0
   assert gsm8k.flexible_answer("600 * 2 = $1,200.") == "$1,200."
-  assert task.predict_metric_fns[0]([["1200"]], ["600 * 2 = $1,200."]) == {"flexible_extract": 100.0}
+  assert task.predict_metric_fns[0]([["1200"]], ["600 * 2 = $1,200."]) == {
+      "flexible_extract": 100.0}
   results = {"mgsm_en_cot/flexible_extract": 50.0, "mgsm_de_cot/flexible_extract": 100.0}
   assert mgsm.language_mean(results, ["en", "de"]) == 75.0
 
@@ -217,7 +219,8 @@ def test_both_run_through_the_seqio_pipeline(registered):
   task = seqio.get_mixture_or_task("tydiqa_goldp_finnish_1shot")
   (example,) = list(task.get_dataset(lengths, split="test", shuffle=False).as_numpy_iterator())
   assert example["inputs_pretokenized"].decode().endswith(
-      "Passage: Helsinki on Suomen pääkaupunki.\nQuestion: Mikä on Suomen pääkaupunki?\nAnswer:")
+      "Passage: Helsinki on Suomen pääkaupunki.\n"
+      "Question: Mikä on Suomen pääkaupunki?\nAnswer:")
   assert example["targets_pretokenized"].decode() == "Helsinki"
   task = seqio.get_mixture_or_task("mgsm_en_cot")
   examples = list(task.get_dataset(lengths, split="test", shuffle=False).as_numpy_iterator())

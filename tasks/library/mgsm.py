@@ -60,7 +60,7 @@ def languages(data_dir: str) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def prompt() -> str:
-  """The instruction and the eight exemplars, each "Question: ...\\nAnswer: ..." and a blank line."""
+  """The instruction and the eight exemplars, each "Question: ...\\nAnswer: ...", blank line."""
   return INSTRUCTION + "".join(f"Question: {q}\nAnswer: {a}{EXEMPLAR_END}"
                                for q, a in LM_EVAL_EXEMPLARS)
 

@@ -173,7 +173,8 @@ def variant(data_dir: str) -> str:
 def spec(data_dir: str, language: str) -> FlanTaskSpec:
   name = variant(data_dir)
   return FlanTaskSpec(
-      name=f"{NAME}_{language}", cluster=CLUSTER, records=functools.partial(load, data_dir, language),
+      name=f"{NAME}_{language}", cluster=CLUSTER,
+      records=functools.partial(load, data_dir, language),
       templates=(), splits=("test",), few_shot=False, target_field="answers",
       metric_fns=(normalized_exact_match, token_f1), postprocess_fns={name: postprocessor},
       extra_variants=(ZeroShot(name, (TEMPLATE,)),))
