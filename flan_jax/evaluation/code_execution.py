@@ -66,17 +66,17 @@ with open(program_path) as f:
   program = f.read()
 result = open(result_path, "w")
 
-def limit(name, value):
+def limit(name, value, hard=None):
   kind = getattr(resource, name, None)
   if kind is None:
     return
   try:
-    resource.setrlimit(kind, (value, value))
+    resource.setrlimit(kind, (value, value if hard is None else hard))
   except (ValueError, OSError):
     pass  # a platform without the limit (or a hard limit already lower)
 
 limit("RLIMIT_AS", int(memory))
-limit("RLIMIT_CPU", int(cpu))
+limit("RLIMIT_CPU", int(cpu), int(cpu) + 1)  # SIGXCPU at the soft limit: "timed out"
 limit("RLIMIT_NPROC", 0)
 limit("RLIMIT_CORE", 0)
 
