@@ -16,8 +16,9 @@ as well.
   timeout covers the interpreter's start-up too (tens of milliseconds).
 - Resource limits, set in the child before the program runs: RLIMIT_AS (memory),
   RLIMIT_CPU (CPU seconds, the timeout rounded up plus one), RLIMIT_NPROC = 0 (no new
-  processes) and RLIMIT_CORE = 0. The kernel does not apply RLIMIT_NPROC to root, so when
-  evaluating as root only the patched functions below and the group kill stop a fork bomb.
+  processes; threads count too, so a program that starts threads fails) and
+  RLIMIT_CORE = 0. The kernel does not apply RLIMIT_NPROC to root, so when evaluating as
+  root only the patched functions below and the group kill stop a fork bomb.
 - A fresh temporary directory as cwd (and TMPDIR, HOME), removed afterwards.
 - A Python-level prelude, installed before the program runs, replaces:
   `builtins.open`/`io.open` and `os.open` (writing, creating, truncating or appending
