@@ -52,6 +52,8 @@ def size_weighted_mean(results: Mapping[str, float], weights: Mapping[str, int],
 
   lm-eval's group scores (MMLU, BBH) weight each task by its size; ours are plain means.
   """
+  if not weights:
+    raise KeyError(f"No results to average: evaluate every {what} first.")
   total = weight = 0.0
   for key, count in weights.items():
     if key not in results:

@@ -37,7 +37,7 @@ from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.metrics import numeric_match
 from flan_jax_tasks.library.bbh import cut_at_stop_sequences
-from flan_jax_tasks.library.common import add_mixture_once, register_once
+from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 from flan_jax_tasks.library.gsm8k import LM_EVAL_EXEMPLARS, flexible_extract
 
 ROOT = os.path.join("eval", "mgsm")
@@ -94,10 +94,7 @@ def language_mean(results: dict[str, float], languages_: list[str],
                   metric: str = "flexible_extract") -> float:
   """The plain mean over languages of "mgsm_<lang>_cot/<metric>" (MGSM's reported average)."""
   keys = [f"{NAME}_{language}_cot/{metric}" for language in languages_]
-  missing = [k for k in keys if k not in results]
-  if missing or not keys:
-    raise KeyError(f"No result for {missing or 'any language'}: evaluate every language first.")
-  return sum(results[k] for k in keys) / len(keys)
+  return size_weighted_mean(results, dict.fromkeys(keys, 1), "language")
 
 
 def register(data_dir: str) -> list[str]:

@@ -44,7 +44,7 @@ from flan_jax.data.templates import Template
 from flan_jax.data.variants import ZeroShot
 from flan_jax.metrics import normalized_exact_match, token_f1
 from flan_jax_tasks.library.bbh import cut_at_stop_sequences
-from flan_jax_tasks.library.common import add_mixture_once, register_once
+from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "tydiqa")
 DEV_FILE = "tydiqa-goldp-v1.1-dev.json"
@@ -185,10 +185,7 @@ def language_mean(results: dict[str, float], languages_: list[str], variant_: st
   """The plain mean over languages of "tydiqa_goldp_<language>_<variant>/<metric>" (each
   language's own mean over its questions), as open-instruct reports its average."""
   keys = [f"{NAME}_{language}_{variant_}/{metric}" for language in languages_]
-  missing = [k for k in keys if k not in results]
-  if missing or not keys:
-    raise KeyError(f"No result for {missing or 'any language'}: evaluate every language first.")
-  return sum(results[k] for k in keys) / len(keys)
+  return size_weighted_mean(results, dict.fromkeys(keys, 1), "language")
 
 
 def register(data_dir: str) -> list[str]:
