@@ -111,7 +111,7 @@ def finetune(
     heldout_mixture_or_task_name: str | None = None,
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
     evaluate_before: bool = True,
-    initial_checkpoint_path: str | None = None,
+    initial_checkpoint_path: str | model_dir_lib.ResolvedCheckpoint | None = None,
     truncation_sample: int = 100,
     data_workers: int | None = None,
     config_gin: str | None = None,

@@ -127,7 +127,7 @@ def train(
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,
       evaluation=evaluation or EvalConfig(),
       evaluate_before=evaluate_before,
-      initial_checkpoint_path=initial_checkpoint_path,
+      initial_checkpoint_path=initial or None,  # resolved once, above
       truncation_sample=truncation_sample,
       data_workers=data_workers,
       # Recorded once the run holds MODEL_DIR and agrees with what it recorded before.
