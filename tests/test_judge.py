@@ -195,6 +195,7 @@ class StubServer:
 
   def __init__(self, reply):
     self.bodies, self.paths, self.status, self.raw = [], [], 200, None
+    self.fail_first = 0  # answer this many requests with HTTP 503 first
     stub = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -202,6 +203,10 @@ class StubServer:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         stub.bodies.append(body)
         stub.paths.append((self.path, self.headers.get("Authorization")))
+        if stub.fail_first:
+          stub.fail_first -= 1
+          self.send_error(503, "busy")
+          return
         payload = stub.raw if stub.raw is not None else json.dumps(
             {"object": "chat.completion",
              "choices": [{"index": 0, "message": {"role": "assistant",
@@ -268,19 +273,37 @@ def test_an_endpoint_judge_posts_openai_chat_requests_in_batches_and_caches_them
                                                         "echo third", "echo fourth"]
   assert rerun.requests_made == 1 and len(server.bodies) == 5
   other = EndpointJudge(server.url, "another-model", cache_dir=str(tmp_path), max_tokens=64)
-  other.complete(["first"])
-  assert other.requests_made == 1
+  assert other.complete(["first", "first"]) == ["echo first"] * 2  # asked once
+  assert other.requests_made == 1 and len(server.bodies) == 6
+  # Each cache entry is readable JSON: the judge, the request, the completion.
+  entries = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json")]
+  assert len(entries) == 6
+  assert {"judge", "request", "completion"} == set(entries[0])
+
+
+def test_a_busy_endpoint_is_asked_again(stub_server):
+  server = stub_server(lambda body: "[[a]]")
+  server.fail_first = 2
+  judge = EndpointJudge(server.url, "judge-model", retries=2, retry_wait=0.01)
+  assert judge.complete(["hello"]) == ["[[a]]"]
+  assert len(server.paths) == 3
+  server.fail_first = 3
+  with pytest.raises(UserError, match="HTTP 503"):
+    judge.complete(["again"])
 
 
 def test_endpoint_failures_are_one_clear_error_naming_the_url(stub_server):
   server = stub_server(lambda body: "fine")
-  judge = EndpointJudge(server.url, "judge-model")
+  judge = EndpointJudge(server.url, "judge-model", retry_wait=0.01)
   server.status, server.raw = 404, b'{"error": "model judge-model not found"}'
   with pytest.raises(UserError, match=r"127\.0\.0\.1.*HTTP 404.*not found"):
     judge.complete(["hello"])
   server.status, server.raw = 200, b"<html>not json</html>"
   with pytest.raises(UserError, match=r"127\.0\.0\.1.*did not answer with an OpenAI chat"):
     judge.complete(["hello"])
+  server.close()
+  with pytest.raises(UserError, match=r"127\.0\.0\.1.*could not be reached.*3 tries"):
+    judge.complete(["hello again"])
   with pytest.raises(UserError, match="is not an http"):
     EndpointJudge("localhost:8000", "judge-model")
   assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"

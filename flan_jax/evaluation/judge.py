@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from typing import Mapping, Sequence, Union
@@ -32,6 +33,7 @@ from flan_jax.errors import UserError
 
 Messages = Sequence[Mapping[str, str]]
 Request = Union[str, Messages]
+_TRANSIENT = (429, 500, 502, 503, 504)
 
 
 def as_messages(request: Request) -> list[dict]:
@@ -98,23 +100,29 @@ class Judge:
     self.requests_made = 0  # requests that reached the model (cache misses)
 
   def complete(self, requests: Sequence[Request]) -> list[str]:
-    completions: list[str | None] = [None] * len(requests)
-    missing = []
-    for i, request in enumerate(requests):
+    """One completion per request, in order. A request asked twice in one call, or
+    found in the cache, reaches the model at most once."""
+    keys = [JudgeCache.key(self.identity, request) for request in requests]
+    known: dict[str, str] = {}
+    missing: dict[str, Request] = {}
+    for key, request in zip(keys, requests):
+      if key in known or key in missing:
+        continue
       cached = self.cache.get(self.identity, request) if self.cache else None
       if cached is None:
-        missing.append(i)
+        missing[key] = request
       else:
-        completions[i] = cached
-    for start in range(0, len(missing), self.batch_size):
-      batch = missing[start:start + self.batch_size]
-      answers = self._complete([requests[i] for i in batch])
+        known[key] = cached
+    pending = list(missing.items())
+    for start in range(0, len(pending), self.batch_size):
+      batch = pending[start:start + self.batch_size]
+      answers = self._complete([request for _, request in batch])
       self.requests_made += len(batch)
-      for i, answer in zip(batch, answers):
-        completions[i] = answer
+      for (key, request), answer in zip(batch, answers):
+        known[key] = answer
         if self.cache:  # batch by batch, so an interrupted run keeps what it paid for
-          self.cache.put(self.identity, requests[i], answer)
-    return completions
+          self.cache.put(self.identity, request, answer)
+    return [known[key] for key in keys]
 
   def _complete(self, requests: Sequence[Request]) -> list[str]:
     raise NotImplementedError
@@ -125,12 +133,15 @@ class EndpointJudge(Judge):
 
   `url`: the server's base (`http://host:8000` or `.../v1`) or the full
   `.../chat/completions` address. `api_key` defaults to $OPENAI_API_KEY (sent as a
-  bearer token when set). `concurrency` requests of a batch are in flight at once.
+  bearer token when set). `concurrency` requests of a batch are in flight at once. A
+  refused connection, a timeout, HTTP 429 or 5xx is tried again `retries` times, waiting
+  `retry_wait` seconds, then twice that, ...; any other failure is an error at once.
   """
 
   def __init__(self, url: str, model: str, *, cache_dir: str | None = None,
                max_tokens: int = 1024, timeout: float = 120.0, concurrency: int = 4,
-               batch_size: int = 16, api_key: str | None = None):
+               batch_size: int = 16, api_key: str | None = None, retries: int = 2,
+               retry_wait: float = 1.0):
     super().__init__(cache_dir, batch_size)
     if not url.startswith(("http://", "https://")):
       raise UserError(f"--judge_endpoint={url!r} is not an http(s) URL; give the server's "
@@ -142,6 +153,7 @@ class EndpointJudge(Judge):
     self.max_tokens = max_tokens
     self.timeout = timeout
     self.concurrency = concurrency
+    self.retries, self.retry_wait = retries, retry_wait
     self.api_key = os.environ.get("OPENAI_API_KEY") if api_key is None else api_key
     self.identity = json.dumps({"endpoint": self.url, "model": model, "temperature": 0,
                                 "max_tokens": max_tokens})
@@ -156,18 +168,28 @@ class EndpointJudge(Judge):
     headers = {"Content-Type": "application/json"}
     if self.api_key:
       headers["Authorization"] = f"Bearer {self.api_key}"
-    post = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-    try:
-      with urllib.request.urlopen(post, timeout=self.timeout) as response:
-        raw = response.read()
-    except urllib.error.HTTPError as e:
-      detail = e.read(300).decode("utf-8", "replace")
-      raise UserError(f"The judge endpoint {self.url} answered HTTP {e.code} ({e.reason}): "
-                      f"{detail!r}. Check --judge_endpoint and --judge_model.") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-      reason = getattr(e, "reason", e)
-      raise UserError(f"The judge endpoint {self.url} could not be reached ({reason}); is "
-                      "the server running, and is --judge_endpoint its address?") from None
+    for attempt in range(self.retries + 1):
+      post = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+      try:
+        with urllib.request.urlopen(post, timeout=self.timeout) as response:
+          raw = response.read()
+        break
+      except urllib.error.HTTPError as e:
+        # A busy or briefly failing server (rate limit, overload) is worth asking again.
+        if e.code in _TRANSIENT and attempt < self.retries:
+          time.sleep(self.retry_wait * 2**attempt)
+          continue
+        detail = e.read(300).decode("utf-8", "replace")
+        raise UserError(f"The judge endpoint {self.url} answered HTTP {e.code} ({e.reason}): "
+                        f"{detail!r}. Check --judge_endpoint and --judge_model.") from None
+      except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        if attempt < self.retries:
+          time.sleep(self.retry_wait * 2**attempt)
+          continue
+        reason = getattr(e, "reason", e)
+        raise UserError(f"The judge endpoint {self.url} could not be reached ({reason}) after "
+                        f"{self.retries + 1} tries; is the server running, and is "
+                        "--judge_endpoint its address?") from None
     try:
       reply = json.loads(raw)
       content = reply["choices"][0]["message"]["content"]
