@@ -375,3 +375,22 @@ def test_make_judge_wants_exactly_one_judge():
     make_judge(endpoint="http://localhost:1", model="m", checkpoint="/x")
   with pytest.raises(UserError, match="judge_model"):
     make_judge(endpoint="http://localhost:1")
+
+
+@needs_data
+def test_bad_benchmark_input_is_one_clear_error(tmp_path):
+  judge = ScriptedJudge()
+  with pytest.raises(UserError, match="1 model outputs for 3 AlpacaEval instructions"):
+    alpaca_eval.evaluate(judge, ["only one"], SHARED, max_examples=3)
+  with pytest.raises(UserError, match="Model output 1 .* is NoneType"):
+    alpaca_eval.evaluate(judge, ["a", None, "c"], SHARED, max_examples=3)
+  with pytest.raises(UserError, match="references there: .*text_davinci_003"):
+    alpaca_eval.read_reference(SHARED, reference="gpt5")
+  assert judge.requests_made == 0
+  with pytest.raises(UserError, match="two string answers"):
+    mt_bench.evaluate(judge, [["turn 1 only"]], SHARED, max_examples=1)
+  broken = tmp_path / "eval" / "open_ended"
+  broken.mkdir(parents=True)
+  (broken / "mtbench_question.jsonl").write_text('{"category": "math", "turns": ["one"]}\n')
+  with pytest.raises(UserError, match=r"mtbench_question.jsonl:1: .*two string \"turns\""):
+    mt_bench.read_questions(str(tmp_path))

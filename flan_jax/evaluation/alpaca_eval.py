@@ -139,7 +139,11 @@ def evaluate(judge: Judge, model_outputs: Sequence[str] | Callable[[list[str]], 
   if len(outputs) < len(instructions):
     raise UserError(f"{len(outputs)} model outputs for {len(instructions)} AlpacaEval "
                     "instructions: give one per instruction, in AlpacaEval's order.")
-  outputs = [o if isinstance(o, str) else "" for o in outputs[:len(instructions)]]
+  outputs = outputs[:len(instructions)]
+  for i, output in enumerate(outputs):
+    if not isinstance(output, str):
+      raise UserError(f"Model output {i} (for {instructions[i][:60]!r}) is "
+                      f"{type(output).__name__}, not a string.")
   requests = []
   for record, output in zip(records, outputs):
     requests.append(pairwise_request(record["instruction"], record["output"], output))

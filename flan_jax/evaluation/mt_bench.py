@@ -173,9 +173,11 @@ def evaluate(judge: Judge,
   if callable(answers):
     answers = answer_questions(answers, questions)
   answers = [list(a) for a in answers]
-  if len(answers) < len(questions) or any(len(a) != 2 for a in answers[:len(questions)]):
-    raise UserError(f"MT-Bench needs two answers (turn 1, turn 2) for each of the "
-                    f"{len(questions)} questions.")
+  answers = answers[:len(questions)]
+  if len(answers) < len(questions) or any(
+      len(a) != 2 or not all(isinstance(text, str) for text in a) for a in answers):
+    raise UserError(f"MT-Bench needs two string answers (turn 1, turn 2) for each of the "
+                    f"{len(questions)} questions, in the question file's order.")
   requests = [grading_request(q, a, turn) for q, a in zip(questions, answers)
               for turn in (1, 2)]
   replies = judge.complete(requests)

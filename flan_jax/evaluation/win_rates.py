@@ -38,6 +38,10 @@ it at run time; it cannot be derived from one model's judgements. So:
   baseline are the leaderboard's;
 - without it, it is AlpacaEval's `length_controlled_minimal` GLM (length term and
   baseline term only), which needs nothing but the judgements. The result names the GLM.
+
+A quirk carried over with the fit: when the model loses every judged instruction, no
+weight is left on one of the two labels, and liblinear's fit (AlpacaEval's too) returns
+zero coefficients, an LC win rate of 50. Read the LC number beside the raw win rate.
 """
 
 import math
