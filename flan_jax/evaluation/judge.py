@@ -22,6 +22,7 @@ import concurrent.futures
 import hashlib
 import http.client
 import json
+import logging
 import os
 import tempfile
 import time
@@ -122,6 +123,8 @@ class Judge:
         known[key] = answer
         if self.cache:  # batch by batch, so an interrupted run keeps what it paid for
           self.cache.put(self.identity, request, answer)
+      logging.info("Judge: %d of %d requests answered (%d more from the cache).",
+                   start + len(batch), len(pending), len(known) - start - len(batch))
     return [known[key] for key in keys]
 
   def _complete(self, requests: Sequence[Request]) -> list[str]:
