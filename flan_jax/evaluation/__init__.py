@@ -1,1 +1,2 @@
-"""Decoding with a KV cache, metrics, and evaluation of held-out task clusters."""
+"""Decoding with a KV cache, metrics, evaluation of held-out task clusters, and LLM-as-judge
+benchmarks (AlpacaEval, MT-Bench)."""
