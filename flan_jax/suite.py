@@ -118,11 +118,6 @@ def run_suite(
   chosen = check_members(list(members) if members is not None else list(MEMBERS))
   if style not in STYLES:
     raise UserError(f"suite style {style!r} is not one of {list(STYLES)}.")
-  without_lengths = [m.name for m in chosen if m.name not in task_feature_lengths]
-  if without_lengths:
-    raise UserError(f"suite member {without_lengths[0]!r} has no TASK_FEATURE_LENGTHS: add "
-                    f"'{without_lengths[0]}': {{'inputs': ..., 'targets': ...}} to "
-                    "SUITE_FEATURE_LENGTHS (see gin/suite.gin).")
   checkpoint = model_dir.resolve(checkpoint_path)
   if not paths.isdir(checkpoint.directory):
     raise UserError(f"CHECKPOINT_PATH {checkpoint.path!r} is not a directory.")
@@ -138,6 +133,10 @@ def run_suite(
       skipped[member.name] = reason
       log.warning("suite: %s skipped, %s", member.name, reason)
       continue
+    if member.name not in task_feature_lengths:
+      raise UserError(f"suite member {member.name!r} has no TASK_FEATURE_LENGTHS: add "
+                      f"'{member.name}': {{'inputs': ..., 'targets': ...}} to "
+                      "SuiteConfig.task_feature_lengths (see gin/suite.gin).")
     recorded = _jsonable({
         "checkpoint": checkpoint.directory, "step": checkpoint_step(checkpoint, step),
         "style": style, "evaluation": evaluation, "data_dir": data_dir,
@@ -189,7 +188,8 @@ def _run_member(member: Member, recorded: dict, model, data_dir, style, evaluati
     raise UserError(f"suite member {member.name!r} returned no {member.headline!r} (its "
                     f"headline metric); it returned {sorted(metrics)}.")
   result = {"metrics": {k: float(v) for k, v in metrics.items()}, "scoring": context.scoring,
-            "settings": recorded, "seconds": round(time.monotonic() - start, 1)}
+            "results": context.results, "settings": recorded,
+            "seconds": round(time.monotonic() - start, 1)}
   if jax.process_index() == 0:
     paths.write_json(paths.join(directory, SUITE_DIR, f"{member.name}.json"), result, indent=2,
                      sort_keys=True)

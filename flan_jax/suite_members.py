@@ -45,7 +45,8 @@ SAME_IN_EVERY_STYLE = ("tydiqa_goldp", "mgsm")
 
 @dataclasses.dataclass
 class SuiteContext:
-  """What a member evaluates with; `scoring` collects how each mixture was scored."""
+  """What a member evaluates with; `scoring` and `results` collect how each mixture was
+  scored and its per-task results, for the member's record."""
   model: checkpoint_eval.LoadedModel
   data_dir: str | None
   style: str
@@ -53,6 +54,7 @@ class SuiteContext:
   evaluation: EvalConfig
   settings: Mapping[str, Any]  # this member's own settings ({"shots": 5}, {"config": ...})
   scoring: dict = dataclasses.field(default_factory=dict)
+  results: dict = dataclasses.field(default_factory=dict)  # every task's "task/metric"
 
   def mixture(self, lm_eval_mixture: str) -> str:
     """The mixture that runs `lm_eval_mixture`'s benchmark in this context's style."""
@@ -66,6 +68,7 @@ class SuiteContext:
     report = self.model.evaluate(tasks, self.task_feature_lengths, self.evaluation)
     self.scoring[mixture] = report["scoring"]
     results = {k: v for k, v in report["results"].items() if "_mean/" not in k}
+    self.results.update(results)
     return results, {t.name: evaluated_count(t, self.evaluation) for t in tasks}
 
   def predictor(self, *, chat: bool = False, **settings) -> inference.Predictor:
