@@ -246,7 +246,8 @@ def evaluate_humaneval(context: SuiteContext) -> dict[str, float]:
   decode = (DecodeConfig() if config.greedy else
             DecodeConfig(strategy="sample", temperature=config.temperature, top_p=config.top_p,
                          seed=config.seed))
-  predictor = context.predictor(decode=decode)
+  # Completions are decoded as the text after the prompt (code keeps its indentation).
+  predictor = context.predictor(decode=decode, decode_in_context=True)
   context.scoring["humaneval"] = {
       "prompt": "the problem's prompt, as it is", "stop_sequences": list(humaneval.STOP_SEQUENCES),
       "decoding": "greedy" if config.greedy else

@@ -246,3 +246,19 @@ def test_an_unknown_member_or_style_is_one_clear_error():
     suite.check_members(["mmlu", "gsm8kk"])
   with pytest.raises(UserError, match="style 'helm'"):
     suite.run_suite(str(STORIES), "/tmp/unused", LENGTHS, members=["mmlu"], style="helm")
+
+
+def test_code_completions_keep_their_indentation_when_decoded_after_the_prompt():
+  from flan_jax import inference
+  vocabulary = vocabularies.vocabulary_from_path(str(STORIES / "tokenizer.model"))
+  problem = next(iter(code_execution.read_problems().values()))
+  completion = problem["canonical_solution"]
+  prompt_ids = vocabulary.encode(problem["prompt"])
+  whole = vocabulary.encode(problem["prompt"] + completion)
+  assert whole[:len(prompt_ids)] == prompt_ids
+  generated = [*whole[len(prompt_ids):], vocabulary.eos_id, 7]
+  # open-instruct's reference: decode prompt and completion together, slice the prompt off.
+  reference = vocabulary.decode(whole)[len(vocabulary.decode(prompt_ids)):]
+  assert inference.decode_continuation(vocabulary, prompt_ids[-1], generated) == reference
+  assert reference.startswith("    ")
+  assert not vocabulary.decode(whole[len(prompt_ids):]).startswith("    ")  # alone, one lost
