@@ -23,7 +23,9 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from jax.experimental import multihost_utils
 import jax
+import numpy as np
 import tqdm
 
 from flan_jax import checkpoint_eval, job, model_dir, paths
@@ -108,7 +110,8 @@ def run_suite(
     mesh_shape: tuple[int, ...] = (-1, 1, 1),
     dcn_mesh_shape: tuple[int, ...] | None = None,
 ) -> dict:
-  """Runs the suite's `members` (default: all) on the checkpoint; returns suite.json.
+  """Runs the suite's `members` (default: all) on the checkpoint; returns suite.json
+  (in process 0; the other processes of a multi-host job return {}).
 
   `task_feature_lengths`: member -> its TASK_FEATURE_LENGTHS. `member_settings`: member
   -> its own settings (`{"mmlu": {"shots": 0}, "humaneval": {"config": HumanEvalConfig()}}`).
@@ -149,6 +152,7 @@ def run_suite(
     else:
       finished[member.name] = earlier
 
+  pending, finished = _agreed([m.name for m in chosen], pending, finished)
   model = None
   if pending:
     # The task library tokenized with the checkpoint's own tokenizer (or VOCABULARY_PATH),
@@ -166,17 +170,33 @@ def run_suite(
                                         member_settings.get(member.name, {}),
                                         task_feature_lengths[member.name], directory)
 
+  if jax.process_index() != 0:
+    return {}  # process 0 holds every record, and reports
   report = summarize([m for m in chosen if m.name in finished], finished, skipped, style)
-  if jax.process_index() == 0:
-    paths.write_json(paths.join(directory, f"{NAME}.json"), report, indent=2, sort_keys=True)
-    columns = table_columns(chosen, report)
-    title = f"suite ({style} style): {checkpoint_path}"
-    suite_report.print_suite_table(title, os.path.basename(checkpoint.directory.rstrip("/")),
-                                   columns, [f"{n} skipped: {r}" for n, r in skipped.items()])
-    values = [(name, value) for name, value in columns if value is not None]
-    if values:
-      suite_report.plot_suite(values, title, paths.join(directory, f"{NAME}.png"))
+  paths.write_json(paths.join(directory, f"{NAME}.json"), report, indent=2, sort_keys=True)
+  columns = table_columns(chosen, report)
+  title = f"suite ({style} style): {checkpoint_path}"
+  suite_report.print_suite_table(title, os.path.basename(checkpoint.directory.rstrip("/")),
+                                 columns, [f"{n} skipped: {r}" for n, r in skipped.items()])
+  values = [(name, value) for name, value in columns if value is not None]
+  if values:
+    suite_report.plot_suite(values, title, paths.join(directory, f"{NAME}.png"))
   return report
+
+
+def _agreed(order: Sequence[str], pending: list, finished: dict) -> tuple[list, dict]:
+  """What process 0 (which writes the records) found unfinished, evaluated by every
+  process: all of them take part in each evaluation, whatever their own disks hold.
+  Both lists follow the suite's order, the same in every process."""
+  if jax.process_count() == 1:
+    return pending, finished
+  recorded = {m.name: (m, r) for m, r in pending}
+  names = [name for name in order if name in recorded or name in finished]
+  unfinished = multihost_utils.broadcast_one_to_all(
+      np.asarray([name in recorded for name in names], np.int32))
+  return ([recorded.get(name) or (MEMBERS[name], None)
+           for name, todo in zip(names, unfinished) if todo],
+          {name: finished.get(name) for name, todo in zip(names, unfinished) if not todo})
 
 
 def _run_member(member: Member, recorded: dict, model, data_dir, style, evaluation,

@@ -262,3 +262,12 @@ def test_code_completions_keep_their_indentation_when_decoded_after_the_prompt()
   assert inference.decode_continuation(vocabulary, prompt_ids[-1], generated) == reference
   assert reference.startswith("    ")
   assert not vocabulary.decode(whole[len(prompt_ids):]).startswith("    ")  # alone, one lost
+
+
+def test_the_flan_style_runs_the_flan_variants_where_a_benchmark_has_them():
+  def context(style):
+    return suite_members.SuiteContext(None, None, style, LENGTHS["mmlu"], EVALUATION, {})
+  assert [context("lm_eval").mixture(m) for m in ("mmlu_5shot", "bbh_cot", "gsm8k")] == [
+      "mmlu_5shot", "bbh_cot", "gsm8k"]
+  assert [context("flan").mixture(m) for m in ("mmlu_5shot", "bbh_cot", "gsm8k", "mgsm")] == [
+      "mmlu_5shot_flan", "bbh_cot_flan", "gsm8k_flan", "mgsm"]

@@ -41,11 +41,15 @@ def print_suite_table(title: str, row_name: str, columns: Sequence[tuple[str, fl
   """One row: the checkpoint, then (column title, value) per benchmark and average;
   a skipped benchmark shows "-"."""
   table = rich.table.Table(title=title)
-  table.add_column("model")
+  table.add_column("model", no_wrap=True)
   for name, _ in columns:
-    table.add_column(name, justify="right")
+    table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
   table.add_row(row_name, *("-" if value is None else f"{value:.1f}" for _, value in columns))
+  # Wide enough for every column title in full, also where the output is no terminal
+  # (a log file, where rich would assume 80 columns).
+  needed = len(row_name) + sum(len(name) + 3 for name, _ in columns) + 4
   console = rich.console.Console()
+  console = rich.console.Console(width=max(console.width, needed))
   console.print(table)
   for line in skipped:
     console.print(line, highlight=False)
