@@ -172,7 +172,8 @@ def run_suite(
 
   if jax.process_index() != 0:
     return {}  # process 0 holds every record, and reports
-  report = summarize([m for m in chosen if m.name in finished], finished, skipped, style)
+  report = {"checkpoint": checkpoint.directory,
+            **summarize([m for m in chosen if m.name in finished], finished, skipped, style)}
   paths.write_json(paths.join(directory, f"{NAME}.json"), report, indent=2, sort_keys=True)
   columns = table_columns(chosen, report)
   title = f"suite ({style} style): {checkpoint_path}"
@@ -208,7 +209,7 @@ def _run_member(member: Member, recorded: dict, model, data_dir, style, evaluati
     raise UserError(f"suite member {member.name!r} returned no {member.headline!r} (its "
                     f"headline metric); it returned {sorted(metrics)}.")
   result = {"metrics": {k: float(v) for k, v in metrics.items()}, "scoring": context.scoring,
-            "results": context.results, "settings": recorded,
+            "results": context.results, "details": context.details, "settings": recorded,
             "seconds": round(time.monotonic() - start, 1)}
   if jax.process_index() == 0:
     paths.write_json(paths.join(directory, SUITE_DIR, f"{member.name}.json"), result, indent=2,

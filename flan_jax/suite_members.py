@@ -45,8 +45,9 @@ SAME_IN_EVERY_STYLE = ("tydiqa_goldp", "mgsm")
 
 @dataclasses.dataclass
 class SuiteContext:
-  """What a member evaluates with; `scoring` and `results` collect how each mixture was
-  scored and its per-task results, for the member's record."""
+  """What a member evaluates with; `scoring`, `results` and `details` collect how each
+  mixture was scored, its per-task results and anything else (HumanEval's samples) for
+  the member's record."""
   model: checkpoint_eval.LoadedModel
   data_dir: str | None
   style: str
@@ -55,6 +56,7 @@ class SuiteContext:
   settings: Mapping[str, Any]  # this member's own settings ({"shots": 5}, {"config": ...})
   scoring: dict = dataclasses.field(default_factory=dict)
   results: dict = dataclasses.field(default_factory=dict)  # every task's "task/metric"
+  details: dict = dataclasses.field(default_factory=dict)  # anything else worth keeping
 
   def mixture(self, lm_eval_mixture: str) -> str:
     """The mixture that runs `lm_eval_mixture`'s benchmark in this context's style."""
@@ -253,9 +255,10 @@ def evaluate_humaneval(context: SuiteContext) -> dict[str, float]:
       "decoding": "greedy" if config.greedy else
                   f"sampling, temperature {config.temperature}, top-p {config.top_p}",
       "samples_per_problem": config.samples_per_problem, "bos": context.model.network.bos_id}
-  metrics, _ = humaneval.evaluate(predictor.generate, config,
-                                  max_problems=context.evaluation.max_examples_per_task,
-                                  batch_size=context.evaluation.batch_size)
+  metrics, samples = humaneval.evaluate(predictor.generate, config,
+                                        max_problems=context.evaluation.max_examples_per_task,
+                                        batch_size=context.evaluation.batch_size)
+  context.details["samples"] = samples  # task_id, completion, result, passed
   return metrics
 
 

@@ -30,7 +30,7 @@ BBH_TASKS = ("boolean_expressions", "date_understanding")
 ROWS = 3  # test rows kept per file: the whole (small) benchmark runs
 LENGTHS = {"mmlu": {"inputs": 448, "targets": 4}, "bbh": {"inputs": 448, "targets": 8},
            "gsm8k": {"inputs": 448, "targets": 16}, "tydiqa": {"inputs": 256, "targets": 8},
-           "humaneval": {"inputs": 256, "targets": 24}}
+           "humaneval": {"inputs": 448, "targets": 24}}
 MEMBERS = ["mmlu", "bbh", "gsm8k", "tydiqa", "humaneval"]
 EVALUATION = EvalConfig(max_examples_per_task=None, batch_size=4)
 
@@ -271,3 +271,24 @@ def test_the_flan_style_runs_the_flan_variants_where_a_benchmark_has_them():
       "mmlu_5shot", "bbh_cot", "gsm8k"]
   assert [context("flan").mixture(m) for m in ("mmlu_5shot", "bbh_cot", "gsm8k", "mgsm")] == [
       "mmlu_5shot_flan", "bbh_cot_flan", "gsm8k_flan", "mgsm"]
+
+
+def test_humaneval_completions_are_transformers_greedy_continuations(straight):
+  """The member prompts and decodes as open-instruct does with transformers: BOS and the
+  problem's prompt, greedy, the decoded whole less the decoded prompt, cut at the stops."""
+  import torch
+  import transformers
+  _, output, _ = straight
+  samples = json.loads((output / "eval" / "suite" / "humaneval.json").read_text())[
+      "details"]["samples"]
+  problems = code_execution.read_problems()
+  vocabulary = vocabularies.vocabulary_from_path(str(STORIES / "tokenizer.model"))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(STORIES), dtype=torch.float32)
+  assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+  for sample in samples:
+    prompt_ids = [1, *vocabulary.encode(problems[sample["task_id"]]["prompt"])]
+    with torch.no_grad():
+      ids = model.generate(torch.tensor([prompt_ids]), max_new_tokens=LENGTHS["humaneval"]["targets"],
+                           do_sample=False, eos_token_id=2, pad_token_id=0)[0].tolist()
+    text = vocabulary.decode(ids[1:])[len(vocabulary.decode(prompt_ids[1:])):]
+    assert sample["completion"] == humaneval.cut_at_stop_sequences(text)
