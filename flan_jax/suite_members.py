@@ -23,6 +23,7 @@ size), or, for TyDiQA and MGSM, the plain mean over languages (the published ave
 
 import dataclasses
 import importlib
+import logging
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -118,6 +119,8 @@ def evaluated_count(task: seqio.Task, evaluation: EvalConfig) -> int:
   except (NotImplementedError, AttributeError, KeyError):
     size = None
   if size is None:
+    logging.warning("suite: %s does not know its size; it weighs as one example in its "
+                    "benchmark's mean.", task.name)
     return 1
   return min(size, evaluation.max_examples_per_task or size)
 
