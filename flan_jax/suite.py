@@ -252,7 +252,12 @@ class SuiteConfig:
   task_feature_lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
   mmlu_shots: int = 5  # 5 (lm-eval's and the papers' default) or 0
   humaneval: Any = None  # a HumanEvalConfig; None: greedy pass@1
+  # Any member's own settings, member -> {name: value} (e.g. a judge for an
+  # LLM-as-judge member); they reach it as `context.settings` and are recorded.
+  settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
   def member_settings(self) -> dict[str, dict[str, Any]]:
-    return {"mmlu": {"shots": self.mmlu_shots},
-            "humaneval": {"config": self.humaneval or HumanEvalConfig()}}
+    settings = {name: dict(values) for name, values in self.settings.items()}
+    settings.setdefault("mmlu", {}).setdefault("shots", self.mmlu_shots)
+    settings.setdefault("humaneval", {}).setdefault("config", self.humaneval or HumanEvalConfig())
+    return settings

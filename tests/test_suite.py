@@ -292,3 +292,32 @@ def test_humaneval_completions_are_transformers_greedy_continuations(straight):
                            do_sample=False, eos_token_id=2, pad_token_id=0)[0].tolist()
     text = vocabulary.decode(ids[1:])[len(vocabulary.decode(prompt_ids[1:])):]
     assert sample["completion"] == humaneval.cut_at_stop_sequences(text)
+
+
+def test_members_talk_to_the_loaded_model_as_infer_does(tmp_path):
+  """`context.predictor()` and `predictor(chat=True)` share the parameters the suite
+  loaded, and answer as `inference.load_predictor` (which loads them afresh) does."""
+  from flan_jax import checkpoint_eval, inference, model_dir
+  from flan_jax.data import chat_templates
+  from flan_jax.errors import UserError
+  vocabulary = vocabularies.vocabulary_from_path(str(STORIES / "tokenizer.model"))
+  lengths = {"inputs": 64, "targets": 12}
+  # A copy of the model that records a chat template, as a finetuning run does.
+  chat_dir = tmp_path / "stories_chat"
+  chat_dir.mkdir()
+  for path in STORIES.iterdir():
+    (chat_dir / path.name).symlink_to(path)
+  (chat_dir / model_dir.TEMPLATE_FILE).write_text(chat_templates.builtin("zephyr").to_json())
+  loaded = checkpoint_eval.load_model(model_dir.resolve(str(chat_dir)), vocabulary, lengths)
+  context = suite_members.SuiteContext(loaded, None, "lm_eval", lengths, EVALUATION, {})
+  fresh = inference.load_predictor(str(chat_dir), max_input_length=64, max_new_tokens=12)
+  assert context.predictor().generate(["Once upon a time"]) == fresh.generate(
+      ["Once upon a time"])
+  conversation = [[{"role": "user", "content": "Tell me a story."}]]
+  fresh = inference.load_predictor(str(chat_dir), chat=True, max_input_length=64,
+                                   max_new_tokens=12)
+  assert context.predictor(chat=True).chat(conversation) == fresh.chat(conversation)
+  # The model without a recorded template: one clear error.
+  context.model = dataclasses.replace(loaded, checkpoint=model_dir.resolve(str(STORIES)))
+  with pytest.raises(UserError, match="talks to the model as a chat"):
+    context.predictor(chat=True)
