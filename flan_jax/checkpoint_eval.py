@@ -130,7 +130,7 @@ def evaluate_checkpoint(
   # The task library tokenized as `train` would tokenize it; conversations rendered as
   # the checkpoint's training rendered them.
   job.register_tasks(data_dir, vocabulary_path, checkpoint, chat_tasks,
-                     register=registration_as_trained(checkpoint))
+                     register=_registration_as_trained(checkpoint))
   job.ensure_writable_dir(output_dir)
   unsplit = [t.name for t in chat_tasks if not t.validation_records]
   if unsplit:
@@ -165,7 +165,7 @@ def position_limit(checkpoint: model_dir.ResolvedCheckpoint) -> int | None:
   return int(value) if value else None
 
 
-def registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
+def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
   """Registers a conversation task to render as the checkpoint's training rendered it,
   and to score only the records training held out."""
   def register(chat_task: chat_examples.ChatTask, vocabulary) -> None:
