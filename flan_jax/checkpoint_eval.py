@@ -13,10 +13,13 @@ each task's option scoring, `length_normalize`, the model's position limit; see
 OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
 """
 
+import dataclasses
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+from jax.sharding import Mesh
+import seqio
 
 from flan_jax import job, model_dir, paths
 from flan_jax.data import chat_examples, clusters, registry
@@ -24,6 +27,7 @@ from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.evaluation.report import print_results
+from flan_jax.models.families import ModelFamily
 from flan_jax.models.pretrained import load_pretrained
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
@@ -55,6 +59,53 @@ def plot_clusters(means: Mapping[str, float], metric: str, title: str, path: str
   plt.close(fig)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A checkpoint loaded once and placed on the mesh in training's layout, for any number
+  of evaluations (`evaluate_checkpoint`'s one, or every member of `suite`)."""
+  checkpoint: model_dir.ResolvedCheckpoint
+  network: ModelFamily
+  params: Any  # on the mesh
+  mesh: Mesh
+  vocabulary: seqio.Vocabulary
+  max_length: int | None  # the model's position limit, where known (`position_limit`)
+
+  def evaluate(self, tasks: Sequence[seqio.Task], task_feature_lengths: Mapping[str, int],
+               evaluation: EvalConfig) -> dict:
+    """{"results", "groups", "scoring"} of `tasks`, as OUTPUT_DIR/eval/<name>.json holds them."""
+    groups = job.eval_groups([t.name for t in tasks])
+    results = job.MeshEvaluation(self.network, self.mesh, tasks, task_feature_lengths,
+                                 self.vocabulary.eos_id, evaluation, groups,
+                                 max_length=self.max_length)(self.params)
+    return {"results": results, "groups": groups,
+            "scoring": evaluator.scoring_conventions(self.network, [t.name for t in tasks],
+                                                     evaluation, self.max_length)}
+
+
+def load_model(checkpoint: model_dir.ResolvedCheckpoint, vocabulary: seqio.Vocabulary,
+               task_feature_lengths: Mapping[str, int], *, step: int | None = None,
+               mesh_shape: tuple[int, ...] = (-1, 1, 1),
+               dcn_mesh_shape: tuple[int, ...] | None = None) -> LoadedModel:
+  """The checkpoint's parameters on the devices, once, for tasks tokenized by `vocabulary`."""
+  config, params = load_checkpoint(checkpoint, step)
+  job.check_vocabulary_fits(config, vocabulary, checkpoint.path)
+  network = job.network_for(config, vocabulary)
+  # Parameters go to the devices once, in training's layout; rows split over the data axes.
+  mesh = mesh_lib.make_mesh(mesh_shape, dcn_shape=dcn_mesh_shape)
+  params = step_lib.place_params(network, mesh, task_feature_lengths, params)
+  return LoadedModel(checkpoint, network, params, mesh, vocabulary, position_limit(checkpoint))
+
+
+def evaluated_tasks(mixture_or_task_name: str, evaluation: EvalConfig) -> list[seqio.Task]:
+  """The mixture's tasks that evaluation reads: not inverted, with the split to read."""
+  tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
+           if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]
+  if not tasks:
+    raise UserError(f"{mixture_or_task_name} has no task with a {evaluation.split!r} split "
+                    "to evaluate; set EvalConfig.split.")
+  return tasks
+
+
 def evaluate_checkpoint(
     checkpoint_path: str,
     mixture_or_task_name: str,
@@ -81,29 +132,15 @@ def evaluate_checkpoint(
   job.register_tasks(data_dir, vocabulary_path, checkpoint, chat_tasks,
                      register=_registration_as_trained(checkpoint))
   job.ensure_writable_dir(output_dir)
-  tasks = [t for t in registry.leaf_tasks(mixture_or_task_name)
-           if clusters.is_evaluated(t.name) and evaluator.eval_split(t, evaluation.split)]
   unsplit = [t.name for t in chat_tasks if not t.validation_records]
   if unsplit:
     raise UserError(f"ChatTask {unsplit[0]!r} has no validation split to evaluate: set "
                     "ChatTask.validation_records to the value training used.")
-  if not tasks:
-    raise UserError(f"{mixture_or_task_name} has no task with a {evaluation.split!r} split "
-                    "to evaluate; set EvalConfig.split.")
-  vocabulary = job.task_vocabulary(tasks)
-  config, params = load_checkpoint(checkpoint, step)
-  job.check_vocabulary_fits(config, vocabulary, checkpoint_path)
-  network = job.network_for(config, vocabulary)
-  # Parameters go to the devices once, in training's layout; rows split over the data axes.
-  mesh = mesh_lib.make_mesh(mesh_shape, dcn_shape=dcn_mesh_shape)
-  params = step_lib.place_params(network, mesh, task_feature_lengths, params)
-  groups = job.eval_groups([t.name for t in tasks])
-  max_length = position_limit(checkpoint)
-  results = job.MeshEvaluation(network, mesh, tasks, task_feature_lengths, vocabulary.eos_id,
-                               evaluation, groups, max_length=max_length)(params)
-  report = {"results": results, "groups": groups,
-            "scoring": evaluator.scoring_conventions(network, [t.name for t in tasks],
-                                                     evaluation, max_length)}
+  tasks = evaluated_tasks(mixture_or_task_name, evaluation)
+  model = load_model(checkpoint, job.task_vocabulary(tasks), task_feature_lengths, step=step,
+                     mesh_shape=mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
+  report = model.evaluate(tasks, task_feature_lengths, evaluation)
+  results, groups = report["results"], report["groups"]
   if jax.process_index() == 0:
     directory = os.path.join(output_dir, model_dir.EVAL_DIR)
     os.makedirs(directory, exist_ok=True)

@@ -1,10 +1,12 @@
-r"""Evaluate a checkpoint on a task, a mixture or a held-out cluster: `python -m flan_jax.eval`.
+r"""Evaluate a checkpoint on a task, a mixture or a held-out cluster, or run the benchmark
+suite: `python -m flan_jax.eval`.
 
   python -m flan_jax.eval --gin_file=gin/eval.gin \
       --gin.CHECKPOINT_PATH=/tmp/flan_jax_quickstart --gin.MIXTURE_OR_TASK_NAME=default_heldout
+  python -m flan_jax.eval --gin_file=gin/suite.gin --gin.CHECKPOINT_PATH=DIR
 
-gin configures `evaluate` below (see gin/eval.gin); the job is
-`checkpoint_eval.evaluate_checkpoint`.
+gin configures `evaluate` below (see gin/eval.gin, gin/suite.gin); the job is
+`checkpoint_eval.evaluate_checkpoint`, or with `evaluate.suite` set, `suite.run_suite`.
 """
 
 import os
@@ -14,19 +16,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
 
-from flan_jax import checkpoint_eval, gin_utils  # noqa: E402
+from flan_jax import checkpoint_eval, gin_utils, suite as suite_lib  # noqa: E402
 from flan_jax.data.chat_examples import ChatTask  # noqa: E402
+from flan_jax.errors import UserError  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
+from flan_jax.evaluation.humaneval import HumanEvalConfig  # noqa: E402
+from flan_jax.suite import SuiteConfig  # noqa: E402
 
 gin_utils.define_flags('MIXTURE_OR_TASK_NAME = "x"')
-gin_utils.configurables(EvalConfig, ChatTask)
+gin_utils.configurables(EvalConfig, ChatTask, SuiteConfig, HumanEvalConfig)
 
 
 @gin.configurable
 def evaluate(
     checkpoint_path: str = gin.REQUIRED,
-    mixture_or_task_name: str = gin.REQUIRED,
-    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    mixture_or_task_name: str | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
     output_dir: str = gin.REQUIRED,
     step: int | None = None,
     evaluation: EvalConfig | None = None,
@@ -35,13 +40,27 @@ def evaluate(
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
     chat_tasks=(),
+    suite: SuiteConfig | None = None,
 ) -> dict:
   """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`.
 
   `chat_tasks`: `ChatTask`s to name in MIXTURE_OR_TASK_NAME, rendered with the
   checkpoint's recorded chat template (leave `ChatTask.template` unset).
+  `suite`: run the benchmark suite instead of one mixture (`suite.run_suite`).
   """
   gin_utils.check_command_line_bindings_used()
+  if suite is not None:
+    if mixture_or_task_name is not None:
+      raise UserError("Set either evaluate.suite (gin/suite.gin) or MIXTURE_OR_TASK_NAME "
+                      "(gin/eval.gin), not both.")
+    return suite_lib.run_suite(
+        checkpoint_path, output_dir, suite.task_feature_lengths, members=suite.members,
+        style=suite.style, step=step, evaluation=evaluation, data_dir=data_dir,
+        vocabulary_path=vocabulary_path, member_settings=suite.member_settings(),
+        mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape))
+  if mixture_or_task_name is None or task_feature_lengths is None:
+    raise UserError("Nothing to evaluate: set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS "
+                    "(gin/eval.gin), or run the suite (--gin_file=gin/suite.gin).")
   return checkpoint_eval.evaluate_checkpoint(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,

@@ -44,6 +44,11 @@ class Predictor:
   batch_size: int = 8
   # Conversations (`infer --chat`): the template training rendered them with.
   chat_template: chat_templates.TemplateSpec | None = None
+  # Decode a completion that continues its prompt's text (a causal model's) after the
+  # prompt's last token, as harnesses that slice the decoded whole do (HumanEval's): a
+  # SentencePiece tokenizer drops the leading space of a text it decodes alone, which
+  # would cost generated code a column of indentation.
+  decode_in_context: bool = False
   _generate: Callable | None = dataclasses.field(default=None, repr=False)
   _score: Callable | None = dataclasses.field(default=None, repr=False)
 
@@ -101,11 +106,14 @@ class Predictor:
       batch_seed = (self.decode.seed if seed is None else seed) + start
       generated = self._generate(np.pad(tokens, fill, mode="edge"),
                                  np.pad(mask, fill, mode="edge"), batch_seed)
-      outputs += [self._text(ids) for ids in generated[:len(chunk)]]
+      outputs += [self._text(ids, prompt) for ids, prompt in zip(generated, chunk)]
     return outputs
 
-  def _text(self, ids: np.ndarray) -> str:
-    text = decode_until_eos(self.vocabulary, ids)
+  def _text(self, ids: np.ndarray, prompt: Sequence[int] = ()) -> str:
+    if self.decode_in_context and len(prompt) and prompt[-1] != self.vocabulary.eos_id:
+      text = decode_continuation(self.vocabulary, int(prompt[-1]), ids)
+    else:
+      text = decode_until_eos(self.vocabulary, ids)
     for stop in self.stop:
       if stop and stop in text:
         text = text[:text.index(stop)]
@@ -126,6 +134,18 @@ class Predictor:
           [*self.vocabulary.encode(option), self.vocabulary.eos_id], lengths["targets"])[0])
           for option in options])
     return self._score(pairs)
+
+
+def decode_continuation(vocabulary: seqio.Vocabulary, last_prompt_id: int, ids) -> str:
+  """The text `ids` (up to EOS) add after a prompt ending in `last_prompt_id`: the two
+  decoded together, less the prompt token's own text; alone where that is not a prefix
+  (bytes split across the boundary)."""
+  ids = np.asarray(ids).tolist()
+  if vocabulary.eos_id in ids:
+    ids = ids[:ids.index(vocabulary.eos_id)]
+  lead = vocabulary.decode([last_prompt_id])
+  whole = vocabulary.decode([last_prompt_id, *ids])
+  return whole[len(lead):] if whole.startswith(lead) else vocabulary.decode(ids)
 
 
 def load_predictor(checkpoint_path: str, *, step: int | None = None,

@@ -24,8 +24,10 @@ import itertools
 import logging
 from typing import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 import seqio
+import tqdm
 
 from flan_jax.data import chat_examples, flan_task, task_reader, truncation
 from flan_jax.data.flan_task import REFERENCE_SEPARATOR
@@ -180,7 +182,7 @@ def read_examples(task: seqio.Task, lengths: Mapping[str, int], config: EvalConf
 
 
 def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfig,
-                          vocabulary) -> list[str]:
+                          vocabulary, bar: tqdm.tqdm | None = None) -> list[str]:
   buffer = model.lengths["inputs"] + len(model.prompt_prefix)
   batch_size = model.batch_size or config.batch_size
   texts = []
@@ -191,6 +193,8 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
     fill = ((0, batch_size - len(chunk)), (0, 0))
     generated = model.generate(np.pad(tokens, fill, mode="edge"), np.pad(mask, fill, mode="edge"))
     texts += [decode_until_eos(vocabulary, ids) for ids in generated[:len(chunk)]]
+    if bar is not None:
+      bar.update(len(chunk))
   return texts
 
 
@@ -274,15 +278,22 @@ def _start(task: seqio.Task, model: EvalModel, config: EvalConfig) -> _TaskRun:
   return _TaskRun(task, examples, prompts, counts, ranked)
 
 
-def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig) -> None:
-  """Picks every ranked task's options in one scoring call: small tasks share batches
-  instead of each padding a batch of its own."""
+def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig,
+              bar: tqdm.tqdm | None = None) -> None:
+  """Picks every ranked task's options across tasks: small tasks share batches instead
+  of each padding a batch of its own. Scored `config.batch_size` examples at a time, so
+  the progress bar moves (each pair's score does not depend on its neighbours)."""
   items = [(run, example, _option_pairs(example, prompt, model, run.vocabulary, run.counts,
                                         flan_task.option_scoring(run.task.name)))
            for run in runs for example, prompt in zip(run.examples, run.prompts)]
   if not items:
     return
-  chosen = model.score([pairs for _, _, pairs in items]).choices(config.length_normalize)
+  chosen = []
+  for start in range(0, len(items), config.batch_size):
+    chunk = items[start:start + config.batch_size]
+    chosen += model.score([pairs for _, _, pairs in chunk]).choices(config.length_normalize)
+    if bar is not None:
+      bar.update(len(chunk))
   for run in runs:
     run.texts = []
   for (run, example, _), choice in zip(items, chosen):
@@ -356,12 +367,21 @@ def evaluate_tasks(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalCo
 def _evaluate_with(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
                    ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
   runs = [_start(task, model, config) for task in tasks]
-  _rank_all([run for run in runs if run.ranked], model, config)
-  _score_targets([run for run in runs if run.task.score_metric_fns], model)
-  for run in runs:
-    if not run.ranked:
-      run.texts = _generate_predictions(run.examples, run.prompts, model, config, run.vocabulary)
+  with progress_bar(sum(len(run.examples) for run in runs), f"evaluating {len(runs)} tasks") as bar:
+    _rank_all([run for run in runs if run.ranked], model, config, bar)
+    _score_targets([run for run in runs if run.task.score_metric_fns], model)
+    for run in runs:
+      if not run.ranked:
+        run.texts = _generate_predictions(run.examples, run.prompts, model, config,
+                                          run.vocabulary, bar)
   return {run.task.name: (_metrics(run), run.counts) for run in runs}
+
+
+def progress_bar(total: int, description: str) -> tqdm.tqdm:
+  """A progress bar over an evaluation's examples (ranked or generated), drawn on stderr
+  by process 0 only; it disappears when done, the results table stays."""
+  return tqdm.tqdm(total=total, desc=description, unit="ex", dynamic_ncols=True, leave=False,
+                   disable=jax.process_index() != 0)
 
 
 def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
