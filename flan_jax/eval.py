@@ -9,11 +9,13 @@ gin configures `evaluate` below (see gin/eval.gin, gin/suite.gin); the job is
 `checkpoint_eval.evaluate_checkpoint`, or with `evaluate.suite` set, `suite.run_suite`.
 """
 
+import dataclasses
 import os
 from typing import Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from absl import flags  # noqa: E402
 import gin  # noqa: E402
 
 from flan_jax import checkpoint_eval, gin_utils, suite as suite_lib  # noqa: E402
@@ -21,10 +23,28 @@ from flan_jax.data.chat_examples import ChatTask  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
 from flan_jax.evaluation.humaneval import HumanEvalConfig  # noqa: E402
+from flan_jax.llm_judge import JudgeConfig  # noqa: E402
 from flan_jax.suite import SuiteConfig  # noqa: E402
 
 gin_utils.define_flags('MIXTURE_OR_TASK_NAME = "x"')
-gin_utils.configurables(EvalConfig, ChatTask, SuiteConfig, HumanEvalConfig)
+gin_utils.configurables(EvalConfig, ChatTask, SuiteConfig, HumanEvalConfig, JudgeConfig)
+flags.DEFINE_string("judge_endpoint", None, "The suite's LLM judge: an OpenAI-compatible "
+                    "server's base URL (with --judge_model).")
+flags.DEFINE_string("judge_model", None, "The model name the --judge_endpoint serves.")
+flags.DEFINE_string("judge_checkpoint", None, "The suite's LLM judge: any checkpoint eval "
+                    "loads, run locally.")
+
+
+def judge_from_flags(suite: SuiteConfig) -> SuiteConfig:
+  """The suite with --judge_* flags, where given, as its judge (over SuiteConfig.judge)."""
+  if not flags.FLAGS.is_parsed():
+    return suite
+  given = {"endpoint": flags.FLAGS.judge_endpoint, "model": flags.FLAGS.judge_model,
+           "checkpoint": flags.FLAGS.judge_checkpoint}
+  if not any(given.values()):
+    return suite
+  return dataclasses.replace(suite, judge=dataclasses.replace(suite.judge or JudgeConfig(),
+                                                              **given))
 
 
 @gin.configurable
@@ -50,6 +70,7 @@ def evaluate(
   """
   gin_utils.check_command_line_bindings_used()
   if suite is not None:
+    suite = judge_from_flags(suite)
     if mixture_or_task_name is not None:
       raise UserError("Set either evaluate.suite (gin/suite.gin) or MIXTURE_OR_TASK_NAME "
                       "(gin/eval.gin), not both.")

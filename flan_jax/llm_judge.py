@@ -6,6 +6,7 @@ calls. It lives beside `inference` rather than in `flan_jax.evaluation`, because
 judge is loaded through `inference.load_predictor`.
 """
 
+import dataclasses
 import os
 
 from flan_jax import inference
@@ -44,3 +45,19 @@ def make_judge(endpoint: str | None = None, model: str | None = None,
   if predictor_settings.get("step") is not None:
     name += f"@{predictor_settings['step']}"
   return CheckpointJudge(predictor, name, cache_dir=cache_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+  """A judge as settings (gin's `JudgeConfig`, or eval's --judge_* flags): `endpoint` and
+  `model` for an OpenAI-compatible server, or `checkpoint` for a local one; `cache_dir`
+  keeps its judgements by content (None: the suite's OUTPUT_DIR/eval/judge_cache)."""
+  endpoint: str | None = None
+  model: str | None = None
+  checkpoint: str | None = None
+  cache_dir: str | None = None
+  max_tokens: int = 1024
+
+  def make(self, default_cache_dir: str | None = None) -> Judge:
+    return make_judge(self.endpoint, self.model, self.checkpoint,
+                      self.cache_dir or default_cache_dir, max_tokens=self.max_tokens)

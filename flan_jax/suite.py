@@ -36,6 +36,8 @@ from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.evaluation.humaneval import HumanEvalConfig
 from flan_jax.suite_members import MEMBERS, STYLES, Member, SuiteContext
 
+JUDGED = ("alpaca_eval", "mt_bench")  # the members that take SuiteConfig.judge
+
 log = logging.getLogger(__name__)
 
 SUITE_DIR = "suite"  # under OUTPUT_DIR/eval/
@@ -202,7 +204,7 @@ def _agreed(order: Sequence[str], pending: list, finished: dict) -> tuple[list, 
 
 def _run_member(member: Member, recorded: dict, model, data_dir, style, evaluation,
                 settings, lengths, directory) -> dict:
-  context = SuiteContext(model, data_dir, style, lengths, evaluation, settings)
+  context = SuiteContext(model, data_dir, style, lengths, evaluation, settings, directory)
   start = time.monotonic()
   metrics = member.evaluate(context)
   if member.headline not in metrics:
@@ -231,7 +233,7 @@ def summarize(members: Sequence[Member], finished: Mapping[str, dict],
       metric = member.normalized_metric or member.headline
       normalized[member.name] = (metrics[metric],
                                  metrics.get("random_baseline", member.random_baseline))
-  headlines = [entry["value"] for entry in entries.values()]
+  headlines = [entries[m.name]["value"] for m in members if m.in_average]
   return {"style": style, "members": entries, "skipped": dict(skipped),
           "average": suite_report.average(headlines),
           "normalized_average": suite_report.normalized_average(normalized),
@@ -252,6 +254,9 @@ class SuiteConfig:
   task_feature_lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
   mmlu_shots: int = 5  # 5 (lm-eval's and the papers' default) or 0
   humaneval: Any = None  # a HumanEvalConfig; None: greedy pass@1
+  # The judge of alpaca_eval and mt_bench (an llm_judge.JudgeConfig; eval's --judge_*
+  # flags set it); without one they are skipped with a line saying so.
+  judge: Any = None
   # Any member's own settings, member -> {name: value} (e.g. a judge for an
   # LLM-as-judge member); they reach it as `context.settings` and are recorded.
   settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -260,4 +265,6 @@ class SuiteConfig:
     settings = {name: dict(values) for name, values in self.settings.items()}
     settings.setdefault("mmlu", {}).setdefault("shots", self.mmlu_shots)
     settings.setdefault("humaneval", {}).setdefault("config", self.humaneval or HumanEvalConfig())
+    for judged in JUDGED:
+      settings.setdefault(judged, {}).setdefault("judge", self.judge)
     return settings

@@ -26,14 +26,14 @@ import importlib
 import logging
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import seqio
 
-from flan_jax import checkpoint_eval, inference
+from flan_jax import checkpoint_eval, inference, paths
 from flan_jax.data import chat_examples, chat_templates
 from flan_jax.errors import UserError
-from flan_jax.evaluation import humaneval
+from flan_jax.evaluation import alpaca_eval, humaneval, mt_bench
 from flan_jax.evaluation.decoding import DecodeConfig
 from flan_jax.evaluation.evaluator import EvalConfig, eval_split
 from flan_jax.models import families
@@ -55,6 +55,7 @@ class SuiteContext:
   task_feature_lengths: Mapping[str, int]
   evaluation: EvalConfig
   settings: Mapping[str, Any]  # this member's own settings ({"shots": 5}, {"config": ...})
+  directory: str | None = None  # the suite's OUTPUT_DIR/eval, for files a member writes
   scoring: dict = dataclasses.field(default_factory=dict)
   results: dict = dataclasses.field(default_factory=dict)  # every task's "task/metric"
   details: dict = dataclasses.field(default_factory=dict)  # anything else worth keeping
@@ -144,6 +145,7 @@ class Member:
   evaluate: Callable[[SuiteContext], dict[str, float]]
   headline: str  # the metric of the table and the averages
   missing: Callable[[str | None, Mapping[str, Any]], str | None]  # (data_dir, settings)
+  in_average: bool = True  # Tulu's plain average of percentages (not MT-Bench's 1-10)
   # FLAN-T5's normalized average covers this member; its random-guess score (%), unless
   # the member reports a data-dependent one as its "random_baseline" metric.
   in_normalized_average: bool = False
@@ -279,6 +281,88 @@ def _humaneval_missing(data_dir, settings) -> str | None:
   return None
 
 
+# --- LLM-as-judge ---------------------------------------------------------------
+
+JUDGE_NEEDED = ("needs a judge: --judge_endpoint=URL --judge_model=NAME (an OpenAI-compatible "
+                "server) or --judge_checkpoint=PATH (any checkpoint eval loads).")
+
+
+def plain_prompt(conversation: Sequence[Mapping[str, str]]) -> str:
+  """A conversation as one prompt for a model without a chat template: the turns'
+  texts, separated by blank lines (the model continues after the last user turn)."""
+  return "\n\n".join(message["content"] for message in conversation)
+
+
+def answer_conversations(context: SuiteContext) -> Callable[[list], list[str]]:
+  """The model's next reply to each conversation: rendered with the checkpoint's chat
+  template where it has one (as `infer --chat`), else as `plain_prompt`; which one is
+  recorded in the member's scoring."""
+  try:
+    template = context.chat_template()
+  except UserError:
+    template = None
+  if template is not None:
+    context.scoring["prompt"] = "the checkpoint's chat template"
+    return context.predictor(chat=True).chat
+  context.scoring["prompt"] = ("no chat template: the turns' texts joined by blank lines")
+  predictor = context.predictor()
+  return lambda conversations: predictor.generate([plain_prompt(c) for c in conversations])
+
+
+def _judged(context: SuiteContext, name: str, result: Mapping[str, Any]) -> dict[str, float]:
+  """The numbers of a judged benchmark as metrics; the rest (the judge's name, per
+  category scores, the LC model used) kept in the member's details."""
+  metrics = {k: float(v) for k, v in result.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  context.details.update({k: v for k, v in result.items() if k not in metrics})
+  context.scoring["judge"] = result.get("judge")
+  context.details["judgements"] = f"{name}_judgements.jsonl"
+  return metrics
+
+
+def _judge(context: SuiteContext):
+  return context.settings["judge"].make(
+      default_cache_dir=context.directory and paths.join(context.directory, "judge_cache"))
+
+
+def _judgements_path(context: SuiteContext, name: str) -> str | None:
+  return context.directory and paths.join(context.directory, "suite", f"{name}_judgements.jsonl")
+
+
+def evaluate_alpaca_eval(context: SuiteContext) -> dict[str, float]:
+  reply = answer_conversations(context)
+  result = alpaca_eval.evaluate(
+      _judge(context), lambda instructions: reply([[{"role": "user", "content": text}]
+                                                   for text in instructions]),
+      context.data_dir, reference=context.settings.get("reference", alpaca_eval.DEFAULT_REFERENCE),
+      max_examples=context.evaluation.max_examples_per_task,
+      judgements_path=_judgements_path(context, "alpaca_eval"),
+      gamed_annotations_path=context.settings.get("gamed_annotations"))
+  return _judged(context, "alpaca_eval", result)
+
+
+def evaluate_mt_bench(context: SuiteContext) -> dict[str, float]:
+  result = mt_bench.evaluate(_judge(context), answer_conversations(context), context.data_dir,
+                             max_examples=context.evaluation.max_examples_per_task,
+                             judgements_path=_judgements_path(context, "mt_bench"))
+  metrics = _judged(context, "mt_bench", result)
+  for category, scores in result["categories"].items():
+    metrics[f"{category}/score"] = float(scores["score"])
+  return metrics
+
+
+def _judge_data(relative: str, what: str):
+  def missing(data_dir: str | None, settings) -> str | None:
+    if settings.get("judge") is None:
+      return JUDGE_NEEDED
+    if not data_dir:
+      return f"needs DATA_DIR (e.g. --gin.DATA_DIR=../shared/data) with {what}."
+    if os.path.exists(os.path.join(data_dir, "eval", relative)):
+      return None
+    return f"no data: put {what} at {os.path.join(os.path.abspath(data_dir), 'eval', relative)}."
+  return missing
+
+
 def _has(*relative: str) -> Callable[[str], bool]:
   return lambda data_dir: all(os.path.exists(os.path.join(data_dir, "eval", r)) for r in relative)
 
@@ -308,3 +392,11 @@ register(Member("mgsm", "MGSM", evaluate_mgsm, "flexible_extract",
                               lambda d: bool(_library("mgsm").languages(d))),
                 in_normalized_average=True))
 register(Member("humaneval", "HumanEval", evaluate_humaneval, "pass@1", _humaneval_missing))
+register(Member("alpaca_eval", "AlpacaEval", evaluate_alpaca_eval, "win_rate",
+                _judge_data(os.path.join("alpaca_eval",
+                                         f"{alpaca_eval.DEFAULT_REFERENCE}_model_outputs.json"),
+                            "AlpacaEval's instructions with a reference system's outputs")))
+register(Member("mt_bench", "MT-Bench", evaluate_mt_bench, "score",
+                _judge_data(os.path.join("open_ended", "mtbench_question.jsonl"),
+                            "MT-Bench's 80 questions"),
+                in_average=False))
