@@ -155,7 +155,7 @@ class FlanJaxLM(TemplateLM):
     return str(self.vocabulary).replace("/", "__")
 
   def get_model_info(self) -> dict:
-    return {"model": self._name, "max_length": self._max_length,
+    return {"checkpoint": self._name, "max_length": self._max_length,
             "add_bos_token": self.add_bos_token, "rows_per_batch": self._batch_size}
 
   # --- tokens --------------------------------------------------------------------
