@@ -193,21 +193,43 @@ def test_bad_model_args_are_one_clear_error(model_args, message):
     ours.from_model_args(model_args)
 
 
-def test_the_command_line_runs_lm_eval_and_writes_results(tasks_dir, tmp_path):
+def test_generation_settings_map_to_decoding_strategies(models):
+  ours, _ = models
+  assert ours._decode_config({"do_sample": False, "temperature": 0.0}).strategy == "greedy"
+  sampled = ours._decode_config({"do_sample": True, "temperature": 0.7, "top_p": 0.9,
+                                 "top_k": 5})
+  assert (sampled.strategy, sampled.temperature, sampled.top_p, sampled.top_k) == (
+      "sample", 0.7, 0.9, 5)
+  assert ours._decode_config({"num_beams": 3}).num_beams == 3
+
+
+def test_the_command_line_on_two_devices_writes_hfs_numbers(tasks_dir, task_manager, models,
+                                                            tmp_path):
   output = tmp_path / "out"
   path = os.pathsep.join([REPO, os.path.join(REPO, ".pp"), os.environ.get("PYTHONPATH", "")])
   completed = subprocess.run(
       [sys.executable, "-m", "flan_jax.lm_eval", "--model_args", f"checkpoint={STORIES}",
-       "--tasks", "hellaswag_style_local", "--include_path", tasks_dir, "--limit", "2",
-       "--batch_size", "4", "--output_path", str(output)],
+       "mesh_shape=2x1x1", "--tasks", "hellaswag_style_local", "--include_path", tasks_dir,
+       "--limit", "2", "--batch_size", "4", "--output_path", str(output), "--log_samples"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=path))
+      env=dict(os.environ, PYTHONPATH=path,
+               XLA_FLAGS="--xla_force_host_platform_device_count=2"))
   assert completed.returncode == 0, completed.stderr[-3000:]
-  written = [os.path.join(root, name) for root, _, names in os.walk(output) for name in names
-             if name.startswith("results") and name.endswith(".json")]
-  assert len(written) == 1
-  with open(written[0], encoding="utf-8") as f:
+  written = {name.split("_")[0]: os.path.join(root, name)
+             for root, _, names in os.walk(output) for name in names if name.endswith("json")
+             or name.endswith(".jsonl")}
+  with open(written["results"], encoding="utf-8") as f:
     results = json.load(f)
   assert results["config"]["model"] == "flan_jax"
-  assert 0.0 <= results["results"]["hellaswag_style_local"]["acc,none"] <= 1.0
   assert results["n-samples"]["hellaswag_style_local"]["effective"] == 2
+  with open(written["samples"], encoding="utf-8") as f:
+    samples = sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
+  reference = _evaluate(models[1], task_manager, ["hellaswag_style_local"], limit=2)
+  expected, _ = _responses(reference, "hellaswag_style_local")
+  got = [response for s in samples for response in s["resps"]]
+  assert len(got) == len(expected) == 8
+  for [(value, greedy)], [(want, want_greedy)] in zip(got, expected):
+    # lm-eval's samples file writes each answer's parts as strings.
+    assert float(value) == pytest.approx(want, abs=1e-4) and greedy == str(want_greedy)
+  assert (results["results"]["hellaswag_style_local"]["acc,none"]
+          == reference["results"]["hellaswag_style_local"]["acc,none"])

@@ -297,7 +297,6 @@ class FlanJaxLM(TemplateLM):
         kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self._max_gen_toks)
         until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text or None)
         max_gen_toks = int(kwargs.pop("max_gen_toks"))
-        kwargs.pop("max_length", None)
         context_limit = self._max_length - max_gen_toks
         if context_limit <= 0:
           raise UserError(f"max_gen_toks={max_gen_toks} leaves no room for a prompt in "
