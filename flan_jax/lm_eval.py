@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import lm_eval
 import lm_eval.api.registry
+import lm_eval.models  # noqa: F401  (lm-eval's own models: registering first would hide them)
 import lm_eval.utils
 
 from flan_jax import checkpoint_eval, model_dir, paths
@@ -140,8 +141,6 @@ class CheckpointLM(FlanJaxLM):
 
 def register() -> None:
   """Registers `flan_jax` beside lm-eval's own models (idempotent)."""
-  import lm_eval.models  # lm-eval's lazy model table first, or an early registration hides it
-  del lm_eval.models
   registry = lm_eval.api.registry.model_registry
   if MODEL_NAME not in registry.keys():
     lm_eval.api.registry.register_model(MODEL_NAME)(CheckpointLM)
