@@ -14,7 +14,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from tiny import TINY_DECODER, simulated_devices_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -152,6 +155,37 @@ def test_rolling_log_likelihood_over_several_windows_equals_hfs(models):
   assert got[2] == 0.0
 
 
+@pytest.mark.parametrize("prefix_lm", [False, True])
+def test_a_byte_level_model_of_our_own_scores_each_request_as_its_own_row(prefix_lm):
+  """Several requests packed in a row score as each alone: [BOS 0] + context read (all
+  at once by a prefix-LM), the continuation's log-probabilities summed by hand."""
+  import dataclasses
+  import jax
+  from lm_eval.api.instance import Instance
+  from flan_jax.data import vocabularies
+  from flan_jax.evaluation.harness import FlanJaxLM
+  from flan_jax.models.families import family_for
+  network = family_for(dataclasses.replace(TINY_DECODER, prefix_lm=prefix_lm))
+  params = network.init(jax.random.key(0), {"inputs": 8, "targets": 8})["params"]
+  vocabulary = vocabularies.byte_vocabulary()
+  ours = FlanJaxLM(network, params, vocabulary, max_length=64, add_bos_token=True, batch_size=2)
+  pairs = [("2 + 3 =", " 5"), ("abc", "d"), ("", "hello"), ("x" * 80, " yz")]
+  got = ours.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
+                           disable_tqdm=True)
+  for (context, continuation), (value, greedy) in zip(pairs, got):
+    context_ids = [0, *vocabulary.encode(context)] if context else [0]
+    continuation_ids = list(vocabulary.encode(continuation))
+    row = (context_ids + continuation_ids)[-65:]  # lm-eval's cut: max_length + 1 tokens
+    read, n_context = np.array([row[:-1]]), len(row) - len(continuation_ids)
+    prefix = (np.arange(len(row) - 1) < n_context).astype(np.int32)[None]
+    logits = network.logits(params, {"decoder_input_tokens": read,
+                                     "decoder_causal_attention": prefix})[0]
+    log_probs = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), -1))
+    positions = range(n_context - 1, len(row) - 1)
+    assert value == pytest.approx(sum(log_probs[p, row[p + 1]] for p in positions), abs=1e-4)
+    assert greedy == all(np.argmax(log_probs[p]) == row[p + 1] for p in positions)
+
+
 def test_bos_default_is_transformers_rule(tmp_path):
   import shutil
   import transformers
@@ -212,8 +246,7 @@ def test_the_command_line_on_two_devices_writes_hfs_numbers(tasks_dir, task_mana
        "mesh_shape=2x1x1", "--tasks", "hellaswag_style_local", "--include_path", tasks_dir,
        "--limit", "2", "--batch_size", "4", "--output_path", str(output), "--log_samples"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=path,
-               XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+      env=dict(simulated_devices_env(2), PYTHONPATH=path))
   assert completed.returncode == 0, completed.stderr[-3000:]
   written = {name.split("_")[0]: os.path.join(root, name)
              for root, _, names in os.walk(output) for name in names if name.endswith("json")
