@@ -75,6 +75,10 @@ def load(checkpoint: str, *, step: int | None = None, vocabulary: str | None = N
          mesh_shape=(-1, 1, 1), seed: int = 0) -> FlanJaxLM:
   """The checkpoint as an lm-eval model, its parameters on the mesh as eval places them."""
   resolved = model_dir.resolve(checkpoint)
+  if resolved.kind is None:
+    raise UserError(f"checkpoint={checkpoint!r} is not a run's MODEL_DIR, an orbax checkpoint "
+                    "or a Hugging Face directory (no checkpoints/, flan_jax_config.json or "
+                    "config.json there).")
   mesh_shape = _mesh_shape(mesh_shape)
   if max_length is None:
     max_length = position_limit(resolved)

@@ -219,6 +219,8 @@ def test_the_module_named_lm_eval_does_not_hide_the_harness():
 @pytest.mark.parametrize("model_args, message", [
     ({"pretrained": STORIES}, r"\['pretrained'\] are not flan_jax settings"),
     ({}, "needs checkpoint=DIR"),
+    ({"checkpoint": "/nonexistent"}, "is not a run's MODEL_DIR, an orbax checkpoint or a "),
+    ({"checkpoint": STORIES, "mesh_shape": "2,1"}, "write the .data, fsdp, tensor. sizes"),
 ])
 def test_bad_model_args_are_one_clear_error(model_args, message):
   import flan_jax.lm_eval as ours
