@@ -98,7 +98,7 @@ def load(checkpoint: str, *, step: int | None = None, vocabulary: str | None = N
                    add_bos_token=bool(add_bos_token), batch_size=int(batch_size),
                    max_gen_toks=int(max_gen_toks), seed=int(seed),
                    placement=placement.sharded_rows(mesh_lib.batch_sharding(mesh)),
-                   context=lambda: mesh_lib.on_mesh(mesh), name=checkpoint)
+                   context=lambda: mesh_lib.on_mesh(mesh), checkpoint_name=checkpoint)
 
 
 def from_model_args(model_args: Mapping[str, Any],

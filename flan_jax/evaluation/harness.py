@@ -99,7 +99,7 @@ class FlanJaxLM(TemplateLM):
                max_gen_toks: int = 256, seed: int = 0,
                placement: RowPlacement = RowPlacement(),
                context: Callable[[], ContextManager] = contextlib.nullcontext,
-               name: str = "flan_jax"):
+               checkpoint_name: str = ""):
     super().__init__()
     if network.encoder_decoder:
       raise UserError("The lm-eval backend serves decoder-only checkpoints; this one is an "
@@ -115,7 +115,7 @@ class FlanJaxLM(TemplateLM):
     self._max_gen_toks = max_gen_toks
     self.seed = seed
     self._placement, self._context = placement, context
-    self._name = name
+    self._checkpoint_name = checkpoint_name
     self._score_rows = scoring.make_greedy_row_scorer(network, params, placement)
     vocabulary_bos = vocabularies.bos_id(vocabulary)
     # HFLM's prefix token is the tokenizer's BOS, else its EOS; a byte vocabulary's
@@ -155,7 +155,7 @@ class FlanJaxLM(TemplateLM):
     return str(self.vocabulary).replace("/", "__")
 
   def get_model_info(self) -> dict:
-    return {"checkpoint": self._name, "max_length": self._max_length,
+    return {"checkpoint": self._checkpoint_name, "max_length": self._max_length,
             "add_bos_token": self.add_bos_token, "rows_per_batch": self._batch_size}
 
   # --- tokens --------------------------------------------------------------------
