@@ -186,6 +186,15 @@ def test_a_byte_level_model_of_our_own_scores_each_request_as_its_own_row(prefix
     assert greedy == all(np.argmax(log_probs[p]) == row[p + 1] for p in positions)
 
 
+def test_requests_are_packed_where_they_fit_best():
+  from flan_jax.evaluation.harness import best_fit_rows
+  # Longest first: 7 opens a row, 6 another; 3 fits beside 6 (room 4) better than
+  # beside 7 (room 3 is exact, so there); 2 then goes beside 6.
+  sized = [(0, 7), (1, 6), (2, 3), (3, 2), (4, 1)]
+  assert best_fit_rows(sized, 10) == [[0, 2], [1, 3, 4]]
+  assert best_fit_rows([(0, 10), (1, 10)], 10) == [[0], [1]]
+
+
 def test_bos_default_is_transformers_rule(tmp_path):
   import shutil
   import transformers

@@ -38,6 +38,7 @@ Encoder-decoder (T5) checkpoints are not served here yet: lm-eval's seq2seq rule
 row layout.
 """
 
+import bisect
 import contextlib
 import json
 import logging
@@ -81,6 +82,25 @@ def fit_window(context: Sequence[int], continuation: Sequence[int], max_length: 
                     f"{max_length} positions; raise max_length or shorten the task's targets.")
   tokens = [*context, *continuation][-(max_length + 1):]
   return tokens[:len(tokens) - len(continuation)], list(continuation)
+
+
+def best_fit_rows(sized: Sequence[tuple[int, int]], row_length: int) -> list[list[int]]:
+  """(index, size) items, longest first, into rows of `row_length`: each goes to the row
+  it fills best (the least room that holds it), else a new row. Rows keep the order
+  they were opened in, so the longest come first."""
+  rows: list[list[int]] = []
+  room: list[tuple[int, int]] = []  # (room left, row), sorted
+  for index, size in sized:
+    slot = bisect.bisect_left(room, (size, -1))
+    if slot < len(room):
+      left, row = room.pop(slot)
+    else:
+      left, row = row_length, len(rows)
+      rows.append([])
+    rows[row].append(index)
+    if left - size > 0:
+      bisect.insort(room, (left - size, row))
+  return rows
 
 
 class FlanJaxLM(TemplateLM):
@@ -207,7 +227,7 @@ class FlanJaxLM(TemplateLM):
     """Each window's continuation: (summed log-probabilities, all tokens greedy).
 
     Longest first, packed several to a row of one length (the longest window's
-    bucket), `batch_size` rows per forward pass.
+    bucket; `best_fit_rows`), `batch_size` rows per forward pass.
     """
     sums = np.zeros(len(windows), np.float64)
     greedy = np.ones(len(windows), bool)
@@ -218,13 +238,7 @@ class FlanJaxLM(TemplateLM):
       return sums, greedy
     sizes = {i: len(windows[i][0]) + len(windows[i][1]) - 1 for i in order}
     row_length = bucket(sizes[order[0]], self._max_length)
-    rows, used = [], row_length
-    for i in order:  # consecutive windows share a row while they fit
-      if used + sizes[i] > row_length:
-        rows.append([])
-        used = 0
-      rows[-1].append(i)
-      used += sizes[i]
+    rows = best_fit_rows([(i, sizes[i]) for i in order], row_length)
     with self._context(), tqdm(total=len(order), disable=disable_tqdm,
                                desc="Scoring requests (flan_jax)") as progress:
       for start in range(0, len(rows), self._batch_size):
