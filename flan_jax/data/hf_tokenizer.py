@@ -38,6 +38,7 @@ import seqio
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
+from flan_jax import paths
 from flan_jax.errors import UserError
 from flan_jax.data import vocabularies
 
@@ -117,3 +118,28 @@ def token_id(tokenizer: tokenizers.Tokenizer, text: str) -> int | None:
   so that it is matched inside text), else None."""
   ids = tokenizer.encode(text, add_special_tokens=False).ids
   return ids[0] if len(ids) == 1 and tokenizer.id_to_token(ids[0]) == text else None
+
+
+def adds_bos(tokenizer_dir: str, bos_id: int | None) -> bool:
+  """Whether transformers' tokenizer for the files in `tokenizer_dir` puts the BOS in
+  front of plain text by itself (`tokenizer(text)`), which is what lm-eval's Hugging
+  Face backend scores and generates from.
+
+  tokenizer_config.json's `add_bos_token` decides where it is set; else a tokenizer.json's
+  post-processor (a Llama-3 style template adds it); a SentencePiece model alone adds
+  nothing (transformers 5 reads it so; 4.x's LlamaTokenizer added one by default).
+  """
+  if bos_id is None:
+    return False
+  config_file = paths.join(tokenizer_dir, "tokenizer_config.json")
+  if paths.exists(config_file):
+    config = paths.read_json(config_file)
+    if "add_bos_token" in config:
+      return bool(config["add_bos_token"])
+  tokenizer_file = paths.join(tokenizer_dir, "tokenizer.json")
+  if paths.exists(tokenizer_file):
+    tokenizer = tokenizers.Tokenizer.from_str(paths.read_text(tokenizer_file))
+    with_special = tokenizer.encode("a", add_special_tokens=True).ids
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    return with_special[:1] == [bos_id] and plain[:1] != [bos_id]
+  return False

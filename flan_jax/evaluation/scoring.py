@@ -69,6 +69,32 @@ def make_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
   return lambda batch: placement.get(score(params, {k: placement.put(v) for k, v in batch.items()}))
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_greedy_row_scorer(network):
+
+  @jax.jit
+  def score(params, batch):
+    logits = network.mask_unused_ids(network.logits(params, batch))
+    targets = batch["decoder_target_tokens"]
+    log_probs = target_log_probs(logits, targets, batch["decoder_loss_weights"])
+    return log_probs, jnp.argmax(logits, axis=-1) == targets
+
+  return score
+
+
+def make_greedy_row_scorer(network, params, placement: RowPlacement = RowPlacement()):
+  """batch of training-format rows -> (each target token's log-probability [B, L], 0
+  elsewhere; whether it is the model's most likely token there [B, L]): lm-eval's
+  `loglikelihood` answers both, the second as its `is_greedy`."""
+  score = _compiled_greedy_row_scorer(network)
+
+  def run(batch):
+    log_probs, greedy = score(params, {k: placement.put(v) for k, v in batch.items()})
+    return placement.get(log_probs), placement.get(greedy)
+
+  return run
+
+
 def _packed_groups(pairs, length: int):
   """Consecutive runs of pairs that share one row of `length` tokens (prompt + option each)."""
   group, used = [], 0
@@ -102,7 +128,7 @@ def _score_decoder_only(scorer, pairs, lengths, batch_size, bos_id, scores):
     else:
       rows = [packing.prefix_lm_row([pairs[k][2:] for k in group], length, bos_id=bos_id)
               for group in chunk]
-    batch = _stack_padded(rows, batch_size)
+    batch = stack_padded(rows, batch_size)
     token_scores = scorer(batch)
     for row, group in enumerate(chunk):
       per_segment = np.bincount(batch["decoder_segment_ids"][row], weights=token_scores[row],
@@ -212,7 +238,7 @@ def _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores):
         slot[example] = len(slot)
         prompts[slot[example], :len(prompt)] = prompt
     rows = [packing.row_features(p, o, lengths, encoder_decoder=True) for _, _, p, o in chunk]
-    batch = _stack_padded(rows, batch_size, keys=(
+    batch = stack_padded(rows, batch_size, keys=(
         "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
         "decoder_segment_ids", "decoder_positions"))
     batch["prompt_index"] = np.zeros(batch_size, np.int32)
@@ -221,7 +247,7 @@ def _score_encoder_decoder(scorer, pairs, lengths, batch_size, scores):
     scores[start:end] = scorer(prompts, segments, batch)[:len(chunk)]
 
 
-def _stack_padded(rows: list[dict], batch_size: int, keys: Sequence[str] | None = None
+def stack_padded(rows: list[dict], batch_size: int, keys: Sequence[str] | None = None
                   ) -> dict[str, np.ndarray]:
   """Rows stacked into a batch of `batch_size` (zero rows, weight 0, after the real ones)."""
   keys = keys or tuple(rows[0])
