@@ -44,8 +44,8 @@ def load_checkpoint(path: str | model_dir.ResolvedCheckpoint, step: int | None =
   return load_pretrained(checkpoint, step, setting="CHECKPOINT_PATH")
 
 
-def load_model(path: str | model_dir.ResolvedCheckpoint, step: int | None = None,
-               vocabulary_path: str | None = None):
+def load_for_serving(path: str | model_dir.ResolvedCheckpoint, step: int | None = None,
+                     vocabulary_path: str | None = None):
   """(model family, host params, vocabulary) of a checkpoint, for serving it (`infer`,
   the lm-eval backend).
 

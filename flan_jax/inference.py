@@ -160,7 +160,7 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
   for name in ("max_input_length", "max_new_tokens", "batch_size"):  # before a slow load
     if name in settings:
       check_whole_number(name, settings[name], 1)
-  network, params, vocabulary = checkpoint_eval.load_model(checkpoint_path, step, vocabulary_path)
+  network, params, vocabulary = checkpoint_eval.load_for_serving(checkpoint_path, step, vocabulary_path)
   template = None
   if chat:
     network = families.conversation_reader(network)  # causally, as conversations are trained

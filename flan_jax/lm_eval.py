@@ -86,7 +86,7 @@ def load(checkpoint: str, *, step: int | None = None, vocabulary: str | None = N
       raise UserError(f"{checkpoint} records no position limit (no Hugging Face config with "
                       "max_position_embeddings): set it, e.g. --model_args "
                       f"checkpoint={checkpoint},max_length=2048.")
-  network, params, vocab = checkpoint_eval.load_model(resolved, step, vocabulary)
+  network, params, vocab = checkpoint_eval.load_for_serving(resolved, step, vocabulary)
   if add_bos_token is None:
     tokenizer_dir = None if vocabulary else resolved.tokenizer_dir
     add_bos_token = (hf_tokenizer.adds_bos(tokenizer_dir, vocabularies.bos_id(vocab))
