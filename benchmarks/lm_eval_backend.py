@@ -10,7 +10,8 @@ description, the question, its four choices, "Answer:"; the continuations " A" t
 backends answer the same list with the same batch size (HFLM: requests per forward
 pass; flan_jax: rows, each packing several requests). A warm-up pass (flan_jax's
 compilation, timed apart) comes first, then --repeats timed passes each, alternating;
-the rates are medians. Answers are checked to agree (within 1e-4) before timing.
+the rates are medians (every pass's time, and the machine's load average at the end, are
+in the JSON). Answers are checked to agree (within 1e-4) before timing.
 
 `llama_5m` is a random Llama (6 layers, 256 wide) written by transformers with
 stories260K's tokenizer, for a model whose compute is not lost in per-call overhead.
@@ -112,7 +113,10 @@ def main(argv):
       "batch_size": FLAGS.batch_size, "max_abs_difference": worst,
       "flan_jax_requests_per_s": round(ours_rate, 1),
       "hf_requests_per_s": round(theirs_rate, 1),
+      "flan_jax_pass_s": [round(t, 2) for t in ours_times],
+      "hf_pass_s": [round(t, 2) for t in theirs_times],
       "flan_jax_first_pass_s": round(compile_s, 2), "torch_threads": torch.get_num_threads(),
+      "load_average": [round(x, 1) for x in os.getloadavg()],
       "jax": jax.__version__, "torch": torch.__version__,
       "transformers": transformers.__version__, "devices": str(jax.devices()[0].platform),
       "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
