@@ -144,7 +144,7 @@ class EndpointJudge(Judge):
   def __init__(self, url: str, model: str, *, cache_dir: str | None = None,
                max_tokens: int = 1024, timeout: float = 120.0, concurrency: int = 4,
                batch_size: int = 16, api_key: str | None = None, retries: int = 2,
-               retry_wait: float = 1.0):
+               retry_wait: float = 1.0, temperature: float = 0):
     super().__init__(cache_dir, batch_size)
     if not url.startswith(("http://", "https://")):
       raise UserError(f"--judge_endpoint={url!r} is not an http(s) URL; give the server's "
@@ -154,11 +154,13 @@ class EndpointJudge(Judge):
     self.url = chat_completions_url(url)
     self.model = model
     self.max_tokens = max_tokens
+    self.temperature = temperature or 0  # 0, not 0.0: the identity of existing caches
     self.timeout = timeout
     self.concurrency = concurrency
     self.retries, self.retry_wait = retries, retry_wait
     self.api_key = os.environ.get("OPENAI_API_KEY") if api_key is None else api_key
-    self.identity = json.dumps({"endpoint": self.url, "model": model, "temperature": 0,
+    self.identity = json.dumps({"endpoint": self.url, "model": model,
+                                "temperature": self.temperature,
                                 "max_tokens": max_tokens})
 
   def _complete(self, requests: Sequence[Request]) -> list[str]:
@@ -166,7 +168,8 @@ class EndpointJudge(Judge):
       return list(pool.map(self._ask, requests))
 
   def _ask(self, request: Request) -> str:
-    body = json.dumps({"model": self.model, "messages": as_messages(request), "temperature": 0,
+    body = json.dumps({"model": self.model, "messages": as_messages(request),
+                       "temperature": self.temperature,
                        "max_tokens": self.max_tokens}).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     if self.api_key:
