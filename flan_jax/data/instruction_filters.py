@@ -98,6 +98,26 @@ def rouge_l_f1(target: Sequence, prediction: Sequence) -> float:
   return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
+class _Postings:
+  """The members holding one word, with its count in each: arrays grown by doubling, so
+  a query reads them without converting Python lists."""
+
+  def __init__(self):
+    self._members = np.zeros(4, np.int32)
+    self._counts = np.zeros(4, np.int32)
+    self._size = 0
+
+  def append(self, member: int, count: int) -> None:
+    if self._size == len(self._members):
+      self._members = np.resize(self._members, 2 * self._size)
+      self._counts = np.resize(self._counts, 2 * self._size)
+    self._members[self._size], self._counts[self._size] = member, count
+    self._size += 1
+
+  def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    return self._members[:self._size], self._counts[:self._size]
+
+
 class RougePool:
   """Instructions whose ROUGE-L against any new one must stay below `threshold`."""
 
@@ -107,7 +127,7 @@ class RougePool:
     self._ids: dict[str, int] = {}  # word -> id
     self._tokens: list[list[int]] = []
     self._lengths: list[int] = []
-    self._postings: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
+    self._postings: dict[int, _Postings] = collections.defaultdict(_Postings)
     self.exact_checks = 0  # LCS computations the bounds did not spare
     for text in instructions:
       self.add(text)
@@ -133,7 +153,7 @@ class RougePool:
     self._tokens.append(tokens)
     self._lengths.append(len(tokens))
     for word, count in collections.Counter(tokens).items():
-      self._postings[word].append((member, count))
+      self._postings[word].append(member, count)
 
   def most_similar(self, text: str) -> tuple[float, int | None]:
     """(the highest ROUGE-L F1 of `text` against a member that could reach the
@@ -145,7 +165,7 @@ class RougePool:
     for word, count in collections.Counter(tokens).items():
       if word < 0:
         continue
-      members, counts = np.asarray(self._postings[word]).T
+      members, counts = self._postings[word].arrays()
       overlap[members] += np.minimum(counts, count)
     lengths = np.asarray(self._lengths)
     bound = 2 * np.minimum(overlap, np.minimum(lengths, len(tokens))) / (lengths + len(tokens))
