@@ -167,28 +167,33 @@ def test_the_loop_counts_every_rejection_and_writes_alpaca_records(tmp_path):
   assert any(r["output"] in ("positive", "negative") for r in records)
   written = json.load(open(tmp_path / self_instruct.REPORT_FILE))
   assert written["report"]["rejected"] == report.rejected
-  # One gin file registers it as a ChatTask for train, which reads a user turn per record.
-  gin_path = self_instruct.write_chat_gin(str(tmp_path), "grown")
-  task = train_with_gin_file(gin_path)
-  assert (task.name, task.format) == ("grown", "alpaca")
-  chats = conversations.read_conversations(task.path, format=task.format).conversations
+  # One gin file, added after the chat quickstart's, makes train's chat task this data,
+  # which reads as one user turn and one reply per record.
+  name, path, format_ = chat_task_from_gin(self_instruct.write_chat_gin(str(tmp_path), "grown"))
+  assert (name, format_) == ("grown", "alpaca")
+  assert path == str(tmp_path / self_instruct.OUTPUT_FILE)
+  chats = conversations.read_conversations(path, format=format_).conversations
   assert len(chats) == len(records)
   first = records[0]
   assert [t["content"] for t in chats[0]] == [
       "\n\n".join(filter(None, [first["instruction"], first["input"]])), first["output"]]
 
 
-def train_with_gin_file(path):
-  """The ChatTask `train` gets from the gin file alone."""
+def chat_task_from_gin(path):
+  """(name, data path, format) of the one ChatTask `train` gets from the chat
+  quickstart's gin file followed by `path`."""
   import gin
-  from flan_jax import train  # makes train and ChatTask configurable
+  from flan_jax import train  # noqa: F401  (makes train and ChatTask configurable)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   gin.clear_config()
   try:
-    gin.parse_config_files_and_bindings([path], [])
+    gin.parse_config_files_and_bindings([os.path.join(repo, "gin", "chat_quickstart.gin"),
+                                         path], [])
     (reference,) = gin.query_parameter("train.chat_tasks")
     scope = reference.scoped_selector.split("/")[0]
-    return train.ChatTask(**{field: gin.query_parameter(f"{scope}/ChatTask.{field}")
-                             for field in ("name", "path", "format")})
+    assert gin.query_parameter(f"{scope}/ChatTask.path").scoped_selector == "CHAT_DATA/gin.macro"
+    return (gin.query_parameter(f"{scope}/ChatTask.name"), gin.query_parameter("%CHAT_DATA"),
+            gin.query_parameter(f"{scope}/ChatTask.format"))
   finally:
     gin.clear_config()
 

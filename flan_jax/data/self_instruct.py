@@ -360,14 +360,21 @@ def _write_report(output_dir: str, report: SelfInstructReport,
 
 
 def write_chat_gin(output_dir: str, name: str = "self_instruct") -> str:
-  """Writes `chat_task.gin`: one `--gin_file` (or `include`) trains on the output as a
-  chat task named `name`; returns its path."""
+  """Writes `chat_task.gin`: one `--gin_file` (or `include`) registers the output as a
+  chat task named `name` for `train`; returns its path.
+
+  The path goes through CHAT_DATA, the macro the chat configs (gin/chat_quickstart.gin)
+  read their data from, so added after one of them it replaces that data rather than
+  leaving the macro unused (which gin_utils reports as an error).
+  """
   data = os.path.abspath(os.path.join(output_dir, OUTPUT_FILE))
-  text = (f"# Self-Instruct data in {data}, as a chat task: add --gin_file=this file to a\n"
-          f"# train command and name {name!r} in MIXTURE_OR_TASK_NAME (or mixture_parts).\n"
+  text = (f"# Self-Instruct data as a chat task (one user turn, one reply per record). Add\n"
+          f"# --gin_file=this file to a train command, and train on {name!r} alone\n"
+          f"# (--gin.train.mixture_or_task_name=\"'{name}'\") or in train.mixture_parts.\n"
+          f"CHAT_DATA = {data!r}\n"
           f"train.chat_tasks = [@{name}/ChatTask()]\n"
           f"{name}/ChatTask.name = {name!r}\n"
-          f"{name}/ChatTask.path = {data!r}\n"
+          f"{name}/ChatTask.path = %CHAT_DATA\n"
           f"{name}/ChatTask.format = 'alpaca'\n")
   path = os.path.join(output_dir, CHAT_GIN)
   with open(path, "w", encoding="utf-8") as f:
