@@ -158,6 +158,8 @@ def test_the_loop_counts_every_rejection_and_writes_alpaca_records(tmp_path):
   report = self_instruct.generate(seeds, ScriptedTeacher(), str(tmp_path), config,
                                   progress=False)
   assert report.instructions_kept == 6
+  assert (report.candidates == report.instructions_kept + report.instructions_rejected()
+          + report.beyond_target)
   records = [json.loads(l) for l in open(tmp_path / self_instruct.OUTPUT_FILE)]
   assert len(records) == report.records_written
   assert {tuple(r) for r in records} == {("instruction", "input", "output")}
@@ -283,7 +285,7 @@ def test_a_weak_local_teacher_runs_the_loop_and_its_filters(tmp_path):
   # Every candidate that passed the filters was asked for instances, and then kept or
   # dropped for having none.
   filtered = sum(report.rejected[name] for name in filters.FILTERS)
-  assert filtered + report.instance_requests == report.candidates
+  assert filtered + report.instance_requests + report.beyond_target == report.candidates
   assert report.instructions_kept + report.rejected["no_instances"] == report.instance_requests
   records = [json.loads(l) for l in open(tmp_path / self_instruct.OUTPUT_FILE)]
   assert len(records) == report.records_written

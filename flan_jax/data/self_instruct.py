@@ -210,6 +210,9 @@ class SelfInstructReport:
   instance_requests: int = 0
   classification_requests: int = 0
   candidates: int = 0
+  # Passed every filter in the step that reached num_instructions, but not needed: in
+  # the pool (and the cache), not written.
+  beyond_target: int = 0
   rejected: dict[str, int] = dataclasses.field(
       default_factory=lambda: {name: 0 for name in (*filters.FILTERS, "no_instances",
                                                     "empty_instance", "duplicate_instance",
@@ -297,8 +300,10 @@ def _filter_candidates(completions: Sequence[str], pool: filters.RougePool,
         report.rejected[problem] += 1
         continue
       pool.add(candidate)
-      if len(kept) < wanted:  # beyond the target: in the pool, so they still count as seen
+      if len(kept) < wanted:
         kept.append(candidate)
+      else:
+        report.beyond_target += 1
   return kept
 
 
