@@ -55,6 +55,13 @@ flags.DEFINE_integer("max_requests", None, "Stop after this many instruction req
                      "(default 20 per instruction).")
 flags.DEFINE_integer("seed", 0, "Seed of the example draws and of sampling.")
 flags.DEFINE_string("task_name", "self_instruct", "The task name chat_task.gin registers.")
+flags.DEFINE_list("decontaminate_against", [], "Evaluation tasks or mixtures of the task "
+                  "library in --data_dir (e.g. gsm8k,mmlu,bbh): instances sharing an n-gram "
+                  "with their examples are dropped and counted.")
+flags.DEFINE_string("data_dir", None, "The task library's data (../shared/data), for "
+                    "--decontaminate_against.")
+flags.DEFINE_string("decontamination_split", "test", "The evaluation tasks' split indexed.")
+flags.DEFINE_integer("decontamination_ngram", 13, "Words per n-gram (13: GPT-3 and FLAN's rule).")
 FLAGS = flags.FLAGS
 
 
@@ -78,6 +85,24 @@ def make_teacher(output_dir: str):
                               batch_size=FLAGS.batch_size)
 
 
+def contamination_index():
+  """The n-gram index of the evaluation tasks named by --decontaminate_against, or None."""
+  if not FLAGS.decontaminate_against:
+    return None
+  if not FLAGS.data_dir:
+    raise UserError("--decontaminate_against needs --data_dir (the task library's data, "
+                    "e.g. ../shared/data).")
+  from flan_jax import job
+  from flan_jax.data import decontamination
+  job.register_tasks(FLAGS.data_dir, None, None)
+  index = decontamination.eval_ngram_index(FLAGS.decontaminate_against,
+                                           split=FLAGS.decontamination_split,
+                                           n=FLAGS.decontamination_ngram)
+  logging.info("Decontaminating against %s: %d n-grams.", FLAGS.decontaminate_against,
+               len(index))
+  return index
+
+
 def main(argv):
   del argv
   if not FLAGS.seed_tasks or not FLAGS.output:
@@ -89,8 +114,9 @@ def main(argv):
       max_words=FLAGS.max_words, classify_with=FLAGS.classify_with,
       max_instances=FLAGS.max_instances, max_requests=FLAGS.max_requests, seed=FLAGS.seed)
   os.makedirs(FLAGS.output, exist_ok=True)
+  index = contamination_index()  # before the teacher loads: a typo fails fast
   teacher = make_teacher(FLAGS.output)
-  report = self_instruct.generate(seeds, teacher, FLAGS.output, config)
+  report = self_instruct.generate(seeds, teacher, FLAGS.output, config, contamination=index)
   gin_path = self_instruct.write_chat_gin(FLAGS.output, FLAGS.task_name)
   logging.info("Teacher requests answered by the model: %d (the rest from the cache).",
                teacher.requests_made)

@@ -13,7 +13,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from flan_jax import llm_judge
-from flan_jax.data import conversations
+from flan_jax.data import conversations, decontamination
 from flan_jax.data import instruction_filters as filters
 from flan_jax.data import self_instruct
 from flan_jax.evaluation.judge import EndpointJudge, Judge
@@ -198,6 +198,39 @@ def chat_task_from_gin(path):
             gin.query_parameter(f"{scope}/ChatTask.format"))
   finally:
     gin.clear_config()
+
+
+GSM8K_TEST = os.path.join(DATA, "eval", "gsm8k", "test.jsonl")
+
+
+@pytest.mark.skipif(not os.path.exists(GSM8K_TEST), reason="no GSM8K in ../shared/data")
+def test_instances_copying_an_eval_question_are_dropped_and_counted(tmp_path):
+  questions = [json.loads(line)["question"] for line in open(GSM8K_TEST)][:50]
+  index = decontamination.build_ngram_index(questions, source="gsm8k")
+  planted = questions[7]
+
+  class LeakyTeacher(ScriptedTeacher):
+    def _complete(self, requests):
+      answers = super()._complete(requests)
+      # Input-first instance requests get the eval question as one instance's input.
+      return [a.replace("\n\nInput: x\n", f"\n\nInput: {planted}\nOutput: 18\n\nInput: x\n")
+              for a in answers]
+
+  seeds = self_instruct.read_seed_tasks(SEEDS)
+  config = self_instruct.SelfInstructConfig(num_instructions=4, requests_per_step=2)
+  report = self_instruct.generate(seeds, LeakyTeacher(), str(tmp_path / "leaky"), config,
+                                  progress=False, contamination=index)
+  written = open(tmp_path / "leaky" / self_instruct.OUTPUT_FILE).read()
+  assert report.rejected["contaminated_instance"] > 0
+  assert report.contaminated_by == {"gsm8k": report.rejected["contaminated_instance"]}
+  assert planted[:40] not in written
+  # Clean data loses nothing: the same run with and without the index writes the same.
+  with_index = self_instruct.generate(seeds, ScriptedTeacher(), str(tmp_path / "a"), config,
+                                      progress=False, contamination=index)
+  self_instruct.generate(seeds, ScriptedTeacher(), str(tmp_path / "b"), config, progress=False)
+  assert with_index.rejected["contaminated_instance"] == 0
+  assert (open(tmp_path / "a" / self_instruct.OUTPUT_FILE).read()
+          == open(tmp_path / "b" / self_instruct.OUTPUT_FILE).read())
 
 
 class Interrupted(Exception):

@@ -16,8 +16,9 @@ The procedure of Wang et al. (2023), step by step:
 3. Instances. Classification tasks are asked output first (a class label, then an
    input of that class), so the labels do not follow whatever inputs the teacher
    likes to write; other tasks input first. Demonstrations are seed tasks of the same
-   kind. Instances with an empty output, and repeats of an earlier instance, are
-   dropped; an instruction left with none is dropped.
+   kind. Instances with an empty output, repeats of an earlier instance, and (given
+   an n-gram index of evaluation data) those sharing an n-gram with it are dropped;
+   an instruction left with none is dropped.
 
 Every rejection is counted by reason (`SelfInstructReport.rejected`) and the report is
 written beside the data. Output is Alpaca-format JSONL (`{instruction, input, output}`,
@@ -52,6 +53,13 @@ CACHE_DIR = "teacher_cache"
 CHAT_GIN = "chat_task.gin"
 _NUMBERED = re.compile(r"(?:^|\n)[ \t]*\d{1,3}[ \t]*[.)][ \t]*")
 _NO_INPUT = {"", "<noinput>", "(none)", "none", "n/a", "<no input>"}
+
+
+class ContaminationIndex(Protocol):
+  """Evaluation text n-grams (`flan_jax.data.decontamination.NgramIndex`)."""
+
+  def matches(self, text: str, first_only: bool = False) -> list:
+    ...
 
 
 class Teacher(Protocol):
@@ -216,7 +224,10 @@ class SelfInstructReport:
   rejected: dict[str, int] = dataclasses.field(
       default_factory=lambda: {name: 0 for name in (*filters.FILTERS, "no_instances",
                                                     "empty_instance", "duplicate_instance",
+                                                    "contaminated_instance",
                                                     "surplus_instance")})
+  # Per evaluation task: instances dropped for sharing an n-gram with it.
+  contaminated_by: dict[str, int] = dataclasses.field(default_factory=dict)
   stopped_early: bool = False
 
   def instructions_rejected(self) -> int:
@@ -225,10 +236,15 @@ class SelfInstructReport:
 
 def generate(seeds: Sequence[SeedTask], teacher: Teacher, output_dir: str,
              config: SelfInstructConfig = SelfInstructConfig(), *, progress: bool = True,
-             on_step: Callable[[SelfInstructReport], None] | None = None
-             ) -> SelfInstructReport:
+             on_step: Callable[[SelfInstructReport], None] | None = None,
+             contamination: ContaminationIndex | None = None) -> SelfInstructReport:
   """Runs the loop until `config.num_instructions` are written to
-  `output_dir/self_instruct.jsonl`, with `report.json` beside it; returns the report."""
+  `output_dir/self_instruct.jsonl`, with `report.json` beside it; returns the report.
+
+  `contamination`: an n-gram index of evaluation data (`decontamination.eval_ngram_index`);
+  an instance whose instruction, input and output together share an n-gram with it is
+  dropped and counted per evaluation task, before anything is written.
+  """
   os.makedirs(output_dir, exist_ok=True)
   rng = random.Random(config.seed)
   pool = filters.RougePool((s.instruction for s in seeds), config.rouge_threshold)
@@ -258,7 +274,7 @@ def generate(seeds: Sequence[SeedTask], teacher: Teacher, output_dir: str,
       new = _filter_candidates(teacher.complete(prompts), pool, report, config,
                                config.num_instructions - report.instructions_kept)
       for instruction, instances, is_classification in _with_instances(
-          new, teacher, rng, ordinary, labelled, seeds, report, config):
+          new, teacher, rng, ordinary, labelled, seeds, report, config, contamination):
         generated.append(instruction)
         report.instructions_kept += 1
         report.classification_tasks += is_classification
@@ -310,7 +326,7 @@ def _filter_candidates(completions: Sequence[str], pool: filters.RougePool,
 def _with_instances(instructions: Sequence[str], teacher: Teacher, rng: random.Random,
                     ordinary: Sequence[SeedTask], labelled: Sequence[SeedTask],
                     seeds: Sequence[SeedTask], report: SelfInstructReport,
-                    config: SelfInstructConfig):
+                    config: SelfInstructConfig, contamination: ContaminationIndex | None):
   """(instruction, instances, is_classification) of those that got instances."""
   if not instructions:
     return
@@ -329,22 +345,29 @@ def _with_instances(instructions: Sequence[str], teacher: Teacher, rng: random.R
   report.instance_requests += len(prompts)
   for instruction, is_classification, completion in zip(instructions, kinds,
                                                          teacher.complete(prompts)):
-    instances = _clean_instances(parse_instances(completion, is_classification), report,
-                                 config.max_instances)
+    instances = _clean_instances(instruction, parse_instances(completion, is_classification),
+                                 report, config.max_instances, contamination)
     if not instances:
       report.rejected["no_instances"] += 1
       continue
     yield instruction, instances, is_classification
 
 
-def _clean_instances(pairs: Sequence[tuple[str, str]], report: SelfInstructReport,
-                     limit: int) -> list[tuple[str, str]]:
+def _clean_instances(instruction: str, pairs: Sequence[tuple[str, str]],
+                     report: SelfInstructReport, limit: int,
+                     contamination: ContaminationIndex | None) -> list[tuple[str, str]]:
   kept, seen = [], set()
   for input_text, output in pairs:
+    matches = contamination.matches("\n".join([instruction, input_text, output]),
+                                    first_only=True) if contamination else []
     if not output.strip():
       report.rejected["empty_instance"] += 1
     elif (input_text, output) in seen:
       report.rejected["duplicate_instance"] += 1
+    elif matches:
+      report.rejected["contaminated_instance"] += 1
+      for source in matches[0].sources:
+        report.contaminated_by[source] = report.contaminated_by.get(source, 0) + 1
     elif len(kept) >= limit:
       report.rejected["surplus_instance"] += 1
     else:
