@@ -200,6 +200,33 @@ def chat_task_from_gin(path):
     gin.clear_config()
 
 
+@needs_data
+def test_the_teacher_can_decide_which_tasks_are_classification(tmp_path):
+  class Judging(ScriptedTeacher):
+    def _complete(self, requests):
+      answers = super()._complete(requests)
+      # Says "Yes" only for the "Explain how ..." tasks, which the keyword rule calls
+      # open-ended: those must then be asked output first.
+      return [(" Yes" if r.rstrip().endswith("Is it classification?") and
+               "Task: Explain how" in r.split("\n\n")[-1] else
+               " No" if r.rstrip().endswith("Is it classification?") else a)
+              for r, a in zip(requests, answers)]
+
+  teacher = Judging()
+  config = self_instruct.SelfInstructConfig(num_instructions=4, requests_per_step=2,
+                                            classify_with="teacher")
+  report = self_instruct.generate(self_instruct.read_seed_tasks(SEEDS), teacher,
+                                  str(tmp_path), config, progress=False)
+  asked = [r for r in teacher.asked if r.startswith("Can the following task")]
+  assert len(asked) == report.classification_requests == report.instance_requests
+  assert "Is it classification? Yes" in asked[0] and "Is it classification? No" in asked[0]
+  records = [json.loads(l) for l in open(tmp_path / self_instruct.OUTPUT_FILE)]
+  assert {r["instruction"].startswith("Explain how") for r in records} == {True, False}
+  for record in records:
+    labelled = record["output"] in ("positive", "negative")
+    assert labelled == record["instruction"].startswith("Explain how"), record
+
+
 GSM8K_TEST = os.path.join(DATA, "eval", "gsm8k", "test.jsonl")
 
 
