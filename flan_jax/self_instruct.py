@@ -76,7 +76,8 @@ def make_teacher(output_dir: str):
   if FLAGS.endpoint:
     return llm_judge.make_judge(FLAGS.endpoint, FLAGS.model, cache_dir=cache_dir,
                                 max_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
-                                concurrency=FLAGS.concurrency)
+                                concurrency=FLAGS.concurrency,
+                                flag_names=("--endpoint", "--model"))
   decode = DecodeConfig(strategy=FLAGS.strategy, temperature=FLAGS.temperature,
                         top_p=FLAGS.top_p, seed=FLAGS.seed)
   return llm_judge.make_judge(checkpoint=FLAGS.checkpoint, cache_dir=cache_dir,

@@ -16,6 +16,7 @@ from flan_jax import llm_judge
 from flan_jax.data import conversations, decontamination
 from flan_jax.data import instruction_filters as filters
 from flan_jax.data import self_instruct
+from flan_jax.errors import UserError
 from flan_jax.evaluation.judge import EndpointJudge, Judge
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -350,3 +351,14 @@ def test_a_weak_local_teacher_runs_the_loop_and_its_filters(tmp_path):
   records = [json.loads(l) for l in open(tmp_path / self_instruct.OUTPUT_FILE)]
   assert len(records) == report.records_written
   assert teacher.requests_made == (report.instruction_requests + report.instance_requests)
+
+
+def test_an_unreachable_teacher_is_one_error_naming_the_teachers_flag():
+  import socket
+  with socket.socket() as s:  # a port nothing listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  teacher = EndpointJudge(f"http://127.0.0.1:{port}", "m", retries=0,
+                          flag_names=("--endpoint", "--model"))
+  with pytest.raises(UserError, match=r"could not be reached.*is --endpoint its address"):
+    teacher.complete(["Come up with a series of tasks:\n1. Sort numbers.\n2."])
