@@ -10,8 +10,9 @@ r"""Grow instruction data from seed tasks with a teacher model: `python -m flan_
 The teacher is any checkpoint `infer` loads (--checkpoint, sampled as --strategy and
 --temperature say) or an OpenAI-compatible server (--endpoint with --model: vLLM, a
 hosted API; $OPENAI_API_KEY is sent when set). Writes DIR/self_instruct.jsonl (Alpaca
-format), DIR/report.json (what every filter rejected) and DIR/chat_task.gin (add it as
---gin_file to train on the data as a chat task). Rerun the same command after an
+format), DIR/report.json (what every filter rejected), DIR/chat_task.gin and
+DIR/task.gin (add one as --gin_file to train on the data as a chat task, or as a
+FLAN-style task with the task library's Alpaca templates). Rerun the same command after an
 interruption: answers kept in DIR/teacher_cache replay the run so far without asking
 the teacher again. The library is `flan_jax.data.self_instruct`.
 """
@@ -119,13 +120,15 @@ def main(argv):
   teacher = make_teacher(FLAGS.output)
   report = self_instruct.generate(seeds, teacher, FLAGS.output, config, contamination=index)
   gin_path = self_instruct.write_chat_gin(FLAGS.output, FLAGS.task_name)
+  task_gin_path = self_instruct.write_task_gin(FLAGS.output, FLAGS.task_name)
   logging.info("Teacher requests answered by the model: %d (the rest from the cache).",
                teacher.requests_made)
   print(f"{report.instructions_kept} instructions ({report.records_written} records) in "
         f"{os.path.join(FLAGS.output, self_instruct.OUTPUT_FILE)}; "
         f"{report.instructions_rejected()} rejected: "
         f"{ {k: v for k, v in report.rejected.items() if v} }. "
-        f"Train on it with --gin_file={gin_path}.")
+        f"Train on it with --gin_file={gin_path} (a chat task) or --gin_file={task_gin_path} "
+        "(FLAN-style templates).")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,34 @@ def test_the_loop_counts_every_rejection_and_writes_alpaca_records(tmp_path):
       "\n\n".join(filter(None, [first["instruction"], first["input"]])), first["output"]]
 
 
+@needs_data
+def test_one_gin_file_makes_the_output_a_flan_style_task(tmp_path):
+  import gin
+  import seqio
+  from flan_jax import train  # noqa: F401  (makes train and InstructionFile configurable)
+  from flan_jax.data import task_reader, vocabularies
+  config = self_instruct.SelfInstructConfig(num_instructions=3, requests_per_step=2)
+  self_instruct.generate(self_instruct.read_seed_tasks(SEEDS), ScriptedTeacher(),
+                         str(tmp_path), config, progress=False)
+  records = [json.loads(l) for l in open(tmp_path / self_instruct.OUTPUT_FILE)]
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings([self_instruct.write_task_gin(str(tmp_path),
+                                                                      "grown_plain")], [])
+    (reference,) = gin.query_parameter("train.instruction_files")
+    files = [gin.query_parameter(f"grown_plain/InstructionFile.{field}")
+             for field in ("name", "path")]
+  finally:
+    gin.clear_config()
+  assert reference.scoped_selector.startswith("grown_plain/")
+  assert train.InstructionFile(*files).register(vocabularies.byte_vocabulary()) == "grown_plain"
+  task = seqio.get_mixture_or_task("grown_plain_zs_noopt")
+  targets = {e["targets_pretokenized"] for split in ("train", "validation") for e in
+             task_reader.task_examples(task, split, sequence_length=None, shuffle=False,
+                                                    seed=0)}
+  assert targets == {r["output"] for r in records}
+
+
 def chat_task_from_gin(path):
   """(name, data path, format) of the one ChatTask `train` gets from the chat
   quickstart's gin file followed by `path`."""

@@ -51,6 +51,7 @@ OUTPUT_FILE = "self_instruct.jsonl"
 REPORT_FILE = "report.json"
 CACHE_DIR = "teacher_cache"
 CHAT_GIN = "chat_task.gin"
+TASK_GIN = "task.gin"
 _NUMBERED = re.compile(r"(?:^|\n)[ \t]*\d{1,3}[ \t]*[.)][ \t]*")
 _NO_INPUT = {"", "<noinput>", "(none)", "none", "n/a", "<no input>"}
 
@@ -405,6 +406,23 @@ def write_chat_gin(output_dir: str, name: str = "self_instruct") -> str:
           f"{name}/ChatTask.path = %CHAT_DATA\n"
           f"{name}/ChatTask.format = 'alpaca'\n")
   path = os.path.join(output_dir, CHAT_GIN)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return path
+
+
+def write_task_gin(output_dir: str, name: str = "self_instruct") -> str:
+  """Writes `task.gin`: one `--gin_file` registers the output for `train` as a FLAN-style
+  task named `name` (`InstructionFile`: the task library's Alpaca templates, zero- and
+  few-shot); returns its path."""
+  data = os.path.abspath(os.path.join(output_dir, OUTPUT_FILE))
+  text = (f"# Self-Instruct data as a FLAN-style task: add --gin_file=this file to a train\n"
+          f"# command and name the mixture {name!r} (its variants) in\n"
+          f"# MIXTURE_OR_TASK_NAME or train.mixture_parts.\n"
+          f"train.instruction_files = [@{name}/InstructionFile()]\n"
+          f"{name}/InstructionFile.name = {name!r}\n"
+          f"{name}/InstructionFile.path = {data!r}\n")
+  path = os.path.join(output_dir, TASK_GIN)
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
   return path
