@@ -17,13 +17,17 @@ from flan_jax.evaluation.judge import CheckpointJudge, EndpointJudge, Judge
 def make_judge(endpoint: str | None = None, model: str | None = None,
                checkpoint: str | None = None, cache_dir: str | None = None, *,
                max_tokens: int = 1024, timeout: float = 120.0, concurrency: int = 4,
+               temperature: float = 0,
+               flag_names: tuple[str, str] = ("--judge_endpoint", "--judge_model"),
                **predictor_settings) -> Judge:
   """An EndpointJudge for `endpoint` + `model`, or a CheckpointJudge for `checkpoint`.
 
   `cache_dir`: where judgements are kept by content (None: no cache).
   `max_tokens`: the judge's reply length (for a checkpoint, its max_new_tokens unless
   `predictor_settings` sets that). `timeout`, `concurrency`: per HTTP request, and how
-  many at once. `predictor_settings`: passed to `inference.load_predictor` (step,
+  many at once. `flag_names`: how an endpoint's error messages name its URL and model
+  settings. `temperature`: an endpoint's sampling temperature (0 for judging; a
+  local model samples as its `decode` setting says). `predictor_settings`: passed to `inference.load_predictor` (step,
   vocabulary_path, chat, chat_template, max_input_length, batch_size, ...).
   """
   if (endpoint is None) == (checkpoint is None):
@@ -34,7 +38,8 @@ def make_judge(endpoint: str | None = None, model: str | None = None,
       raise UserError(f"Settings {sorted(predictor_settings)} are for a local judge; an "
                       "endpoint judge takes max_tokens, timeout and concurrency.")
     return EndpointJudge(endpoint, model or "", cache_dir=cache_dir, max_tokens=max_tokens,
-                         timeout=timeout, concurrency=concurrency)
+                         timeout=timeout, concurrency=concurrency, temperature=temperature,
+                         flag_names=flag_names)
   if model:
     raise UserError("--judge_model names the model an endpoint serves; a local judge is "
                     "--judge_checkpoint alone.")

@@ -25,6 +25,7 @@ from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
+from flan_jax_tasks.library.instruct import InstructionFile
 
 gin_utils.define_flags("TRAIN_STEPS = 100")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
@@ -36,7 +37,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
 FLAGS = flags.FLAGS
 
 gin_utils.configurables(*families.config_classes().values(), OptimizerConfig, EvalConfig,
-                        ChatTask, TextTask)
+                        ChatTask, TextTask, InstructionFile)
 
 
 @gin.configurable
@@ -73,6 +74,7 @@ def train(
     truncation_sample: int = 100,
     chat_tasks: Sequence[ChatTask] = (),
     text_tasks: Sequence[TextTask] = (),
+    instruction_files: Sequence[InstructionFile] = (),
     mixture_parts: Mapping[str, float] | None = None,
 ):
   """The whole job; see `finetune.finetune`.
@@ -99,13 +101,15 @@ def train(
   one) is what the task library tokenizes with; by default the initial checkpoint's
   own tokenizer when it has one, else bytes. `chat_tasks` (`ChatTask`s: conversation
   files) and `text_tasks` (`TextTask`s: plain text, every token trained) are registered
-  with that vocabulary, to be named in the mixture. `mixture_parts` ({task or mixture:
-  weight}) registers `mixture_or_task_name` as their mixture: instruction data with
+  with that vocabulary, to be named in the mixture, as are `instruction_files`
+  (`InstructionFile`s: Alpaca-format files as FLAN-style tasks). `mixture_parts`
+  ({task or mixture: weight}) registers `mixture_or_task_name` as their mixture: instruction data with
   some plain text, say.
   """
   gin_utils.check_command_line_bindings_used()
   initial = initial_checkpoint_path and model_dir_lib.resolve(initial_checkpoint_path)
-  job.register_tasks(data_dir, vocabulary_path, initial or None, [*chat_tasks, *text_tasks])
+  job.register_tasks(data_dir, vocabulary_path, initial or None,
+                     [*chat_tasks, *text_tasks, *instruction_files])
   if mixture_parts:
     mixtures.register_weighted_mixture(mixture_or_task_name, mixture_parts)
   return finetune.finetune(

@@ -144,21 +144,27 @@ class EndpointJudge(Judge):
   def __init__(self, url: str, model: str, *, cache_dir: str | None = None,
                max_tokens: int = 1024, timeout: float = 120.0, concurrency: int = 4,
                batch_size: int = 16, api_key: str | None = None, retries: int = 2,
-               retry_wait: float = 1.0):
+               retry_wait: float = 1.0, temperature: float = 0,
+               flag_names: tuple[str, str] = ("--judge_endpoint", "--judge_model")):
     super().__init__(cache_dir, batch_size)
+    # The settings' names in messages: the judge's flags, or a teacher's (self_instruct).
+    self.url_flag, self.model_flag = flag_names
     if not url.startswith(("http://", "https://")):
-      raise UserError(f"--judge_endpoint={url!r} is not an http(s) URL; give the server's "
+      raise UserError(f"{self.url_flag}={url!r} is not an http(s) URL; give the server's "
                       "address, e.g. http://localhost:8000/v1.")
     if not model:
-      raise UserError("--judge_endpoint needs --judge_model=NAME (the model the server serves).")
+      raise UserError(f"{self.url_flag} needs {self.model_flag}=NAME (the model the server "
+                      "serves).")
     self.url = chat_completions_url(url)
     self.model = model
     self.max_tokens = max_tokens
+    self.temperature = temperature or 0  # 0, not 0.0: the identity of existing caches
     self.timeout = timeout
     self.concurrency = concurrency
     self.retries, self.retry_wait = retries, retry_wait
     self.api_key = os.environ.get("OPENAI_API_KEY") if api_key is None else api_key
-    self.identity = json.dumps({"endpoint": self.url, "model": model, "temperature": 0,
+    self.identity = json.dumps({"endpoint": self.url, "model": model,
+                                "temperature": self.temperature,
                                 "max_tokens": max_tokens})
 
   def _complete(self, requests: Sequence[Request]) -> list[str]:
@@ -166,7 +172,8 @@ class EndpointJudge(Judge):
       return list(pool.map(self._ask, requests))
 
   def _ask(self, request: Request) -> str:
-    body = json.dumps({"model": self.model, "messages": as_messages(request), "temperature": 0,
+    body = json.dumps({"model": self.model, "messages": as_messages(request),
+                       "temperature": self.temperature,
                        "max_tokens": self.max_tokens}).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     if self.api_key:
@@ -184,7 +191,7 @@ class EndpointJudge(Judge):
           continue
         detail = e.read(300).decode("utf-8", "replace")
         raise UserError(f"The judge endpoint {self.url} answered HTTP {e.code} ({e.reason}): "
-                        f"{detail!r}. Check --judge_endpoint and --judge_model.") from None
+                        f"{detail!r}. Check {self.url_flag} and {self.model_flag}.") from None
       except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         if attempt < self.retries:
           time.sleep(self.retry_wait * 2**attempt)
@@ -192,7 +199,7 @@ class EndpointJudge(Judge):
         reason = getattr(e, "reason", e)
         raise UserError(f"The judge endpoint {self.url} could not be reached ({reason}) after "
                         f"{self.retries + 1} tries; is the server running, and is "
-                        "--judge_endpoint its address?") from None
+                        f"{self.url_flag} its address?") from None
     try:
       reply = json.loads(raw)
       content = reply["choices"][0]["message"]["content"]

@@ -13,6 +13,9 @@ The loaders pre-format optional parts so that one set of six templates of our ow
   the target's prompt. The model learns the last reply only; earlier replies are
   context, as in a chat fine-tune that masks all but the final turn.
 
+`InstructionFile(name, path)` registers any other file in Alpaca's format (JSON list
+or JSONL) the same way under `name`: Self-Instruct's output, say (`train.instruction_files`).
+
 Registered as `alpaca` and `lima` (cluster "open_ended"), with the zero-shot and
 few-shot variants; few-shot takes 2 exemplars within a 2,048-token budget, which
 LIMA's long answers often exceed, leaving the zero-shot prompt. Splits: every 20th
@@ -21,6 +24,7 @@ against the one reference answer: open-ended answers have many right wordings, s
 it measures closeness to the reference, not correctness.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -123,3 +127,23 @@ def register(data_dir: str) -> list[str]:
           few_shot_k=2, few_shot_token_budget=2048, metric_fns=(rouge_l,)))
     names.append(name)
   return names
+
+
+@dataclasses.dataclass(frozen=True)
+class InstructionFile:
+  """An Alpaca-format file (`{instruction, input, output}` records, a JSON list or JSONL)
+  named by path, as a FLAN-style task like `alpaca`: the same templates, zero- and
+  few-shot variants, every 20th record for validation. `register` is called by `train`
+  (`train.instruction_files`) with the run's vocabulary."""
+  name: str
+  path: str
+
+  def register(self, vocabulary: seqio.Vocabulary) -> str:
+    if not os.path.exists(self.path):
+      raise UserError(f"InstructionFile {self.name!r}: {self.path} does not exist.")
+    if self.name not in seqio.MixtureRegistry.names():  # registering twice is a no-op
+      register_flan_task(FlanTaskSpec(
+          name=self.name, cluster=CLUSTER, records=_loader(read_alpaca, self.path),
+          templates=TEMPLATES, few_shot_k=2, few_shot_token_budget=2048,
+          metric_fns=(rouge_l,), vocabulary=vocabulary))
+    return self.name
