@@ -78,7 +78,7 @@ class PreferenceConfig:
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
   rpo_alpha: float = 0.0
-  reference: str | None = "frozen"
+  reference: str | None = None  # None: "frozen" for the losses that need one
   pairs_per_row: int = 4
 
   def loss(self) -> preference_losses.PreferenceLoss:
@@ -92,14 +92,14 @@ class PreferenceConfig:
       raise UserError("PreferenceConfig.data is not set: give the pairs, e.g. "
                       "PreferenceConfig.data = @PreferenceData() and PreferenceData.path.")
     if loss.needs_reference:
-      if self.reference not in REFERENCE_MODES:
+      if self.reference is not None and self.reference not in REFERENCE_MODES:
         raise UserError(f"PreferenceConfig.reference={self.reference!r}; loss "
                         f"{self.loss_type!r} compares with a reference model: use one of "
                         f"{', '.join(REFERENCE_MODES)}.")
-    elif self.reference not in (None, "none"):
+    elif self.reference is not None:
       raise UserError(f"PreferenceConfig.reference={self.reference!r}, but "
-                      f"{self.loss_type!r} is reference-free and would ignore it; set "
-                      "PreferenceConfig.reference = None.")
+                      f"{self.loss_type!r} is reference-free: it would compute a reference "
+                      "it never reads. Leave PreferenceConfig.reference unset (None).")
     check_whole_number("PreferenceConfig.pairs_per_row", self.pairs_per_row, 1)
 
 
@@ -151,7 +151,7 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
       score_tokens = jax.jit(lambda p, b: losses.token_log_probs(network, p, b))
       frozen = jax.device_put(initial_params)
       score_batch = lambda batch: np.asarray(score_tokens(frozen, batch))
-      if preference.reference == "precomputed":
+      if (preference.reference or "frozen") == "precomputed":
         reference_map = _precomputed(model_dir, splits, network, score_batch, length, bos_id)
         del frozen  # training holds one model
         score_batch = None
