@@ -161,8 +161,13 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
       evaluate = _held_out_evaluation(network, loss_config, splits["validation"], length,
                                       preference.pairs_per_row, bos_id, score_batch,
                                       reference_map.get("validation"))
-    before = evaluate(jax.device_put(initial_params)) if evaluate and evaluate_before else {}
-    _log(model_dir, 0, before)
+    before = _recorded_before(model_dir)
+    if before is None:  # a fresh run: measured now, logged at step 0
+      before = evaluate(jax.device_put(initial_params)) if evaluate and evaluate_before else {}
+      _log(model_dir, 0, before)
+      if jax.process_index() == 0:
+        paths.write_json(paths.join(model_dir, "eval", RESULTS_FILE), {"before": before},
+                         indent=1)
 
     def batches(start_step: int, state=None):
       stream = preference_rows.train_batches(
@@ -189,6 +194,14 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
         print(f"{name:24s} before {before.get(name, float('nan')):9.4f}   after "
               f"{after[name]:9.4f}")
     return results
+
+
+def _recorded_before(model_dir: str) -> dict | None:
+  """The held-out metrics before training, as a resumed run's first part recorded them
+  (None for a fresh run: no checkpoint yet)."""
+  if not paths.isdir(paths.join(model_dir, model_dir_lib.CHECKPOINTS_DIR)):
+    return None
+  return model_dir_lib.read_json_or(paths.join(model_dir, "eval", RESULTS_FILE), {}).get("before")
 
 
 def _log(model_dir: str, step: int, scalars: Mapping[str, float]) -> None:
