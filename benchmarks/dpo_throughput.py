@@ -24,19 +24,8 @@ import argparse
 import datetime
 import os
 import statistics
-import time
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STORIES = os.path.join(os.path.dirname(REPO), "shared", "data", "models", "stories260K-hf")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--stories_dir", default=STORIES, help="stories260K in HF layout")
-  parser.add_argument("--prompt_length", type=int, default=96)
-  parser.add_argument("--answer_length", type=int, default=160)
-  parser.add_argument("--beta", type=float, default=0.1)
 
 
 def _pairs(batch: int, prompt_length: int, answer_length: int, vocab: int, seed: int):

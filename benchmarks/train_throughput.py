@@ -118,8 +118,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--output", default=None,
                       help="JSON file (default benchmarks/results/"
                            "train_throughput_<model>_<backend>.json); 'none' writes nothing")
-  from benchmarks import dpo_throughput
-  dpo_throughput.add_arguments(parser)
+  # --objective=dpo only (benchmarks/dpo_throughput.py):
+  parser.add_argument("--stories_dir", default=os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+      "models", "stories260K-hf"), help="stories260K in Hugging Face layout")
+  parser.add_argument("--prompt_length", type=int, default=96, help="tokens per prompt")
+  parser.add_argument("--answer_length", type=int, default=160, help="tokens per answer")
+  parser.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
   args = parser.parse_args(argv)
   args.argv = list(sys.argv[1:] if argv is None else argv)  # for the record
   if (args.objective == "dpo") != (args.model == "stories260K"):

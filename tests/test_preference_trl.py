@@ -12,6 +12,7 @@ itself, so the log-ratios are not all zero.
 """
 
 import functools
+import math
 import json
 import os
 import shutil
@@ -206,3 +207,19 @@ def test_loss_metrics_and_gradients_equal_trl(config):
     np.testing.assert_allclose(np.asarray(value), np.asarray(flat_theirs[path]), atol=1e-4,
                                err_msg=jax.tree_util.keystr(path))
   assert max(float(jnp.abs(v).max()) for _, v in flat_ours) > 1e-3
+
+
+def test_the_dpo_benchmark_trains_the_same_step_as_trl(tmp_path):
+  """`train_throughput --objective=dpo`: both sides start from the same loss (log 2: the
+  policy is the reference) and agree after one identical AdamW step."""
+  from benchmarks import dpo_throughput, train_throughput
+  args = train_throughput.parse_args([
+      "--model=stories260K", "--objective=dpo", "--batch=2", "--prompt_length=8",
+      "--answer_length=8", "--steps=1", "--rounds=1", "--device=cpu",
+      f"--stories_dir={STORIES}", f"--output={tmp_path / 'r.json'}"])
+  result, line = dpo_throughput.run(args)
+  assert result["first_loss"]["flan_jax"] == pytest.approx(math.log(2), abs=1e-5)
+  assert result["first_loss"]["trl"] == pytest.approx(math.log(2), abs=1e-5)
+  assert result["second_loss"]["flan_jax"] == pytest.approx(result["second_loss"]["trl"],
+                                                            abs=1e-4)
+  assert line == f"ratio_vs_hf={result['ratio_vs_hf']:.2f}"
