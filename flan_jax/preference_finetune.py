@@ -49,6 +49,7 @@ from flan_jax.training.run_lock import RunLock
 REFERENCE_MODES = ("frozen", "precomputed")
 REFERENCE_FILE = "reference_log_probs.json"
 RESULTS_FILE = "preference.json"  # under MODEL_DIR/eval
+EVAL_BATCH_ROWS = 8  # rows per batch when scoring or evaluating pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,8 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
       frozen = jax.device_put(initial_params)
       score_batch = lambda batch: np.asarray(score_tokens(frozen, batch))
       if (preference.reference or "frozen") == "precomputed":
-        reference_map = _precomputed(model_dir, splits, network, score_batch, length, bos_id)
+        reference_map = _precomputed(model_dir, splits, score_batch, length,
+                                     preference.pairs_per_row, bos_id)
         del frozen  # training holds one model
         score_batch = None
 
@@ -231,9 +233,10 @@ def _tokenized_splits(data: PreferenceData, template, vocabulary, bos_id, length
   return out
 
 
-def _precomputed(model_dir, splits, network, score_batch, length, bos_id):
-  """{split: {pair index: (chosen, rejected)}}: read from MODEL_DIR, else scored once
-  (a pair per row) and written there."""
+def _precomputed(model_dir, splits, score_batch, length, pairs_per_row, bos_id):
+  """{split: {pair index: (chosen, rejected)}}: read from MODEL_DIR, else scored once and
+  written there. Scored in the rows evaluation reads (the held-out pairs' before-metrics
+  then compare the policy with itself in one layout: rewards exactly 0)."""
   path = paths.join(model_dir, REFERENCE_FILE)
   fingerprint = {split: [[p.index, len(p.prompt), len(p.chosen), len(p.rejected)]
                          for p in pairs] for split, pairs in splits.items()}
@@ -244,19 +247,17 @@ def _precomputed(model_dir, splits, network, score_batch, length, bos_id):
                       "use the same data and lengths, or a new MODEL_DIR.")
   else:
     stored = {"pairs": fingerprint, "sums": {}}
+    side_sums = jax.jit(lambda log_probs, batch: (
+        lambda sums: (sums.chosen, sums.rejected))(
+            preference_losses.pair_sums(log_probs, batch)))
     for split, pairs in splits.items():
       sums = {}
-      for batch in preference_rows.eval_batches(pairs, length, 8, pairs_per_row=1,
-                                                bos_id=bos_id):
-        token_log_probs = score_batch(batch)
-        for row in range(len(token_log_probs)):
-          if not batch["preference_pair_slots"][row, 0]:
-            continue
-          answer = batch["decoder_loss_weights"][row] > 0
-          chosen = answer & (batch["preference_chosen"][row] > 0)
-          index = int(batch["preference_pair_index"][row, 0])
-          sums[index] = [float(token_log_probs[row][chosen].sum(dtype=np.float32)),
-                         float(token_log_probs[row][answer & ~chosen].sum(dtype=np.float32))]
+      for batch in preference_rows.eval_batches(pairs, length, EVAL_BATCH_ROWS,
+                                                pairs_per_row=pairs_per_row, bos_id=bos_id):
+        index = batch.pop("preference_pair_index")
+        chosen, rejected = jax.device_get(side_sums(score_batch(batch), batch))
+        for row, slot in zip(*np.nonzero(batch["preference_pair_slots"])):
+          sums[int(index[row, slot])] = [float(chosen[row, slot]), float(rejected[row, slot])]
       stored["sums"][split] = [sums[p.index] for p in pairs]
     if jax.process_index() == 0:
       paths.write_json(path, stored)
@@ -267,7 +268,8 @@ def _precomputed(model_dir, splits, network, score_batch, length, bos_id):
 def _held_out_evaluation(network, loss_config, pairs, length, pairs_per_row, bos_id,
                          score_batch, reference):
   """params -> the held-out pairs' loss and TRL metrics, each a mean over pairs."""
-  batches = preference_rows.eval_batches(pairs, length, 8, pairs_per_row=pairs_per_row,
+  batches = preference_rows.eval_batches(pairs, length, EVAL_BATCH_ROWS,
+                                         pairs_per_row=pairs_per_row,
                                          bos_id=bos_id, reference=reference)
   for batch in batches:
     batch.pop("preference_pair_index")

@@ -60,6 +60,7 @@ def test_frozen_and_precomputed_references_give_the_same_first_step(tmp_path, pa
   for results in (frozen, precomputed):
     assert results["before"]["loss"] == pytest.approx(np.log(2), abs=1e-6)
     assert results["before"]["rewards/margins"] == pytest.approx(0, abs=1e-6)
+    assert results["before"]["rewards/accuracies"] == 0  # no pair counts a tie
     assert set(TRL_NAMES) <= set(results["after"])
   logged = [m for m in _metrics(tmp_path / "frozen") if "eval/rewards/accuracies" in m]
   assert [m["step"] for m in logged] == [0, 1]
