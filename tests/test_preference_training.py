@@ -86,3 +86,40 @@ def test_a_resumed_run_is_bit_identical_to_a_straight_one(tmp_path, pairs_file):
   evaluated = lambda d: [(m["step"], m["eval/loss"]) for m in _metrics(d) if "eval/loss" in m]
   assert evaluated(tmp_path / "resumed") == evaluated(tmp_path / "straight")
   assert [step for step, _ in evaluated(tmp_path / "resumed")] == [0, 4]
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path, pairs_file):
+  """The quickstart's settings on the small pairs, over 2 processes joined by
+  jax.distributed (a row each), and in this one process: the same losses."""
+  import socket
+  import subprocess
+  import sys
+  from flan_jax.training.optimizer import OptimizerConfig
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  two = tmp_path / "two"
+  bindings = ["--gin_file=gin/dpo_quickstart.gin", f"--gin.PREFERENCE_DATA='{pairs_file}'",
+              "--gin.PreferenceData.validation_records=2", "--gin.TRAIN_STEPS=3",
+              "--gin.BATCH_SIZE=2", "--gin.EVAL_PERIOD=0", "--gin.train.log_every=1",
+              f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.INITIAL_CHECKPOINT_PATH='{STORIES}'",
+              "--gin.PreferenceConfig.reference='precomputed'"]
+  result = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "-n", "2", "-p", str(port), "-l",
+       str(tmp_path / "logs"), *bindings, f"--gin.MODEL_DIR={two}"],
+      cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  preference = PreferenceConfig(data=PreferenceData(pairs_file, template="zephyr",
+                                                    validation_records=2),
+                                reference="precomputed", pairs_per_row=1)
+  trainer = TrainerConfig(train_steps=3, checkpoint_every=30, log_every=1, progress_bar=False)
+  preference_finetune.run(
+      model_dir=str(tmp_path / "one"), preference=preference, task_feature_lengths=LENGTHS,
+      batch_size=2, trainer=trainer, initial_checkpoint_path=STORIES,
+      optimizer=OptimizerConfig(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0))
+  logged = lambda d, key: [m[key] for m in _metrics(d) if key in m]
+  assert len(logged(two, "loss")) == 3
+  np.testing.assert_allclose(logged(two, "loss"), logged(tmp_path / "one", "loss"), atol=1e-5)
+  np.testing.assert_allclose(logged(two, "eval/rewards/margins"),
+                             logged(tmp_path / "one", "eval/rewards/margins"), atol=1e-5)
