@@ -24,20 +24,17 @@ its adapters off would serve as the reference; that mode awaits LoRA.)
 """
 
 import dataclasses
-import json
 from typing import Mapping
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import job, model_dir as model_dir_lib, paths
+from flan_jax import finetune, job, model_dir as model_dir_lib, paths
 from flan_jax.data import chat_examples, preference_pairs, preference_rows, vocabularies
 from flan_jax.errors import UserError, check_whole_number
 from flan_jax.models import convert
 from flan_jax.models.decoder import DecoderConfig
-from flan_jax.models.pretrained import load_pretrained
 from flan_jax.training import losses
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import preference_losses
@@ -104,21 +101,15 @@ class PreferenceConfig:
     check_whole_number("PreferenceConfig.pairs_per_row", self.pairs_per_row, 1)
 
 
-def _initial(initial_checkpoint_path, model_config, vocabulary, seed, lengths):
-  """(model config, host params) to start from: a checkpoint, or a random initialisation."""
-  if initial_checkpoint_path:
-    checkpoint = model_dir_lib.resolve(initial_checkpoint_path)
-    config, params = load_pretrained(checkpoint)
-    how = {k: getattr(model_config, k) for k in ("dtype", "remat_policy",
-                                                  "attention_implementation")}
-    config = dataclasses.replace(config, **how)
-    job.check_vocabulary_fits(config, vocabulary, checkpoint.path)
-    return config, params, checkpoint
-  if not model_config.vocab_size:
-    model_config = dataclasses.replace(model_config, vocab_size=vocabulary.vocab_size)
-  network = job.network_for(model_config, vocabulary)
-  params = jax.jit(lambda rng: step_lib.init_params(network, rng, lengths))(jax.random.key(seed))
-  return model_config, jax.device_get(params), None
+def _initial(checkpoint, model_config, vocabulary, seed, lengths):
+  """(model config, host params) to start from: the checkpoint's (its architecture, gin's
+  settings for how it runs, as finetuning takes them), or a random initialisation."""
+  config, params = finetune.starting_model(model_config, checkpoint, vocabulary)
+  if params is None:
+    network = job.network_for(config, vocabulary)
+    params = jax.device_get(jax.jit(lambda rng: step_lib.init_params(network, rng, lengths))(
+        jax.random.key(seed)))
+  return config, params
 
 
 def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: Mapping[str, int],
@@ -139,8 +130,8 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
     template = (chat_examples.load_template(data.template) if data.template
                 else chat_examples.default_template(vocabulary))
     chat_examples.check_markers(template, vocabulary)
-    config, initial_params, checkpoint = _initial(initial_checkpoint_path, model, vocabulary,
-                                                  trainer.seed, task_feature_lengths)
+    config, initial_params = _initial(checkpoint, model, vocabulary, trainer.seed,
+                                      task_feature_lengths)
     network = job.network_for(config, vocabulary)
     bos_id = network.bos_id
     splits = _tokenized_splits(data, template, vocabulary, bos_id, length)
@@ -291,7 +282,9 @@ def _held_out_evaluation(network, loss_config, pairs, length, pairs_per_row, bos
 
 
 def _record_run(model_dir, config, checkpoint, template, config_gin) -> None:
-  """The model's config (for export), the chat template (for `infer --chat`), config.gin."""
+  """The model's config (for export), the chat template (for `infer --chat`), config.gin;
+  written once the run agrees with the model MODEL_DIR holds checkpoints of."""
+  finetune.check_same_model(model_dir, config)
   if jax.process_index() != 0:
     return
   if config_gin is not None:
