@@ -36,6 +36,7 @@ from flan_jax.errors import UserError, check_whole_number
 from flan_jax.models import convert
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.training import losses
+from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
 from flan_jax.training import preference_losses
 from flan_jax.training import train_step as step_lib
@@ -119,6 +120,11 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
         evaluate_before: bool = True, config_gin: str | None = None) -> dict:
   """Evaluates the held-out pairs, trains, evaluates again; returns {"before", "after"}."""
   preference.check()
+  mesh_lib.check_batch_fits(mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape),
+                            batch_size)
+  if batch_size % trainer.microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
+                    f"{trainer.microbatches} equal slices.")
   job.ensure_writable_dir(model_dir)
   length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
   with RunLock(model_dir, enabled=jax.process_index() == 0):

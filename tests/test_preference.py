@@ -226,3 +226,14 @@ def test_a_bad_setting_on_the_command_line_is_one_error_line_and_exit_2(tmp_path
   assert len(errors) == 1 and "beta must be > 0" in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_batch_the_devices_cannot_split_is_refused_before_anything_is_written(tmp_path):
+  from flan_jax import preference_finetune
+  from flan_jax.training.trainer import TrainerConfig
+  with pytest.raises(UserError, match="BATCH_SIZE must be a whole number of at least 1"):
+    preference_finetune.run(model_dir=str(tmp_path / "run"),
+                            preference=PreferenceConfig(data=PreferenceData("pairs.jsonl")),
+                            task_feature_lengths={"inputs": 8, "targets": 8}, batch_size=0,
+                            trainer=TrainerConfig(train_steps=1))
+  assert not (tmp_path / "run").exists()
