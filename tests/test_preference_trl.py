@@ -156,7 +156,11 @@ def _torch_grads_as_ours(model, tmp):
   return hf_llama.load_hf_checkpoint(directory)[1]
 
 
-def _ours(pairs, policy_dir, config: PreferenceLoss):
+@functools.cache
+def _our_forward(policy_dir):
+  """(batch with the reference's log-probs, the policy's logits, the jitted pullback from
+  logits to parameters): the model's forward and backward compiled once for every loss."""
+  pairs = _setup()[0]
   model_config, params = hf_llama.load_hf_checkpoint(policy_dir)
   _, reference_params = hf_llama.load_hf_checkpoint(STORIES)
   network = family_for(model_config, bos_id=1)
@@ -165,14 +169,29 @@ def _ours(pairs, policy_dir, config: PreferenceLoss):
   rows = list(preference_rows.rows(pairs, length, PAIRS_PER_ROW, bos_id=1))
   batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
   batch["reference_log_probs"] = losses.token_log_probs(network, reference_params, batch)
+  logits, pullback = jax.vjp(lambda p: network.logits(p, batch), params)
+  return batch, logits, jax.jit(pullback)
+
+
+class _GivenLogits:
+  """A model family whose "parameters" are its logits: the loss differentiated by them."""
+
+  @staticmethod
+  def logits(logits, batch, dropout_rng=None):
+    return logits
+
+
+def _ours(policy_dir, config: PreferenceLoss):
+  """Our `LossFn` on the policy's logits; its gradient pulled back to the parameters."""
+  batch, logits, pullback = _our_forward(policy_dir)
   loss_fn = preference_loss(config)
 
-  def mean_loss(p):
-    loss_sum, weight, sums = loss_fn(network, p, batch, None)
+  def mean_loss(logits):
+    loss_sum, weight, sums = loss_fn(_GivenLogits, logits, batch, None)
     return loss_sum / weight, {k: v / weight for k, v in sums.items()}
 
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(mean_loss, has_aux=True))(params)
-  return float(loss), {k: float(v) for k, v in metrics.items()}, grads
+  (loss, metrics), logit_grads = jax.jit(jax.value_and_grad(mean_loss, has_aux=True))(logits)
+  return float(loss), {k: float(v) for k, v in metrics.items()}, pullback(logit_grads)[0]
 
 
 CONFIGS = [PreferenceLoss("sigmoid", beta=0.1), PreferenceLoss("ipo", beta=0.5),
@@ -186,7 +205,7 @@ TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewa
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.loss_type + ("+rpo" if c.rpo_alpha else ""))
 def test_loss_metrics_and_gradients_equal_trl(config):
   pairs, policy_dir, tmp = _setup()
-  ours_loss, ours_metrics, ours_grads = _ours(pairs, policy_dir, config)
+  ours_loss, ours_metrics, ours_grads = _ours(policy_dir, config)
   if config.needs_reference:
     theirs_loss, theirs_metrics, model = _trl_dpo(pairs, policy_dir, config, tmp)
   else:
