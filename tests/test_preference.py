@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -237,3 +238,39 @@ def test_a_batch_the_devices_cannot_split_is_refused_before_anything_is_written(
                             task_feature_lengths={"inputs": 8, "targets": 8}, batch_size=0,
                             trainer=TrainerConfig(train_steps=1))
   assert not (tmp_path / "run").exists()
+
+
+class _GivenLogits:
+  """A model family whose "parameters" are its logits."""
+
+  @staticmethod
+  def logits(logits, batch, dropout_rng=None):
+    return logits
+
+
+@pytest.mark.parametrize("loss_type", preference_losses.LOSS_TYPES)
+def test_an_empty_pair_slot_changes_nothing(loss_type):
+  """A row with room for two pairs and one in it: the loss, its metrics and its gradient
+  are those of the pair in a row of its own (and finite: ORPO's log-odds of an empty
+  slot would not be)."""
+  template = chat_templates.builtin("chatml")
+  pair = preference_rows.tokenize_pair(template, BYTES, _pair(PROMPT, "Paris.", "Rome."))
+  config = PreferenceLoss(loss_type, beta=0.5)
+  loss_fn = preference_losses.preference_loss(config)
+  results = []
+  for slots in (1, 2):
+    row = preference_rows.pair_row([pair], 160, slots)
+    batch = {k: jnp.asarray(v[None]) for k, v in row.items()}
+    batch["reference_log_probs"] = jnp.asarray(
+        np.random.default_rng(0).normal(-1, 0.1, (1, 160)) * row["decoder_loss_weights"],
+        jnp.float32)
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(1, 160, BYTES.vocab_size)),
+                         jnp.float32)
+    value = lambda l: (lambda out: (out[0] / out[1], out[2]))(loss_fn(_GivenLogits, l, batch, None))
+    (loss, sums), grad = jax.value_and_grad(value, has_aux=True)(logits)
+    results.append((float(loss), {k: float(v) for k, v in sums.items()}, np.asarray(grad)))
+  (loss_1, sums_1, grad_1), (loss_2, sums_2, grad_2) = results
+  assert np.isfinite(loss_2) and np.isfinite(grad_2).all()
+  assert loss_2 == pytest.approx(loss_1, rel=1e-6)
+  assert sums_2 == pytest.approx(sums_1, rel=1e-6)
+  np.testing.assert_allclose(grad_2, grad_1, rtol=1e-5, atol=1e-7)

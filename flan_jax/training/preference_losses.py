@@ -158,7 +158,10 @@ def pair_losses(config: PreferenceLoss, sums: PairSums) -> tuple[jnp.ndarray, di
     rewards = beta * chosen_ratio, beta * rejected_ratio
     logps = sums.chosen, sums.rejected
   else:
-    chosen_mean, rejected_mean = sums.chosen / chosen_len, sums.rejected / rejected_len
+    # An empty slot (no pair) reads -1 rather than 0, whose log-odds are infinite: the
+    # slot is masked out of the loss, but a NaN there would poison the sum and gradient.
+    chosen_mean = jnp.where(sums.chosen_tokens > 0, sums.chosen / chosen_len, -1.0)
+    rejected_mean = jnp.where(sums.rejected_tokens > 0, sums.rejected / rejected_len, -1.0)
     if config.loss_type == "simpo":
       margin = (chosen_mean - rejected_mean) - config.simpo_gamma / beta
       loss = _smoothed_sigmoid_loss(beta * margin, config.label_smoothing)
