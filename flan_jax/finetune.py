@@ -179,8 +179,8 @@ def _check_settings(task_feature_lengths: Mapping[str, int], batch_size: int,
 
 
 def starting_model(model: ModelConfig,
-                    initial: model_dir_lib.ResolvedCheckpoint | None,
-                    vocabulary: seqio.Vocabulary):
+                   initial: model_dir_lib.ResolvedCheckpoint | None,
+                   vocabulary: seqio.Vocabulary):
   """(the model config, the initial checkpoint's parameters or None)."""
   initial_params = None
   if initial:

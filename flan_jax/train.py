@@ -121,6 +121,15 @@ def train(
                           spike_action=spike_action,
                           peak_flops_per_device=peak_flops_per_device)
   if preference is not None:
+    ignored = [name for name, value in [
+        ("mixture_or_task_name", mixture_or_task_name),
+        ("heldout_mixture_or_task_name", heldout_mixture_or_task_name), ("data_dir", data_dir),
+        ("chat_tasks", chat_tasks), ("text_tasks", text_tasks), ("mixture_parts", mixture_parts),
+        ("evaluation", evaluation)] if value]
+    if ignored:
+      raise UserError(f"train.preference is set, so the run trains on its pairs, but "
+                      f"{', '.join('train.' + n for n in ignored)} is set too and would be "
+                      "ignored. Unset it, or unset train.preference to finetune instead.")
     finetune.check_feature_lengths(task_feature_lengths)
     return preference_finetune.run(
         model_dir=model_dir, preference=preference, task_feature_lengths=task_feature_lengths,

@@ -274,3 +274,17 @@ def test_an_empty_pair_slot_changes_nothing(loss_type):
   assert loss_2 == pytest.approx(loss_1, rel=1e-6)
   assert sums_2 == pytest.approx(sums_1, rel=1e-6)
   np.testing.assert_allclose(grad_2, grad_1, rtol=1e-5, atol=1e-7)
+
+
+def test_finetuning_settings_in_a_preference_run_are_an_error_not_ignored(tmp_path):
+  import gin
+  from flan_jax import gin_utils, train
+  gin.clear_config()
+  try:
+    gin_utils.parse(["dpo_quickstart.gin"], [f"MODEL_DIR = '{tmp_path}'",
+                                              "train.mixture_or_task_name = 'oasst_chat'"])
+    with pytest.raises(UserError, match="train.mixture_or_task_name is set too"):
+      train.train()
+  finally:
+    gin.clear_config()
+  assert not (tmp_path / "config.gin").exists()
