@@ -39,6 +39,8 @@ benchmarks/results/train_throughput_<model>_<backend>.json.
 
 Imports only jax, flax, optax, numpy, torch, transformers and flan_jax.models /
 flan_jax.training: no TensorFlow, seqio or gin, so it runs as-is on a GPU machine.
+(`--objective=dpo`, the DPO step against TRL's DPOTrainer on stories260K, is
+`benchmarks/dpo_throughput`; it also needs trl, and flan_jax.data for the pair rows.)
 """
 
 import argparse
@@ -82,7 +84,11 @@ LEARNING_RATE, BETAS, WEIGHT_DECAY, CLIP_NORM = 1e-4, (0.9, 0.95), 0.01, 1.0
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="decoder_10m", choices=sorted({**MODELS, **T5_MODELS}))
+  parser.add_argument("--model", default="decoder_10m",
+                      choices=sorted({**MODELS, **T5_MODELS, "stories260K": None}))
+  parser.add_argument("--objective", default="sft", choices=["sft", "dpo"],
+                      help="sft: cross-entropy (any synthetic model); dpo: the DPO step on "
+                           "stories260K against TRL's DPOTrainer (benchmarks/dpo_throughput)")
   parser.add_argument("--compare", default="hf", choices=["hf"],
                       help="what to compare with: transformers' LlamaForCausalLM (T5: "
                            "T5ForConditionalGeneration) on torch")
@@ -112,8 +118,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--output", default=None,
                       help="JSON file (default benchmarks/results/"
                            "train_throughput_<model>_<backend>.json); 'none' writes nothing")
+  # --objective=dpo only (benchmarks/dpo_throughput.py):
+  parser.add_argument("--stories_dir", default=os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+      "models", "stories260K-hf"), help="stories260K in Hugging Face layout")
+  parser.add_argument("--prompt_length", type=int, default=96, help="tokens per prompt")
+  parser.add_argument("--answer_length", type=int, default=160, help="tokens per answer")
+  parser.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
   args = parser.parse_args(argv)
   args.argv = list(sys.argv[1:] if argv is None else argv)  # for the record
+  if (args.objective == "dpo") != (args.model == "stories260K"):
+    parser.error("--objective=dpo runs on --model=stories260K (a real pretrained model, as a "
+                 "preference stage starts from one), and stories260K only with it.")
   return args
 
 
@@ -555,11 +571,16 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   # jax takes 75% of a GPU up front by default; both frameworks share one here.
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
-  result, line = run(args)
+  if args.objective == "dpo":
+    from benchmarks import dpo_throughput
+    result, line = dpo_throughput.run(args)
+    name = f"train_throughput_{args.model}_dpo_{result['device']}.json"
+  else:
+    result, line = run(args)
+    name = f"train_throughput_{args.model}_{result['jax_backend']}.json"
   print(json.dumps(result))
-  output = args.output or os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results",
-      f"train_throughput_{args.model}_{result['jax_backend']}.json")
+  output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                       name)
   if output != "none":
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:

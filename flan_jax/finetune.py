@@ -135,7 +135,7 @@ def finetune(
     mesh, workers = _check_settings(task_feature_lengths, batch_size, trainer, data_workers)
     vocabulary = job.task_vocabulary(seen_tasks + heldout_tasks)
     initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
-    model, initial_params = _starting_model(model, initial, vocabulary)
+    model, initial_params = starting_model(model, initial, vocabulary)
     network = job.network_for(model, vocabulary)
     _record_run(model_dir, model, initial, config_gin, seen_tasks + heldout_tasks, vocabulary)
     evaluate, groups = _evaluation(seen_tasks, heldout_tasks, evaluation, network, mesh,
@@ -178,9 +178,9 @@ def _check_settings(task_feature_lengths: Mapping[str, int], batch_size: int,
   return mesh, workers
 
 
-def _starting_model(model: ModelConfig,
-                    initial: model_dir_lib.ResolvedCheckpoint | None,
-                    vocabulary: seqio.Vocabulary):
+def starting_model(model: ModelConfig,
+                   initial: model_dir_lib.ResolvedCheckpoint | None,
+                   vocabulary: seqio.Vocabulary):
   """(the model config, the initial checkpoint's parameters or None)."""
   initial_params = None
   if initial:

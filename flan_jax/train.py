@@ -15,7 +15,8 @@ from absl import flags
 import gin
 import jax
 
-from flan_jax import finetune, gin_utils, job, model_dir as model_dir_lib
+from flan_jax import finetune, gin_utils, job, model_dir as model_dir_lib, preference_finetune
+from flan_jax.errors import UserError
 from flan_jax.data import mixtures
 from flan_jax.data.chat_examples import ChatTask
 from flan_jax.data.text_examples import TextTask
@@ -37,13 +38,14 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
 FLAGS = flags.FLAGS
 
 gin_utils.configurables(*families.config_classes().values(), OptimizerConfig, EvalConfig,
-                        ChatTask, TextTask, InstructionFile)
+                        ChatTask, TextTask, InstructionFile, preference_finetune.PreferenceConfig,
+                        preference_finetune.PreferenceData)
 
 
 @gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
-    mixture_or_task_name: str = gin.REQUIRED,
+    mixture_or_task_name: str | None = None,
     task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
     train_steps: int = gin.REQUIRED,
     batch_size: int = gin.REQUIRED,
@@ -76,6 +78,7 @@ def train(
     text_tasks: Sequence[TextTask] = (),
     instruction_files: Sequence[InstructionFile] = (),
     mixture_parts: Mapping[str, float] | None = None,
+    preference: preference_finetune.PreferenceConfig | None = None,
 ):
   """The whole job; see `finetune.finetune`.
 
@@ -105,8 +108,42 @@ def train(
   (`InstructionFile`s: Alpaca-format files as FLAN-style tasks). `mixture_parts`
   ({task or mixture: weight}) registers `mixture_or_task_name` as their mixture: instruction data with
   some plain text, say.
+
+  `preference` (a `PreferenceConfig`) makes the objective preference optimization
+  (DPO, IPO, hinge, SimPO, ORPO) on its pairs instead of finetuning on a mixture;
+  see `preference_finetune` and gin/dpo_quickstart.gin.
   """
   gin_utils.check_command_line_bindings_used()
+  trainer = TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
+                          log_every=log_every, z_loss=z_loss, seed=seed,
+                          mesh_shape=tuple(mesh_shape), eval_every=eval_every,
+                          dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
+                          microbatches=microbatches, label_smoothing=label_smoothing,
+                          loss_chunk_length=loss_chunk_length, prefetch=prefetch,
+                          spike_factor=spike_factor, spike_warmup=spike_warmup,
+                          spike_action=spike_action,
+                          peak_flops_per_device=peak_flops_per_device)
+  if preference is not None:
+    ignored = [name for name, value in [
+        ("mixture_or_task_name", mixture_or_task_name),
+        ("heldout_mixture_or_task_name", heldout_mixture_or_task_name), ("data_dir", data_dir),
+        ("chat_tasks", chat_tasks), ("text_tasks", text_tasks),
+        ("instruction_files", instruction_files), ("mixture_parts", mixture_parts),
+        ("evaluation", evaluation)] if value]
+    if ignored:
+      raise UserError(f"train.preference is set, so the run trains on its pairs, but "
+                      f"{', '.join('train.' + n for n in ignored)} is set too and would be "
+                      "ignored. Unset it, or unset train.preference to finetune instead.")
+    finetune.check_feature_lengths(task_feature_lengths)
+    return preference_finetune.run(
+        model_dir=model_dir, preference=preference, task_feature_lengths=task_feature_lengths,
+        batch_size=batch_size, trainer=trainer, model=model or DecoderConfig(),
+        optimizer=optimizer or OptimizerConfig(), initial_checkpoint_path=initial_checkpoint_path,
+        vocabulary_path=vocabulary_path, evaluate_before=evaluate_before,
+        config_gin=gin.config_str())
+  if not mixture_or_task_name:
+    raise UserError("MIXTURE_OR_TASK_NAME is not set: name the task or mixture to finetune on "
+                    "(or set train.preference for preference optimization).")
   initial = initial_checkpoint_path and model_dir_lib.resolve(initial_checkpoint_path)
   job.register_tasks(data_dir, vocabulary_path, initial or None,
                      [*chat_tasks, *text_tasks, *instruction_files])
@@ -117,15 +154,7 @@ def train(
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths,
       batch_size=batch_size,
-      trainer=TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
-                            log_every=log_every, z_loss=z_loss, seed=seed,
-                            mesh_shape=tuple(mesh_shape), eval_every=eval_every,
-                            dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
-                            microbatches=microbatches, label_smoothing=label_smoothing,
-                            loss_chunk_length=loss_chunk_length, prefetch=prefetch,
-                            spike_factor=spike_factor, spike_warmup=spike_warmup,
-                            spike_action=spike_action,
-                            peak_flops_per_device=peak_flops_per_device),
+      trainer=trainer,
       model=model or DecoderConfig(),
       optimizer=optimizer or OptimizerConfig(),
       heldout_mixture_or_task_name=heldout_mixture_or_task_name,

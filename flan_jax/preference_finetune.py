@@ -1,0 +1,299 @@
+"""Preference optimization after instruction tuning: DPO and its family on preference pairs.
+
+The job behind `python -m flan_jax.train` when gin sets `train.preference`: read the
+pairs (`preference_pairs`), render and tokenize them with the run's chat template as
+conversations are (`preference_rows`), measure the held-out pairs' TRL metrics
+(rewards/accuracies, ...) before training, train the policy with the preference
+loss (`preference_losses`, a `LossFn` for the ordinary trainer), and measure again:
+MODEL_DIR/eval/preference.json holds {"before", "after"}, and metrics.jsonl and
+TensorBoard the curve ("eval/rewards/accuracies", ... at step 0, every EVAL_PERIOD
+steps, and the last).
+
+The policy is the whole model (full finetuning). The reference is the starting
+weights, in one of two ways (`PreferenceConfig.reference`):
+
+  frozen       a second, frozen copy of the starting weights scores each batch
+               before the step (two models in memory, nothing precomputed);
+  precomputed  one pass before training scores every pair, train and held out,
+               and stores the sums with the run (MODEL_DIR/reference_log_probs.json),
+               so training holds one model; a resumed run reads them back, so it
+               continues exactly.
+
+SimPO and ORPO need no reference and get none. (With a LoRA policy the base with
+its adapters off would serve as the reference; that mode awaits LoRA.)
+"""
+
+import dataclasses
+from typing import Mapping
+
+from absl import logging
+import jax
+import numpy as np
+
+from flan_jax import finetune, job, model_dir as model_dir_lib, paths
+from flan_jax.data import chat_examples, preference_pairs, preference_rows, vocabularies
+from flan_jax.errors import UserError, check_whole_number
+from flan_jax.models import convert
+from flan_jax.models.decoder import DecoderConfig
+from flan_jax.training import losses
+from flan_jax.training import mesh as mesh_lib
+from flan_jax.training import optimizer as optimizer_lib
+from flan_jax.training import preference_losses
+from flan_jax.training import train_step as step_lib
+from flan_jax.training import trainer as trainer_lib
+from flan_jax.training.metrics_writer import MetricsWriter
+from flan_jax.training.run_lock import RunLock
+
+REFERENCE_MODES = ("frozen", "precomputed")
+REFERENCE_FILE = "reference_log_probs.json"
+RESULTS_FILE = "preference.json"  # under MODEL_DIR/eval
+EVAL_BATCH_ROWS = 8  # rows per batch when scoring or evaluating pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceData:
+  """A file of preference pairs (see `preference_pairs` for the formats).
+
+  `template`: the chat template's name or file, as `ChatTask.template` (None: the
+  vocabulary's default). `validation_records`: the file's last that many records
+  held out, for the before/after metrics.
+  """
+  path: str
+  format: str | None = None
+  template: str | None = None
+  on_error: str = "raise"
+  validation_records: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:
+  """The preference objective: its data, loss, reference and row layout.
+
+  `pairs_per_row`: the most pairs packed into one row (1: padded, a pair per row).
+  """
+  data: PreferenceData | None = None
+  loss_type: str = "sigmoid"
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  simpo_gamma: float = 0.5
+  rpo_alpha: float = 0.0
+  reference: str | None = None  # None: "frozen" for the losses that need one
+  pairs_per_row: int = 4
+
+  def loss(self) -> preference_losses.PreferenceLoss:
+    return preference_losses.PreferenceLoss(self.loss_type, self.beta, self.label_smoothing,
+                                            self.simpo_gamma, self.rpo_alpha)
+
+  def check(self) -> None:
+    """Every setting, before any work: one error naming what to change."""
+    loss = self.loss()  # checks the loss settings
+    if self.data is None:
+      raise UserError("PreferenceConfig.data is not set: give the pairs, e.g. "
+                      "PreferenceConfig.data = @PreferenceData() and PreferenceData.path.")
+    if loss.needs_reference:
+      if self.reference is not None and self.reference not in REFERENCE_MODES:
+        raise UserError(f"PreferenceConfig.reference={self.reference!r}; loss "
+                        f"{self.loss_type!r} compares with a reference model: use one of "
+                        f"{', '.join(REFERENCE_MODES)}.")
+    elif self.reference is not None:
+      raise UserError(f"PreferenceConfig.reference={self.reference!r}, but "
+                      f"{self.loss_type!r} is reference-free: it would compute a reference "
+                      "it never reads. Leave PreferenceConfig.reference unset (None).")
+    check_whole_number("PreferenceConfig.pairs_per_row", self.pairs_per_row, 1)
+
+
+def _initial(checkpoint, model_config, vocabulary, seed, lengths):
+  """(model config, host params) to start from: the checkpoint's (its architecture, gin's
+  settings for how it runs, as finetuning takes them), or a random initialisation."""
+  config, params = finetune.starting_model(model_config, checkpoint, vocabulary)
+  if params is None:
+    network = job.network_for(config, vocabulary)
+    params = jax.device_get(jax.jit(lambda rng: step_lib.init_params(network, rng, lengths))(
+        jax.random.key(seed)))
+  return config, params
+
+
+def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: Mapping[str, int],
+        batch_size: int, trainer: trainer_lib.TrainerConfig,
+        model=DecoderConfig(), optimizer=optimizer_lib.OptimizerConfig(),
+        initial_checkpoint_path: str | None = None, vocabulary_path: str | None = None,
+        evaluate_before: bool = True, config_gin: str | None = None) -> dict:
+  """Evaluates the held-out pairs, trains, evaluates again; returns {"before", "after"}."""
+  preference.check()
+  mesh_lib.check_batch_fits(mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape),
+                            batch_size)
+  if batch_size % trainer.microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
+                    f"{trainer.microbatches} equal slices.")
+  job.ensure_writable_dir(model_dir)
+  length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+  with RunLock(model_dir, enabled=jax.process_index() == 0):
+    checkpoint = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
+    vocabulary = vocabularies.library_vocabulary(vocabulary_path,
+                                                 checkpoint and checkpoint.tokenizer_dir)
+    vocabulary = vocabulary or vocabularies.byte_vocabulary()
+    data = preference.data
+    template = (chat_examples.load_template(data.template) if data.template
+                else chat_examples.default_template(vocabulary))
+    chat_examples.check_markers(template, vocabulary)
+    config, initial_params = _initial(checkpoint, model, vocabulary, trainer.seed,
+                                      task_feature_lengths)
+    network = job.network_for(config, vocabulary)
+    bos_id = network.bos_id
+    splits = _tokenized_splits(data, template, vocabulary, bos_id, length)
+    _record_run(model_dir, config, checkpoint, template, config_gin)
+
+    loss_config = preference.loss()
+    reference_map, score_batch = {}, None
+    if loss_config.needs_reference:
+      score_tokens = jax.jit(lambda p, b: losses.token_log_probs(network, p, b))
+      frozen = jax.device_put(initial_params)
+      score_batch = lambda batch: np.asarray(score_tokens(frozen, batch))
+      if (preference.reference or "frozen") == "precomputed":
+        reference_map = _precomputed(model_dir, splits, score_batch, length,
+                                     preference.pairs_per_row, bos_id)
+        del frozen  # training holds one model
+        score_batch = None
+
+    evaluate = None
+    if "validation" in splits:
+      evaluate = _held_out_evaluation(network, loss_config, splits["validation"], length,
+                                      preference.pairs_per_row, bos_id, score_batch,
+                                      reference_map.get("validation"))
+    before = _recorded_before(model_dir)
+    if before is None:  # a fresh run: measured now, logged at step 0
+      before = evaluate(jax.device_put(initial_params)) if evaluate and evaluate_before else {}
+      _log(model_dir, 0, before)
+      if jax.process_index() == 0:
+        paths.write_json(paths.join(model_dir, "eval", RESULTS_FILE), {"before": before},
+                         indent=1)
+
+    def batches(start_step: int, state=None):
+      stream = preference_rows.train_batches(
+          splits["train"], length, batch_size, pairs_per_row=preference.pairs_per_row,
+          seed=trainer.seed, bos_id=bos_id, skip_batches=start_step,
+          shard_index=jax.process_index(), num_shards=jax.process_count(),
+          reference=reference_map.get("train"))
+      for batch in stream:
+        batch.pop("preference_pair_index")
+        if score_batch is not None:
+          batch[preference_losses.REFERENCE_FEATURE] = score_batch(batch)
+        yield batch
+
+    state = trainer_lib.train(network, optimizer, trainer, batches, model_dir,
+                              task_feature_lengths, initial_params=initial_params,
+                              evaluate=evaluate, loss_fn=preference_losses.preference_loss(
+                                  loss_config))
+    after = evaluate(state.params) if evaluate else {}
+    results = {"before": before, "after": after}
+    if jax.process_index() == 0:
+      _log(model_dir, trainer.train_steps, after)
+      paths.write_json(paths.join(model_dir, "eval", RESULTS_FILE), results, indent=1)
+      for name in sorted(after):
+        print(f"{name:24s} before {before.get(name, float('nan')):9.4f}   after "
+              f"{after[name]:9.4f}")
+    return results
+
+
+def _recorded_before(model_dir: str) -> dict | None:
+  """The held-out metrics before training, as a resumed run's first part recorded them
+  (None for a fresh run: no checkpoint yet)."""
+  if not paths.isdir(paths.join(model_dir, model_dir_lib.CHECKPOINTS_DIR)):
+    return None
+  return model_dir_lib.read_json_or(paths.join(model_dir, "eval", RESULTS_FILE), {}).get("before")
+
+
+def _log(model_dir: str, step: int, scalars: Mapping[str, float]) -> None:
+  """Held-out metrics into metrics.jsonl and TensorBoard as eval/<name>, as the trainer
+  logs them at EVAL_PERIOD."""
+  if not scalars or jax.process_index() != 0:
+    return
+  writer = MetricsWriter(model_dir)
+  try:
+    writer.write(step, {f"eval/{name}": value for name, value in scalars.items()})
+  finally:
+    writer.close()
+
+
+def _tokenized_splits(data: PreferenceData, template, vocabulary, bos_id, length):
+  read = preference_pairs.read_pairs(data.path, format=data.format, on_error=data.on_error)
+  logging.info("%s: %s", data.path, read.summary())
+  if read.problems:
+    logging.warning("%s: %d bad records skipped; the first: %s", data.path,
+                    read.counts["bad_record"], read.problems[0])
+  splits = preference_pairs.split_pairs(read.pairs, data.validation_records, data.path)
+  out = {}
+  for split, pairs in splits.items():
+    tokenized = [preference_rows.tokenize_pair(template, vocabulary, pair, bos_id=bos_id,
+                                               index=i) for i, pair in enumerate(pairs)]
+    out[split] = preference_rows.fitting(tokenized, length, f"{data.path} ({split})")
+  return out
+
+
+def _precomputed(model_dir, splits, score_batch, length, pairs_per_row, bos_id):
+  """{split: {pair index: (chosen, rejected)}}: read from MODEL_DIR, else scored once and
+  written there. Scored in the rows evaluation reads (the held-out pairs' before-metrics
+  then compare the policy with itself in one layout: rewards exactly 0)."""
+  path = paths.join(model_dir, REFERENCE_FILE)
+  fingerprint = {split: [[p.index, len(p.prompt), len(p.chosen), len(p.rejected)]
+                         for p in pairs] for split, pairs in splits.items()}
+  if paths.exists(path):
+    stored = paths.read_json(path)
+    if stored.get("pairs") != fingerprint:
+      raise UserError(f"{path} holds reference log-probs of other pairs than this run's; "
+                      "use the same data and lengths, or a new MODEL_DIR.")
+  else:
+    stored = {"pairs": fingerprint, "sums": {}}
+    side_sums = jax.jit(lambda log_probs, batch: (
+        lambda sums: (sums.chosen, sums.rejected))(
+            preference_losses.pair_sums(log_probs, batch)))
+    for split, pairs in splits.items():
+      sums = {}
+      for batch in preference_rows.eval_batches(pairs, length, EVAL_BATCH_ROWS,
+                                                pairs_per_row=pairs_per_row, bos_id=bos_id):
+        index = batch.pop("preference_pair_index")
+        chosen, rejected = jax.device_get(side_sums(score_batch(batch), batch))
+        for row, slot in zip(*np.nonzero(batch["preference_pair_slots"])):
+          sums[int(index[row, slot])] = [float(chosen[row, slot]), float(rejected[row, slot])]
+      stored["sums"][split] = [sums[p.index] for p in pairs]
+    if jax.process_index() == 0:
+      paths.write_json(path, stored)
+  return {split: {p.index: tuple(v) for p, v in zip(pairs, stored["sums"][split])}
+          for split, pairs in splits.items()}
+
+
+def _held_out_evaluation(network, loss_config, pairs, length, pairs_per_row, bos_id,
+                         score_batch, reference):
+  """params -> the held-out pairs' loss and TRL metrics, each a mean over pairs."""
+  batches = preference_rows.eval_batches(pairs, length, EVAL_BATCH_ROWS,
+                                         pairs_per_row=pairs_per_row,
+                                         bos_id=bos_id, reference=reference)
+  for batch in batches:
+    batch.pop("preference_pair_index")
+    if score_batch is not None:
+      batch[preference_losses.REFERENCE_FEATURE] = score_batch(batch)
+  loss_fn = preference_losses.preference_loss(loss_config)
+  sums_of = jax.jit(lambda p, b: loss_fn(network, p, b, None)[1:])
+
+  def evaluate(params) -> dict[str, float]:
+    totals, pairs_seen = {}, 0.0
+    for batch in batches:
+      weight, sums = jax.device_get(sums_of(params, batch))
+      pairs_seen += float(weight)
+      for name, value in sums.items():
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return {name: value / max(pairs_seen, 1.0) for name, value in totals.items()}
+
+  return evaluate
+
+
+def _record_run(model_dir, config, checkpoint, template, config_gin) -> None:
+  """The model's config (for export), the chat template (for `infer --chat`), config.gin;
+  written once the run agrees with the model MODEL_DIR holds checkpoints of."""
+  finetune.check_same_model(model_dir, config)
+  if jax.process_index() != 0:
+    return
+  if config_gin is not None:
+    paths.write_atomically(paths.join(model_dir, model_dir_lib.CONFIG_GIN), config_gin)
+  convert.save_run_config(model_dir, config, checkpoint)
+  paths.write_atomically(paths.join(model_dir, model_dir_lib.TEMPLATE_FILE), template.to_json())
