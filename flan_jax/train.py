@@ -23,6 +23,7 @@ from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models import families
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.lora import LoraConfig
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 
@@ -36,7 +37,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
 FLAGS = flags.FLAGS
 
 gin_utils.configurables(*families.config_classes().values(), OptimizerConfig, EvalConfig,
-                        ChatTask, TextTask)
+                        ChatTask, TextTask, LoraConfig)
 
 
 @gin.configurable
@@ -69,6 +70,7 @@ def train(
     dcn_mesh_shape=None,
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
+    lora: LoraConfig | None = None,
     vocabulary_path: str | None = None,
     truncation_sample: int = 100,
     chat_tasks: Sequence[ChatTask] = (),
@@ -94,6 +96,10 @@ def train(
   were for that step, counts it, and goes on.
   `peak_flops_per_device`: one device's peak FLOP/s, for the MFU logged (None: known
   accelerators' from a table; others log no MFU).
+
+  `lora` (`train.lora = @LoraConfig()`): train LoRA adapters on the frozen initial
+  checkpoint instead of the whole model; checkpoints then hold only the adapters and
+  MODEL_DIR/lora_base.json records the base they belong to.
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -128,6 +134,7 @@ def train(
       evaluation=evaluation or EvalConfig(),
       evaluate_before=evaluate_before,
       initial_checkpoint_path=initial or None,  # resolved once, above
+      lora=lora,
       truncation_sample=truncation_sample,
       data_workers=data_workers,
       # Recorded once the run holds MODEL_DIR and agrees with what it recorded before.

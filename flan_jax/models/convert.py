@@ -94,8 +94,11 @@ def family(config: ModelConfig) -> str:
 
 
 def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:
-  paths.write_json(paths.join(directory, CONFIG_FILE),
-                   {"family": family(config), **dataclasses.asdict(config)}, indent=2)
+  fields = dataclasses.asdict(config)
+  if fields["lora"] is None:  # a model without adapters is written as before LoRA existed
+    del fields["lora"]
+  paths.write_json(paths.join(directory, CONFIG_FILE), {"family": family(config), **fields},
+                   indent=2)
   if hf_config is not None:
     paths.write_json(paths.join(directory, HF_CONFIG_FILE), hf_config, indent=2)
 
