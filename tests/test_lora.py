@@ -75,6 +75,36 @@ def test_scaling_is_alpha_over_rank_or_over_its_square_root_with_rslora():
   assert LoraConfig(rank=16, alpha=32, use_rslora=True).scaling == 8.0
 
 
+def test_adapters_are_sharded_by_their_base_weights_axes_and_never_by_rank():
+  import flax.linen as nn
+  network = DecoderOnly(_with_lora(TINY_DECODER))
+  boxed = jax.eval_shape(lambda: network.init(jax.random.key(0), LENGTHS)["params"])
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), mesh_lib.LOGICAL_AXIS_RULES)
+  attention, mlp = specs["layers_0"]["attention"], specs["layers_0"]["mlp"]
+  assert tuple(attention["query_lora"]["a"]) == ("fsdp", None)  # [embed, rank]
+  assert tuple(attention["query_lora"]["b"]) == (None, "tensor", None)  # [rank, heads, kv]
+  assert tuple(attention["out_lora"]["a"]) == ("tensor", None, None)  # [heads, kv, rank]
+  assert tuple(mlp["down"]["kernel_lora"]["a"]) == ("tensor", None)  # [mlp, rank]
+  assert tuple(mlp["down"]["kernel_lora"]["b"]) == (None, "fsdp")  # [rank, embed]
+
+
+def test_adapter_dropout_acts_only_while_training():
+  config = _with_lora(TINY_DECODER, dataclasses.replace(ALL_LINEAR, dropout=0.5))
+  network = DecoderOnly(config)
+  params = step_lib.init_params(network, jax.random.key(0), LENGTHS)
+  params = jax.tree_util.tree_map_with_path(  # a trained-looking B, so the update counts
+      lambda path, x: x + 0.05 if path[-1].key == "b" else x, params)
+  batch = _batch()
+  evaluated = network.logits(params, batch)
+  trained = network.logits(params, batch, dropout_rng=jax.random.key(1))
+  assert not np.allclose(evaluated, trained)
+  # The base itself has no dropout (dropout_rate 0): with B = 0 training changes nothing.
+  zero_b = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 0 if path[-1].key == "b" else x, params)
+  np.testing.assert_array_equal(network.logits(zero_b, batch),
+                                network.logits(zero_b, batch, dropout_rng=jax.random.key(1)))
+
+
 def _lora_state(config=TINY_DECODER, optimizer_config=OPTIMIZER, params=None):
   network = DecoderOnly(_with_lora(config))
   optimizer = make_optimizer(optimizer_config, 10)
@@ -128,6 +158,29 @@ def test_a_bfloat16_base_keeps_float32_adapters():
   _, state, _, _ = _lora_state(config, params=jax.device_get(base))
   assert {x.dtype for x in jax.tree.leaves(state.frozen)} == {np.dtype("bfloat16")}
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+
+
+def test_remat_chunked_loss_and_microbatches_give_the_plain_lora_step():
+  from flan_jax.training import losses
+  untied = dataclasses.replace(UNTIED, lora=dataclasses.replace(
+      ALL_LINEAR, target_modules=("all-linear", "lm_head")))
+  params = jax.device_get(step_lib.init_params(DecoderOnly(untied), jax.random.key(0), LENGTHS))
+  batch = _batch(rows=4)
+  results = []
+  for remat, chunk, microbatches in (("none", 0, 1), ("full", 8, 2)):
+    network = DecoderOnly(dataclasses.replace(untied, remat_policy=remat))
+    optimizer = make_optimizer(OPTIMIZER, 10)
+    mesh = mesh_lib.make_mesh()
+    state, shardings = step_lib.init_train_state(network, optimizer, mesh, LENGTHS, 0, params)
+    step = step_lib.make_train_step(network, optimizer, mesh, shardings,
+                                    losses.cross_entropy_loss(chunk_length=chunk),
+                                    microbatches=microbatches)
+    for _ in range(2):  # the second step's gradient reaches every A through a nonzero B
+      state, metrics = step(state, step_lib.global_batch(batch, mesh))
+    results.append((float(metrics["loss"]), jax.device_get(state.params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_scanned_and_unrolled_lora_layers_give_equal_losses():

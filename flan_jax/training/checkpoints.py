@@ -43,6 +43,11 @@ def _cause(error: BaseException) -> str:
   return reason.group(1).strip() if reason else f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
+def _saved(state: TrainState):
+  """What a checkpoint of `state` holds (a plain tree is saved as it is)."""
+  return state.checkpointed() if isinstance(state, TrainState) else state
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `directory` (MODEL_DIR/checkpoints)."""
 
@@ -107,7 +112,7 @@ class Checkpointer:
     self.wait()  # orbax would wait for the previous save anyway; this names its failure
     self._check_space(step, state)
     try:
-      self._manager.save(step, args=ocp.args.StandardSave(state.checkpointed()), force=True)
+      self._manager.save(step, args=ocp.args.StandardSave(_saved(state)), force=True)
     except Exception as e:
       raise self._failure(step, e) from None
     self._in_flight = step
@@ -115,7 +120,7 @@ class Checkpointer:
   def _check_space(self, step: int, state: TrainState) -> None:
     if paths.is_remote(self._directory):
       return  # buckets have no free-space figure; a failed write is still reported
-    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state.checkpointed())) * _SPACE_MARGIN
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(_saved(state))) * _SPACE_MARGIN
     needed += _SPACE_SLACK_BYTES
     free = shutil.disk_usage(self._directory).free
     if free < needed:
