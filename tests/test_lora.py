@@ -242,7 +242,8 @@ def test_a_resumed_lora_run_repeats_the_straight_runs_losses_and_refuses_another
   shutil.rmtree(interrupted / "checkpoints" / "4")
   other = jax.tree.map(lambda x: x.copy(), base)
   other["final_norm"]["scale"][0] += 1e-3
-  with pytest.raises(UserError, match="LoRA adapters trained on the base from /models/base"):
+  with pytest.raises(UserError, match="trained on the base from /models/base .* but the base from "
+                                       "/models/base has fingerprint"):
     _train(interrupted, 4, other, "/models/base")
 
 

@@ -7,7 +7,7 @@ cut short are removed when the next run starts.
 
 A checkpoint holds the state's `checkpointed()` part: with LoRA the adapters, their
 optimizer state and the step, never the frozen base (the run records which base it
-used, `base_record`); a restored state comes back without it, for the trainer to
+used, `models.lora_base`); a restored state comes back without it, for the trainer to
 attach.
 
 A save that cannot be written (a full disk, a quota) costs only itself: before saving,

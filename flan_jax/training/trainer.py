@@ -7,7 +7,7 @@ with the same parameters as one that ran straight through.
 
 A LoRA run (the model config's `lora`) trains adapters on a frozen base: its
 checkpoints hold the adapters and their optimizer state, and MODEL_DIR records which
-base they belong to (`base_record`); a resumed run places the base again from
+base they belong to (`models.lora_base`); a resumed run places the base again from
 `initial_params` (or the seed) and refuses one that is not the recorded base.
 
 Faults cost at most the work since the last save:
@@ -42,7 +42,8 @@ from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.model_dir import CHECKPOINTS_DIR, DATA_STATE_DIR
 from flan_jax.models.families import ModelFamily
 from flan_jax.models import lora
-from flan_jax.training import base_record, losses
+from flan_jax.models import lora_base
+from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import mfu as mfu_lib
 from flan_jax.training import optimizer as optimizer_lib
@@ -300,7 +301,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
     state, shardings = step_lib.init_train_state(model, optimizer, mesh, task_feature_lengths,
                                                  config.seed, params=initial_params)
     if state.frozen is not None:
-      base_record.check_or_write(model_dir, False, base_source, state.frozen)
+      lora_base.check_or_write(model_dir, False, base_source, state.frozen)
   else:
     shardings = step_lib.state_shardings(model, optimizer, mesh, task_feature_lengths)
     frozen = None
@@ -308,7 +309,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
       frozen = lora.partition(step_lib.place_params(model, mesh, task_feature_lengths,
                                                     initial_params, config.seed),
                               model.config)[1]
-      base_record.check_or_write(model_dir, True, base_source, frozen)
+      lora_base.check_or_write(model_dir, True, base_source, frozen)
     state = _restore_newest_intact(
         checkpointer, step_lib.abstract_train_state(model, optimizer, shardings,
                                                     task_feature_lengths), model_dir)

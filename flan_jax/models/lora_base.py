@@ -67,22 +67,33 @@ def record(source: str | None, base_fingerprint: str) -> dict:
   return {"path": source, "fingerprint": base_fingerprint}
 
 
+def read(model_dir: str) -> dict:
+  """A LoRA run's record of its base: {"path", "fingerprint"}."""
+  path = paths.join(model_dir, LORA_BASE_FILE)
+  if not paths.exists(path):
+    raise UserError(f"{model_dir} holds LoRA adapters but no {LORA_BASE_FILE} saying which base "
+                    "they were trained on.")
+  return paths.read_json(path)
+
+
+def check_same(model_dir: str, recorded: dict, source: str, base) -> None:
+  """One clear error where `base` (loaded from `source`) is not the recorded base."""
+  now = fingerprint(base)
+  if recorded.get("fingerprint") != now:
+    where = recorded.get("path") or "a random initialisation"
+    raise UserError(
+        f"{model_dir} holds LoRA adapters trained on the base from {where} (fingerprint "
+        f"{str(recorded.get('fingerprint'))[:12]}), but the base from {source} has fingerprint "
+        f"{now[:12]}: adapters only fit the base they were trained on. Resume with that base "
+        "(INITIAL_CHECKPOINT_PATH, seed), or choose a new MODEL_DIR.")
+
+
 def check_or_write(model_dir: str, resuming: bool, source: str | None, base) -> None:
   """On a fresh run, records the base in MODEL_DIR; on a resumed one, refuses a base that
   is not the recorded one. Every process checks; process 0 writes."""
   path = paths.join(model_dir, LORA_BASE_FILE)
-  current = record(source, fingerprint(base))
   if resuming and paths.exists(path):
-    recorded = paths.read_json(path)
-    if recorded.get("fingerprint") != current["fingerprint"]:
-      where = recorded.get("path") or "a random initialisation"
-      now = source or "a random initialisation"
-      raise UserError(
-          f"{model_dir} holds LoRA adapters trained on the base from {where} (fingerprint "
-          f"{str(recorded.get('fingerprint'))[:12]}), but this run's base, from {now}, has "
-          f"fingerprint {current['fingerprint'][:12]}: adapters only fit the base they were "
-          "trained on. Resume with that base (INITIAL_CHECKPOINT_PATH, seed), or choose a "
-          "new MODEL_DIR.")
+    check_same(model_dir, paths.read_json(path), source or "a random initialisation", base)
     return
   if jax.process_index() == 0:
-    paths.write_json(path, current, indent=1)
+    paths.write_json(path, record(source, fingerprint(base)), indent=1)
