@@ -26,7 +26,7 @@ from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
 from flan_jax.training.trainer import TrainerConfig, train
-from tiny import TINY_DECODER
+from tiny import TINY_DECODER, damage_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"inputs": 32, "targets": 16}
@@ -230,11 +230,14 @@ def test_a_resumed_lora_run_repeats_the_straight_runs_losses_and_refuses_another
   assert saved_params and all(lora.is_adapter(tuple(str(k.key) for k in path))
                               for path, _ in saved_params)
 
+  # Cut after step 4's save, which a disk fault then damaged: the run sets it aside,
+  # resumes from step 2 and repeats the straight run's losses bit for bit.
   interrupted = tmp_path / "interrupted"
   shutil.copytree(tmp_path / "straight", interrupted)
-  shutil.rmtree(interrupted / "checkpoints" / "4")
+  damage_checkpoint(interrupted / "checkpoints" / "4")
   resumed = _train(interrupted, 4, base, "/models/base")
-  assert _losses(interrupted) == _losses(tmp_path / "straight")  # bit-identical
+  assert (interrupted / "checkpoints" / "4.damaged").is_dir()
+  assert _losses(interrupted) == _losses(tmp_path / "straight")
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -245,6 +248,23 @@ def test_a_resumed_lora_run_repeats_the_straight_runs_losses_and_refuses_another
   with pytest.raises(UserError, match="trained on the base from /models/base .* but the base from "
                                        "/models/base has fingerprint"):
     _train(interrupted, 4, other, "/models/base")
+
+
+def test_a_run_resumes_only_with_the_lora_settings_it_saved(tmp_path):
+  from flan_jax.finetune import check_same_model
+  from flan_jax.models import convert
+  (tmp_path / "checkpoints").mkdir()
+  config = _with_lora(TINY_DECODER)
+  convert.save_run_config(str(tmp_path), config)
+  check_same_model(str(tmp_path), config)  # the same settings, read back from JSON
+  for other in (dataclasses.replace(config, lora=dataclasses.replace(ALL_LINEAR, rank=8)),
+                TINY_DECODER):
+    with pytest.raises(UserError, match="holds checkpoints of another model: lora="):
+      check_same_model(str(tmp_path), other)
+  convert.save_run_config(str(tmp_path), TINY_DECODER)  # a run without LoRA...
+  assert "lora" not in json.loads((tmp_path / "flan_jax_config.json").read_text())
+  with pytest.raises(UserError, match="lora=None"):  # ...resumes without it
+    check_same_model(str(tmp_path), config)
 
 
 def test_bad_lora_settings_are_one_error_line_with_exit_status_2(tmp_path):
