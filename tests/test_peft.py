@@ -16,7 +16,7 @@ peft = pytest.importorskip("peft")
 import flan_jax_tasks.default_mixture  # noqa: E402,F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
-from flan_jax.models import convert, hf_t5, lora, peft_io  # noqa: E402
+from flan_jax.models import convert, lora, peft_io  # noqa: E402
 from flan_jax.models.families import family_for  # noqa: E402
 from flan_jax.models.lora import LoraConfig  # noqa: E402
 from flan_jax.training import train_step as step_lib  # noqa: E402

@@ -77,7 +77,8 @@ def read(model_dir: str) -> dict:
 
 
 def check_same(model_dir: str, recorded: dict, source: str, base) -> None:
-  """One clear error where `base` (loaded from `source`) is not the recorded base."""
+  """One clear error where `base` (loaded from `source`) is not the recorded base. Every
+  process calls it: the fingerprint of a base spread over processes is computed by all."""
   now = fingerprint(base)
   if recorded.get("fingerprint") != now:
     where = recorded.get("path") or "a random initialisation"
@@ -95,5 +96,6 @@ def check_or_write(model_dir: str, resuming: bool, source: str | None, base) -> 
   if resuming and paths.exists(path):
     check_same(model_dir, paths.read_json(path), source or "a random initialisation", base)
     return
+  current = record(source, fingerprint(base))  # on every process: a collective computation
   if jax.process_index() == 0:
-    paths.write_json(path, record(source, fingerprint(base)), indent=1)
+    paths.write_json(path, current, indent=1)
