@@ -123,12 +123,12 @@ def read_lora_config(directory: str) -> tuple[dict, lora.LoraConfig]:
     fields = json.load(f)
   if fields.get("peft_type", "LORA") != "LORA":
     raise UserError(f"{path}: peft_type {fields['peft_type']!r}; only LORA adapters import.")
-  unsupported = {"use_dora": False, "fan_in_fan_out": False, "bias": "none",
-                 "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}}
-  for key, expected in unsupported.items():
-    value = fields.get(key, expected)
-    if value != expected and not (expected is None and not value) and not (
-        isinstance(expected, dict) and not value):
+  # Each setting our LoRA can only have at PEFT's default (None or {}: also when empty).
+  defaults = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False,
+              "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}}
+  for key, default in defaults.items():
+    value = fields.get(key, default)
+    if value != default and not (default in (None, {}) and not value):
       raise UserError(f"{path}: {key}={value!r} is not supported (flan_jax's LoRA has one "
                       f"rank and alpha, no DoRA, no trained bias or extra modules).")
   settings = lora.LoraConfig(rank=int(fields["r"]), alpha=float(fields["lora_alpha"]),
