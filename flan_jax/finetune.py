@@ -143,6 +143,9 @@ def finetune(
     mesh, workers = _check_settings(task_feature_lengths, batch_size, trainer, data_workers)
     vocabulary = job.task_vocabulary(seen_tasks + heldout_tasks)
     initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
+    # LoRA bound on the model config (DecoderConfig.lora) counts too: a pretrained
+    # checkpoint's architecture replaces that config, which would drop it unsaid.
+    lora = lora or model.lora
     model, initial_params = _starting_model(model, initial, vocabulary)
     if lora is not None:
       model = dataclasses.replace(model, lora=lora)  # checks its targets against the family
