@@ -63,16 +63,15 @@ def init_params(model: ModelFamily, rng, lengths: Lengths):
 def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformation,
                        lengths: Lengths):
   def init(rng) -> TrainState:
-    return _fresh_state(model, init_params(model, rng, lengths), optimizer)
+    trainable, frozen = lora.partition(init_params(model, rng, lengths), model.config)
+    return _fresh_state(trainable, optimizer).replace(frozen=frozen)
   return init
 
 
-def _fresh_state(model: ModelFamily, params, optimizer: optax.GradientTransformation
-                 ) -> TrainState:
-  trainable, frozen = lora.partition(params, model.config)
+def _fresh_state(trainable, optimizer: optax.GradientTransformation) -> TrainState:
+  """Step 0 of training `trainable`; the frozen part (LoRA's base) is attached apart."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                    opt_state=optimizer.init(trainable), spikes=spikes_lib.start(trainable),
-                    frozen=frozen)
+                    opt_state=optimizer.init(trainable), spikes=spikes_lib.start(trainable))
 
 
 def param_shardings(model: ModelFamily, mesh: Mesh, lengths: Lengths):
@@ -142,10 +141,12 @@ def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation
     with mesh_lib.on_mesh(mesh):
       init = _state_initializer(model, optimizer, lengths)
       return jax.jit(init, out_shardings=shardings)(jax.random.key(seed)), shardings
-  params = place_params(model, mesh, lengths, params, seed)
-  with mesh_lib.on_mesh(mesh):
-    state = jax.jit(lambda p: _fresh_state(model, p, optimizer), out_shardings=shardings)(params)
-  return state, shardings
+  trainable, frozen = lora.partition(place_params(model, mesh, lengths, params, seed),
+                                     model.config)
+  with mesh_lib.on_mesh(mesh):  # the frozen base stays out: through jit it would be copied
+    state = jax.jit(lambda p: _fresh_state(p, optimizer),
+                    out_shardings=shardings.replace(frozen=None))(trainable)
+  return state.replace(frozen=frozen), shardings
 
 
 def abstract_train_state(model: ModelFamily, optimizer: optax.GradientTransformation,
