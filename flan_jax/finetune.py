@@ -14,6 +14,7 @@ directory recorded: a refused run leaves another run's record as it was.
 """
 
 import dataclasses
+import json
 from typing import Mapping
 
 import jax
@@ -30,6 +31,7 @@ from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import ModelFamily
 from flan_jax.models.layer_stack import stack_layers
+from flan_jax.models.lora import LoraConfig
 from flan_jax.models.pretrained import load_pretrained
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
@@ -55,12 +57,15 @@ def check_same_model(model_dir: str, model: ModelConfig) -> None:
   if not paths.isdir(paths.join(model_dir, model_dir_lib.CHECKPOINTS_DIR)) or not paths.exists(path):
     return
   saved = paths.read_json(path)
-  current = {"family": convert.family(model), **dataclasses.asdict(model)}
+  # As JSON has it (LoRA's target list a list), to compare with what was written.
+  current = json.loads(json.dumps({"family": convert.family(model), **dataclasses.asdict(model)}))
   # Compute settings may change between runs; the parameters' shapes, dtypes and
-  # layout (scan_layers) may not.
+  # layout (scan_layers) may not, nor whether and how LoRA adapters are trained (a
+  # config without "lora" had none).
   free = ("dtype", "remat_policy", "attention_implementation", "dropout_rate")
-  differ = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in current.items()
-            if k not in free and saved.get(k, v) != v]
+  recorded = lambda k, v: saved.get(k, None if k == "lora" else v)
+  differ = [f"{k}={recorded(k, v)!r} (now {v!r})" for k, v in current.items()
+            if k not in free and recorded(k, v) != v]
   if differ:
     raise UserError(f"{model_dir} holds checkpoints of another model: {', '.join(differ)}. "
                     "Resume with the same model settings, or choose a new MODEL_DIR.")
@@ -112,6 +117,7 @@ def finetune(
     evaluation: evaluator.EvalConfig = evaluator.EvalConfig(),
     evaluate_before: bool = True,
     initial_checkpoint_path: str | model_dir_lib.ResolvedCheckpoint | None = None,
+    lora: LoraConfig | None = None,
     truncation_sample: int = 100,
     data_workers: int | None = None,
     config_gin: str | None = None,
@@ -124,6 +130,8 @@ def finetune(
   `data_workers`: processes that render and tokenize training examples (None: one per
   spare core on an accelerator, none on the CPU; the data is the same for any number).
   `config_gin`: the entry point's resolved configuration, recorded as MODEL_DIR/config.gin.
+  `lora`: train LoRA adapters on the frozen model (the initial checkpoint, else a random
+  one from the seed) instead of the whole model; MODEL_DIR records the base.
   """
   job.ensure_writable_dir(model_dir)
   with RunLock(model_dir, enabled=jax.process_index() == 0):
@@ -135,7 +143,12 @@ def finetune(
     mesh, workers = _check_settings(task_feature_lengths, batch_size, trainer, data_workers)
     vocabulary = job.task_vocabulary(seen_tasks + heldout_tasks)
     initial = model_dir_lib.resolve(initial_checkpoint_path) if initial_checkpoint_path else None
+    # LoRA bound on the model config (DecoderConfig.lora) counts too: a pretrained
+    # checkpoint's architecture replaces that config, which would drop it unsaid.
+    lora = lora or model.lora
     model, initial_params = starting_model(model, initial, vocabulary)
+    if lora is not None:
+      model = dataclasses.replace(model, lora=lora)  # checks its targets against the family
     network = job.network_for(model, vocabulary)
     _record_run(model_dir, model, initial, config_gin, seen_tasks + heldout_tasks, vocabulary)
     evaluate, groups = _evaluation(seen_tasks, heldout_tasks, evaluation, network, mesh,
@@ -157,8 +170,9 @@ def finetune(
                        network, workers)
     state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                               initial_params=initial_params,
+                              base_source=initial.path if initial else None,
                               evaluate=(lambda p: logged_means(evaluate(p))) if evaluate else None)
-    after = evaluate(state.params) if evaluate else {}
+    after = evaluate(state.model_params) if evaluate else {}
     return _report(model_dir, trainer.train_steps, before, after, groups)
 
 

@@ -9,6 +9,7 @@ A finetuning run writes into MODEL_DIR:
   config.gin                 the entry point's resolved gin configuration
   chat_template.json         the template conversations were rendered with
   chat_held_out.json         per conversation task, the records training never read
+  lora_base.json             a LoRA run's frozen base: its path and content fingerprint
   eval/heldout.json          the evaluation before and after training
   metrics.jsonl, tensorboard/train/   training and evaluation curves
   .run_lock                  held while a run writes here
@@ -40,6 +41,7 @@ PARAMS_DIR = "params"
 CONFIG_GIN = "config.gin"
 TEMPLATE_FILE = "chat_template.json"
 HELD_OUT_FILE = "chat_held_out.json"
+LORA_BASE_FILE = "lora_base.json"
 EVAL_DIR = "eval"
 RESULTS_FILE = f"{EVAL_DIR}/heldout.json"
 METRICS_FILE = "metrics.jsonl"

@@ -184,7 +184,7 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
                               task_feature_lengths, initial_params=initial_params,
                               evaluate=evaluate, loss_fn=preference_losses.preference_loss(
                                   loss_config))
-    after = evaluate(state.params) if evaluate else {}
+    after = evaluate(state.model_params) if evaluate else {}
     results = {"before": before, "after": after}
     if jax.process_index() == 0:
       _log(model_dir, trainer.train_steps, after)

@@ -24,6 +24,7 @@ from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models import families
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.lora import LoraConfig
 from flan_jax.training.optimizer import OptimizerConfig
 from flan_jax.training.trainer import TrainerConfig
 from flan_jax_tasks.library.instruct import InstructionFile
@@ -38,8 +39,8 @@ flags.DEFINE_bool("distributed", False, "Multi-host without explicit flags: call
 FLAGS = flags.FLAGS
 
 gin_utils.configurables(*families.config_classes().values(), OptimizerConfig, EvalConfig,
-                        ChatTask, TextTask, InstructionFile, preference_finetune.PreferenceConfig,
-                        preference_finetune.PreferenceData)
+                        ChatTask, TextTask, InstructionFile, LoraConfig,
+                        preference_finetune.PreferenceConfig, preference_finetune.PreferenceData)
 
 
 @gin.configurable
@@ -72,6 +73,7 @@ def train(
     dcn_mesh_shape=None,
     evaluate_before: bool = True,
     initial_checkpoint_path: str | None = None,
+    lora: LoraConfig | None = None,
     vocabulary_path: str | None = None,
     truncation_sample: int = 100,
     chat_tasks: Sequence[ChatTask] = (),
@@ -99,6 +101,10 @@ def train(
   were for that step, counts it, and goes on.
   `peak_flops_per_device`: one device's peak FLOP/s, for the MFU logged (None: known
   accelerators' from a table; others log no MFU).
+
+  `lora` (`train.lora = @LoraConfig()`): train LoRA adapters on the frozen initial
+  checkpoint instead of the whole model; checkpoints then hold only the adapters and
+  MODEL_DIR/lora_base.json records the base they belong to.
 
   `vocabulary_path` (a SentencePiece .model, a tokenizer.json, or a directory with
   one) is what the task library tokenizes with; by default the initial checkpoint's
@@ -161,6 +167,7 @@ def train(
       evaluation=evaluation or EvalConfig(),
       evaluate_before=evaluate_before,
       initial_checkpoint_path=initial or None,  # resolved once, above
+      lora=lora,
       truncation_sample=truncation_sample,
       data_workers=data_workers,
       # Recorded once the run holds MODEL_DIR and agrees with what it recorded before.

@@ -6,7 +6,9 @@ its own fields and checks. Not in `layers`: the checks ask `attention_mask` and
 """
 
 import dataclasses
+from typing import Mapping
 
+from flan_jax.models import lora as lora_lib
 from flan_jax.models.attention_mask import check_attention_implementation
 from flan_jax.models.layer_stack import check_remat_policy
 
@@ -37,6 +39,9 @@ class ModelConfig:
   attention_implementation: str = "auto"
   # Dropout, only while training (see `layer_stack.dropout`); where, each family says.
   dropout_rate: float = 0.0
+  # LoRA adapters (`lora.LoraConfig`) on the projections it targets; None: none. A
+  # model config read back from JSON passes its fields, made a LoraConfig here.
+  lora: lora_lib.LoraConfig | None = None
 
   # What the hidden states are scaled by before a tied embedding projects them (None:
   # not scaled); a family's constant, not a setting.
@@ -46,7 +51,17 @@ class ModelConfig:
   def padded_vocab_size(self) -> int:
     return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
+  def lora_names(self) -> Mapping[str, tuple[str, ...]]:
+    """Each projection LoRA can target (our layer name) -> the names a target may call it."""
+    raise NotImplementedError
+
+  def lora_layers(self) -> frozenset[str]:
+    """The layers (`lora_names`' keys) whose weights get adapters."""
+    return self.lora.layers(self.lora_names(), type(self).__name__) if self.lora else frozenset()
+
   def __post_init__(self):
+    object.__setattr__(self, "lora", lora_lib.from_fields(self.lora))
+    self.lora_layers()  # a target the family does not have is an error now, not at init
     check_remat_policy(self.remat_policy)
     check_attention_implementation(self.attention_implementation)
     if not 0.0 <= self.dropout_rate < 1.0:

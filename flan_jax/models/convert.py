@@ -4,6 +4,13 @@
     python -m flan_jax.models.convert --from_orbax=OUT_DIR --to_hf=HF_DIR2
     python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=HF_DIR3  # a finetuning run
 
+LoRA runs (`peft_io`): their adapters go to a PEFT directory, or are folded into the
+base for a plain Hugging Face checkpoint; a PEFT adapter comes in on top of its base:
+
+    python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_peft=ADAPTER_DIR
+    python -m flan_jax.models.convert --from_orbax=MODEL_DIR --merge_lora --to_hf=HF_DIR
+    python -m flan_jax.models.convert --from_hf=BASE --from_peft=ADAPTER_DIR --to_orbax=OUT
+
 The family follows the checkpoint: Llama/Mistral/Qwen2 go to our decoder
 (`hf_llama`), T5ForConditionalGeneration to our T5 (`hf_t5`).
 
@@ -16,6 +23,9 @@ When it came from Hugging Face it also keeps the original `hf_config.json` and t
 other files beside the weights (tokenizer, generation config) under `hf_files/`, so
 the way back restores what we do not model (token ids, max_position_embeddings, the
 architecture, the tokenizer) and the round trip gives the same tensors.
+
+A LoRA run's checkpoints hold only adapters: its base is loaded again from the path
+MODEL_DIR records (`lora_base`), and refused if its content is no longer that base.
 
 A finetuning run's MODEL_DIR converts the same way: training writes the same
 `flan_jax_config.json` (and, when it started from a Hugging Face checkpoint, its
@@ -36,7 +46,8 @@ import numpy as np
 from flan_jax import model_dir as model_dir_lib
 from flan_jax import paths
 from flan_jax.errors import UserError, exit_on_user_error
-from flan_jax.models import families, hf_llama, hf_t5, layer_stack, safetensors_io
+from flan_jax.models import (families, hf_llama, hf_t5, layer_stack, lora, lora_base, peft_io,
+                             safetensors_io)
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
@@ -68,6 +79,12 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_shard_bytes", None, "Split the safetensors into shards of this size.")
   flags.DEFINE_integer("step", None, "With --from_orbax=MODEL_DIR of a run: the checkpoint step "
                        "to export (default: the latest).")
+  flags.DEFINE_string("to_peft", None, "Directory to write a LoRA run's adapters to, as PEFT "
+                      "reads them (adapter_config.json, adapter_model.safetensors).")
+  flags.DEFINE_string("from_peft", None, "A PEFT LoRA adapter directory to read on top of the "
+                      "--from_hf base.")
+  flags.DEFINE_bool("merge_lora", False, "With --to_hf: fold the LoRA adapters into the base "
+                    "weights (W + scaling * A @ B).")
 
 
 def hf_module(config_json: dict):
@@ -94,8 +111,11 @@ def family(config: ModelConfig) -> str:
 
 
 def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -> None:
-  paths.write_json(paths.join(directory, CONFIG_FILE),
-                   {"family": family(config), **dataclasses.asdict(config)}, indent=2)
+  fields = dataclasses.asdict(config)
+  if fields["lora"] is None:  # a model without adapters is written as before LoRA existed
+    del fields["lora"]
+  paths.write_json(paths.join(directory, CONFIG_FILE), {"family": family(config), **fields},
+                   indent=2)
   if hf_config is not None:
     paths.write_json(paths.join(directory, HF_CONFIG_FILE), hf_config, indent=2)
 
@@ -161,11 +181,13 @@ def read_params(path: str):
   return ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
 
 
-def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | None = None):
+def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | None = None,
+               with_base: bool = True):
   """(config, params, original HF config or None) from a `save_orbax` directory or a run
   (its checkpoint `step`, by default the newest that restores).
 
-  Params come back unscanned, whatever layout the run trained in.
+  Params come back unscanned, whatever layout the run trained in. A LoRA run's come
+  with its recorded base (`with_base`), or as its adapters alone.
   """
   import orbax.checkpoint as ocp
   checkpoint = model_dir_lib.resolve(directory)
@@ -183,6 +205,8 @@ def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | No
     params = ocp.StandardCheckpointer().restore(checkpoint.file(PARAMS_DIR))["params"]
   elif checkpoint.kind == "run":
     params = checkpoint.read_step(step, read_params)
+    if config.lora is not None and with_base:
+      params = lora.combine(params, _recorded_base(checkpoint, config))
   else:
     raise UserError(f"{directory} has {CONFIG_FILE} but neither {PARAMS_DIR}/ nor "
                     f"{model_dir_lib.CHECKPOINTS_DIR}/.")
@@ -194,6 +218,27 @@ def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | No
   return config, params, hf_config
 
 
+def _recorded_base(checkpoint: model_dir_lib.ResolvedCheckpoint, config: ModelConfig):
+  """The base a LoRA run's adapters were trained on, in the run's layout and dtype, loaded
+  from the path it recorded and checked against the recorded fingerprint."""
+  recorded = lora_base.read(checkpoint.directory)
+  source = recorded.get("path")
+  if not source:
+    raise UserError(f"{checkpoint.directory} trained LoRA adapters on a random base, which is "
+                    "not saved anywhere: export the adapters alone (--to_peft).")
+  base_checkpoint = model_dir_lib.resolve(source)
+  if base_checkpoint.kind == "hf":
+    _, base = load_hf(base_checkpoint.directory)
+  else:
+    _, base, _ = load_orbax(base_checkpoint)
+  if config.scan_layers:
+    base = layer_stack.stack_layers(base)
+  dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
+  base = jax.tree.map(lambda x: np.asarray(x).astype(dtype), base)
+  lora_base.check_same(checkpoint.directory, recorded, source, base)
+  return base
+
+
 def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:
   config, params = load_hf(hf_dir)
   hf_config = paths.read_json(os.path.join(hf_dir, model_dir_lib.HF_CONFIG_JSON))
@@ -202,8 +247,21 @@ def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:
 
 
 def orbax_to_hf(orbax_dir: str, hf_dir: str, max_shard_bytes: int | None = None,
-                step: int | None = None) -> None:
+                step: int | None = None, merge_lora: bool = False) -> None:
   config, params, hf_config = load_orbax(orbax_dir, step)
+  if config.lora is not None:
+    if not merge_lora:
+      raise UserError(f"{orbax_dir} holds LoRA adapters: add --merge_lora to fold them into the "
+                      "weights, or export them for PEFT with --to_peft.")
+    config, params = peft_io.merge(params, config)
+  _write_hf(config, params, hf_config, hf_dir, max_shard_bytes)
+  source = os.path.join(orbax_dir, HF_FILES_DIR)
+  if os.path.isdir(source):
+    shutil.copytree(source, hf_dir, dirs_exist_ok=True)
+
+
+def _write_hf(config: ModelConfig, params, hf_config: dict | None, hf_dir: str,
+              max_shard_bytes: int | None) -> None:
   if isinstance(config, T5Config):
     hf_t5.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
                              hf_config=hf_config)
@@ -216,19 +274,51 @@ def orbax_to_hf(orbax_dir: str, hf_dir: str, max_shard_bytes: int | None = None,
     extra = {k: v for k, v in (hf_config or {}).items() if k not in _DERIVED_HF_KEYS}
     hf_llama.save_hf_checkpoint(params, config, hf_dir, max_shard_bytes=max_shard_bytes,
                                 extra_config=extra)
-  source = os.path.join(orbax_dir, HF_FILES_DIR)
-  if os.path.isdir(source):
-    shutil.copytree(source, hf_dir, dirs_exist_ok=True)
+
+
+def orbax_to_peft(orbax_dir: str, peft_dir: str, step: int | None = None) -> None:
+  """A LoRA run's (or adapted orbax directory's) adapters as a PEFT adapter directory."""
+  checkpoint = model_dir_lib.resolve(orbax_dir)
+  config, params, _ = load_orbax(checkpoint, step, with_base=False)
+  if config.lora is None:
+    raise UserError(f"{orbax_dir} has no LoRA adapters (its model config has no lora): "
+                    "export it whole with --to_hf.")
+  base_path = None
+  if paths.exists(checkpoint.file(model_dir_lib.LORA_BASE_FILE)):
+    base_path = lora_base.read(checkpoint.directory).get("path")
+  peft_io.save_peft(lora.partition(params, config)[0], config, peft_dir, base_path)
+
+
+def peft_to_orbax(hf_dir: str, peft_dir: str, orbax_dir: str) -> None:
+  """A Hugging Face base with a PEFT adapter on top, as one orbax checkpoint whose model
+  config has the adapter's LoRA settings."""
+  config, base = load_hf(hf_dir)
+  config, adapters = peft_io.load_peft(peft_dir, config)
+  hf_config = paths.read_json(os.path.join(hf_dir, model_dir_lib.HF_CONFIG_JSON))
+  save_orbax(lora.combine(adapters, base), config, orbax_dir, hf_config)
+  _copy_hf_files(hf_dir, orbax_dir)
 
 
 def main(argv) -> None:
   del argv
-  if FLAGS.from_hf and FLAGS.to_orbax and not (FLAGS.from_orbax or FLAGS.to_hf):
+  given = {name for name in ("from_hf", "to_orbax", "from_orbax", "to_hf", "to_peft", "from_peft")
+           if getattr(FLAGS, name)}
+  if FLAGS.merge_lora and "to_hf" not in given:
+    raise UserError("--merge_lora goes with --to_hf (a Hugging Face checkpoint of the merged "
+                    "weights).")
+  if given == {"from_hf", "to_orbax"}:
     hf_to_orbax(FLAGS.from_hf, FLAGS.to_orbax)
-  elif FLAGS.from_orbax and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to_orbax):
-    orbax_to_hf(FLAGS.from_orbax, FLAGS.to_hf, FLAGS.max_shard_bytes, FLAGS.step)
+  elif given == {"from_orbax", "to_hf"}:
+    orbax_to_hf(FLAGS.from_orbax, FLAGS.to_hf, FLAGS.max_shard_bytes, FLAGS.step,
+                FLAGS.merge_lora)
+  elif given == {"from_orbax", "to_peft"}:
+    orbax_to_peft(FLAGS.from_orbax, FLAGS.to_peft, FLAGS.step)
+  elif given == {"from_hf", "from_peft", "to_orbax"}:
+    peft_to_orbax(FLAGS.from_hf, FLAGS.from_peft, FLAGS.to_orbax)
   else:
-    raise UserError("give either --from_hf with --to_orbax, or --from_orbax with --to_hf.")
+    raise UserError("give either --from_hf with --to_orbax, or --from_orbax with --to_hf "
+                    "(--merge_lora for LoRA adapters); for PEFT, --from_orbax with --to_peft, "
+                    "or --from_hf with --from_peft and --to_orbax.")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ class DecoderConfig(ModelConfig):
   # Qwen2 adds a bias to the query, key and value projections (not the output one).
   attention_bias: bool = False
 
+  def lora_names(self):
+    names = {"query": ("q", "q_proj"), "key": ("k", "k_proj"), "value": ("v", "v_proj"),
+             "out": ("o", "o_proj"), "gate": ("gate", "gate_proj"), "up": ("up", "up_proj"),
+             "down": ("down", "down_proj")}
+    return names if self.tie_embeddings else {**names, "lm_head": ("lm_head",)}
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
-from flan_jax.models import flops
+from flan_jax.models import flops, lora
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.decoder import init_cache as init_decoder_cache
@@ -128,7 +128,14 @@ class _Family:
     config = self.config
     lm_head = None
     if not config.tie_embeddings:
-      lm_head = lambda x: linear(x, params["lm_head"]["kernel"].astype(config.dtype))
+      layer = params["lm_head"]
+      w = layer["kernel"].astype(config.dtype)
+      adapter = layer.get("kernel" + lora.ADAPTER_SUFFIX)
+      if adapter is not None:  # as `layers.LoraAdapter` applies it (no dropout there either)
+        w = lora.AdaptedWeight(w, lambda x: lora.update(
+            x, adapter["a"].astype(config.dtype), adapter["b"].astype(config.dtype),
+            config.lora.scaling, linear))
+      lm_head = lambda x: linear(x, w)
     return output_logits(config, hidden_BxLxE, params["embedding"], lm_head, constrained=False)
 
   def reorder_cache(self, cache: Cache, rows) -> Cache:

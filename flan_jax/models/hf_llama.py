@@ -189,6 +189,12 @@ def _tensor_specs(config: DecoderConfig) -> list[TensorSpec]:
   return specs
 
 
+def tensor_specs(config) -> list[TensorSpec]:
+  """Every tensor of the checkpoint with its place in our parameters (LoRA adapters are
+  exported beside the weights they adapt: `peft_io`)."""
+  return _tensor_specs(config)
+
+
 def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[DecoderConfig, Params]:
   """(config, params) from a Hugging Face checkpoint directory.
 

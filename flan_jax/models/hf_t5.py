@@ -188,6 +188,12 @@ def _embedding_copies(config: T5Config) -> tuple[str, ...]:
   return _EMBEDDING_ALIASES + (("lm_head.weight",) if config.tie_embeddings else ())
 
 
+def tensor_specs(config) -> list[TensorSpec]:
+  """Every tensor of the checkpoint with its place in our parameters (LoRA adapters are
+  exported beside the weights they adapt: `peft_io`)."""
+  return _tensor_specs(config)
+
+
 def load_hf_checkpoint(directory: str, **config_overrides) -> tuple[T5Config, Params]:
   """(config, params) from a Hugging Face T5 checkpoint directory.
 

@@ -4,7 +4,8 @@
   the MLPs, the output layer) makes its weight with `weight` and applies it with
   `linear`, so a change to how weights are held or applied (LoRA adapters, a
   quantized frozen base) is made here, in one place. `Dense` is the two together as a
-  submodule holding {"kernel"}, the layout `flax.linen.Dense` had.
+  submodule holding {"kernel"}, the layout `flax.linen.Dense` had. A weight that the
+  config's `lora` targets comes with its adapter (`lora`), created here beside it.
 - `RMSNorm` and `embedding_table`.
 - The decoding cache of keys and values: `init_kv_cache` and `write_kv`.
 - `output_logits`: hidden states -> logits through the tied embedding or lm_head, for
@@ -19,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flan_jax.models import lora
+from flan_jax.models.layer_stack import dropout
 from flan_jax.models.projection import project
 
 # Far below any real score, yet finite: a softmax over a row of them stays free of
@@ -33,22 +36,71 @@ def fan_in_init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: f
   out_axes = tuple(i for i in range(len(axes)) if i not in in_axes)
   init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal",
                                           in_axis=in_axes, out_axis=out_axes)
-  return nn.with_logical_partitioning(init, axes)
+  partitioned = nn.with_logical_partitioning(init, axes)
+  # What a LoRA adapter of this weight needs to know: its axes' names and which are input.
+  partitioned.logical_axes, partitioned.in_axes = tuple(axes), tuple(in_axes)
+  return partitioned
 
 
 def weight(module: nn.Module, name: str, shape: tuple[int, ...], init: Callable,
-           config: Any) -> jnp.ndarray:
-  """The parameter `name` of `module` (stored in config.param_dtype), in the compute dtype."""
-  return module.param(name, init, shape, config.param_dtype).astype(config.dtype)
+           config: Any) -> "jnp.ndarray | lora.AdaptedWeight":
+  """The parameter `name` of `module` (stored in config.param_dtype), in the compute dtype;
+  with its LoRA adapter when `config.lora` targets its layer (`ModelConfig.lora_layers`)."""
+  w = module.param(name, init, shape, config.param_dtype).astype(config.dtype)
+  layer = module.name if name == "kernel" else name  # a Dense is named for its layer
+  if config.lora is None or layer not in config.lora_layers():
+    return w
+  in_axes = getattr(init, "in_axes", None)
+  if in_axes is None:
+    raise ValueError(f"LoRA on {name!r} needs its weight made with `fan_in_init`")
+  in_shape, out_shape = lora.adapter_shapes(w.shape, in_axes)
+  axes = init.logical_axes
+  # A submodule of its own: its parameters draw their initial values from its own
+  # rng stream, so the base weights initialise as they would without adapters.
+  adapter = LoraAdapter(in_shape, out_shape, axes[:len(in_shape)], axes[len(in_shape):], config,
+                        dropout=layer != lora.OUTPUT_LAYER, name=f"{name}{lora.ADAPTER_SUFFIX}")
+  return lora.AdaptedWeight(w, adapter)
 
 
-def linear(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+class LoraAdapter(nn.Module):
+  """x [..., *in] -> scaling * (dropout(x) @ a) @ b [..., *out]: {"a": [*in, rank], "b":
+  [rank, *out]}, float32 whatever the base's dtype, with the base weight's logical axis
+  names and the unsharded rank axis; PEFT's initialisation (`lora`).
+
+  The output layer's adapter takes no dropout: the chunked loss projects through it
+  outside the model (`families.project`), where no dropout rng is at hand.
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+  config: Any
+  dropout: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, settings = self.config, self.config.lora
+    a_init = nn.with_logical_partitioning(lora.a_initializer(tuple(range(len(self.in_shape)))),
+                                          (*self.in_names, lora.RANK_AXIS))
+    b_init = nn.with_logical_partitioning(nn.initializers.zeros, (lora.RANK_AXIS, *self.out_names))
+    a = self.param("a", a_init, (*self.in_shape, settings.rank), jnp.float32)
+    b = self.param("b", b_init, (settings.rank, *self.out_shape), jnp.float32)
+    if self.dropout:
+      x = dropout(self, x, settings.dropout)
+    return lora.update(x, a.astype(cfg.dtype), b.astype(cfg.dtype), settings.scaling, linear)
+
+
+def linear(x: jnp.ndarray, w: "jnp.ndarray | lora.AdaptedWeight") -> jnp.ndarray:
   """x [..., *w.shape[:n]] @ w -> [..., *w.shape[n:]]: the product of every linear map.
 
   A matrix contracts x's last axis (`projection.project`, with its weight gradient
   fitted to CPUs); attention's 3-axis weights contract one axis ([B, L, E] @ [E, H, D])
-  or two ([B, L, H, D] @ [H, D, E]), as written out below.
+  or two ([B, L, H, D] @ [H, D, E]), as written out below. An adapted weight adds its
+  low-rank update, computed the same way through the rank: the base's product is the
+  unadapted one, so with B = 0 the output equals the base model's exactly.
   """
+  if isinstance(w, lora.AdaptedWeight):
+    return linear(x, w.base) + w.update(x)
   if w.ndim == 2:
     return project(x, w)
   if x.ndim == 3:  # embed -> heads x head_dim

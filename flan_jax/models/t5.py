@@ -80,6 +80,14 @@ class T5Config(ModelConfig):
   def tied_output_scale(self) -> float:
     return self.embed_dim ** -0.5
 
+  def lora_names(self):
+    # Hugging Face's names for the feed-forward: wi_0 and wi_1 gated, wi plain; wo.
+    gated = FEED_FORWARDS.get(self.feed_forward, (None, True))[1]
+    mlp = {"gate": ("wi_0",), "up": ("wi_1",)} if gated else {"up": ("wi",)}
+    names = {"query": ("q",), "key": ("k",), "value": ("v",), "out": ("o",), **mlp,
+             "down": ("wo",)}
+    return names if self.tie_embeddings else {**names, "lm_head": ("lm_head",)}
+
   def __post_init__(self):
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not one of {sorted(FEED_FORWARDS)}.")

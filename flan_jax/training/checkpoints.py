@@ -5,6 +5,11 @@ so an interrupted save never leaves a checkpoint that looks finished; the latest
 finished step is what a restarted run resumes from. The temporary directories of saves
 cut short are removed when the next run starts.
 
+A checkpoint holds the state's `checkpointed()` part: with LoRA the adapters, their
+optimizer state and the step, never the frozen base (the run records which base it
+used, `models.lora_base`); a restored state comes back without it, for the trainer to
+attach.
+
 A save that cannot be written (a full disk, a quota) costs only itself: before saving,
 the free space is compared with the state's size, and a save that fails while being
 written is reported as soon as it fails (`raise_if_failed`, called every step), in
@@ -36,6 +41,11 @@ def _cause(error: BaseException) -> str:
   reason = re.search(r"Failed to write [^:]*: ([^\[\]\n]+)", text) or re.search(
       r"\[Errno \d+\] ([^:\n]+)", text)
   return reason.group(1).strip() if reason else f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def _saved(state: TrainState):
+  """What a checkpoint of `state` holds (a plain tree is saved as it is)."""
+  return state.checkpointed() if isinstance(state, TrainState) else state
 
 
 class Checkpointer:
@@ -82,14 +92,15 @@ class Checkpointer:
     return steps[-self._keep:] if self._keep else steps
 
   def restore(self, step: int, abstract_state: TrainState) -> TrainState:
-    """Restore `step` into the shapes, dtypes and shardings of `abstract_state`.
+    """Restore `step` into the shapes, dtypes and shardings of `abstract_state`; its
+    `frozen` part (LoRA's base) is not in a checkpoint and comes back None.
 
     A checkpoint saved before the state carried its spike window gets a fresh one.
     """
+    saved = abstract_state.checkpointed()
     if "spikes" in self._manager.item_metadata(step).tree:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    older = {"step": abstract_state.step, "params": abstract_state.params,
-             "opt_state": abstract_state.opt_state}
+      return TrainState(**self._manager.restore(step, args=ocp.args.StandardRestore(saved)))
+    older = {"step": saved["step"], "params": saved["params"], "opt_state": saved["opt_state"]}
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(older))
     logging.info("Checkpoint %d predates spike detection: its window starts afresh.", step)
     window = jax.jit(spikes.start, out_shardings=jax.tree.map(
@@ -101,7 +112,7 @@ class Checkpointer:
     self.wait()  # orbax would wait for the previous save anyway; this names its failure
     self._check_space(step, state)
     try:
-      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._manager.save(step, args=ocp.args.StandardSave(_saved(state)), force=True)
     except Exception as e:
       raise self._failure(step, e) from None
     self._in_flight = step
@@ -109,7 +120,7 @@ class Checkpointer:
   def _check_space(self, step: int, state: TrainState) -> None:
     if paths.is_remote(self._directory):
       return  # buckets have no free-space figure; a failed write is still reported
-    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) * _SPACE_MARGIN
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(_saved(state))) * _SPACE_MARGIN
     needed += _SPACE_SLACK_BYTES
     free = shutil.disk_usage(self._directory).free
     if free < needed:

@@ -39,6 +39,7 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("layers", None),  # the stacked-layer axis of scanned parameters
     ("relpos_buckets", None),  # T5's relative position bias table
+    ("lora_rank", None),  # a LoRA adapter's rank: small, kept whole on every device
 )
 
 

@@ -4,6 +4,12 @@ The step minimises the `LossFn` it is given (`losses`; cross-entropy with z-loss
 default): the loss summed over the batch, divided by the batch's weight (its target
 tokens, for cross-entropy).
 
+With LoRA (a model config's `lora`), the parameters split in two (`lora.partition`):
+the state's `params` are the adapters, the only leaves differentiated, updated and
+given optimizer state; `frozen` holds the base, placed once, passed to every step and
+never written to a checkpoint (`checkpoints` saves the rest). Without LoRA `frozen`
+is None and `params` is the whole model, as before.
+
 Each step also judges itself for spikes against the window of recent steps the state
 carries (`spikes`): its metrics say whether it spiked, and under the "skip" action a
 spiking or non-finite step leaves the weights and optimizer state as they were.
@@ -19,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from flan_jax.models import lora
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
@@ -32,9 +39,20 @@ STEP_METRICS = ("grad_norm", "param_norm", "skipped_steps")
 
 class TrainState(flax.struct.PyTreeNode):
   step: jnp.ndarray
-  params: Any
+  params: Any  # what is trained: the whole model, or with LoRA its adapters
   opt_state: Any
   spikes: spikes_lib.SpikeWindow
+  frozen: Any = None  # with LoRA, the base: not trained, not checkpointed
+
+  @property
+  def model_params(self):
+    """The parameters the model runs with (adapters and base together, with LoRA)."""
+    return lora.combine(self.params, self.frozen)
+
+  def checkpointed(self) -> dict:
+    """What a checkpoint holds: everything but the frozen base."""
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+            "spikes": self.spikes}
 
 
 def init_params(model: ModelFamily, rng, lengths: Lengths):
@@ -45,13 +63,15 @@ def init_params(model: ModelFamily, rng, lengths: Lengths):
 def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformation,
                        lengths: Lengths):
   def init(rng) -> TrainState:
-    return _fresh_state(init_params(model, rng, lengths), optimizer)
+    trainable, frozen = lora.partition(init_params(model, rng, lengths), model.config)
+    return _fresh_state(trainable, optimizer).replace(frozen=frozen)
   return init
 
 
-def _fresh_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    spikes=spikes_lib.start(params))
+def _fresh_state(trainable, optimizer: optax.GradientTransformation) -> TrainState:
+  """Step 0 of training `trainable`; the frozen part (LoRA's base) is attached apart."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state=optimizer.init(trainable), spikes=spikes_lib.start(trainable))
 
 
 def param_shardings(model: ModelFamily, mesh: Mesh, lengths: Lengths):
@@ -63,21 +83,38 @@ def param_shardings(model: ModelFamily, mesh: Mesh, lengths: Lengths):
 
 def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, seed: int = 0):
   """Parameters on the mesh in training's layout: `params` (host arrays) moved once, or a
-  random initialisation created sharded, never whole on one device first."""
+  random initialisation created sharded, never whole on one device first.
+
+  With LoRA, `params` may be the base alone (a pretrained checkpoint): its adapters are
+  then initialised from `seed` (B = 0: the model is the base), and the base is held in
+  the config's param_dtype (bf16 halves a frozen base's memory).
+  """
   shardings = param_shardings(model, mesh, lengths)
-  if params is not None:
+  if params is None:
+    with mesh_lib.on_mesh(mesh):
+      return jax.jit(lambda rng: init_params(model, rng, lengths),
+                     out_shardings=shardings)(jax.random.key(seed))
+  if model.config.lora is None or lora.has_adapters(params):
     return jax.device_put(params, shardings)
-  with mesh_lib.on_mesh(mesh):
-    return jax.jit(lambda rng: init_params(model, rng, lengths),
-                   out_shardings=shardings)(jax.random.key(seed))
+  adapter_shardings, base_shardings = lora.partition(shardings, model.config)
+  base = jax.device_put(params, base_shardings)
+  dtype = jnp.dtype(model.config.param_dtype)
+  if any(leaf.dtype != dtype for leaf in jax.tree.leaves(base)):
+    base = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree),
+                   out_shardings=base_shardings, donate_argnums=0)(base)
+  with mesh_lib.on_mesh(mesh):  # only the adapters' initialisation survives compilation
+    adapters = jax.jit(lambda rng: lora.partition(init_params(model, rng, lengths),
+                                                  model.config)[0],
+                       out_shardings=adapter_shardings)(jax.random.key(seed))
+  return lora.combine(adapters, base)
 
 
 def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                     lengths: Lengths) -> TrainState:
   """NamedShardings for every leaf of the train state, from the parameters' logical axes."""
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), lengths)["params"])
-  params = param_shardings(model, mesh, lengths)
-  abstract_params = nn.meta.unbox(boxed)
+  params, frozen = lora.partition(param_shardings(model, mesh, lengths), model.config)
+  abstract_params = lora.partition(nn.meta.unbox(boxed), model.config)[0]
   abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
 
   def like_parameter(moment, sharding, parameter):
@@ -92,21 +129,24 @@ def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation,
   spikes = jax.tree.map(lambda _: mesh_lib.replicated(mesh),
                         jax.eval_shape(spikes_lib.start, abstract_params))
   return TrainState(step=mesh_lib.replicated(mesh), params=params, opt_state=opt_shardings,
-                    spikes=spikes)
+                    spikes=spikes, frozen=frozen)
 
 
 def init_train_state(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
                      lengths: Lengths, seed: int, params=None) -> tuple[TrainState, TrainState]:
-  """A step-0 state in its sharded layout (random, or from `params`), and its shardings."""
+  """A step-0 state in its sharded layout (random, or from `params`: with LoRA the base,
+  its adapters initialised from `seed`), and its shardings."""
   shardings = state_shardings(model, optimizer, mesh, lengths)
-  with mesh_lib.on_mesh(mesh):
-    if params is None:
+  if params is None:
+    with mesh_lib.on_mesh(mesh):
       init = _state_initializer(model, optimizer, lengths)
-      state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-    else:
-      params = jax.device_put(params, shardings.params)
-      state = jax.jit(lambda p: _fresh_state(p, optimizer), out_shardings=shardings)(params)
-  return state, shardings
+      return jax.jit(init, out_shardings=shardings)(jax.random.key(seed)), shardings
+  trainable, frozen = lora.partition(place_params(model, mesh, lengths, params, seed),
+                                     model.config)
+  with mesh_lib.on_mesh(mesh):  # the frozen base stays out: through jit it would be copied
+    state = jax.jit(lambda p: _fresh_state(p, optimizer),
+                    out_shardings=shardings.replace(frozen=None))(trainable)
+  return state.replace(frozen=frozen), shardings
 
 
 def abstract_train_state(model: ModelFamily, optimizer: optax.GradientTransformation,
@@ -153,8 +193,13 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
   def step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-    def scaled_loss(params, part, total_weight, index=0):
+    # The frozen base (LoRA) enters the loss as a constant: only `trainable` is
+    # differentiated, so no gradient of a base weight is ever computed.
+    frozen = jax.lax.stop_gradient(state.frozen)
+
+    def scaled_loss(trainable, part, total_weight, index=0):
       """The part's loss over the whole batch's weight (None: the part is the batch)."""
+      params = lora.combine(trainable, frozen)
       loss_sum, weight, sums = loss_fn(model, params, part, jax.random.fold_in(step_rng, index))
       total_weight = weight if total_weight is None else total_weight
       return loss_sum / jnp.maximum(total_weight, 1.0), (weight, sums)
@@ -166,7 +211,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
       # Every slice's loss is divided by the whole batch's weight, read first. The weight
       # depends on the batch alone, so the model's forward pass in this call is dead code
       # that the compiler drops.
-      _, weight, _ = loss_fn(model, state.params, batch, step_rng)
+      _, weight, _ = loss_fn(model, state.model_params, batch, step_rng)
 
       def accumulate(carry, indexed_part):
         grads, sums = carry
@@ -177,7 +222,7 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
       parts = _microbatches(batch, microbatches)
       first = jax.tree.map(lambda x: x[0], parts)
       zero_sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
-          lambda: loss_fn(model, state.params, first, step_rng)[2]))
+          lambda: loss_fn(model, state.model_params, first, step_rng)[2]))
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
                                       (jnp.arange(microbatches), parts))
@@ -197,7 +242,8 @@ def make_train_step(model: ModelFamily, optimizer: optax.GradientTransformation,
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(skipped, old, new),
                                        (params, opt_state), (state.params, state.opt_state))
     window = spikes_lib.record(state.spikes, watched, normal, skipped)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, spikes=window)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, spikes=window,
+                           frozen=state.frozen)
     check = {**medians, "finite": finite, "spikes": spiked, "spike": spike,
              "skips_in_a_row": window.skips_in_a_row}
     metrics = {**loss_metrics, **watched, "skipped_steps": window.skipped_steps, "check": check}

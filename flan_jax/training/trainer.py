@@ -5,6 +5,11 @@ given step. Resuming restores the latest checkpoint under MODEL_DIR/checkpoints 
 asks for the stream from that step, so a run cut at any checkpoint and restarted ends
 with the same parameters as one that ran straight through.
 
+A LoRA run (the model config's `lora`) trains adapters on a frozen base: its
+checkpoints hold the adapters and their optimizer state, and MODEL_DIR records which
+base they belong to (`models.lora_base`); a resumed run places the base again from
+`initial_params` (or the seed) and refuses one that is not the recorded base.
+
 Faults cost at most the work since the last save:
 - SIGTERM or SIGINT: the step in flight finishes, a checkpoint of it is saved, and the
   run stops with `Interrupted` (the entry point exits with 128 + the signal).
@@ -36,6 +41,8 @@ from flan_jax import paths
 from flan_jax.errors import Interrupted, UserError, check_whole_number
 from flan_jax.model_dir import CHECKPOINTS_DIR, DATA_STATE_DIR
 from flan_jax.models.families import ModelFamily
+from flan_jax.models import lora
+from flan_jax.models import lora_base
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import mfu as mfu_lib
@@ -266,14 +273,17 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
           config: TrainerConfig, batches: BatchStream, model_dir: str,
           task_feature_lengths: Mapping[str, int], initial_params=None,
           evaluate: EvalFn | None = None,
-          loss_fn: losses.LossFn | None = None) -> step_lib.TrainState:
+          loss_fn: losses.LossFn | None = None,
+          base_source: str | None = None) -> step_lib.TrainState:
   """Trains `model` to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
   The steps minimise `loss_fn` (None: cross-entropy with `config`'s z-loss, label
   smoothing and chunking), and every metric it returns is logged.
 
   A fresh run starts from `initial_params` (pretrained weights) when given, else from
-  a random initialisation; a resumed run ignores them. Every `config.eval_every` steps
+  a random initialisation; a resumed run ignores them, unless it trains LoRA adapters:
+  then they are the frozen base (with `base_source`, where they came from, recorded in
+  MODEL_DIR), placed again on every start and checked against the record. Every `config.eval_every` steps
   before the last, `evaluate(params)`'s scalars go to metrics.jsonl and TensorBoard as
   "eval/<name>".
 
@@ -290,11 +300,20 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
   if latest is None:
     state, shardings = step_lib.init_train_state(model, optimizer, mesh, task_feature_lengths,
                                                  config.seed, params=initial_params)
+    if state.frozen is not None:
+      lora_base.check_or_write(model_dir, False, base_source, state.frozen)
   else:
     shardings = step_lib.state_shardings(model, optimizer, mesh, task_feature_lengths)
+    frozen = None
+    if model.config.lora is not None:  # the base first: a wrong one is refused before restoring
+      frozen = lora.partition(step_lib.place_params(model, mesh, task_feature_lengths,
+                                                    initial_params, config.seed),
+                              model.config)[1]
+      lora_base.check_or_write(model_dir, True, base_source, frozen)
     state = _restore_newest_intact(
         checkpointer, step_lib.abstract_train_state(model, optimizer, shardings,
                                                     task_feature_lengths), model_dir)
+    state = state.replace(frozen=frozen)
   start = int(state.step)
   if start >= config.train_steps:
     checkpointer.close()
@@ -373,7 +392,7 @@ def train(model: ModelFamily, optimizer_config: optimizer_lib.OptimizerConfig,
         if (evaluate and config.eval_every and done % config.eval_every == 0
             and done < config.train_steps):
           with clock.counting("eval"):
-            scalars = evaluate(state.params)
+            scalars = evaluate(state.model_params)
           writer.write(done, {f"eval/{name}": value for name, value in scalars.items()})
           if is_primary:
             bar.write(f"step {done}: " + ", ".join(f"{name} {value:.1f}"
