@@ -51,6 +51,9 @@ setuptools.setup(
         # regression (liblinear), as the alpaca_eval package fits it
         # (flan_jax.evaluation.win_rates); 1.4 routes metadata to scorers.
         "scikit-learn>=1.4",
+        # Near-duplicate instruction records: MinHash LSH (flan_jax.data.near_duplicates,
+        # `python -m flan_jax.curate`).
+        "datasketch>=1.5",
     ],
     extras_require={
         # datasets: the optional HF source; torch + transformers: the numerical reference

@@ -6,6 +6,9 @@ to MODEL_DIR/eval/heldout.json as {"before": {...}, "after": {...}}, keyed
 "task/metric", for the held-out tasks and the training tasks' validation splits,
 with the means of `job.report_groups` (FLAN's held-out score `heldout_mean/...` and one
 mean per variant) and the tasks each mean covers ("groups").
+With `decontamination`, every training example is first checked against the named
+evaluation tasks and the contaminated ones are never read (`run_decontamination`);
+MODEL_DIR/decontamination.json and heldout.json's "decontamination" say what went.
 MODEL_DIR also gets the model's config (flan_jax_config.json), so the run exports to
 Hugging Face with `python -m flan_jax.models.convert --from_orbax=MODEL_DIR --to_hf=...`,
 and the entry point's resolved configuration (config.gin). Nothing is written there
@@ -23,6 +26,7 @@ import seqio
 
 from flan_jax import job, model_dir as model_dir_lib, paths
 from flan_jax.data import chat_examples, chat_export, clusters, pipeline, registry
+from flan_jax.data import run_decontamination
 from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.report import print_comparison
@@ -121,6 +125,7 @@ def finetune(
     truncation_sample: int = 100,
     data_workers: int | None = None,
     config_gin: str | None = None,
+    decontamination: "Decontamination | None" = None,
 ) -> dict[str, dict[str, float]]:
   """Evaluates, trains, evaluates again; returns {"before", "after", "groups"}. It holds
   MODEL_DIR's run lock throughout: a second run on it is refused.
@@ -132,6 +137,9 @@ def finetune(
   `config_gin`: the entry point's resolved configuration, recorded as MODEL_DIR/config.gin.
   `lora`: train LoRA adapters on the frozen model (the initial checkpoint, else a random
   one from the seed) instead of the whole model; MODEL_DIR records the base.
+  `decontamination`: eval tasks every training example is checked against before
+  training (`run_decontamination`); what it removed goes to
+  MODEL_DIR/decontamination.json and into eval/heldout.json.
   """
   job.ensure_writable_dir(model_dir)
   with RunLock(model_dir, enabled=jax.process_index() == 0):
@@ -151,6 +159,7 @@ def finetune(
       model = dataclasses.replace(model, lora=lora)  # checks its targets against the family
     network = job.network_for(model, vocabulary)
     _record_run(model_dir, model, initial, config_gin, seen_tasks + heldout_tasks, vocabulary)
+    decontaminated = _decontaminate(model_dir, mixture_or_task_name, decontamination, trainer.seed)
     evaluate, groups = _evaluation(seen_tasks, heldout_tasks, evaluation, network, mesh,
                                    task_feature_lengths, vocabulary.eos_id)
     if jax.process_index() == 0 and truncation_sample:
@@ -166,14 +175,39 @@ def finetune(
       before = evaluate(step_lib.place_params(network, mesh, task_feature_lengths,
                                               initial_params, seed=trainer.seed))
     _log_evaluation(model_dir, 0, before)
-    batches = _batches(mixture_or_task_name, task_feature_lengths, batch_size, trainer.seed,
-                       network, workers)
+    # A decontaminated run trains on copies of the tasks that skip the removed records.
+    batches = _batches(decontaminated.mixture if decontaminated else mixture_or_task_name,
+                       task_feature_lengths, batch_size, trainer.seed, network, workers)
     state = trainer_lib.train(network, optimizer, trainer, batches, model_dir, task_feature_lengths,
                               initial_params=initial_params,
                               base_source=initial.path if initial else None,
                               evaluate=(lambda p: logged_means(evaluate(p))) if evaluate else None)
     after = evaluate(state.model_params) if evaluate else {}
-    return _report(model_dir, trainer.train_steps, before, after, groups)
+    return _report(model_dir, trainer.train_steps, before, after, groups,
+                   decontaminated.brief() if decontaminated else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decontamination:
+  """`against`: eval tasks and mixtures; `rule`: "13-gram" or "8-gram"
+  (`decontamination_index.RULES`); `cache_dir`: where the eval index is kept (None:
+  ~/.cache/flan_jax/decontamination)."""
+  against: tuple[str, ...]
+  rule: str = "13-gram"
+  cache_dir: str | None = None
+
+
+def _decontaminate(model_dir: str, mixture_or_task_name: str,
+                   settings: Decontamination | None, seed: int):
+  """The run's decontamination summary (its `mixture` is what to train on), or None."""
+  if not settings or not settings.against:
+    return None
+  summary = run_decontamination.guard(mixture_or_task_name, settings.against, rule=settings.rule,
+                                      seed=seed, cache_dir=settings.cache_dir)
+  if jax.process_index() == 0:
+    paths.write_json(paths.join(model_dir, model_dir_lib.DECONTAMINATION_FILE),
+                     summary.to_dict(), indent=1)
+  return summary
 
 
 def _check_settings(task_feature_lengths: Mapping[str, int], batch_size: int,
@@ -277,17 +311,29 @@ def _batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
 
 
 def _report(model_dir: str, step: int, before: dict[str, float], after: dict[str, float],
-            groups: dict[str, list[str]]) -> dict:
+            groups: dict[str, list[str]], decontamination: dict | None = None) -> dict:
   """Logs `after` at the last step, records and prints the comparison; returns
-  {"before", "after", "groups"}."""
+  {"before", "after", "groups"}, and for a decontaminated run "decontamination":
+  against what, by which rule, and how many examples went (absent: not decontaminated,
+  so a run without it records exactly what it always did)."""
   _log_evaluation(model_dir, step, after)
   results = {"before": before, "after": after, "groups": groups}
+  if decontamination:
+    results["decontamination"] = decontamination
   if jax.process_index() == 0:
     paths.write_json(paths.join(model_dir, model_dir_lib.RESULTS_FILE), results, indent=2,
                      sort_keys=True)
     if before or after:  # a run without evaluation tasks (conversations) has no table
       print_comparison(before, after, groups)
+      if decontamination:
+        print(_decontamination_line(decontamination))
   return results
+
+
+def _decontamination_line(decontamination: dict) -> str:
+  return (f"Training data decontaminated against {', '.join(decontamination['against'])} "
+          f"({decontamination['rule']} rule): {decontamination['removed']:,} of "
+          f"{decontamination['checked']:,} examples removed.")
 
 
 def _log_evaluation(model_dir: str, step: int, results: Mapping[str, float]) -> None:

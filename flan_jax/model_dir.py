@@ -11,6 +11,7 @@ A finetuning run writes into MODEL_DIR:
   chat_held_out.json         per conversation task, the records training never read
   lora_base.json             a LoRA run's frozen base: its path and content fingerprint
   eval/heldout.json          the evaluation before and after training
+  decontamination.json       what decontamination removed, per training task (if asked)
   metrics.jsonl, tensorboard/train/   training and evaluation curves
   .run_lock                  held while a run writes here
 
@@ -44,6 +45,7 @@ HELD_OUT_FILE = "chat_held_out.json"
 LORA_BASE_FILE = "lora_base.json"
 EVAL_DIR = "eval"
 RESULTS_FILE = f"{EVAL_DIR}/heldout.json"
+DECONTAMINATION_FILE = "decontamination.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard/train"
 LOCK_FILE = ".run_lock"

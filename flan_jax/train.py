@@ -81,6 +81,9 @@ def train(
     instruction_files: Sequence[InstructionFile] = (),
     mixture_parts: Mapping[str, float] | None = None,
     preference: preference_finetune.PreferenceConfig | None = None,
+    decontaminate_against: Sequence[str] = (),
+    decontamination_rule: str = "13-gram",
+    decontamination_cache_dir: str | None = None,
 ):
   """The whole job; see `finetune.finetune`.
 
@@ -118,6 +121,13 @@ def train(
   `preference` (a `PreferenceConfig`) makes the objective preference optimization
   (DPO, IPO, hinge, SimPO, ORPO) on its pairs instead of finetuning on a mixture;
   see `preference_finetune` and gin/dpo_quickstart.gin.
+
+  `decontaminate_against` (eval task and mixture names, e.g. ['mmlu_0shot',
+  'bbh_direct', 'gsm8k']): before training, every training example sharing text with
+  them is removed, by `decontamination_rule` ("13-gram": any shared word 13-gram;
+  "8-gram": open-instruct's, shared 8-grams covering over half an eval text). Counts
+  per task go to the log and MODEL_DIR/decontamination.json; the eval index is cached
+  in `decontamination_cache_dir` (None: ~/.cache/flan_jax/decontamination).
   """
   gin_utils.check_command_line_bindings_used()
   trainer = TrainerConfig(train_steps=train_steps, checkpoint_every=checkpoint_every,
@@ -135,7 +145,8 @@ def train(
         ("heldout_mixture_or_task_name", heldout_mixture_or_task_name), ("data_dir", data_dir),
         ("chat_tasks", chat_tasks), ("text_tasks", text_tasks),
         ("instruction_files", instruction_files), ("mixture_parts", mixture_parts),
-        ("evaluation", evaluation)] if value]
+        ("evaluation", evaluation), ("decontaminate_against", decontaminate_against),
+        ("lora", lora)] if value]
     if ignored:
       raise UserError(f"train.preference is set, so the run trains on its pairs, but "
                       f"{', '.join('train.' + n for n in ignored)} is set too and would be "
@@ -172,6 +183,10 @@ def train(
       data_workers=data_workers,
       # Recorded once the run holds MODEL_DIR and agrees with what it recorded before.
       config_gin=gin.config_str(),
+      decontamination=finetune.Decontamination(
+          (decontaminate_against,) if isinstance(decontaminate_against, str)
+          else tuple(decontaminate_against), decontamination_rule, decontamination_cache_dir)
+      if decontaminate_against else None,
   )
 
 

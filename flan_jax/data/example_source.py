@@ -7,6 +7,7 @@ their own examples: each has "targets" (the whole sequence, nothing in "inputs")
 tasks, so data workers, resuming and mixing work for them unchanged.
 """
 
+import copy as copy_lib
 import random
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +23,14 @@ class IndexedSource(seqio.DataSource):
   def __init__(self, salt: str, splits: Sequence[str] = ("train",)):
     super().__init__(splits=tuple(splits))
     self._salt = salt
+    self._excluded: dict[str, frozenset[int]] = {}  # split -> records never read
+
+  def without(self, split: str, excluded: Sequence[int]) -> "IndexedSource":
+    """A copy that never reads records `excluded` of `split` (decontamination); the
+    others keep their indices, so each renders exactly as before."""
+    copy = copy_lib.copy(self)
+    copy._excluded = {**self._excluded, split: frozenset(excluded)}
+    return copy
 
   def count(self, split: str = "train") -> int:
     raise NotImplementedError
@@ -39,8 +48,10 @@ class IndexedSource(seqio.DataSource):
   def indices(self, split: str, *, shuffle: bool, seed: int | None,
               shard_info: seqio.ShardInfo | None = None, epoch: int = 0) -> list[int]:
     """The record indices one pass (epoch) reads, in order."""
-    return pass_order(self.count(split), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
-                      shard_info=shard_info, epoch=epoch)
+    order = pass_order(self.count(split), f"{self._salt}:{split}", shuffle=shuffle, seed=seed,
+                       shard_info=shard_info, epoch=epoch)
+    excluded = self._excluded.get(split)
+    return [i for i in order if i not in excluded] if excluded else order
 
 
 class ExampleSource(IndexedSource):
