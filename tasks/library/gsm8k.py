@@ -190,13 +190,16 @@ def flexible_extract(targets, predictions) -> dict[str, float]:
   return {"flexible_extract": _lm_eval_exact_match(flexible_answer, targets, predictions)}
 
 
+def spec(data_dir: str) -> FlanTaskSpec:
+  return FlanTaskSpec(
+      name=NAME, cluster=CLUSTER, records=functools.partial(load, data_dir), templates=(),
+      cot_templates=(TEMPLATE,), splits=("test",), few_shot=False, target_field="final_answers",
+      metric_fns=(numeric_match, strict_match, flexible_extract),
+      postprocess_fns={"cot": postprocessor})
+
+
 def register(data_dir: str) -> list[str]:
   """Registers gsm8k_cot when test.jsonl is there; returns its mixture. Idempotent."""
   if not os.path.isfile(os.path.join(data_dir, ROOT, "test.jsonl")):
     return []
-  mixture = register_once(FlanTaskSpec(
-      name=NAME, cluster=CLUSTER, records=functools.partial(load, data_dir), templates=(),
-      cot_templates=(TEMPLATE,), splits=("test",), few_shot=False, target_field="final_answers",
-      metric_fns=(numeric_match, strict_match, flexible_extract),
-      postprocess_fns={"cot": postprocessor}))
-  return [mixture]
+  return [register_once(spec(data_dir))]
