@@ -1,7 +1,8 @@
 r"""flan_jax's MMLU, BBH and GSM8K against lm-evaluation-harness, question by question.
 
-  nice python benchmarks/lm_eval_parity.py --data_dir=../shared/data \
-      --checkpoint=../shared/data/models/stories260K-hf --out=/tmp/lm_eval_parity
+  PYTHONPATH=.:.pp nice python benchmarks/lm_eval_parity.py --data_dir=../shared/data \
+      --checkpoint=../shared/data/models/stories260K-hf --out=/tmp/lm_eval_parity \
+      [--runs=mmlu_0shot,mmlu_5shot,bbh_cot_fewshot,gsm8k_cot] [--limit=N] [--max_gen_toks=256]
 
 Both sides evaluate the same Hugging Face checkpoint on the same local files:
 
@@ -273,58 +274,62 @@ def bbh_extractors() -> dict:
 
 # --- the full run
 
+# run -> (benchmark, our variant, lm-eval's num_fewshot: None keeps its config's)
+RUNS = {"mmlu_0shot": ("mmlu", "zs_noopt", 0), "mmlu_5shot": ("mmlu", "fs_noopt", 5),
+        "bbh_cot_fewshot": ("bbh", "cot", None), "gsm8k_cot": ("gsm8k", "cot", None)}
 
-def run(data_dir: str, checkpoint: str, out: str, *, benchmarks: Sequence[str],
-        limit: int | None, mmlu_subjects=None, bbh_tasks=None, max_gen_toks: int = 256,
+
+def run(data_dir: str, checkpoint: str, out: str, *, runs: Sequence[str], limit: int | None,
+        mmlu_subjects=None, bbh_tasks=None, max_gen_toks: int = 256,
         batch_size: int = 16) -> dict:
+  """Each of `runs` (RUNS' keys) both ways; `limit` questions per task (None: all)."""
   from flan_jax_tasks.library import bbh, gsm8k, mmlu
   data_dir = os.path.abspath(data_dir)
-  mmlu_subjects = mmlu_subjects or mmlu.subjects(data_dir)
-  bbh_tasks = bbh_tasks or bbh.tasks(data_dir)
+  benchmarks = {RUNS[label][0] for label in runs}
+  mmlu_subjects = (mmlu_subjects or mmlu.subjects(data_dir)) if "mmlu" in benchmarks else ()
+  bbh_tasks = (bbh_tasks or bbh.tasks(data_dir)) if "bbh" in benchmarks else ()
   include = os.path.join(out, "lm_eval_tasks")
-  names = write_lm_eval_configs(data_dir, include,
-                                mmlu_subjects if "mmlu" in benchmarks else (),
-                                bbh_tasks if "bbh" in benchmarks else (), "gsm8k" in benchmarks)
+  names = write_lm_eval_configs(data_dir, include, mmlu_subjects, bbh_tasks, "gsm8k" in benchmarks)
   ours_model = FlanJaxModel(checkpoint, batch_size)
   theirs_model = lm_eval_model(checkpoint, batch_size)
-  library = register_library_tasks(
-      data_dir, ours_model.vocabulary, mmlu_subjects if "mmlu" in benchmarks else (),
-      bbh_tasks if "bbh" in benchmarks else (), "gsm8k" in benchmarks)
+  library = register_library_tasks(data_dir, ours_model.vocabulary, mmlu_subjects, bbh_tasks,
+                                    "gsm8k" in benchmarks)
   summary = {}
+  # lm-eval keeps the last max_length - max_gen_toks context tokens and generates up to
+  # max_gen_toks; MMLU's input length only has to hold every exemplar (rows are cut to
+  # the model's positions, as lm-eval cuts them).
   generation_lengths = {"inputs": ours_model.max_length - max_gen_toks, "targets": max_gen_toks}
-  for benchmark in benchmarks:
-    runs = ([("mmlu_0shot", "zs_noopt", 0), ("mmlu_5shot", "fs_noopt", 5)]
-            if benchmark == "mmlu" else [(f"{benchmark}_cot", "cot", None)])
-    for label, variant, shots in runs:
-      start = time.time()
-      pairs = names[benchmark]
-      theirs = run_lm_eval(theirs_model, include, [t for t, _ in pairs], num_fewshot=shots,
-                           limit=limit, gen_kwargs=None if benchmark == "mmlu"
-                           else f"max_gen_toks={max_gen_toks}")
-      middle = time.time()
-      tasks = [library[f"{benchmark}:{name}"][variant] for _, name in pairs]
-      lengths = ({"inputs": 1 << 20, "targets": 4} if benchmark == "mmlu"
-                 else generation_lengths)
-      ours = ours_model.evaluate(tasks, lengths, limit)
-      agreement = Agreement()
-      for (lm_task, _), task in zip(pairs, tasks):
-        if benchmark == "mmlu":
-          compare_mmlu(ours[task.name], theirs[lm_task], agreement, task.name)
-        elif benchmark == "bbh":
-          compare_generations(ours[task.name], theirs[lm_task], bbh_extractors(), agreement,
-                              task.name, lambda t: bbh.cut_at_stop_sequences(t, bbh.STOP_SEQUENCES))
-        else:
-          compare_generations(ours[task.name], theirs[lm_task], gsm8k_extractors(), agreement,
-                              task.name,
-                              lambda t: bbh.cut_at_stop_sequences(t, gsm8k.STOP_SEQUENCES))
-      summary[label] = {**agreement.summary(), "lm_eval_seconds": round(middle - start, 1),
-                        "flan_jax_seconds": round(time.time() - middle, 1)}
-      print(f"{label}: {agreement.agreed}/{agreement.questions} agree "
-            f"({agreement.percent:.2f}%), max |log-likelihood difference| "
-            f"{agreement.max_log_likelihood_difference:.2e}", flush=True)
-      os.makedirs(out, exist_ok=True)
-      with open(os.path.join(out, "parity.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+  for label in runs:
+    benchmark, variant, shots = RUNS[label]
+    start = time.time()
+    pairs = names[benchmark]
+    theirs = run_lm_eval(theirs_model, include, [t for t, _ in pairs], num_fewshot=shots,
+                         limit=limit, gen_kwargs=None if benchmark == "mmlu"
+                         else f"max_gen_toks={max_gen_toks}")
+    middle = time.time()
+    tasks = [library[f"{benchmark}:{name}"][variant] for _, name in pairs]
+    lengths = {"inputs": 1 << 20, "targets": 4} if benchmark == "mmlu" else generation_lengths
+    ours = ours_model.evaluate(tasks, lengths, limit)
+    agreement = Agreement()
+    for (lm_task, _), task in zip(pairs, tasks):
+      if benchmark == "mmlu":
+        compare_mmlu(ours[task.name], theirs[lm_task], agreement, task.name)
+      else:
+        stops = bbh.STOP_SEQUENCES if benchmark == "bbh" else gsm8k.STOP_SEQUENCES
+        compare_generations(ours[task.name], theirs[lm_task],
+                            bbh_extractors() if benchmark == "bbh" else gsm8k_extractors(),
+                            agreement, task.name,
+                            lambda t, stops=stops: bbh.cut_at_stop_sequences(t, stops))
+    summary[label] = {**agreement.summary(), "tasks": len(pairs), "limit_per_task": limit,
+                      "max_gen_toks": None if benchmark == "mmlu" else max_gen_toks,
+                      "lm_eval_seconds": round(middle - start, 1),
+                      "flan_jax_seconds": round(time.time() - middle, 1)}
+    print(f"{label}: {agreement.agreed}/{agreement.questions} agree "
+          f"({agreement.percent:.2f}%), max |log-likelihood difference| "
+          f"{agreement.max_log_likelihood_difference:.2e}", flush=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "parity.json"), "w") as f:
+      json.dump(summary, f, indent=1)
   return summary
 
 
@@ -333,15 +338,14 @@ def main(argv=None):
   parser.add_argument("--data_dir", default="../shared/data")
   parser.add_argument("--checkpoint", default="../shared/data/models/stories260K-hf")
   parser.add_argument("--out", default="/tmp/lm_eval_parity")
-  parser.add_argument("--benchmarks", default="mmlu,bbh,gsm8k")
+  parser.add_argument("--runs", default=",".join(RUNS), help=f"some of {list(RUNS)}")
   parser.add_argument("--limit", type=int, default=None, help="questions per task (all: unset)")
   parser.add_argument("--max_gen_toks", type=int, default=256)
   parser.add_argument("--batch_size", type=int, default=16)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
-  run(args.data_dir, os.path.abspath(args.checkpoint), args.out,
-      benchmarks=args.benchmarks.split(","), limit=args.limit, max_gen_toks=args.max_gen_toks,
-      batch_size=args.batch_size)
+  run(args.data_dir, os.path.abspath(args.checkpoint), args.out, runs=args.runs.split(","),
+      limit=args.limit, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":
