@@ -115,8 +115,9 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
 
 def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config: EvalConfig,
                         max_length: int | None = None) -> dict:
-  """How the numbers of an evaluation were produced, for its report: the BOS rule, the
-  option scoring of each task with options, normalisation and the row length limit.
+  """How the numbers of an evaluation were produced, for its report: the BOS rule, each
+  task's conventions ("style": "lm_eval" or "flan", `flan_task.STYLES`), the option
+  scoring of each task with options, normalisation and the row length limit.
 
   lm-eval's Hugging Face backend adds a BOS only where the tokenizer's config says so
   (none for a checkpoint without tokenizer_config.json); this evaluator always starts a
@@ -129,11 +130,13 @@ def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config:
     bos = "none (EvalConfig.add_bos=False)"
   else:
     bos = f"added (id {prefix[0]})" if prefix else "none"
+  scorings: dict[str, list[str]] = {}
   styles: dict[str, list[str]] = {}
   for name in task_names:
-    styles.setdefault(flan_task.option_scoring(name), []).append(name)
-  return {"bos": bos, "option_scoring": styles, "length_normalize": config.length_normalize,
-          "max_length": max_length}
+    scorings.setdefault(flan_task.option_scoring(name), []).append(name)
+    styles.setdefault(flan_task.evaluation_style(name), []).append(name)
+  return {"bos": bos, "style": styles, "option_scoring": scorings,
+          "length_normalize": config.length_normalize, "max_length": max_length}
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
