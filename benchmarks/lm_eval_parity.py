@@ -117,14 +117,17 @@ def lm_eval_model(checkpoint: str, batch_size: int = 16):
 
 
 def run_lm_eval(model, include_dir: str, tasks: Sequence[str], *, num_fewshot: int | None = None,
-                limit: int | None = None, gen_kwargs: str | None = None) -> dict[str, list[dict]]:
-  """lm-eval's per-question samples (its --log_samples), by task, in document order."""
+                limit: int | None = None, gen_kwargs: str | None = None,
+                task_manager=None) -> dict[str, list[dict]]:
+  """lm-eval's per-question samples (its --log_samples), by task, in document order.
+  `task_manager`: one built for `include_dir` (indexing lm-eval's configs takes seconds)."""
   import lm_eval
   from lm_eval.tasks import TaskManager
   results = lm_eval.simple_evaluate(
       model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
       gen_kwargs=gen_kwargs, log_samples=True, bootstrap_iters=0,
-      task_manager=TaskManager(include_path=include_dir), random_seed=0, numpy_random_seed=0,
+      task_manager=task_manager or TaskManager(include_path=include_dir), random_seed=0,
+      numpy_random_seed=0,
       torch_random_seed=0, fewshot_random_seed=0)
   return {task: sorted(samples, key=lambda s: s["doc_id"])
           for task, samples in results["samples"].items()}

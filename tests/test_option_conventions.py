@@ -214,6 +214,7 @@ def test_the_evaluation_report_says_which_bos_rule_and_option_scoring_made_each_
   written = (tmp_path / "eval" / f"{task.name}.json").read_text()
   assert json.loads(written)["scoring"] == report["scoring"] == {
       "bos": "added (id 1)",  # the tokenizer's <s>, which lm-eval adds only if its config says so
+      "style": {"flan": [task.name]},  # FlanTaskSpec's default
       "option_scoring": {"continuation": [task.name]}, "length_normalize": False,
       "max_length": 512}  # config.json's max_position_embeddings
 
