@@ -13,6 +13,7 @@ each task's option scoring, `length_normalize`, the model's position limit; see
 OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
 """
 
+import json
 import os
 from typing import Mapping, Sequence
 
@@ -68,11 +69,16 @@ def evaluate_checkpoint(
     mesh_shape: tuple[int, ...] = (-1, 1, 1),
     dcn_mesh_shape: tuple[int, ...] | None = None,
     chat_tasks: Sequence[chat_examples.ChatTask] = (),
+    log_samples: bool = False,
 ) -> dict:
   """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json.
 
   `chat_tasks` (conversation files with `validation_records`) are rendered with the
   chat template the checkpoint was trained with (`chat_examples.trained_template`).
+  `log_samples` also writes each task's per-example records, as lm-eval's
+  --log_samples does, to OUTPUT_DIR/eval/<name>_samples/<task>.jsonl: the prompt, the
+  raw output (the chosen option or the generation), the prediction and target the
+  metrics compared, and for options tasks each option's log-likelihood.
   """
   evaluation = evaluation or EvalConfig()
   checkpoint = model_dir.resolve(checkpoint_path)
@@ -99,8 +105,9 @@ def evaluate_checkpoint(
   params = step_lib.place_params(network, mesh, task_feature_lengths, params)
   groups = job.eval_groups([t.name for t in tasks])
   max_length = position_limit(checkpoint)
+  samples = {} if log_samples else None
   results = job.MeshEvaluation(network, mesh, tasks, task_feature_lengths, vocabulary.eos_id,
-                               evaluation, groups, max_length=max_length)(params)
+                               evaluation, groups, max_length=max_length, samples=samples)(params)
   report = {"results": results, "groups": groups,
             "scoring": evaluator.scoring_conventions(network, [t.name for t in tasks],
                                                      evaluation, max_length)}
@@ -109,6 +116,8 @@ def evaluate_checkpoint(
     os.makedirs(directory, exist_ok=True)
     paths.write_json(os.path.join(directory, f"{mixture_or_task_name}.json"), report, indent=2,
                      sort_keys=True)
+    if samples is not None:
+      write_samples(samples, os.path.join(directory, f"{mixture_or_task_name}_samples"))
     metric = next((k.rsplit("/", 1)[1] for k in results if k.startswith("all_mean/")), None)
     cluster_means = {k.split("_mean/")[0]: v for k, v in results.items()
                      if k.startswith("cluster_") and k.endswith(f"_mean/{metric}")}
@@ -117,6 +126,14 @@ def evaluate_checkpoint(
                     os.path.join(directory, f"{mixture_or_task_name}.png"))
     print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint_path}")
   return report
+
+
+def write_samples(samples: Mapping[str, list[dict]], directory: str) -> None:
+  """One JSON line per example, one file per task."""
+  paths.makedirs(directory)
+  for task, records in samples.items():
+    paths.write_atomically(paths.join(directory, f"{task}.jsonl"), "".join(
+        json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def position_limit(checkpoint: model_dir.ResolvedCheckpoint) -> int | None:

@@ -417,10 +417,11 @@ def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
   return evaluate_tasks([task], model, config)[task.name]
 
 
-def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig) -> dict[str, float]:
-  """{"task/metric": value} over `tasks`."""
+def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig,
+             samples: dict[str, list[dict]] | None = None) -> dict[str, float]:
+  """{"task/metric": value} over `tasks`; `samples` as for `evaluate_tasks`."""
   results = {}
-  for name, (metrics, _) in evaluate_tasks(tasks, model, config).items():
+  for name, (metrics, _) in evaluate_tasks(tasks, model, config, samples).items():
     results.update({f"{name}/{metric}": float(value) for metric, value in metrics.items()})
   return results
 
