@@ -165,8 +165,8 @@ class FlanJaxModel:
 
 def register_library_tasks(data_dir: str, vocabulary, mmlu_subjects=(), bbh_tasks=(),
                            gsm8k: bool = False) -> dict[str, dict[str, str]]:
-  """The library's specs registered under our prefix with `vocabulary`:
-  "<benchmark>:<name>" -> variant -> seqio task name."""
+  """The library's lm-eval-style specs registered under our prefix with `vocabulary`:
+  "<benchmark>:<name>" -> variant -> seqio task."""
   import seqio
   from flan_jax.data import flan_task
   from flan_jax_tasks.library import bbh, gsm8k as gsm8k_lib, mmlu
