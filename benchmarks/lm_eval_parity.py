@@ -245,8 +245,8 @@ def _answer(sample: dict) -> str:
   return value if isinstance(value, str) else value[0]
 
 
-def compare_generations(ours: list[dict], theirs: list[dict], extractors: dict, agreement: Agreement,
-                        where: str, cut) -> None:
+def compare_generations(ours: list[dict], theirs: list[dict], extractors: dict,
+                        agreement: Agreement, where: str, cut) -> None:
   """The cut generation and each extraction equal, per question. `extractors` maps
   lm-eval's filter names to our functions for them; `cut` is our stop rule (lm-eval
   stops generating at the same sequences)."""

@@ -39,9 +39,9 @@ One FlanTaskSpec per subject registers
 and a mixture `mmlu_<subject>` over both; `mmlu_0shot` and `mmlu_5shot` collect
 every subject. In FLAN's style (`styles`), `mmlu_<subject>_flan_{zs,fs}_noopt`, collected
 by `mmlu_0shot_flan` and `mmlu_5shot_flan`, have the same prompts but score each letter
-as a training target, with EOS (t5x's rank classification). The prompt lists A-D itself, so there are no _opt variants. The
-cluster is `mmlu`, for evaluation only: nothing here has a "validation" split, so
-evaluation reads split "test".
+as a training target, with EOS (t5x's rank classification). The prompt lists A-D
+itself, so there are no _opt variants. The cluster is `mmlu`, for evaluation only:
+nothing here has a "validation" split, so evaluation reads split "test".
 """
 
 import dataclasses
