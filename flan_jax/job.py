@@ -110,6 +110,7 @@ class MeshEvaluation:
   config: EvalConfig
   groups: Mapping[str, Sequence[str]]
   max_length: int | None = None  # the model's position limit, where known (`evaluator`)
+  samples: dict | None = None  # receives per-example records (`evaluator.evaluate_tasks`)
 
   def __call__(self, params) -> dict[str, float]:
     rows = placement.sharded_rows(mesh_lib.batch_sharding(self.mesh))
@@ -117,7 +118,7 @@ class MeshEvaluation:
                                       self.eos_id, self.config.batch_size, placement=rows,
                                       max_length=self.max_length, add_bos=self.config.add_bos)
     with mesh_lib.on_mesh(self.mesh):
-      results = evaluator.evaluate(list(self.tasks), model, self.config)
+      results = evaluator.evaluate(list(self.tasks), model, self.config, self.samples)
     return {**results, **evaluator.group_means(results, self.groups)}
 
 

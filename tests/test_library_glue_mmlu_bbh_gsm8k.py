@@ -74,13 +74,18 @@ def test_counts_names_and_clusters(library):
   mixtures, _ = library
   assert set(mixtures["glue"]) == set(GLUE_DATASETS)
   subjects = mmlu.subjects(DATA)
-  assert len(subjects) == 57 and len(mixtures["mmlu"]) == 57 + 2
+  # Each benchmark twice: lm-eval's conventions, and FLAN's (`_flan`).
+  assert len(subjects) == 57 and len(mixtures["mmlu"]) == 2 * (57 + 2)
   assert len(_task_names("mmlu_0shot")) == len(_task_names("mmlu_5shot")) == 57
   assert all(n.endswith("_zs_noopt") for n in _task_names("mmlu_0shot"))
   assert all(n.endswith("_fs_noopt") for n in _task_names("mmlu_5shot"))
-  assert len(bbh.tasks(DATA)) == 27 and len(mixtures["bbh"]) == 27 + 2
+  assert [n.replace("_flan_", "_") for n in _task_names("mmlu_5shot_flan")] == _task_names(
+      "mmlu_5shot")
+  assert len(bbh.tasks(DATA)) == 27 and len(mixtures["bbh"]) == 2 * (27 + 2)
   assert len(_task_names("bbh_direct")) == len(_task_names("bbh_cot")) == 27
-  assert mixtures["gsm8k"] == ["gsm8k"] and _task_names("gsm8k") == ["gsm8k_cot"]
+  assert len(_task_names("bbh_direct_flan")) == len(_task_names("bbh_cot_flan")) == 27
+  assert mixtures["gsm8k"] == ["gsm8k", "gsm8k_flan"] and _task_names("gsm8k") == ["gsm8k_cot"]
+  assert _task_names("gsm8k_flan") == ["gsm8k_flan_cot"]
   expected = {"rte": "nli", "cb": "nli", "anli_r2": "nli", "copa": "commonsense",
               "boolq": "reading_comprehension", "sst2": "sentiment", "trec": "topic_classification",
               "ag_news": "topic_classification"}

@@ -210,10 +210,22 @@ def test_the_evaluation_report_says_which_bos_rule_and_option_scoring_made_each_
   task = _long_task(vocabulary, "conventions_report", "continuation")
   report = checkpoint_eval.evaluate_checkpoint(
       STORIES, task.name, {"inputs": 64, "targets": 32}, str(tmp_path),
-      evaluation=EvalConfig(max_examples_per_task=2, batch_size=8))
+      evaluation=EvalConfig(max_examples_per_task=2, batch_size=8), log_samples=True)
+  # log_samples: per example the prompt, each option's score and the likeliest option.
+  lines = (tmp_path / "eval" / f"{task.name}_samples" / f"{task.name}.jsonl").read_text()
+  samples = [json.loads(line) for line in lines.splitlines()]
+  assert len(samples) == 2
+  for sample in samples:
+    assert sample["inputs"].endswith(". Did she play?") and sample["target"] == ["yes"]
+    scores = sample["option_log_likelihoods"]
+    assert len(scores) == len(sample["options"]) == 2 and all(s < 0 for s in scores)
+    assert sample["output"] == sample["prediction"] == sample["options"][int(np.argmax(scores))]
+  assert report["results"][f"{task.name}/accuracy"] == 50.0 * sum(
+      s["prediction"] == "yes" for s in samples)
   written = (tmp_path / "eval" / f"{task.name}.json").read_text()
   assert json.loads(written)["scoring"] == report["scoring"] == {
       "bos": "added (id 1)",  # the tokenizer's <s>, which lm-eval adds only if its config says so
+      "style": {"flan": [task.name]},  # FlanTaskSpec's default
       "option_scoring": {"continuation": [task.name]}, "length_normalize": False,
       "max_length": 512}  # config.json's max_position_embeddings
 

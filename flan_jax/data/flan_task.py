@@ -60,6 +60,20 @@ def option_scoring(task_name: str) -> str:
   return _OPTION_SCORING_OF.get(task_name, "target")
 
 
+# Whose evaluation conventions a task follows, by task name, so a report can say which
+# produced each number. "flan": FLAN's / t5x's (its templates, options scored as
+# targets with EOS, generations by exact match), every library task's by default.
+# "lm_eval": lm-evaluation-harness's (its prompts, continuations without EOS, its
+# stop sequences and answer extraction), for benchmarks compared with lm-eval's tables.
+STYLES = ("flan", "lm_eval")
+_STYLE_OF: dict[str, str] = {}
+
+
+def evaluation_style(task_name: str) -> str:
+  """"flan" or "lm_eval" (see STYLES); "flan" for unregistered tasks."""
+  return _STYLE_OF.get(task_name, "flan")
+
+
 def cached_loader(load: RecordLoader) -> RecordLoader:
   """Reads each split once per process, on first use."""
   return functools.lru_cache(maxsize=None)(load)
@@ -224,6 +238,8 @@ class FlanTaskSpec:
   # How options are scored: "target" (with EOS, FLAN's) or "continuation" (without,
   # lm-eval's; for benchmarks whose numbers are compared with lm-eval's `acc`).
   option_scoring: str = "target"
+  # Whose conventions the task's prompts, scoring and metrics follow (STYLES); reported.
+  style: str = "flan"
 
 
 def variants_of(spec: FlanTaskSpec) -> list[Variant]:
@@ -252,6 +268,8 @@ def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
   if spec.option_scoring not in OPTION_SCORING:
     raise ValueError(f"{spec.name}: option_scoring={spec.option_scoring!r}; use one of "
                      f"{OPTION_SCORING}.")
+  if spec.style not in STYLES:
+    raise ValueError(f"{spec.name}: style={spec.style!r}; use one of {STYLES}.")
   vocabulary = spec.vocabulary or default_vocabulary()
   records = cached_loader(spec.records)
   names = {}
@@ -276,6 +294,7 @@ def register_flan_task(spec: FlanTaskSpec) -> dict[str, str]:
     )
     clusters.assign(task_name, spec.cluster, dataset=spec.name, variant=variant.name)
     _OPTION_SCORING_OF[task_name] = spec.option_scoring
+    _STYLE_OF[task_name] = spec.style
     names[variant.name] = task_name
   if not names:
     raise ValueError(f"Task spec {spec.name!r} yields no variants: give it templates.")

@@ -91,11 +91,17 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
     raise UserError(f"the model reads {max_length} positions, which holds no prompt before a "
                     f"{lengths['targets']}-token option: lower TASK_FEATURE_LENGTHS['targets'].")
 
+  # Option rows are fitted to a decoder's position limit (`_option_pairs`), so no scoring
+  # row needs more: a long few-shot input length then costs nothing in scoring.
+  score_lengths = dict(lengths)
+  if max_length is not None and not network.encoder_decoder:
+    score_lengths["inputs"] = min(lengths["inputs"], max_length - lengths["targets"])
+
   def model_for(network: ModelFamily, conversations: EvalModel | None = None) -> EvalModel:
     return EvalModel(
         generate=decoding.make_generate(network, params, lengths["targets"], eos_id,
                                         placement=placement),
-        score=scoring.make_option_scorer(network, params, lengths, batch_size=batch_size,
+        score=scoring.make_option_scorer(network, params, score_lengths, batch_size=batch_size,
                                          bos_id=network.bos_id if add_bos else None,
                                          placement=placement),
         lengths=lengths, prompt_prefix=tuple(network.prompt_prefix()) if add_bos else (),
@@ -111,8 +117,9 @@ def make_eval_model(network: ModelFamily, params, lengths: Mapping[str, int], eo
 
 def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config: EvalConfig,
                         max_length: int | None = None) -> dict:
-  """How the numbers of an evaluation were produced, for its report: the BOS rule, the
-  option scoring of each task with options, normalisation and the row length limit.
+  """How the numbers of an evaluation were produced, for its report: the BOS rule, each
+  task's conventions ("style": "lm_eval" or "flan", `flan_task.STYLES`), the option
+  scoring of each task with options, normalisation and the row length limit.
 
   lm-eval's Hugging Face backend adds a BOS only where the tokenizer's config says so
   (none for a checkpoint without tokenizer_config.json); this evaluator always starts a
@@ -125,11 +132,13 @@ def scoring_conventions(network: ModelFamily, task_names: Sequence[str], config:
     bos = "none (EvalConfig.add_bos=False)"
   else:
     bos = f"added (id {prefix[0]})" if prefix else "none"
+  scorings: dict[str, list[str]] = {}
   styles: dict[str, list[str]] = {}
   for name in task_names:
-    styles.setdefault(flan_task.option_scoring(name), []).append(name)
-  return {"bos": bos, "option_scoring": styles, "length_normalize": config.length_normalize,
-          "max_length": max_length}
+    scorings.setdefault(flan_task.option_scoring(name), []).append(name)
+    styles.setdefault(flan_task.evaluation_style(name), []).append(name)
+  return {"bos": bos, "style": styles, "option_scoring": scorings,
+          "length_normalize": config.length_normalize, "max_length": max_length}
 
 
 def eval_split(task: seqio.Task, split: str) -> str | None:
@@ -198,6 +207,17 @@ def _generate_predictions(examples, prompts, model: EvalModel, config: EvalConfi
   return texts
 
 
+def _fit_row(prompt, target, model: EvalModel):
+  """(the prompt's last tokens that fit before the whole `target` in the model's
+  positions, whether any were cut); the prompt as it is for a model without a limit."""
+  if model.max_length is None:
+    return prompt, False
+  # Without a BOS the prompt's first token starts the row and takes no position of
+  # its own, as in lm-eval's window of max_length + 1 tokens.
+  limit = model.max_length + (0 if model.prompt_prefix else 1)
+  return truncation.fit_row(prompt, target, limit)
+
+
 def _option_pairs(example, prompt, model: EvalModel, vocabulary,
                   counts: truncation.TruncationCounts, style: str = "target") -> list[Pair]:
   """(prompt, option) token pairs, one per option.
@@ -216,12 +236,7 @@ def _option_pairs(example, prompt, model: EvalModel, vocabulary,
       option_tokens, cut = truncation.fit_targets([*tokens, vocabulary.eos_id], length)
     else:
       option_tokens, cut = np.asarray(tokens[:length], np.int32), len(tokens) > length
-    option_prompt, row_cut = prompt, False
-    if model.max_length is not None:
-      # Without a BOS the prompt's first token starts the row and takes no position of
-      # its own, as in lm-eval's window of max_length + 1 tokens.
-      limit = model.max_length + (0 if model.prompt_prefix else 1)
-      option_prompt, row_cut = truncation.fit_row(prompt, option_tokens, limit)
+    option_prompt, row_cut = _fit_row(prompt, option_tokens, model)
     counts.options += 1
     counts.options_cut += int(cut)
     counts.rows_cut += int(row_cut)
@@ -257,6 +272,7 @@ class _TaskRun:
   ranked: bool
   texts: list[str] | None = None  # the chosen option or the generation, per example
   scores: list[TargetScore] | None = None  # the reference's likelihood, for score metrics
+  option_scores: list[list[float]] | None = None  # per example, each option's log-likelihood
 
   @property
   def vocabulary(self) -> seqio.Vocabulary:
@@ -288,16 +304,19 @@ def _rank_all(runs: Sequence[_TaskRun], model: EvalModel, config: EvalConfig,
            for run in runs for example, prompt in zip(run.examples, run.prompts)]
   if not items:
     return
-  chosen = []
+  chosen, option_scores = [], []
   for start in range(0, len(items), config.batch_size):
     chunk = items[start:start + config.batch_size]
-    chosen += model.score([pairs for _, _, pairs in chunk]).choices(config.length_normalize)
+    scored = model.score([pairs for _, _, pairs in chunk])
+    chosen += scored.choices(config.length_normalize)
+    option_scores += [[float(v) for v in values] for values in scored.log_likelihoods]
     if bar is not None:
       bar.update(len(chunk))
   for run in runs:
-    run.texts = []
-  for (run, example, _), choice in zip(items, chosen):
+    run.texts, run.option_scores = [], []
+  for (run, example, _), choice, values in zip(items, chosen, option_scores):
     run.texts.append(_options(example)[choice])
+    run.option_scores.append(values)
 
 
 def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
@@ -320,6 +339,8 @@ def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
       # be scored where the reference goes on.
       target = np.asarray(tokens[:model.lengths["targets"]], np.int32)
       run.counts.targets_cut += int(len(tokens) > len(target))
+      prompt, row_cut = _fit_row(prompt, target, model)
+      run.counts.rows_cut += int(row_cut)
       items.append((run, [(prompt, target)]))
   if not items:
     return
@@ -329,12 +350,34 @@ def _score_targets(runs: Sequence[_TaskRun], model: EvalModel) -> None:
     run.scores.append(TargetScore(float(log_likelihood), int(tokens)))
 
 
-def _metrics(run: _TaskRun) -> dict[str, float]:
+def _predictions_and_targets(run: _TaskRun) -> tuple[list, list]:
   postprocess = run.task.postprocess_fn or (lambda text, **_: text)
   predictions = [postprocess(text, example=ex, is_target=False)
                  for text, ex in zip(run.texts, run.examples)]
   targets = [postprocess(_text(ex["targets_pretokenized"]), example=ex, is_target=True)
              for ex in run.examples]
+  return predictions, targets
+
+
+def _samples(run: _TaskRun) -> list[dict]:
+  """One record per example, as lm-eval's --log_samples: the prompt, the model's raw
+  output (the chosen option or the generation), what the postprocessor made of it and
+  of the reference, and for ranked tasks each option's summed log-likelihood."""
+  predictions, targets = _predictions_and_targets(run)
+  records = []
+  for index, example in enumerate(run.examples):
+    record = {"index": index, "inputs": _text(example.get("inputs_pretokenized", "")),
+              "output": run.texts[index], "prediction": predictions[index],
+              "target": targets[index]}
+    if run.ranked:
+      record["options"] = _options(example)
+      record["option_log_likelihoods"] = run.option_scores[index]
+    records.append(record)
+  return records
+
+
+def _metrics(run: _TaskRun) -> dict[str, float]:
+  predictions, targets = _predictions_and_targets(run)
   metrics = {}
   for metric_fn in run.task.predict_metric_fns:
     metrics.update(metric_fn(targets, predictions))
@@ -347,24 +390,27 @@ def _metrics(run: _TaskRun) -> dict[str, float]:
   return metrics
 
 
-def evaluate_tasks(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
+def evaluate_tasks(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig,
+                   samples: dict[str, list[dict]] | None = None
                    ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
   """task name -> (its metrics on `config.split`, how many prompts and targets were cut).
 
   Conversation tasks are evaluated with `model.conversations`, reading as training did.
+  `samples`, when given, receives each task's per-example records (`_samples`).
   """
   chats = [task for task in tasks if chat_examples.is_conversation_task(task)]
   if not chats or model.causal:
-    return _evaluate_with(tasks, model, config)
+    return _evaluate_with(tasks, model, config, samples)
   if model.conversations is None:
     raise UserError(f"{chats[0].name} holds conversations, trained as one causal sequence: "
                     "evaluate them with a decoder-only model.")
-  results = _evaluate_with([t for t in tasks if t not in chats], model, config)
-  results.update(_evaluate_with(chats, model.conversations, config))
+  results = _evaluate_with([t for t in tasks if t not in chats], model, config, samples)
+  results.update(_evaluate_with(chats, model.conversations, config, samples))
   return {task.name: results[task.name] for task in tasks}
 
 
-def _evaluate_with(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig
+def _evaluate_with(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig,
+                   samples: dict[str, list[dict]] | None = None
                    ) -> dict[str, tuple[dict[str, float], truncation.TruncationCounts]]:
   runs = [_start(task, model, config) for task in tasks]
   with progress_bar(sum(len(run.examples) for run in runs), f"evaluating {len(runs)} tasks") as bar:
@@ -374,6 +420,8 @@ def _evaluate_with(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalCo
       if not run.ranked:
         run.texts = _generate_predictions(run.examples, run.prompts, model, config,
                                           run.vocabulary, bar)
+  if samples is not None:
+    samples.update({run.task.name: _samples(run) for run in runs})
   return {run.task.name: (_metrics(run), run.counts) for run in runs}
 
 
@@ -390,10 +438,11 @@ def evaluate_task(task: seqio.Task, model: EvalModel, config: EvalConfig
   return evaluate_tasks([task], model, config)[task.name]
 
 
-def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig) -> dict[str, float]:
-  """{"task/metric": value} over `tasks`."""
+def evaluate(tasks: Sequence[seqio.Task], model: EvalModel, config: EvalConfig,
+             samples: dict[str, list[dict]] | None = None) -> dict[str, float]:
+  """{"task/metric": value} over `tasks`; `samples` as for `evaluate_tasks`."""
   results = {}
-  for name, (metrics, _) in evaluate_tasks(tasks, model, config).items():
+  for name, (metrics, _) in evaluate_tasks(tasks, model, config, samples).items():
     results.update({f"{name}/{metric}": float(value) for metric, value in metrics.items()})
   return results
 

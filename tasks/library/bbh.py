@@ -15,7 +15,9 @@ are the dataset's, used as they are; the prompts around them follow lm-eval's
                          <input>\\nA: Let's think step by step.\\n"; the target is
                          the answer (the test set has no rationales)
 
-plus a mixture `bbh_<task>`; `bbh_direct` and `bbh_cot` collect every task. Both
+plus a mixture `bbh_<task>`; `bbh_direct` and `bbh_cot` collect every task. In
+FLAN's style (`styles`) the same prompts are registered as `bbh_<task>_flan_{zs_noopt,cot}`,
+collected by `bbh_direct_flan` and `bbh_cot_flan`. Both
 are 3-shot although the framework adds no exemplars ("zs" in the name says only
 that). Cluster: `bbh`.
 
@@ -41,6 +43,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.metrics import accuracy
+from flan_jax_tasks.library import styles
 from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "bbh")
@@ -151,12 +154,20 @@ def exact_match(targets, predictions) -> dict[str, float]:
   return {"exact_match": accuracy(targets, predictions)["accuracy"]}
 
 
-def spec(data_dir: str, task: str) -> FlanTaskSpec:
+def spec(data_dir: str, task: str, style: str = "lm_eval") -> FlanTaskSpec:
+  """The task's two variants in lm-eval's conventions, or with style="flan" in FLAN's
+  (`bbh_<task>_flan`: the same prompts; the generation up to EOS or a blank line,
+  stripped, the CoT answer after the last "answer is"; see `styles`)."""
+  if style == "flan":
+    name, metric = styles.flan_name(f"bbh_{task}"), styles.exact_match
+    postprocess = {"zs_noopt": styles.direct_postprocessor, "cot": styles.cot_postprocessor}
+  else:
+    name, metric = f"bbh_{task}", exact_match
+    postprocess = {"zs_noopt": direct_postprocessor, "cot": cot_postprocessor}
   return FlanTaskSpec(
-      name=f"bbh_{task}", cluster=CLUSTER, records=functools.partial(load, data_dir, task),
+      name=name, cluster=CLUSTER, records=functools.partial(load, data_dir, task),
       templates=(DIRECT_TEMPLATE,), cot_templates=(COT_TEMPLATE,), splits=("test",),
-      few_shot=False, metric_fns=(exact_match,),
-      postprocess_fns={"zs_noopt": direct_postprocessor, "cot": cot_postprocessor})
+      few_shot=False, metric_fns=(metric,), postprocess_fns=postprocess, style=style)
 
 
 def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str = "cot",
@@ -171,9 +182,13 @@ def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str
 
 
 def register(data_dir: str) -> list[str]:
-  """Registers each task and the collections; returns the mixtures. Idempotent."""
-  names = []
-  for task in tasks(data_dir):
-    names.append(register_once(spec(data_dir, task)))
-  return names + [add_mixture_once(mixture, [f"{name}_{variant}" for name in names])
-                  for variant, mixture in MIXTURES.items() if names]
+  """Registers each task and the collections, in both styles; returns the mixtures.
+  Idempotent."""
+  mixtures = []
+  for style in ("lm_eval", "flan"):
+    names = [register_once(spec(data_dir, task, style)) for task in tasks(data_dir)]
+    mixtures += names + [
+        add_mixture_once(styles.flan_name(mixture) if style == "flan" else mixture,
+                         [f"{name}_{variant}" for name in names])
+        for variant, mixture in MIXTURES.items() if names]
+  return mixtures

@@ -12,7 +12,8 @@ chain-of-thought exemplars of Wei et al. 2022, "There are 15 trees in the grove.
 the same for every question, or `cot_exemplars.jsonl`'s first eight when that file exists.
 
 One FlanTaskSpec, split "test" only, registers `gsm8k_cot` (cluster
-`arithmetic_cot`) and the mixture `gsm8k`. The target is the record's worked answer;
+`arithmetic_cot`) and the mixture `gsm8k`; its FLAN-style twin (`styles`) registers
+`gsm8k_flan_cot` and the mixture `gsm8k_flan`. The target is the record's worked answer;
 the references are the text after "####". The generation is cut at the first of
 lm-eval's stop sequences (`STOP_SEQUENCES`), then scored three ways:
 
@@ -35,6 +36,7 @@ from flan_jax.data.flan_task import FlanTaskSpec, strip_postprocessor
 from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.metrics import numeric_match
+from flan_jax_tasks.library import styles
 from flan_jax_tasks.library.bbh import cut_at_stop_sequences
 from flan_jax_tasks.library.common import register_once
 
@@ -190,13 +192,27 @@ def flexible_extract(targets, predictions) -> dict[str, float]:
   return {"flexible_extract": _lm_eval_exact_match(flexible_answer, targets, predictions)}
 
 
-def register(data_dir: str) -> list[str]:
-  """Registers gsm8k_cot when test.jsonl is there; returns its mixture. Idempotent."""
-  if not os.path.isfile(os.path.join(data_dir, ROOT, "test.jsonl")):
-    return []
-  mixture = register_once(FlanTaskSpec(
+def spec(data_dir: str, style: str = "lm_eval") -> FlanTaskSpec:
+  """`gsm8k_cot` in lm-eval's conventions, or with style="flan" `gsm8k_flan_cot` in
+  FLAN's: the same prompt; the answer after the last "answer is" of the generation up
+  to EOS or a blank line, equal to the reference's (comma-free, as the worked answers
+  write it) as a string (`styles`)."""
+  if style == "flan":
+    return FlanTaskSpec(
+        name=styles.flan_name(NAME), cluster=CLUSTER, records=functools.partial(load, data_dir),
+        templates=(), cot_templates=(TEMPLATE,), splits=("test",), few_shot=False,
+        metric_fns=(styles.exact_match,), postprocess_fns={"cot": styles.cot_postprocessor},
+        style="flan")
+  return FlanTaskSpec(
       name=NAME, cluster=CLUSTER, records=functools.partial(load, data_dir), templates=(),
       cot_templates=(TEMPLATE,), splits=("test",), few_shot=False, target_field="final_answers",
       metric_fns=(numeric_match, strict_match, flexible_extract),
-      postprocess_fns={"cot": postprocessor}))
-  return [mixture]
+      postprocess_fns={"cot": postprocessor}, style="lm_eval")
+
+
+def register(data_dir: str) -> list[str]:
+  """Registers gsm8k_cot and gsm8k_flan_cot when test.jsonl is there; returns their
+  mixtures (`gsm8k`, `gsm8k_flan`). Idempotent."""
+  if not os.path.isfile(os.path.join(data_dir, ROOT, "test.jsonl")):
+    return []
+  return [register_once(spec(data_dir, style)) for style in ("lm_eval", "flan")]

@@ -37,9 +37,11 @@ One FlanTaskSpec per subject registers
     mmlu_<subject>_fs_noopt   5-shot: as above
 
 and a mixture `mmlu_<subject>` over both; `mmlu_0shot` and `mmlu_5shot` collect
-every subject. The prompt lists A-D itself, so there are no _opt variants. The
-cluster is `mmlu`, for evaluation only: nothing here has a "validation" split, so
-evaluation reads split "test".
+every subject. In FLAN's style (`styles`), `mmlu_<subject>_flan_{zs,fs}_noopt`, collected
+by `mmlu_0shot_flan` and `mmlu_5shot_flan`, have the same prompts but score each letter
+as a training target, with EOS (t5x's rank classification). The prompt lists A-D
+itself, so there are no _opt variants. The cluster is `mmlu`, for evaluation only:
+nothing here has a "validation" split, so evaluation reads split "test".
 """
 
 import dataclasses
@@ -51,6 +53,7 @@ from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
 from flan_jax.metrics import accuracy
+from flan_jax_tasks.library import styles
 from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
 
 ROOT = os.path.join("eval", "mmlu")
@@ -123,13 +126,18 @@ def load(data_dir: str, subject: str, split: str) -> list[dict]:
   return records
 
 
-def spec(data_dir: str, subject: str) -> FlanTaskSpec:
+def spec(data_dir: str, subject: str, style: str = "lm_eval") -> FlanTaskSpec:
+  """The subject's tasks in lm-eval's conventions, or with style="flan" in FLAN's
+  (`mmlu_<subject>_flan`: the same prompts, each letter scored as a training target,
+  with EOS, as t5x's rank classification scores it)."""
+  name = f"mmlu_{subject}"
   return FlanTaskSpec(
-      name=f"mmlu_{subject}", cluster=CLUSTER, records=functools.partial(load, data_dir, subject),
+      name=styles.flan_name(name) if style == "flan" else name, cluster=CLUSTER,
+      records=functools.partial(load, data_dir, subject),
       templates=(ZERO_SHOT,), splits=("train", "test"), options=LETTERS, options_variants=False,
-      ordered_exemplars=True, metric_fns=(accuracy,),
+      ordered_exemplars=True, metric_fns=(accuracy,), style=style,
       # lm-eval's `acc`: the loglikelihood of " A" given the prompt, with no EOS after it.
-      option_scoring="continuation",
+      option_scoring="target" if style == "flan" else "continuation",
       # The framework's few-shot layout is replaced by lm-eval's (same name, fs_noopt).
       few_shot=False,
       extra_variants=(DescribedFewShot("fs_noopt", (QUESTION,), k=SHOTS, description=DESCRIPTION),))
@@ -148,7 +156,13 @@ def question_weighted_mean(results: dict[str, float], data_dir: str, variant: st
 
 
 def register(data_dir: str) -> list[str]:
-  """Registers each subject and the collections; returns the mixtures. Idempotent."""
-  names = [register_once(spec(data_dir, subject)) for subject in subjects(data_dir)]
-  return names + [add_mixture_once(mixture, [f"{name}_{variant}" for name in names])
-                  for variant, mixture in MIXTURES.items() if names]
+  """Registers each subject and the collections, in both styles; returns the mixtures.
+  Idempotent."""
+  mixtures = []
+  for style in ("lm_eval", "flan"):
+    names = [register_once(spec(data_dir, subject, style)) for subject in subjects(data_dir)]
+    mixtures += names + [
+        add_mixture_once(styles.flan_name(mixture) if style == "flan" else mixture,
+                         [f"{name}_{variant}" for name in names])
+        for variant, mixture in MIXTURES.items() if names]
+  return mixtures
