@@ -2,9 +2,10 @@
 
 The real pretrained stories260K (a tiny Llama, ../shared/data) read by flan_jax and
 by transformers' LlamaModel from the same token ids: the mean over the text's tokens
-of the final-norm hidden states must agree, padding and batching notwithstanding. And `python -m flan_jax.curate
---checkpoint=...` must select by those vectors: its kept records equal k-center greedy
-(written out in the test) over them, which differ from what TF-IDF would keep.
+of the final-norm hidden states must agree, padding and batching notwithstanding.
+And `python -m flan_jax.curate --checkpoint=...` must select by those vectors: its
+kept records equal k-center greedy (written out in the test) over them, which differ
+from what TF-IDF would keep.
 """
 
 import os
