@@ -119,6 +119,17 @@ def test_the_8_gram_rule_needs_half_the_eval_text_covered():
                                "twelve") is None
 
 
+def test_the_lines_every_eval_prompt_repeats_are_not_an_example_s_text():
+  """Few-shot exemplars are shared by every prompt: a copied question must be judged
+  against the question, or 8-gram coverage of an 8-shot prompt never passes half."""
+  shots = "Q: What is two plus two?\nA: 4.\n\nQ: What is three plus one?\nA: 4.\n\n"
+  prompts = [shots + "Q: How many legs do seven spiders and two ants have in all?\nA:",
+             shots + "Q: How many minutes are there in three and a half hours?\nA:"]
+  assert di.shared_prefix(prompts) == shots
+  assert di.shared_prefix(["Q: How many legs\nA:", "Q: How many minutes\nA:"]) == ""
+  assert di.shared_prefix(prompts[:1]) == ""  # one prompt owns all its lines
+
+
 def test_train_entry_point_records_what_it_decontaminated_against(tmp_path):
   """Wiring through gin: the log, MODEL_DIR/decontamination.json and eval/heldout.json."""
   import subprocess
