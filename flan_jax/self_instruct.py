@@ -61,8 +61,9 @@ flags.DEFINE_list("decontaminate_against", [], "Evaluation tasks or mixtures of 
                   "with their examples are dropped and counted.")
 flags.DEFINE_string("data_dir", None, "The task library's data (../shared/data), for "
                     "--decontaminate_against.")
-flags.DEFINE_string("decontamination_split", "test", "The evaluation tasks' split indexed.")
-flags.DEFINE_integer("decontamination_ngram", 13, "Words per n-gram (13: GPT-3 and FLAN's rule).")
+flags.DEFINE_enum("decontamination_rule", "13-gram", ["13-gram", "8-gram"], "Shared word "
+                  "13-gram, or open-instruct's 8-grams covering over half an eval text.")
+flags.DEFINE_string("decontamination_cache_dir", None, "Where the eval index is cached.")
 FLAGS = flags.FLAGS
 
 
@@ -88,20 +89,22 @@ def make_teacher(output_dir: str):
 
 
 def contamination_index():
-  """The n-gram index of the evaluation tasks named by --decontaminate_against, or None."""
+  """The n-gram index of the evaluation tasks named by --decontaminate_against, or None.
+
+  The same cached index (and rule) as `curate` and the run-level guard: their
+  evaluation splits, built once per suite and read back on later runs."""
   if not FLAGS.decontaminate_against:
     return None
   if not FLAGS.data_dir:
     raise UserError("--decontaminate_against needs --data_dir (the task library's data, "
                     "e.g. ../shared/data).")
   from flan_jax import job
-  from flan_jax.data import decontamination
+  from flan_jax.data import decontamination_index
   job.register_tasks(FLAGS.data_dir, None, None)
-  index = decontamination.eval_ngram_index(FLAGS.decontaminate_against,
-                                           split=FLAGS.decontamination_split,
-                                           n=FLAGS.decontamination_ngram)
-  logging.info("Decontaminating against %s: %d n-grams.", FLAGS.decontaminate_against,
-               len(index))
+  index = decontamination_index.eval_index(FLAGS.decontaminate_against,
+                                           FLAGS.decontamination_rule,
+                                           cache_dir=FLAGS.decontamination_cache_dir)
+  logging.info("Decontaminating against %s: %r.", FLAGS.decontaminate_against, index)
   return index
 
 

@@ -119,6 +119,17 @@ def test_the_8_gram_rule_needs_half_the_eval_text_covered():
                                "twelve") is None
 
 
+def test_the_lines_every_eval_prompt_repeats_are_not_an_example_s_text():
+  """Few-shot exemplars are shared by every prompt: a copied question must be judged
+  against the question, or 8-gram coverage of an 8-shot prompt never passes half."""
+  shots = "Q: What is two plus two?\nA: 4.\n\nQ: What is three plus one?\nA: 4.\n\n"
+  prompts = [shots + "Q: How many legs do seven spiders and two ants have in all?\nA:",
+             shots + "Q: How many minutes are there in three and a half hours?\nA:"]
+  assert di.shared_prefix(prompts) == shots
+  assert di.shared_prefix(["Q: How many legs\nA:", "Q: How many minutes\nA:"]) == ""
+  assert di.shared_prefix(prompts[:1]) == ""  # one prompt owns all its lines
+
+
 def test_train_entry_point_records_what_it_decontaminated_against(tmp_path):
   """Wiring through gin: the log, MODEL_DIR/decontamination.json and eval/heldout.json."""
   import subprocess
@@ -171,5 +182,70 @@ def test_a_conversation_quoting_the_question_is_skipped_too(run_tasks, tmp_path)
     assert len(texts) == 1 and "how are you" in texts[0]
   finally:
     for name in ("guard_chat", "guard_chat_decontaminated"):
+      if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+
+
+def _seqio_task(name: str, questions: list[str]) -> seqio.Task:
+  """A task seqio reads itself (a function source, a map preprocessor, seqio's tokenizer):
+  the guard cannot skip its records by index and must filter the stream instead."""
+  import tensorflow as tf
+  from flan_jax.data.vocabularies import byte_vocabulary
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices(
+        {"question": questions, "answer": [f"answer {i}" for i in range(len(questions))]})
+
+  def render(dataset):
+    return dataset.map(lambda ex: {"inputs": tf.strings.join(["Q: ", ex["question"]]),
+                                   "targets": ex["answer"]})
+
+  features = {k: seqio.Feature(byte_vocabulary()) for k in ("inputs", "targets")}
+  return seqio.TaskRegistry.add(
+      name, seqio.FunctionDataSource(dataset_fn, splits=("train",)),
+      preprocessors=[render, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features=features)
+
+
+def test_a_task_read_through_seqio_gets_the_filter_as_a_preprocessor(run_tasks, tmp_path):
+  """Not a FLAN or conversation task: the copy filters the stream, with the same counts."""
+  from flan_jax.data import decontamination as dc
+  planted = CLEAN[:2] + [PLANTED] + CLEAN[2:]
+  names = ["guard_seqio_planted", "guard_seqio_clean"]
+  _seqio_task(names[0], planted)
+  _seqio_task(names[1], CLEAN)
+  seqio.MixtureRegistry.add("guard_seqio_mix", [(names[0], 2.0), (names[1], 1.0)])
+  assert not any(task_reader.python_readable(seqio.get_mixture_or_task(n)) for n in names)
+  try:
+    summary = rd.guard("guard_seqio_mix", [EVAL_TASK], cache_dir=str(tmp_path))
+    by_task = {t.task: t for t in summary.tasks}
+    assert (by_task[names[0]].checked, by_task[names[0]].removed) == (5, 1)
+    assert by_task[names[0]].eval_tasks_hit == {EVAL_TASK: 1}
+    assert PLANTED[:40] in by_task[names[0]].samples[0]["text"]
+    assert (by_task[names[1]].checked, by_task[names[1]].removed) == (4, 0)
+    assert summary.mixture == "guard_seqio_mix_decontaminated"
+    mixture = seqio.get_mixture_or_task(summary.mixture)
+    assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
+        names[0] + rd.SUFFIX: 2.0, names[1]: 1.0}  # the clean task is used as it is
+
+    copy = seqio.get_mixture_or_task(names[0] + rd.SUFFIX)
+    filters = [p for p in copy.preprocessors if isinstance(p, dc.NgramFilter)]
+    assert len(filters) == 1
+    # Before the tokenizer, where inputs are still text.
+    assert copy.preprocessors.index(filters[0]) == 1
+    texts = [e["inputs_pretokenized"].decode() for e in task_reader.task_examples(
+        copy, "train", sequence_length=None, seed=0, shuffle=False)]
+    assert texts == ["Q: " + q for q in CLEAN]  # the rest, in order
+    assert (filters[0].counts.checked, filters[0].counts.dropped) == (5, 1)
+    clean_texts = [e["inputs_pretokenized"].decode() for e in task_reader.task_examples(
+        seqio.get_mixture_or_task(names[1]), "train", sequence_length=None, seed=0,
+        shuffle=False)]
+    assert clean_texts == ["Q: " + q for q in CLEAN]
+  finally:
+    for name in ("guard_seqio_mix", "guard_seqio_mix_decontaminated"):
+      if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    for name in names + [names[0] + rd.SUFFIX]:
       if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)

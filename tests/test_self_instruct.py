@@ -259,10 +259,18 @@ def test_the_teacher_can_decide_which_tasks_are_classification(tmp_path):
 GSM8K_TEST = os.path.join(DATA, "eval", "gsm8k", "test.jsonl")
 
 
+def _gsm8k_index(kind: str, questions: list[str]):
+  if kind == "ngram_index":  # the one-off report's dict index
+    return decontamination.build_ngram_index(questions, source="gsm8k")
+  from flan_jax.data import decontamination_index as di  # the cached one the CLI builds
+  return di.DecontaminationIndex.build([("gsm8k", q) for q in questions], di.RULES[kind])
+
+
 @pytest.mark.skipif(not os.path.exists(GSM8K_TEST), reason="no GSM8K in ../shared/data")
-def test_instances_copying_an_eval_question_are_dropped_and_counted(tmp_path):
+@pytest.mark.parametrize("kind", ["ngram_index", "13-gram", "8-gram"])
+def test_instances_copying_an_eval_question_are_dropped_and_counted(tmp_path, kind):
   questions = [json.loads(line)["question"] for line in open(GSM8K_TEST)][:50]
-  index = decontamination.build_ngram_index(questions, source="gsm8k")
+  index = _gsm8k_index(kind, questions)
   planted = questions[7]
 
   class LeakyTeacher(ScriptedTeacher):
@@ -328,12 +336,15 @@ class StubServer(http.server.BaseHTTPRequestHandler):
     if self.path != "/v1/chat/completions":
       self.send_error(404)
       return
-    answer = scripted_answer(body["messages"][0]["content"])
+    answer = self.answer(body["messages"][0]["content"])
     data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]})
     self.send_response(200)
     self.send_header("Content-Type", "application/json")
     self.end_headers()
     self.wfile.write(data.encode())
+
+  def answer(self, prompt: str) -> str:
+    return scripted_answer(prompt)
 
   def log_message(self, *args):
     pass
@@ -390,3 +401,48 @@ def test_an_unreachable_teacher_is_one_error_naming_the_teachers_flag():
                           flag_names=("--endpoint", "--model"))
   with pytest.raises(UserError, match=r"could not be reached.*is --endpoint its address"):
     teacher.complete(["Come up with a series of tasks:\n1. Sort numbers.\n2."])
+
+
+class LeakyStubServer(StubServer):
+  """Plants a GSM8K test question as one instance's input, as a teacher that memorised it."""
+  planted = ""
+
+  def answer(self, prompt: str) -> str:
+    return scripted_answer(prompt).replace(
+        "\n\nInput: x\n", f"\n\nInput: {self.planted}\nOutput: 18\n\nInput: x\n")
+
+
+@pytest.mark.skipif(not os.path.exists(GSM8K_TEST), reason="no GSM8K in ../shared/data")
+def test_the_command_decontaminates_against_the_cached_eval_index(tmp_path):
+  """`--decontaminate_against=gsm8k`: the task library's GSM8K test set, indexed once
+  into --decontamination_cache_dir (the index curate and the run guard share), drops
+  the planted question and counts it in report.json."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  LeakyStubServer.planted = json.loads(open(GSM8K_TEST).readline())["question"]
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LeakyStubServer)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([repo, os.path.join(repo, ".pp"),
+                                         os.environ.get("PYTHONPATH", "")]))
+  cache, output = tmp_path / "cache", tmp_path / "out"
+  try:
+    result = subprocess.run(
+        [sys.executable, "-m", "flan_jax.self_instruct", f"--seed_tasks={SEEDS}",
+         f"--output={output}", "--num_instructions=3", "--requests_per_step=2",
+         f"--endpoint=http://127.0.0.1:{server.server_port}", "--model=stub",
+         "--decontaminate_against=gsm8k", f"--data_dir={DATA}", "--decontamination_rule=8-gram",
+         f"--decontamination_cache_dir={cache}"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  finally:
+    server.shutdown()
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((output / self_instruct.REPORT_FILE).read_text())["report"]
+  removed = report["rejected"]["contaminated_instance"]
+  assert removed > 0 and sum(report["contaminated_by"].values()) == removed
+  assert all(name.startswith("gsm8k") for name in report["contaminated_by"])
+  assert LeakyStubServer.planted[:40] not in (output / self_instruct.OUTPUT_FILE).read_text()
+  described = [json.loads(p.read_text()) for p in cache.glob("8-gram-*.json")]
+  assert len(described) == 1 and described[0]["rule"] == "8-gram"
+  assert all(s.startswith("gsm8k") for s in described[0]["sources"])

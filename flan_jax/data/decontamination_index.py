@@ -25,6 +25,12 @@ Two rules decide when a training text is contaminated (`RULES`):
 
 Text is normalised as in `decontamination.normalize` (lowercase, punctuation as
 space), on both sides.
+
+An eval text is what one scored example adds: the lines every prompt of a task
+split repeats (few-shot exemplars, a header; `shared_prefix`) are left out, as
+MMLU's exemplar split is. Otherwise GSM8K's 8-shot prompt would be ~700 words of
+which a copied test question covers a tenth: the 8-gram rule's coverage could never
+pass half, and the 13-gram rule would index the same exemplars once per example.
 """
 
 import array
@@ -34,7 +40,7 @@ import json
 import logging
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -44,7 +50,8 @@ from flan_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when what an index holds changes: old caches are then ignored
+FORMAT_VERSION = 2  # bump when what an index holds changes: old caches are then ignored
+# 2: an eval task's shared prompt prefix (few-shot exemplars, header) is left out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +233,24 @@ def evaluation_splits(task) -> list[str]:
   return [s for s in task.splits if s != "train"]
 
 
+def shared_prefix(texts: Sequence[str]) -> str:
+  """The whole lines every one of `texts` begins with ('' for fewer than two texts):
+  a task's few-shot exemplars and header, which no scored example owns."""
+  if len(texts) < 2:
+    return ""
+  prefix = os.path.commonprefix(list(texts))
+  return prefix[:prefix.rfind("\n") + 1]
+
+
+def _example_texts(task, split: str, fields: Sequence[str], seed: int) -> Iterator[str]:
+  """Each example's `fields`, less the lines all the split's examples share in that field."""
+  rows = list(dc.task_texts(task, split, fields, seed=seed))
+  prefixes = [shared_prefix([row[f] for row in rows]) for f in range(len(fields))]
+  for row in rows:
+    for prefix, text in zip(prefixes, row):
+      yield text[len(prefix):]
+
+
 def cache_key(task_sizes: dict[str, dict[str, int | None]], rule: Rule, seed: int) -> str:
   """Names everything an index depends on: eval tasks, their splits and sizes, the rule."""
   described = json.dumps({"tasks": task_sizes, "rule": dataclasses.asdict(rule), "seed": seed,
@@ -264,9 +289,8 @@ def eval_index(against: str | Sequence[str], rule: str | Rule = "13-gram", *,
   def texts():
     for task in tasks:
       for split in sizes[task.name]:
-        for fields_text in dc.task_texts(task, split, fields, seed=seed):
-          for text in fields_text:
-            yield task.name, text
+        for text in _example_texts(task, split, fields, seed):
+          yield task.name, text
 
   index = DecontaminationIndex.build(texts(), rule, [t.name for t in tasks])
   index.save(path, {"eval_tasks": sizes, "seed": seed})

@@ -57,7 +57,8 @@ _NO_INPUT = {"", "<noinput>", "(none)", "none", "n/a", "<no input>"}
 
 
 class ContaminationIndex(Protocol):
-  """Evaluation text n-grams (`flan_jax.data.decontamination.NgramIndex`)."""
+  """Evaluation text n-grams (`decontamination_index.DecontaminationIndex`, or
+  `decontamination.NgramIndex`)."""
 
   def matches(self, text: str, first_only: bool = False) -> list:
     ...
@@ -242,7 +243,7 @@ def generate(seeds: Sequence[SeedTask], teacher: Teacher, output_dir: str,
   """Runs the loop until `config.num_instructions` are written to
   `output_dir/self_instruct.jsonl`, with `report.json` beside it; returns the report.
 
-  `contamination`: an n-gram index of evaluation data (`decontamination.eval_ngram_index`);
+  `contamination`: an n-gram index of evaluation data (`decontamination_index.eval_index`);
   an instance whose instruction, input and output together share an n-gram with it is
   dropped and counted per evaluation task, before anything is written.
   """
