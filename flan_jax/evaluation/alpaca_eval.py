@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 from flan_jax.errors import UserError
 from flan_jax.evaluation import win_rates
-from flan_jax.evaluation.judge import Judge
+from flan_jax.evaluation.judge import Judge, write_judgements
 
 DEFAULT_REFERENCE = "gpt4_1106_preview"
 
@@ -172,10 +172,7 @@ def evaluate(judge: Judge, model_outputs: Sequence[str] | Callable[[list[str]], 
             "judge": judge.identity, "judge_requests": judge.requests_made}
   result.update(_length_controlled(preferences, outputs, records, gamed_annotations_path))
   if judgements_path:
-    os.makedirs(os.path.dirname(os.path.abspath(judgements_path)), exist_ok=True)
-    with open(judgements_path, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_judgements(judgements_path, rows)
   return result
 
 

@@ -243,3 +243,11 @@ class CheckpointJudge(Judge):
     if getattr(self.predictor, "chat_template", None) is not None:
       return self.predictor.chat([as_messages(r) for r in requests])
     return self.predictor.generate([as_text(r) for r in requests])
+
+
+def write_judgements(path: str, rows: Sequence[Mapping]) -> None:
+  """One JSON line per judged item, for reading what the judge saw and said."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")

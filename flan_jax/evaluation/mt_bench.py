@@ -30,7 +30,7 @@ from collections import defaultdict
 from typing import Callable, Mapping, Sequence
 
 from flan_jax.errors import UserError
-from flan_jax.evaluation.judge import Judge
+from flan_jax.evaluation.judge import Judge, write_judgements
 
 NEEDS_REFERENCE = ("math", "reasoning", "coding")
 
@@ -206,8 +206,5 @@ def evaluate(judge: Judge,
                                             and not uses_reference(q) for q in questions),
             "judge": judge.identity, "judge_requests": judge.requests_made}
   if judgements_path:
-    os.makedirs(os.path.dirname(os.path.abspath(judgements_path)), exist_ok=True)
-    with open(judgements_path, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_judgements(judgements_path, rows)
   return result
