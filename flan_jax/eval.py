@@ -37,14 +37,20 @@ flags.DEFINE_string("judge_checkpoint", None, "The suite's LLM judge: any checkp
 
 def judge_from_flags(suite: SuiteConfig) -> SuiteConfig:
   """The suite with --judge_* flags, where given, as its judge (over SuiteConfig.judge)."""
-  if not flags.FLAGS.is_parsed():
-    return suite
-  given = {"endpoint": flags.FLAGS.judge_endpoint, "model": flags.FLAGS.judge_model,
-           "checkpoint": flags.FLAGS.judge_checkpoint}
-  if not any(given.values()):
+  given = _judge_flags()
+  if not given:
     return suite
   return dataclasses.replace(suite, judge=dataclasses.replace(suite.judge or JudgeConfig(),
                                                               **given))
+
+
+def _judge_flags() -> dict:
+  """The --judge_* flags given on the command line, as JudgeConfig fields."""
+  if not flags.FLAGS.is_parsed():
+    return {}
+  given = {"endpoint": flags.FLAGS.judge_endpoint, "model": flags.FLAGS.judge_model,
+           "checkpoint": flags.FLAGS.judge_checkpoint}
+  return {field: value for field, value in given.items() if value is not None}
 
 
 @gin.configurable
@@ -76,11 +82,21 @@ def evaluate(
     if mixture_or_task_name is not None:
       raise UserError("Set either evaluate.suite (gin/suite.gin) or MIXTURE_OR_TASK_NAME "
                       "(gin/eval.gin), not both.")
+    # Settings of a one-mixture evaluation the suite would not use (each member has its
+    # own lengths in SuiteConfig.task_feature_lengths).
+    unused = [name for name, value in [("log_samples", log_samples), ("chat_tasks", chat_tasks),
+                                       ("task_feature_lengths", task_feature_lengths)] if value]
+    if unused:
+      raise UserError(f"evaluate.{unused[0]} is for evaluating one mixture (gin/eval.gin); the "
+                      "suite does not use it: unset it.")
     return suite_lib.run_suite(
         checkpoint_path, output_dir, suite.task_feature_lengths, members=suite.members,
         style=suite.style, step=step, evaluation=evaluation, data_dir=data_dir,
         vocabulary_path=vocabulary_path, member_settings=suite.member_settings(),
         mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape))
+  if _judge_flags():
+    raise UserError("--judge_endpoint/--judge_model/--judge_checkpoint give the suite's judge "
+                    "(gin/suite.gin); this run evaluates one mixture and has no judged member.")
   if mixture_or_task_name is None or task_feature_lengths is None:
     raise UserError("Nothing to evaluate: set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS "
                     "(gin/eval.gin), or run the suite (--gin_file=gin/suite.gin).")

@@ -351,15 +351,18 @@ def evaluate_mt_bench(context: SuiteContext) -> dict[str, float]:
   return metrics
 
 
-def _judge_data(relative: str, what: str):
+def _judge_data(relative: Callable[[Mapping[str, Any]], str], what: str):
+  """A judged member's `missing` check: its judge, then its data file (`relative(settings)`,
+  under DATA_DIR/eval)."""
   def missing(data_dir: str | None, settings) -> str | None:
     if settings.get("judge") is None:
       return JUDGE_NEEDED
     if not data_dir:
       return f"needs DATA_DIR (e.g. --gin.DATA_DIR=../shared/data) with {what}."
-    if os.path.exists(os.path.join(data_dir, "eval", relative)):
+    path = os.path.join(data_dir, "eval", relative(settings))
+    if os.path.exists(path):
       return None
-    return f"no data: put {what} at {os.path.join(os.path.abspath(data_dir), 'eval', relative)}."
+    return f"no data: put {what} at {os.path.abspath(path)}."
   return missing
 
 
@@ -393,10 +396,11 @@ register(Member("mgsm", "MGSM", evaluate_mgsm, "flexible_extract",
                 in_normalized_average=True))
 register(Member("humaneval", "HumanEval", evaluate_humaneval, "pass@1", _humaneval_missing))
 register(Member("alpaca_eval", "AlpacaEval", evaluate_alpaca_eval, "win_rate",
-                _judge_data(os.path.join("alpaca_eval",
-                                         f"{alpaca_eval.DEFAULT_REFERENCE}_model_outputs.json"),
-                            "AlpacaEval's instructions with a reference system's outputs")))
+                _judge_data(lambda settings: os.path.join(
+                    "alpaca_eval", f"{settings.get('reference', alpaca_eval.DEFAULT_REFERENCE)}"
+                                   "_model_outputs.json"),
+                            "AlpacaEval's instructions with the reference system's outputs")))
 register(Member("mt_bench", "MT-Bench", evaluate_mt_bench, "score",
-                _judge_data(os.path.join("open_ended", "mtbench_question.jsonl"),
+                _judge_data(lambda settings: os.path.join("open_ended", "mtbench_question.jsonl"),
                             "MT-Bench's 80 questions"),
                 in_average=False))

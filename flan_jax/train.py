@@ -146,7 +146,7 @@ def train(
         ("chat_tasks", chat_tasks), ("text_tasks", text_tasks),
         ("instruction_files", instruction_files), ("mixture_parts", mixture_parts),
         ("evaluation", evaluation), ("decontaminate_against", decontaminate_against),
-        ("lora", lora)] if value]
+        ("lora", lora), ("model.lora", getattr(model, "lora", None))] if value]
     if ignored:
       raise UserError(f"train.preference is set, so the run trains on its pairs, but "
                       f"{', '.join('train.' + n for n in ignored)} is set too and would be "

@@ -288,3 +288,20 @@ def test_finetuning_settings_in_a_preference_run_are_an_error_not_ignored(tmp_pa
   finally:
     gin.clear_config()
   assert not (tmp_path / "config.gin").exists()
+
+
+def test_lora_bound_on_the_model_config_of_a_preference_run_is_an_error_not_dropped(tmp_path):
+  """Adapters named on the model config (DecoderConfig.lora) would vanish when the starting
+  checkpoint replaces that config, and the whole policy would train: refused instead."""
+  import gin
+  from flan_jax import gin_utils, train
+  gin.clear_config()
+  try:
+    gin_utils.parse(["dpo_quickstart.gin"], [f"MODEL_DIR = '{tmp_path}'",
+                                              "train.model = @DecoderConfig()",
+                                              "DecoderConfig.lora = @LoraConfig()"])
+    with pytest.raises(UserError, match="lora"):
+      train.train()
+  finally:
+    gin.clear_config()
+  assert not (tmp_path / "config.gin").exists()

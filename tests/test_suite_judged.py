@@ -112,3 +112,11 @@ def test_a_model_without_a_chat_template_reads_a_conversation_as_its_texts():
                   {"role": "assistant", "content": "Blue."},
                   {"role": "user", "content": "Another?"}]
   assert suite_members.plain_prompt(conversation) == "Name a color.\n\nBlue.\n\nAnother?"
+
+
+def test_alpaca_eval_looks_for_the_reference_it_will_read():
+  missing = suite_members.MEMBERS["alpaca_eval"].missing
+  judge = JudgeConfig(endpoint="http://localhost:1/v1", model="stub")
+  assert missing(str(DATA), {"judge": judge, "reference": "text_davinci_003"}) is None
+  line = missing(str(DATA), {"judge": judge, "reference": "no_such_system"})
+  assert "no_such_system_model_outputs.json" in line
