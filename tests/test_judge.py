@@ -4,6 +4,7 @@ OpenAI-compatible endpoint (a local stub server) behind the disk cache, and a lo
 checkpoint as the judge."""
 
 import http.server
+import importlib.util
 import json
 import math
 import os
@@ -57,9 +58,7 @@ def test_both_orders_make_one_preference_on_alpaca_evals_scale():
 def alpaca_eval_package():
   # alpaca_eval 0.6.6 imports pkg_resources (setuptools < 81) for two version helpers
   # our comparison never calls; newer setuptools no longer has it.
-  try:
-    import pkg_resources  # noqa: F401  pylint: disable=unused-import
-  except ImportError:
+  if importlib.util.find_spec("pkg_resources") is None:
     sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
   package = pytest.importorskip("alpaca_eval.metrics.glm_winrate")
   return package

@@ -44,7 +44,7 @@ from flan_jax.data.sources import read_records
 from flan_jax.data.templates import Template
 from flan_jax.metrics import accuracy
 from flan_jax_tasks.library import styles
-from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
+from flan_jax_tasks.library.common import size_weighted_mean
 
 ROOT = os.path.join("eval", "bbh")
 CLUSTER = "bbh"
@@ -184,11 +184,5 @@ def example_weighted_mean(results: dict[str, float], data_dir: str, variant: str
 def register(data_dir: str) -> list[str]:
   """Registers each task and the collections, in both styles; returns the mixtures.
   Idempotent."""
-  mixtures = []
-  for style in ("lm_eval", "flan"):
-    names = [register_once(spec(data_dir, task, style)) for task in tasks(data_dir)]
-    mixtures += names + [
-        add_mixture_once(styles.flan_name(mixture) if style == "flan" else mixture,
-                         [f"{name}_{variant}" for name in names])
-        for variant, mixture in MIXTURES.items() if names]
-  return mixtures
+  return styles.register_in_both_styles(lambda task, style: spec(data_dir, task, style),
+                                        tasks(data_dir), MIXTURES)

@@ -215,4 +215,4 @@ def register(data_dir: str) -> list[str]:
   mixtures (`gsm8k`, `gsm8k_flan`). Idempotent."""
   if not os.path.isfile(os.path.join(data_dir, ROOT, "test.jsonl")):
     return []
-  return [register_once(spec(data_dir, style)) for style in ("lm_eval", "flan")]
+  return [register_once(spec(data_dir, style)) for style in styles.STYLES]

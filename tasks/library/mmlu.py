@@ -54,7 +54,7 @@ from flan_jax.data.templates import Template
 from flan_jax.data.variants import FewShot
 from flan_jax.metrics import accuracy
 from flan_jax_tasks.library import styles
-from flan_jax_tasks.library.common import add_mixture_once, register_once, size_weighted_mean
+from flan_jax_tasks.library.common import size_weighted_mean
 
 ROOT = os.path.join("eval", "mmlu")
 FILES = {"train": ("dev", "_dev.csv"), "test": ("test", "_test.csv")}
@@ -158,11 +158,5 @@ def question_weighted_mean(results: dict[str, float], data_dir: str, variant: st
 def register(data_dir: str) -> list[str]:
   """Registers each subject and the collections, in both styles; returns the mixtures.
   Idempotent."""
-  mixtures = []
-  for style in ("lm_eval", "flan"):
-    names = [register_once(spec(data_dir, subject, style)) for subject in subjects(data_dir)]
-    mixtures += names + [
-        add_mixture_once(styles.flan_name(mixture) if style == "flan" else mixture,
-                         [f"{name}_{variant}" for name in names])
-        for variant, mixture in MIXTURES.items() if names]
-  return mixtures
+  return styles.register_in_both_styles(
+      lambda subject, style: spec(data_dir, subject, style), subjects(data_dir), MIXTURES)

@@ -19,8 +19,14 @@ Against lm-eval's: no bare "Q" or "Q:" stop sequence, surrounding whitespace nev
 decides, and a CoT answer is read after the last "answer is", not the first.
 """
 
+from typing import Callable, Iterable, Mapping
+
+from flan_jax.data.flan_task import FlanTaskSpec
 from flan_jax.data.variants import extract_answer
 from flan_jax.metrics import accuracy
+from flan_jax_tasks.library.common import add_mixture_once, register_once
+
+STYLES = ("lm_eval", "flan")
 
 FLAN_SUFFIX = "_flan"  # FLAN-style tasks and mixtures: the lm-eval style's names plus this
 EXEMPLAR_SEPARATOR = "\n\n"
@@ -29,6 +35,22 @@ EXEMPLAR_SEPARATOR = "\n\n"
 def flan_name(name: str) -> str:
   """The FLAN-style twin of an lm-eval-style task or mixture name."""
   return name + FLAN_SUFFIX
+
+
+def register_in_both_styles(spec: Callable[[str, str], FlanTaskSpec], items: Iterable[str],
+                            mixtures: Mapping[str, str]) -> list[str]:
+  """Registers `spec(item, style)` for every item in both styles, and per style one
+  collection mixture per {variant: lm-eval-style mixture name} (FLAN's named with
+  `flan_name`); returns the task mixtures and the collections. Idempotent."""
+  items = list(items)
+  registered = []
+  for style in STYLES:
+    names = [register_once(spec(item, style)) for item in items]
+    registered += names + [
+        add_mixture_once(flan_name(mixture) if style == "flan" else mixture,
+                         [f"{name}_{variant}" for name in names])
+        for variant, mixture in mixtures.items() if names]
+  return registered
 
 
 def _generated(text: str) -> str:
