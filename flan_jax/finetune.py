@@ -68,6 +68,8 @@ def check_same_model(model_dir: str, model: ModelConfig) -> None:
   # config without "lora" had none).
   free = ("dtype", "remat_policy", "attention_implementation", "dropout_rate")
   recorded = lambda k, v: saved.get(k, None if k == "lora" else v)
+  if saved.get("lora"):  # with the fields it was written without (their defaults)
+    saved["lora"] = json.loads(json.dumps(dataclasses.asdict(LoraConfig(**saved["lora"]))))
   differ = [f"{k}={recorded(k, v)!r} (now {v!r})" for k, v in current.items()
             if k not in free and recorded(k, v) != v]
   if differ:

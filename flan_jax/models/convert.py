@@ -46,8 +46,8 @@ import numpy as np
 from flan_jax import model_dir as model_dir_lib
 from flan_jax import paths
 from flan_jax.errors import UserError, exit_on_user_error
-from flan_jax.models import (families, hf_llama, hf_t5, layer_stack, lora, lora_base, peft_io,
-                             safetensors_io)
+from flan_jax.models import (families, hf_llama, hf_t5, int8_base, layer_stack, lora, lora_base,
+                             peft_io, safetensors_io)
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5Config
@@ -114,6 +114,8 @@ def _write_config(directory: str, config: ModelConfig, hf_config: dict | None) -
   fields = dataclasses.asdict(config)
   if fields["lora"] is None:  # a model without adapters is written as before LoRA existed
     del fields["lora"]
+  elif fields["lora"]["base_dtype"] is None:  # and a float base as before int8 bases existed
+    del fields["lora"]["base_dtype"]
   paths.write_json(paths.join(directory, CONFIG_FILE), {"family": family(config), **fields},
                    indent=2)
   if hf_config is not None:
@@ -235,8 +237,20 @@ def _recorded_base(checkpoint: model_dir_lib.ResolvedCheckpoint, config: ModelCo
     base = layer_stack.stack_layers(base)
   dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
   base = jax.tree.map(lambda x: np.asarray(x).astype(dtype), base)
+  if int8_base.enabled(config):  # quantized as training quantized it, then fingerprinted
+    base = _quantized(base, config)
   lora_base.check_same(checkpoint.directory, recorded, source, base)
   return base
+
+
+def _quantized(base, config: ModelConfig):
+  """A float base as the int8 model holds it (`int8_base`), on the host."""
+  import flax.linen as nn
+  network = families.family_for(config)
+  like = jax.eval_shape(lambda: nn.meta.unbox(
+      network.init(jax.random.key(0), {"inputs": 1, "targets": 1})["params"]))
+  quantized = jax.jit(lambda tree: int8_base.quantize(tree, like))(base)
+  return jax.tree.map(np.asarray, quantized)
 
 
 def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:
@@ -287,6 +301,10 @@ def orbax_to_peft(orbax_dir: str, peft_dir: str, step: int | None = None) -> Non
   if paths.exists(checkpoint.file(model_dir_lib.LORA_BASE_FILE)):
     base_path = lora_base.read(checkpoint.directory).get("path")
   peft_io.save_peft(lora.partition(params, config)[0], config, peft_dir, base_path)
+  if int8_base.enabled(config):
+    print(f"note: {orbax_dir}'s adapters were trained on its base quantized to int8; PEFT applies "
+          "them to the float base, whose logits differ from the int8 model's by the "
+          "quantization error.", file=sys.stderr)
 
 
 def peft_to_orbax(hf_dir: str, peft_dir: str, orbax_dir: str) -> None:

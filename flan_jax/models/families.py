@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_jax.errors import UserError
-from flan_jax.models import flops, lora
+from flan_jax.models import flops, int8_base, lora
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.decoder import init_cache as init_decoder_cache
@@ -130,6 +130,9 @@ class _Family:
     if not config.tie_embeddings:
       layer = params["lm_head"]
       w = layer["kernel"].astype(config.dtype)
+      scale = layer.get("kernel" + int8_base.SCALE_SUFFIX)
+      if scale is not None:  # an int8 base (`int8_base`), as `layers.linear` applies it
+        w = int8_base.QuantizedWeight(layer["kernel"], scale.astype(config.dtype))
       adapter = layer.get("kernel" + lora.ADAPTER_SUFFIX)
       if adapter is not None:  # as `layers.LoraAdapter` applies it (no dropout there either)
         w = lora.AdaptedWeight(w, lambda x: lora.update(

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models import lora
+from flan_jax.models import int8_base, lora
 from flan_jax.models.layer_stack import dropout
 from flan_jax.models.projection import project
 
@@ -46,20 +46,42 @@ def weight(module: nn.Module, name: str, shape: tuple[int, ...], init: Callable,
            config: Any) -> "jnp.ndarray | lora.AdaptedWeight":
   """The parameter `name` of `module` (stored in config.param_dtype), in the compute dtype;
   with its LoRA adapter when `config.lora` targets its layer (`ModelConfig.lora_layers`)."""
-  w = module.param(name, init, shape, config.param_dtype).astype(config.dtype)
+  in_axes = getattr(init, "in_axes", None)
+  if in_axes is not None and int8_base.enabled(config):  # a linear map of an int8 base
+    w = _int8_weight(module, name, shape, init, in_axes, config)
+  else:
+    w = module.param(name, init, shape, config.param_dtype).astype(config.dtype)
   layer = module.name if name == "kernel" else name  # a Dense is named for its layer
   if config.lora is None or layer not in config.lora_layers():
     return w
-  in_axes = getattr(init, "in_axes", None)
   if in_axes is None:
     raise ValueError(f"LoRA on {name!r} needs its weight made with `fan_in_init`")
-  in_shape, out_shape = lora.adapter_shapes(w.shape, in_axes)
+  in_shape, out_shape = lora.adapter_shapes(tuple(shape), in_axes)
   axes = init.logical_axes
   # A submodule of its own: its parameters draw their initial values from its own
   # rng stream, so the base weights initialise as they would without adapters.
   adapter = LoraAdapter(in_shape, out_shape, axes[:len(in_shape)], axes[len(in_shape):], config,
                         dropout=layer != lora.OUTPUT_LAYER, name=f"{name}{lora.ADAPTER_SUFFIX}")
   return lora.AdaptedWeight(w, adapter)
+
+
+def _int8_weight(module: nn.Module, name: str, shape: tuple[int, ...], init: Callable,
+                 in_axes: tuple[int, ...], config: Any) -> int8_base.QuantizedWeight:
+  """The int8 values and per-output-channel scales of a frozen base's linear map
+  (`int8_base`): blank at initialisation, their values come from `int8_base.quantize`."""
+  axes = init.logical_axes
+  values = module.param(name, nn.with_logical_partitioning(_int8_zeros, axes), shape, jnp.int8)
+  # The scales' input axes have size 1: never sharded.
+  scale_axes = tuple(None if i in in_axes else axis for i, axis in enumerate(axes))
+  scale = module.param(name + int8_base.SCALE_SUFFIX,
+                       nn.with_logical_partitioning(nn.initializers.ones, scale_axes),
+                       int8_base.scale_shape(tuple(shape), in_axes), jnp.float32)
+  return int8_base.QuantizedWeight(values, scale.astype(config.dtype))
+
+
+def _int8_zeros(rng, shape, dtype=jnp.int8):
+  del rng
+  return jnp.zeros(shape, dtype)
 
 
 class LoraAdapter(nn.Module):
@@ -97,10 +119,13 @@ def linear(x: jnp.ndarray, w: "jnp.ndarray | lora.AdaptedWeight") -> jnp.ndarray
   fitted to CPUs); attention's 3-axis weights contract one axis ([B, L, E] @ [E, H, D])
   or two ([B, L, H, D] @ [H, D, E]), as written out below. An adapted weight adds its
   low-rank update, computed the same way through the rank: the base's product is the
-  unadapted one, so with B = 0 the output equals the base model's exactly.
+  unadapted one, so with B = 0 the output equals the base model's exactly. An int8
+  base weight (`int8_base`) is x @ (q * scale).
   """
   if isinstance(w, lora.AdaptedWeight):
     return linear(x, w.base) + w.update(x)
+  if isinstance(w, int8_base.QuantizedWeight):  # dequantized here, in the compute dtype
+    return linear(x, w.dequantized())
   if w.ndim == 2:
     return project(x, w)
   if x.ndim == 3:  # embed -> heads x head_dim

@@ -45,12 +45,15 @@ class LoraConfig:
   `target_modules`: names as in the module docstring. `dropout`: on the adapter's
   input only, while training (from the train step's dropout rng). `use_rslora`: scale
   by alpha / sqrt(rank) instead of alpha / rank, which keeps higher ranks learning.
+  `base_dtype`: None keeps the frozen base in the model's param_dtype; "int8" holds its
+  linear maps as int8 with a scale per output channel (`int8_base`, QLoRA-style).
   """
   rank: int = 8
   alpha: float = 16.0
   dropout: float = 0.0
   target_modules: tuple[str, ...] = ("q", "v")
   use_rslora: bool = False
+  base_dtype: str | None = None
 
   def __post_init__(self):
     rank = self.rank
@@ -62,6 +65,9 @@ class LoraConfig:
     if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
         0.0 <= self.dropout < 1.0):
       raise UserError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+    if self.base_dtype not in (None, "int8"):
+      raise UserError(f"LoraConfig.base_dtype must be None (the model's param_dtype) or 'int8', "
+                      f"got {self.base_dtype!r}.")
     targets = self.target_modules
     if isinstance(targets, str):
       targets = (targets,)

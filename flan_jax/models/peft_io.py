@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from flan_jax.errors import UserError
-from flan_jax.models import families, hf_llama, hf_t5, lora
+from flan_jax.models import families, hf_llama, hf_t5, int8_base, lora
 from flan_jax.models.config import ModelConfig
 from flan_jax.models.safetensors_io import get_path, set_path
 from flan_jax.models.t5 import T5Config
@@ -192,9 +192,13 @@ def load_peft(directory: str, config: ModelConfig) -> tuple[ModelConfig, dict]:
 
 def merge(params, config: ModelConfig) -> tuple[ModelConfig, dict]:
   """(config without LoRA, unscanned parameters with each adapter folded into its
-  weight: W + scaling * A @ B, computed in float32 and stored in W's dtype)."""
+  weight: W + scaling * A @ B, computed in float32 and stored in W's dtype). An int8
+  base (`int8_base`) is dequantized first: the merged weights are q * scale + the
+  update, float32, the weights the int8 run computed with."""
   import dataclasses
   scaling = config.lora.scaling
+  if int8_base.is_quantized(params):
+    params = int8_base.dequantize(params)
 
   def fold(tree):
     out = {}

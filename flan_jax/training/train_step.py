@@ -15,6 +15,7 @@ carries (`spikes`): its metrics say whether it spiked, and under the "skip" acti
 spiking or non-finite step leaves the weights and optimizer state as they were.
 """
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from flan_jax.models import lora
+from flan_jax.models import int8_base, lora
 from flan_jax.models.families import ModelFamily
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
@@ -56,8 +57,21 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def init_params(model: ModelFamily, rng, lengths: Lengths):
-  """Random parameters (unboxed), for the given task feature lengths."""
+  """Random parameters (unboxed), for the given task feature lengths. An int8 base
+  (`int8_base`) is the float model's initialisation from `rng`, quantized."""
+  if int8_base.enabled(model.config):
+    params = init_params(_float_twin(model), rng, lengths)
+    return int8_base.quantize(params, _abstract_params(model, lengths))
   return nn.meta.unbox(model.init(rng, lengths)["params"])
+
+
+def _float_twin(model: ModelFamily) -> ModelFamily:
+  """The model with its frozen base in param_dtype: what an int8 base is quantized from."""
+  return dataclasses.replace(model, config=int8_base.float_config(model.config))
+
+
+def _abstract_params(model: ModelFamily, lengths: Lengths):
+  return jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), lengths)["params"]))
 
 
 def _state_initializer(model: ModelFamily, optimizer: optax.GradientTransformation,
@@ -89,6 +103,8 @@ def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, 
   then initialised from `seed` (B = 0: the model is the base), and the base is held in
   the config's param_dtype (bf16 halves a frozen base's memory).
   """
+  if int8_base.enabled(model.config) and params is not None and not int8_base.is_quantized(params):
+    return _place_quantized(model, mesh, lengths, params, seed)
   shardings = param_shardings(model, mesh, lengths)
   if params is None:
     with mesh_lib.on_mesh(mesh):
@@ -99,7 +115,9 @@ def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, 
   adapter_shardings, base_shardings = lora.partition(shardings, model.config)
   base = jax.device_put(params, base_shardings)
   dtype = jnp.dtype(model.config.param_dtype)
-  if any(leaf.dtype != dtype for leaf in jax.tree.leaves(base)):
+  # (An int8 base, already quantized, keeps its int8 values and float32 scales.)
+  if not int8_base.enabled(model.config) and any(leaf.dtype != dtype
+                                                 for leaf in jax.tree.leaves(base)):
     base = jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree),
                    out_shardings=base_shardings, donate_argnums=0)(base)
   with mesh_lib.on_mesh(mesh):  # only the adapters' initialisation survives compilation
@@ -107,6 +125,16 @@ def place_params(model: ModelFamily, mesh: Mesh, lengths: Lengths, params=None, 
                                                   model.config)[0],
                        out_shardings=adapter_shardings)(jax.random.key(seed))
   return lora.combine(adapters, base)
+
+
+def _place_quantized(model: ModelFamily, mesh: Mesh, lengths: Lengths, params, seed: int):
+  """A float base (and adapters, if any) placed as the float model places it, then
+  quantized on the devices into the int8 model's layout; the float copy is let go."""
+  placed = place_params(_float_twin(model), mesh, lengths, params, seed)
+  like = _abstract_params(model, lengths)
+  with mesh_lib.on_mesh(mesh):
+    return jax.jit(lambda tree: int8_base.quantize(tree, like),
+                   out_shardings=param_shardings(model, mesh, lengths), donate_argnums=0)(placed)
 
 
 def state_shardings(model: ModelFamily, optimizer: optax.GradientTransformation, mesh: Mesh,
