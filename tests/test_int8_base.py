@@ -228,3 +228,25 @@ def test_an_int8_runs_merged_export_is_the_int8_model_and_its_adapters_go_to_pef
   convert.orbax_to_peft(str(model_dir), str(tmp_path / "adapter"))
   saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
   assert saved["r"] == 4 and saved["lora_alpha"] == 8
+
+
+def test_t5_holds_its_encoders_and_decoders_linear_maps_in_int8_near_the_float_model():
+  from flan_jax.models.families import EncoderDecoder
+  from flan_jax.models.t5 import T5Config
+  t5 = T5Config(vocab_size=259, embed_dim=32, num_heads=4, head_dim=8, mlp_dim=64, lora=INT8_LORA)
+  network, float_network = EncoderDecoder(t5), EncoderDecoder(int8_base.float_config(t5))
+  init = lambda net: jax.jit(lambda r: step_lib.init_params(net, r, LENGTHS))(jax.random.key(0))
+  params, float_params = init(network), init(float_network)
+  leaves = _leaves(params)
+  int8 = sorted(name for name, value in leaves.items() if value.dtype == np.int8)
+  assert [name + int8_base.SCALE_SUFFIX in leaves for name in int8] == [True] * len(int8)
+  # Self- and cross-attention and the feed-forward, in both stacks; the embedding not.
+  for part in ("encoder/layers_0/attention/query", "decoder/layers_0/cross_attention/out",
+               "decoder/layers_0/mlp/down/kernel"):
+    assert any(name.endswith(part) for name in int8), (part, int8)
+  assert leaves["embedding"].dtype == np.float32
+  batch = next(train_batches("default_add", LENGTHS, 4, seed=0, encoder_decoder=True))
+  ours = np.asarray(jax.jit(network.logits)(params, batch))
+  reference = np.asarray(jax.jit(float_network.logits)(float_params, batch))
+  relative = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
+  assert 0 < relative < 2e-2
