@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 INT8 = "int8"
-BASE_DTYPES = (None, INT8)  # None: the base in the model's param_dtype
 SCALE_SUFFIX = "_int8_scale"  # the scales of weight "query" are "query_int8_scale"
 LEVELS = 127  # symmetric: -127..127, so that -w quantizes to -q
 
@@ -59,17 +58,17 @@ def scale_shape(shape: tuple[int, ...], in_axes: tuple[int, ...]) -> tuple[int, 
   return tuple(1 if axis in in_axes else size for axis, size in enumerate(shape))
 
 
-def quantize_weight(w: jnp.ndarray, scale_shape_: tuple[int, ...]):
+def quantize_weight(w: jnp.ndarray, scales_shape: tuple[int, ...]):
   """(int8 values, float32 scales) of `w`, absmax over the axes where the scales are 1
   (a leading layer axis of scanned layers keeps its own scales)."""
-  axes = tuple(i for i, size in enumerate(scale_shape_) if size == 1)
+  axes = tuple(i for i, size in enumerate(scales_shape) if size == 1)
   w32 = w.astype(jnp.float32)
   absmax = jnp.max(jnp.abs(w32), axis=axes, keepdims=True)
   # An all-zero channel gets scale 1 (its values are 0 whatever the scale).
   scale = jnp.where(absmax > 0, absmax / LEVELS, 1.0)
   values = jnp.clip(jnp.round(w32 / scale), -LEVELS, LEVELS).astype(jnp.int8)
-  if scale.shape != tuple(scale_shape_):
-    raise ValueError(f"scales {scale.shape} of a weight {w.shape} should be {scale_shape_}")
+  if scale.shape != tuple(scales_shape):
+    raise ValueError(f"scales {scale.shape} of a weight {w.shape} should be {scales_shape}")
   return values, scale
 
 
@@ -78,10 +77,10 @@ def quantize(params: Mapping, like: Mapping) -> dict:
   int8 model's parameter shapes) holds as int8 quantized; the rest as it is."""
   out = {}
   for key, value in params.items():
-    target = like.get(key) if isinstance(like, Mapping) else None
     if isinstance(value, Mapping):
+      target = like.get(key)
       out[key] = quantize(value, target if isinstance(target, Mapping) else {})
-    elif isinstance(like, Mapping) and key + SCALE_SUFFIX in like:
+    elif key + SCALE_SUFFIX in like:
       out[key], out[key + SCALE_SUFFIX] = quantize_weight(value, like[key + SCALE_SUFFIX].shape)
     else:
       out[key] = value

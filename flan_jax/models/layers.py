@@ -43,9 +43,11 @@ def fan_in_init(axes: tuple[str, ...], in_axes: tuple[int, ...] = (0,), scale: f
 
 
 def weight(module: nn.Module, name: str, shape: tuple[int, ...], init: Callable,
-           config: Any) -> "jnp.ndarray | lora.AdaptedWeight":
+           config: Any) -> "jnp.ndarray | int8_base.QuantizedWeight | lora.AdaptedWeight":
   """The parameter `name` of `module` (stored in config.param_dtype), in the compute dtype;
-  with its LoRA adapter when `config.lora` targets its layer (`ModelConfig.lora_layers`)."""
+  with its LoRA adapter when `config.lora` targets its layer (`ModelConfig.lora_layers`).
+  A linear map's weight (made with `fan_in_init`) of an int8 base is its int8 values and
+  scales (`int8_base`)."""
   in_axes = getattr(init, "in_axes", None)
   if in_axes is not None and int8_base.enabled(config):  # a linear map of an int8 base
     w = _int8_weight(module, name, shape, init, in_axes, config)
@@ -112,7 +114,8 @@ class LoraAdapter(nn.Module):
     return lora.update(x, a.astype(cfg.dtype), b.astype(cfg.dtype), settings.scaling, linear)
 
 
-def linear(x: jnp.ndarray, w: "jnp.ndarray | lora.AdaptedWeight") -> jnp.ndarray:
+def linear(x: jnp.ndarray,
+           w: "jnp.ndarray | int8_base.QuantizedWeight | lora.AdaptedWeight") -> jnp.ndarray:
   """x [..., *w.shape[:n]] @ w -> [..., *w.shape[n:]]: the product of every linear map.
 
   A matrix contracts x's last axis (`projection.project`, with its weight gradient
