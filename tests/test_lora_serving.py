@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
-from flan_jax import checkpoint_eval, finetune, inference, model_dir
+from flan_jax import eval as flan_jax_eval, finetune, inference
 from flan_jax.errors import UserError
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.models import convert, families, lora, peft_io
@@ -49,13 +49,17 @@ def lora_run(tmp_path_factory):
       heldout_mixture_or_task_name=HELDOUT, evaluation=EVALUATION, evaluate_before=True,
       initial_checkpoint_path=STORIES, lora=ALL_LINEAR, truncation_sample=0)
   convert.orbax_to_peft(str(run), str(root / "peft"))
+  convert.orbax_to_hf(str(run), str(root / "merged"), merge_lora=True)
   return run, root / "peft", results
 
 
-def _evaluate(checkpoint, out):
-  """(results, per-example option log-likelihoods) of `checkpoint` on the held-out task."""
-  report = checkpoint_eval.evaluate_checkpoint(checkpoint, HELDOUT, LENGTHS, str(out),
-                                               evaluation=EVALUATION, log_samples=True)
+def _evaluate(checkpoint, out, adapter=None):
+  """(results, per-example option log-likelihoods) of `checkpoint` (with `adapter`) on the
+  held-out task, evaluated by the function `python -m flan_jax.eval` configures."""
+  report = flan_jax_eval.evaluate(
+      checkpoint_path=checkpoint, adapter_path=adapter, mixture_or_task_name=HELDOUT,
+      task_feature_lengths=LENGTHS, output_dir=str(out), evaluation=EVALUATION,
+      log_samples=True)
   lines = (out / "eval" / f"{HELDOUT}_samples" / f"{HELDOUT}.jsonl").read_text().splitlines()
   scores = [json.loads(line)["option_log_likelihoods"] for line in lines]
   return report["results"], np.asarray(scores, np.float64)
@@ -75,13 +79,15 @@ def test_heldout_evaluation_of_a_lora_run_is_what_eval_gives_its_model_dir_and_a
       recorded["after"][f"{HELDOUT}/accuracy"], abs=1e-5)
   # The same model from its parts: the base, with the PEFT export or the run beside it.
   for name, adapter in [("peft", peft_dir), ("beside", run)]:
-    adapted = model_dir.resolve(STORIES, adapter=str(adapter))
-    adapted_results, adapted_scores = _evaluate(adapted, tmp_path / name)
+    adapted_results, adapted_scores = _evaluate(STORIES, tmp_path / name, adapter=str(adapter))
     assert adapted_results == pytest.approx(run_results, abs=1e-5)
     np.testing.assert_allclose(adapted_scores, run_scores, atol=1e-5)
   # ...and not the base alone: the adapters moved the scores.
-  _, base_scores = _evaluate(STORIES, tmp_path / "base")
+  base_results, base_scores = _evaluate(STORIES, tmp_path / "base")
   assert np.abs(base_scores - run_scores).max() > 1e-3
+  # "before" was the base itself: at step 0 every adapter's B is zero.
+  assert base_results["all_mean/accuracy"] == pytest.approx(
+      recorded["before"]["heldout_mean/accuracy"], abs=1e-5)
 
 
 PROMPTS = [("Which word is the same: cat, dog, cat?", ["cat", "dog"]),
@@ -96,9 +102,8 @@ def _predictions(predictor):
 @needs_stories
 def test_infer_serves_a_lora_run_as_its_merged_hugging_face_export(lora_run, tmp_path):
   run, peft_dir, _ = lora_run
-  convert.orbax_to_hf(str(run), str(tmp_path / "merged"), merge_lora=True)
   settings = dict(max_input_length=LENGTHS["inputs"], max_new_tokens=6)
-  texts, scores = _predictions(inference.load_predictor(str(tmp_path / "merged"), **settings))
+  texts, scores = _predictions(inference.load_predictor(str(run.parent / "merged"), **settings))
   served = {"run": inference.load_predictor(str(run), **settings),
             "peft": inference.load_predictor(STORIES, adapter=str(peft_dir), **settings),
             "beside": inference.load_predictor(STORIES, adapter=str(run), **settings)}
@@ -111,6 +116,26 @@ def test_infer_serves_a_lora_run_as_its_merged_hugging_face_export(lora_run, tmp
   base_texts, base_scores = _predictions(inference.load_predictor(STORIES, **settings))
   assert any(np.abs(np.asarray(b, float) - np.asarray(s, float)).max() > 1e-3
              for b, s in zip(base_scores, scores))
+
+
+@needs_stories
+def test_the_lm_eval_backend_takes_an_adapter_beside_its_base(lora_run):
+  pytest.importorskip("lm_eval")
+  from lm_eval.api.instance import Instance
+  from flan_jax import lm_eval as flan_jax_lm_eval
+  run, peft_dir, _ = lora_run
+  pairs = [("Once upon a time", " there was a girl"), ("The cat sat", " on the mat")]
+  requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+  def loglikelihoods(model):
+    return np.asarray([value for value, _ in model.loglikelihood(requests, disable_tqdm=True)])
+  adapted = flan_jax_lm_eval.from_model_args({"checkpoint": STORIES, "adapter": str(peft_dir),
+                                              "batch_size": 4})
+  assert str(peft_dir) in adapted.get_model_info()["checkpoint"]
+  merged = flan_jax_lm_eval.load(str(run.parent / "merged"), batch_size=4)
+  base = flan_jax_lm_eval.load(STORIES, batch_size=4)
+  np.testing.assert_allclose(loglikelihoods(adapted), loglikelihoods(merged), atol=1e-5)
+  assert np.abs(loglikelihoods(adapted) - loglikelihoods(base)).max() > 1e-3
 
 
 def _decoder_logits(config, params, tokens):
