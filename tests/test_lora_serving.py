@@ -18,7 +18,7 @@ import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default task
 from flan_jax import eval as flan_jax_eval, finetune, inference
 from flan_jax.errors import UserError
 from flan_jax.evaluation.evaluator import EvalConfig
-from flan_jax.models import convert, families, lora, peft_io
+from flan_jax.models import convert, families, lora, lora_base, peft_io
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.lora import LoraConfig
 from flan_jax.training import train_step as step_lib
@@ -233,3 +233,17 @@ def test_an_adapter_that_is_none_or_does_not_fit_its_base_is_one_error_line(lora
   assert "Traceback" not in completed.stderr
   errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "is neither a PEFT adapter directory" in errors[0], errors
+
+
+def test_a_host_bases_fingerprint_read_leaf_by_leaf_is_the_one_training_recorded():
+  # Training fingerprints the base on the devices in one call; eval and infer read it back
+  # into host arrays and fingerprint it a leaf at a time: the digests must agree.
+  config = dataclasses.replace(TINY_DECODER, param_dtype="bfloat16")
+  on_device = step_lib.init_params(families.family_for(config), jax.random.key(1), LENGTHS)
+  on_device = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), on_device)
+  host = jax.device_get(on_device)
+  assert all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(host))
+  assert lora_base.fingerprint(host) == lora_base.fingerprint(on_device)
+  changed = jax.tree.map(np.copy, host)
+  changed["layers_1"]["mlp"]["up"]["kernel"][3, 5] += 1
+  assert lora_base.fingerprint(changed) != lora_base.fingerprint(host)
