@@ -222,12 +222,13 @@ def test_an_adapter_that_is_none_or_does_not_fit_its_base_is_one_error_line(lora
     inference.load_predictor(str(other), adapter=str(run))
   with pytest.raises(UserError, match="already holds LoRA adapters"):
     inference.load_predictor(str(run), adapter=str(peft_dir))
-  # On either command line: one error line, exit status 2 (the two side by side: each
-  # spends its time starting up).
+  # On the command line (eval's; infer hands its --adapter to the same loading): one
+  # error line, exit status 2.
   empty = tmp_path / "empty"
   empty.mkdir()
+  with pytest.raises(UserError, match="is neither a PEFT adapter directory"):
+    inference.load_predictor(STORIES, adapter=str(empty))
   commands = [
-      ["flan_jax.infer", "--input=-", f"--checkpoint={STORIES}", f"--adapter={empty}"],
       ["flan_jax.eval", "--gin_file=gin/eval.gin", f"--gin.CHECKPOINT_PATH='{STORIES}'",
        f"--adapter={empty}", f"--gin.OUTPUT_DIR='{tmp_path / 'out'}'",
        f"--gin.MIXTURE_OR_TASK_NAME='{HELDOUT}'",
@@ -256,3 +257,34 @@ def test_a_host_bases_fingerprint_read_leaf_by_leaf_is_the_one_training_recorded
   changed = jax.tree.map(np.copy, host)
   changed["layers_1"]["mlp"]["up"]["kernel"][3, 5] += 1
   assert lora_base.fingerprint(changed) != lora_base.fingerprint(host)
+
+
+def test_a_scanned_bfloat16_lora_run_beside_its_orbax_base_is_the_run_itself(tmp_path):
+  from flan_jax import checkpoint_eval, model_dir
+  from flan_jax.data.pipeline import train_batches
+  from flan_jax.models.layer_stack import stack_layers
+  from flan_jax.training.trainer import train
+  config = dataclasses.replace(TINY_DECODER, scan_layers=True, param_dtype="bfloat16",
+                               lora=ALL_LINEAR)
+  base_dir, run = str(tmp_path / "base"), tmp_path / "run"
+
+  base = jax.device_get(step_lib.init_params(families.family_for(TINY_DECODER),
+                                             jax.random.key(7), LENGTHS))
+  convert.save_orbax(base, TINY_DECODER, base_dir)
+  convert.save_run_config(str(run), config, base_dir)
+  train(families.family_for(config), OptimizerConfig(learning_rate=1e-2, warmup_steps=0),
+        TrainerConfig(train_steps=1, checkpoint_every=1, progress_bar=False),
+        lambda start, state=None: train_batches("default_add", LENGTHS, 4, seed=0,
+                                                skip_batches=start, state=state),
+        str(run), LENGTHS, initial_params=stack_layers(base), base_source=base_dir)
+  whole_config, whole = checkpoint_eval.load_checkpoint(str(run))
+  beside_config, beside = checkpoint_eval.load_checkpoint(
+      model_dir.resolve(base_dir, adapter=str(run)))
+  assert beside_config == whole_config and whole_config.lora == ALL_LINEAR
+  flat_whole = jax.tree_util.tree_flatten_with_path(whole)[0]
+  flat_beside = jax.tree_util.tree_flatten_with_path(beside)[0]
+  assert [path for path, _ in flat_beside] == [path for path, _ in flat_whole]
+  for (path, ours), (_, theirs) in zip(flat_beside, flat_whole):
+    assert ours.dtype == theirs.dtype, path  # the base in bfloat16, as it trained
+    np.testing.assert_array_equal(ours, theirs)
+  assert np.abs(beside["layers_0"]["mlp"]["up"]["kernel_lora"]["b"]).max() > 0  # trained
