@@ -230,7 +230,8 @@ def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
                       f"tokenizer_config.json), so ChatTask {chat_task.name!r} cannot render "
                       "as training did by itself: set ChatTask.template to the one training "
                       "used.")
-    held_out = paths.join(checkpoint.path, model_dir.HELD_OUT_FILE)  # for the message
+    held_out = paths.join(checkpoint.adapter_run or checkpoint.path,  # for the message
+                          model_dir.HELD_OUT_FILE)
     chat_examples.check_held_out(checkpoint.held_out(), chat_task, held_out)
     chat_task.register(vocabulary, recorded)
   return register

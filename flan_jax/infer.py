@@ -8,10 +8,11 @@ r"""Generate from, or score options with, a checkpoint: `python -m flan_jax.infe
 --checkpoint is a run's MODEL_DIR (latest step, or --step), an orbax checkpoint from
 `convert --to_orbax`, or a Hugging Face directory. A LoRA run's MODEL_DIR brings its
 recorded base; --adapter=DIR puts a PEFT adapter directory or a LoRA run's adapters on
-top of the base --checkpoint. Adapters are served merged into their weights. --input is JSONL (`-`: stdin): one
-object per line with "inputs" and optionally "options"; each comes back on --output
-(default stdout) with "prediction", and with options their "scores" (summed
-log-likelihoods). With --chat, each line has "messages" (system / user / assistant
+top of the base --checkpoint. Adapters are served merged into their weights.
+
+--input is JSONL (`-`: stdin): one object per line with "inputs" and optionally
+"options"; each comes back on --output (default stdout) with "prediction", and with
+options their "scores" (summed log-likelihoods). With --chat, each line has "messages" (system / user / assistant
 turns, the last the user's) and "prediction" is the assistant's reply, the prompt
 rendered with the chat template the run recorded. The job is `inference`.
 """

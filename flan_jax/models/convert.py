@@ -244,7 +244,8 @@ def _recorded_base(checkpoint: model_dir_lib.ResolvedCheckpoint, config: ModelCo
 
 
 def in_param_dtype(params, config: ModelConfig):
-  """Host copies of `params` in the model's parameter dtype (a LoRA run's base as it trained)."""
+  """`params` as host arrays in the model's parameter dtype, converted only where they
+  differ (a LoRA run's base as it trained)."""
   dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
   return jax.tree.map(lambda x: np.asarray(x).astype(dtype, copy=False), params)
 
