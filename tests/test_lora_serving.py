@@ -288,3 +288,26 @@ def test_a_scanned_bfloat16_lora_run_beside_its_orbax_base_is_the_run_itself(tmp
     assert ours.dtype == theirs.dtype, path  # the base in bfloat16, as it trained
     np.testing.assert_array_equal(ours, theirs)
   assert np.abs(beside["layers_0"]["mlp"]["up"]["kernel_lora"]["b"]).max() > 0  # trained
+
+
+def test_an_adapter_run_brings_its_chat_template_and_held_out_record(tmp_path):
+  from flan_jax import model_dir
+  base, run = tmp_path / "base", tmp_path / "run"
+  (base / "hf_files").mkdir(parents=True)
+  (base / "hf_files" / "tokenizer.json").write_text("{}")
+  (base / "config.json").write_text("{}")
+  (run / "checkpoints").mkdir(parents=True)
+  (run / model_dir.TEMPLATE_FILE).write_text("{}")
+  (run / model_dir.HELD_OUT_FILE).write_text('{"chat": {"validation_records": 2}}')
+  alone = model_dir.resolve(str(base))
+  adapted = model_dir.resolve(str(base), adapter=str(run))
+  assert alone.chat_template_file() is None and alone.held_out() == {}
+  assert adapted.chat_template_file() == str(run / model_dir.TEMPLATE_FILE)
+  assert adapted.held_out() == {"chat": {"validation_records": 2}}
+  assert adapted.tokenizer_dir == str(base / "hf_files")  # the base's own tokenizer
+  assert adapted.adapter_run == str(run) and adapted.kind == "hf"
+  assert model_dir.resolve(alone, adapter=str(run)) == adapted
+  # A PEFT directory records no training: the base's files stand.
+  (tmp_path / "peft").mkdir()
+  peft_adapted = model_dir.resolve(str(base), adapter=str(tmp_path / "peft"))
+  assert peft_adapted.adapter_run is None and peft_adapted.chat_template_file() is None
