@@ -70,7 +70,8 @@ def _attach_run(checkpoint: model_dir.ResolvedCheckpoint, base_config: ModelConf
                 step: int | None) -> tuple[ModelConfig, dict]:
   run = model_dir.resolve(checkpoint.adapter)
   trained = convert.read_model_config(run)  # as it trained: scanned or not, its dtype
-  recorded = lora_base.read(run.directory)
+  # No record (or none with a fingerprint): the shapes below are all there is to check.
+  recorded = model_dir.read_json_or(run.file(model_dir.LORA_BASE_FILE), {})
   base = convert.in_param_dtype(base, trained)
   if recorded.get("fingerprint"):
     # The fingerprint was taken of the base in the run's own layout.
