@@ -28,6 +28,7 @@ from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.evaluation.report import print_results
+from flan_jax.models import peft_io
 from flan_jax.models.families import ModelFamily
 from flan_jax.models.pretrained import load_pretrained
 from flan_jax.training import mesh as mesh_lib
@@ -35,11 +36,13 @@ from flan_jax.training import train_step as step_lib
 
 
 def load_checkpoint(path: str | model_dir.ResolvedCheckpoint, step: int | None = None):
-  """(model config, params) from a run directory, an orbax checkpoint or a Hugging Face one."""
+  """(model config, params) from a run directory, an orbax checkpoint or a Hugging Face one;
+  with a LoRA run or an adapter beside the base (`model_dir.resolve(path, adapter=DIR)`),
+  the base and its adapters, unmerged (`config.lora` set)."""
   checkpoint = model_dir.resolve(path)
   if not paths.isdir(checkpoint.directory):
     raise UserError(f"CHECKPOINT_PATH {checkpoint.path!r} is not a directory.")
-  if step is not None and checkpoint.kind != "run":
+  if step is not None and checkpoint.kind != "run" and not checkpoint.adapter_run:
     raise UserError(f"evaluate.step={step} needs a run directory (with "
                     f"{model_dir.CHECKPOINTS_DIR}/); {checkpoint.path} holds a single checkpoint.")
   return load_pretrained(checkpoint, step, setting="CHECKPOINT_PATH")
@@ -52,10 +55,18 @@ def load_for_serving(path: str | model_dir.ResolvedCheckpoint, step: int | None 
 
   The vocabulary is `vocabulary_path`, else the checkpoint's own tokenizer, else bytes
   where the model's embedding rows are the byte vocabulary's.
+
+  LoRA adapters (a LoRA run, or an adapter beside its base) are served merged into
+  their weights (W + scaling * A @ B in W's dtype, as `convert --merge_lora` exports
+  them), folded in place weight by weight so that the host never holds two models; the
+  network then runs plain projections (its config has no lora). With a bfloat16 base
+  the merged weights round the update to bfloat16, as any merged export does.
   """
   checkpoint = model_dir.resolve(path)
   vocabulary = vocabularies.library_vocabulary(vocabulary_path, checkpoint.tokenizer_dir)
   config, params = load_checkpoint(checkpoint, step)
+  if config.lora is not None:
+    config, params = peft_io.merge(params, config, in_place=True)
   if vocabulary is None:
     vocabulary = vocabularies.byte_vocabulary()
     if config.vocab_size != vocabulary.vocab_size:  # not a byte-level model: bytes would be noise
@@ -109,7 +120,9 @@ def load_model(checkpoint: model_dir.ResolvedCheckpoint, vocabulary: seqio.Vocab
                task_feature_lengths: Mapping[str, int], *, step: int | None = None,
                mesh_shape: tuple[int, ...] = (-1, 1, 1),
                dcn_mesh_shape: tuple[int, ...] | None = None) -> LoadedModel:
-  """The checkpoint's parameters on the devices, once, for tasks tokenized by `vocabulary`."""
+  """The checkpoint's parameters on the devices, once, for tasks tokenized by `vocabulary`.
+  LoRA adapters stay unmerged, beside their base weights: evaluation computes what
+  training's own evaluation computed (a bfloat16 base keeps the update in float32)."""
   config, params = load_checkpoint(checkpoint, step)
   job.check_vocabulary_fits(config, vocabulary, checkpoint.path)
   network = job.network_for(config, vocabulary)
@@ -130,7 +143,7 @@ def evaluated_tasks(mixture_or_task_name: str, evaluation: EvalConfig) -> list[s
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str,
+    checkpoint_path: str | model_dir.ResolvedCheckpoint,
     mixture_or_task_name: str,
     task_feature_lengths: Mapping[str, int],
     output_dir: str,
@@ -152,6 +165,8 @@ def evaluate_checkpoint(
   --log_samples does, to OUTPUT_DIR/eval/<name>_samples/<task>.jsonl: the prompt, the
   raw output (the chosen option or the generation), the prediction and target the
   metrics compared, and for options tasks each option's log-likelihood.
+  `checkpoint_path` may be resolved with an adapter beside it
+  (`model_dir.resolve(path, adapter=DIR)`): the base with that adapter is evaluated.
   """
   evaluation = evaluation or EvalConfig()
   checkpoint = model_dir.resolve(checkpoint_path)
@@ -181,9 +196,9 @@ def evaluate_checkpoint(
     cluster_means = {k.split("_mean/")[0]: v for k, v in results.items()
                      if k.startswith("cluster_") and k.endswith(f"_mean/{metric}")}
     if cluster_means:
-      plot_clusters(cluster_means, metric, f"{mixture_or_task_name}: {checkpoint_path}",
+      plot_clusters(cluster_means, metric, f"{mixture_or_task_name}: {checkpoint.name}",
                     os.path.join(directory, f"{mixture_or_task_name}.png"))
-    print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint_path}")
+    print_results(results, groups, title=f"{mixture_or_task_name}: {checkpoint.name}")
   return report
 
 
@@ -215,7 +230,8 @@ def _registration_as_trained(checkpoint: model_dir.ResolvedCheckpoint):
                       f"tokenizer_config.json), so ChatTask {chat_task.name!r} cannot render "
                       "as training did by itself: set ChatTask.template to the one training "
                       "used.")
-    held_out = paths.join(checkpoint.path, model_dir.HELD_OUT_FILE)  # for the message
+    held_out = paths.join(checkpoint.adapter_run or checkpoint.path,  # for the message
+                          model_dir.HELD_OUT_FILE)
     chat_examples.check_held_out(checkpoint.held_out(), chat_task, held_out)
     chat_task.register(vocabulary, recorded)
   return register

@@ -4,6 +4,12 @@ suite: `python -m flan_jax.eval`.
   python -m flan_jax.eval --gin_file=gin/eval.gin \
       --gin.CHECKPOINT_PATH=/tmp/flan_jax_quickstart --gin.MIXTURE_OR_TASK_NAME=default_heldout
   python -m flan_jax.eval --gin_file=gin/suite.gin --gin.CHECKPOINT_PATH=DIR
+  python -m flan_jax.eval --gin_file=gin/eval.gin --gin.CHECKPOINT_PATH=BASE --adapter=DIR \
+      --gin.MIXTURE_OR_TASK_NAME=default_heldout
+
+CHECKPOINT_PATH may be a LoRA run's MODEL_DIR (its recorded base is loaded with it);
+--adapter (or `evaluate.adapter_path`) puts a PEFT adapter directory or a LoRA run's
+adapters on top of the base CHECKPOINT_PATH.
 
 gin configures `evaluate` below (see gin/eval.gin, gin/suite.gin); the job is
 `checkpoint_eval.evaluate_checkpoint`, or with `evaluate.suite` set, `suite.run_suite`.
@@ -18,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import flags  # noqa: E402
 import gin  # noqa: E402
 
-from flan_jax import checkpoint_eval, gin_utils, suite as suite_lib  # noqa: E402
+from flan_jax import checkpoint_eval, gin_utils, model_dir, suite as suite_lib  # noqa: E402
 from flan_jax.data.chat_examples import ChatTask  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 from flan_jax.evaluation.evaluator import EvalConfig  # noqa: E402
@@ -31,6 +37,9 @@ gin_utils.configurables(EvalConfig, ChatTask, SuiteConfig, HumanEvalConfig, Judg
 flags.DEFINE_string("judge_endpoint", None, "The suite's LLM judge: an OpenAI-compatible "
                     "server's base URL (with --judge_model).")
 flags.DEFINE_string("judge_model", None, "The model name the --judge_endpoint serves.")
+if "adapter" not in flags.FLAGS:  # infer defines the same flag: both may load in one process
+  flags.DEFINE_string("adapter", None, "LoRA adapters on top of the checkpoint: a PEFT adapter "
+                      "directory or a LoRA run's MODEL_DIR.")
 flags.DEFINE_string("judge_checkpoint", None, "The suite's LLM judge: any checkpoint eval "
                     "loads, run locally.")
 
@@ -53,6 +62,11 @@ def _judge_flags() -> dict:
   return {field: value for field, value in given.items() if value is not None}
 
 
+def _adapter_flag() -> str | None:
+  """--adapter where given (it wins over `evaluate.adapter_path`)."""
+  return flags.FLAGS.adapter if flags.FLAGS.is_parsed() else None
+
+
 @gin.configurable
 def evaluate(
     checkpoint_path: str = gin.REQUIRED,
@@ -68,6 +82,7 @@ def evaluate(
     chat_tasks=(),
     suite: SuiteConfig | None = None,
     log_samples: bool = False,
+    adapter_path: str | None = None,
 ) -> dict:
   """See `checkpoint_eval.evaluate_checkpoint`; the mesh shapes as for `train`.
 
@@ -75,8 +90,11 @@ def evaluate(
   checkpoint's recorded chat template (leave `ChatTask.template` unset).
   `suite`: run the benchmark suite instead of one mixture (`suite.run_suite`).
   `log_samples`: also write per-example records (`evaluate.log_samples=True`).
+  `adapter_path`: LoRA adapters on top of `checkpoint_path` (then the base): a PEFT
+  adapter directory or a LoRA run's MODEL_DIR (`models.adapters`); --adapter sets it.
   """
   gin_utils.check_command_line_bindings_used()
+  checkpoint = model_dir.resolve(checkpoint_path, adapter=_adapter_flag() or adapter_path)
   if suite is not None:
     suite = judge_from_flags(suite)
     if mixture_or_task_name is not None:
@@ -90,7 +108,7 @@ def evaluate(
       raise UserError(f"evaluate.{unused[0]} is for evaluating one mixture (gin/eval.gin); the "
                       "suite does not use it: unset it.")
     return suite_lib.run_suite(
-        checkpoint_path, output_dir, suite.task_feature_lengths, members=suite.members,
+        checkpoint, output_dir, suite.task_feature_lengths, members=suite.members,
         style=suite.style, step=step, evaluation=evaluation, data_dir=data_dir,
         vocabulary_path=vocabulary_path, member_settings=suite.member_settings(),
         mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape))
@@ -101,7 +119,7 @@ def evaluate(
     raise UserError("Nothing to evaluate: set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS "
                     "(gin/eval.gin), or run the suite (--gin_file=gin/suite.gin).")
   return checkpoint_eval.evaluate_checkpoint(
-      checkpoint_path, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
+      checkpoint, mixture_or_task_name, task_feature_lengths, output_dir, step=step,
       evaluation=evaluation, data_dir=data_dir, vocabulary_path=vocabulary_path,
       mesh_shape=tuple(mesh_shape), dcn_mesh_shape=dcn_mesh_shape and tuple(dcn_mesh_shape),
       chat_tasks=tuple(chat_tasks), log_samples=log_samples)

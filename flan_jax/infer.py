@@ -6,10 +6,13 @@ r"""Generate from, or score options with, a checkpoint: `python -m flan_jax.infe
   python -m flan_jax.infer --checkpoint=/tmp/flan_jax_chat --interactive --chat
 
 --checkpoint is a run's MODEL_DIR (latest step, or --step), an orbax checkpoint from
-`convert --to_orbax`, or a Hugging Face directory. --input is JSONL (`-`: stdin): one
-object per line with "inputs" and optionally "options"; each comes back on --output
-(default stdout) with "prediction", and with options their "scores" (summed
-log-likelihoods). With --chat, each line has "messages" (system / user / assistant
+`convert --to_orbax`, or a Hugging Face directory. A LoRA run's MODEL_DIR brings its
+recorded base; --adapter=DIR puts a PEFT adapter directory or a LoRA run's adapters on
+top of the base --checkpoint. Adapters are served merged into their weights.
+
+--input is JSONL (`-`: stdin): one object per line with "inputs" and optionally
+"options"; each comes back on --output (default stdout) with "prediction", and with
+options their "scores" (summed log-likelihoods). With --chat, each line has "messages" (system / user / assistant
 turns, the last the user's) and "prediction" is the assistant's reply, the prompt
 rendered with the chat template the run recorded. The job is `inference`.
 """
@@ -26,7 +29,11 @@ from flan_jax.errors import UserError, exit_on_user_error  # noqa: E402
 from flan_jax.evaluation.decoding import STRATEGIES, DecodeConfig  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "A run's MODEL_DIR, an orbax or a Hugging Face checkpoint.")
-flags.DEFINE_integer("step", None, "The run's checkpoint step (default: the latest).")
+flags.DEFINE_integer("step", None, "The run's checkpoint step (default: the latest); with "
+                     "--adapter=RUN, the adapter run's.")
+if "adapter" not in flags.FLAGS:  # eval defines the same flag: both may load in one process
+  flags.DEFINE_string("adapter", None, "LoRA adapters on top of the checkpoint: a PEFT adapter "
+                      "directory or a LoRA run's MODEL_DIR.")
 flags.DEFINE_string("input", None, "JSONL requests, or - for stdin.")
 flags.DEFINE_string("output", "-", "Where the JSONL answers go (- for stdout).")
 flags.DEFINE_bool("interactive", False, "A prompt loop in the terminal instead of --input.")
@@ -66,7 +73,7 @@ def main(argv):
       FLAGS.checkpoint, step=FLAGS.step, vocabulary_path=FLAGS.vocabulary,
       max_input_length=FLAGS.max_input_length, max_new_tokens=FLAGS.max_new_tokens,
       decode=decode, stop=tuple(FLAGS.stop), batch_size=FLAGS.batch_size, chat=FLAGS.chat,
-      chat_template=FLAGS.chat_template)
+      chat_template=FLAGS.chat_template, adapter=FLAGS.adapter)
   if FLAGS.interactive:
     inference.interactive(predictor, chat=FLAGS.chat)
     return

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import seqio
 
+from flan_jax import model_dir
 from flan_jax.data import chat_examples, chat_templates, truncation, vocabularies
 from flan_jax.errors import UserError, check_whole_number
 from flan_jax.evaluation import decoding, scoring
@@ -149,8 +150,11 @@ def decode_continuation(vocabulary: seqio.Vocabulary, last_prompt_id: int, ids) 
 
 def load_predictor(checkpoint_path: str, *, step: int | None = None,
                    vocabulary_path: str | None = None, chat: bool = False,
-                   chat_template: str | None = None, **settings) -> Predictor:
-  """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory.
+                   chat_template: str | None = None, adapter: str | None = None,
+                   **settings) -> Predictor:
+  """A Predictor for a run's MODEL_DIR, an orbax checkpoint or a Hugging Face directory;
+  with `adapter` (a PEFT adapter directory or a LoRA run's MODEL_DIR), for that base
+  with the adapter merged in (`checkpoint_eval.load_for_serving`).
 
   `chat`: for conversations, rendered with `chat_template` (a built-in name, or a
   path: see `chat_examples.load_template`), by default the one the run recorded in
@@ -160,19 +164,30 @@ def load_predictor(checkpoint_path: str, *, step: int | None = None,
   for name in ("max_input_length", "max_new_tokens", "batch_size"):  # before a slow load
     if name in settings:
       check_whole_number(name, settings[name], 1)
-  network, params, vocabulary = checkpoint_eval.load_for_serving(checkpoint_path, step, vocabulary_path)
+  checkpoint = model_dir.resolve(checkpoint_path, adapter=adapter)
+  network, params, vocabulary = checkpoint_eval.load_for_serving(checkpoint, step, vocabulary_path)
   template = None
   if chat:
     network = families.conversation_reader(network)  # causally, as conversations are trained
-    try:
-      template = chat_examples.load_template(chat_template or checkpoint_path)
+    try:  # the template an adapter run recorded, else the checkpoint's own
+      template = chat_examples.load_template(
+          chat_template or checkpoint.chat_template_file() or checkpoint_path)
     except UserError as e:
       raise UserError(f"--chat needs the chat template the model was trained with: {e} "
                       "Pass --chat_template=NAME_OR_PATH (built-ins: "
                       f"{', '.join(chat_templates.BUILTIN_NAMES)}).") from None
   # On the device once, not sent with every batch.
-  return Predictor(network, jax.device_put(params), vocabulary, chat_template=template,
-                   **settings)
+  return Predictor(network, _on_device(params), vocabulary, chat_template=template, **settings)
+
+
+def _on_device(params):
+  """The parameters on the device, sent leaf by leaf into the same dicts: each host array
+  is dropped once its device copy exists, so the host never holds the model twice."""
+  if not isinstance(params, dict):
+    return jax.device_put(params)
+  for key, value in params.items():
+    params[key] = _on_device(value)
+  return params
 
 
 def read_requests(lines: Iterable[str], source: str, chat: bool = False) -> Iterator[dict]:

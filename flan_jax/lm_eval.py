@@ -11,7 +11,9 @@ Python, `import flan_jax.lm_eval` registers it for `lm_eval.simple_evaluate(mode
 model_args:
 - checkpoint (required): a run's MODEL_DIR, an orbax checkpoint or a Hugging Face
   directory; step: a run's checkpoint step (default: its latest); vocabulary: a
-  tokenizer file, for a checkpoint that keeps none.
+  tokenizer file, for a checkpoint that keeps none; adapter: LoRA adapters on top of the
+  checkpoint (then the base), a PEFT adapter directory or a LoRA run's MODEL_DIR, served
+  merged into the weights as `infer` serves them.
 - max_length: positions per row (default: the Hugging Face config's
   max_position_embeddings, where the checkpoint came from one).
 - add_bos_token: true/false (default: what transformers' tokenizer does for the
@@ -46,8 +48,8 @@ from flan_jax.training import train_step as step_lib
 
 MODEL_NAME = "flan_jax"
 DEFAULT_BATCH_SIZE = 16
-SETTINGS = ("checkpoint", "step", "vocabulary", "max_length", "add_bos_token", "batch_size",
-            "max_gen_toks", "mesh_shape", "seed")
+SETTINGS = ("checkpoint", "adapter", "step", "vocabulary", "max_length", "add_bos_token",
+            "batch_size", "max_gen_toks", "mesh_shape", "seed")
 
 
 def _mesh_shape(value) -> tuple[int, ...]:
@@ -72,9 +74,10 @@ def position_limit(checkpoint: model_dir.ResolvedCheckpoint) -> int | None:
 def load(checkpoint: str, *, step: int | None = None, vocabulary: str | None = None,
          max_length: int | None = None, add_bos_token: bool | None = None,
          batch_size: int = DEFAULT_BATCH_SIZE, max_gen_toks: int = 256,
-         mesh_shape=(-1, 1, 1), seed: int = 0) -> FlanJaxLM:
-  """The checkpoint as an lm-eval model, its parameters on the mesh as eval places them."""
-  resolved = model_dir.resolve(checkpoint)
+         mesh_shape=(-1, 1, 1), seed: int = 0, adapter: str | None = None) -> FlanJaxLM:
+  """The checkpoint (with `adapter` on top, if given) as an lm-eval model, its parameters
+  on the mesh as eval places them."""
+  resolved = model_dir.resolve(checkpoint, adapter=adapter and str(adapter))
   if resolved.kind is None:
     raise UserError(f"checkpoint={checkpoint!r} is not a run's MODEL_DIR, an orbax checkpoint "
                     "or a Hugging Face directory (no checkpoints/, flan_jax_config.json or "
@@ -98,7 +101,7 @@ def load(checkpoint: str, *, step: int | None = None, vocabulary: str | None = N
                    add_bos_token=bool(add_bos_token), batch_size=int(batch_size),
                    max_gen_toks=int(max_gen_toks), seed=int(seed),
                    placement=placement.sharded_rows(mesh_lib.batch_sharding(mesh)),
-                   context=lambda: mesh_lib.on_mesh(mesh), checkpoint_name=checkpoint)
+                   context=lambda: mesh_lib.on_mesh(mesh), checkpoint_name=resolved.name)
 
 
 def from_model_args(model_args: Mapping[str, Any],

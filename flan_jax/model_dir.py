@@ -22,6 +22,13 @@ or a Hugging Face directory (config.json and safetensors: "hf"). `resolve` says 
 once, and where its config, parameters, tokenizer and chat template are; loading them
 is the models' and data's business. Resolving never fails: a loader says what it
 expected where the kind is not one it reads.
+
+A checkpoint may come with an adapter beside it (eval's `adapter_path`, infer's
+--adapter, lm-eval's `adapter=`): LoRA factors to apply on top of it, from a PEFT
+adapter directory (PEFT_ADAPTER_CONFIG + safetensors) or a LoRA run's MODEL_DIR.
+The checkpoint is then the base; `models.adapters` loads the two together. A LoRA
+run given as the adapter also brings what the run recorded (its chat template, the
+conversations it held out): they describe how the adapted model was trained.
 """
 
 import dataclasses
@@ -49,6 +56,7 @@ DECONTAMINATION_FILE = "decontamination.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard/train"
 LOCK_FILE = ".run_lock"
+PEFT_ADAPTER_CONFIG = "adapter_config.json"  # Hugging Face PEFT's adapter directory
 
 # A Hugging Face checkpoint's files that say what it is and how it tokenizes.
 HF_CONFIG_JSON = "config.json"
@@ -77,9 +85,23 @@ class ResolvedCheckpoint:
   path: str
   directory: str
   kind: Kind | None
+  adapter: str | None = None  # an adapter directory (absolute) to apply on top of it
 
   def file(self, name: str) -> str:
     return paths.join(self.directory, name)
+
+  @property
+  def name(self) -> str:
+    """The path as given, with its adapter: for titles and messages."""
+    return f"{self.path} + adapter {self.adapter}" if self.adapter else self.path
+
+  @property
+  def adapter_run(self) -> str | None:
+    """The adapter's directory where it is a run's MODEL_DIR (it records how it was
+    trained), else None."""
+    if self.adapter and paths.isdir(paths.join(self.adapter, CHECKPOINTS_DIR)):
+      return self.adapter
+    return None
 
   @property
   def config_file(self) -> str:
@@ -100,25 +122,33 @@ class ResolvedCheckpoint:
   def tokenizer_dir(self) -> str | None:
     """Where its own tokenizer is: beside the weights (Hugging Face), or in hf_files/
     (a run or orbax checkpoint that started from one); None where it keeps none."""
-    for directory in (self.directory, self.file(HF_FILES_DIR)):
+    for directory in (self.directory, self.file(HF_FILES_DIR),
+                      *self._adapter_run_dirs(HF_FILES_DIR)):
       if any(paths.exists(paths.join(directory, name)) for name in TOKENIZER_FILES):
         return directory
     return None
 
   def chat_template_file(self) -> str | None:
     """The chat template it was trained with: a run's record, else a Hugging Face
-    model's own (a tokenizer_config.json with a chat_template); None where neither."""
-    recorded = self.file(TEMPLATE_FILE)
-    if paths.exists(recorded):
-      return recorded
+    model's own (a tokenizer_config.json with a chat_template); None where neither.
+    An adapter run's record comes first: the adapted model was trained with it."""
+    for recorded in (*self._adapter_run_dirs(TEMPLATE_FILE), self.file(TEMPLATE_FILE)):
+      if paths.exists(recorded):
+        return recorded
     config = self.file(TOKENIZER_CONFIG)
     if paths.exists(config) and "chat_template" in paths.read_json(config):
       return config
     return None
 
   def held_out(self) -> dict[str, dict]:
-    """What a run recorded it held out of its conversation files ({}: nothing)."""
-    return read_json_or(self.file(HELD_OUT_FILE), {})
+    """What a run recorded it held out of its conversation files ({}: nothing); with an
+    adapter run, what that run held out."""
+    run = self.adapter_run
+    return read_json_or(paths.join(run, HELD_OUT_FILE) if run else self.file(HELD_OUT_FILE), {})
+
+  def _adapter_run_dirs(self, name: str) -> list[str]:
+    run = self.adapter_run
+    return [paths.join(run, name)] if run else []
 
   def read_step(self, step: int | None, read: Callable[[str], T]) -> T:
     """`read(item path)` of a run's checkpoint `step`, by default of the newest that
@@ -150,12 +180,14 @@ class ResolvedCheckpoint:
                     f"{'; '.join(f'step {s} ({reason})' for s, reason in failures)}.")
 
 
-def resolve(path: "str | ResolvedCheckpoint") -> ResolvedCheckpoint:
+def resolve(path: "str | ResolvedCheckpoint", adapter: str | None = None) -> ResolvedCheckpoint:
   """What `path` is: a run's MODEL_DIR (it has checkpoints/), a Hugging Face directory
-  (config.json), an orbax one (flan_jax_config.json), or none of them. A path resolved
-  already is passed on as it is."""
+  (config.json), an orbax one (flan_jax_config.json), or none of them; with `adapter`,
+  the base of that adapter directory. A path resolved already is passed on as it is
+  (with `adapter`, as the base of that one)."""
+  adapter = paths.absolute(adapter) if adapter else None
   if isinstance(path, ResolvedCheckpoint):
-    return path
+    return dataclasses.replace(path, adapter=adapter) if adapter else path
   directory = paths.absolute(path)
   kind: Kind | None = None
   if paths.isdir(paths.join(directory, CHECKPOINTS_DIR)):
@@ -164,4 +196,4 @@ def resolve(path: "str | ResolvedCheckpoint") -> ResolvedCheckpoint:
     kind = "hf"
   elif paths.exists(paths.join(directory, CONFIG_FILE)):
     kind = "orbax"
-  return ResolvedCheckpoint(path, directory, kind)
+  return ResolvedCheckpoint(path, directory, kind, adapter)

@@ -69,10 +69,12 @@ def _jsonable(value: Any) -> Any:
 
 def checkpoint_step(checkpoint: model_dir.ResolvedCheckpoint, step: int | None) -> int | None:
   """The step a run directory's evaluation reads (its latest, unless asked); None for a
-  single checkpoint. Recorded so that a run that trained on is evaluated afresh."""
-  if step is not None or checkpoint.kind != "run":
+  single checkpoint. Recorded so that a run that trained on is evaluated afresh. With a
+  LoRA run as the adapter, the step is the adapter run's."""
+  run = checkpoint.adapter_run or (checkpoint.directory if checkpoint.kind == "run" else None)
+  if step is not None or run is None:
     return step
-  steps = model_dir.finished_steps(checkpoint.checkpoints)
+  steps = model_dir.finished_steps(paths.join(run, model_dir.CHECKPOINTS_DIR))
   return max(steps) if steps else None
 
 
@@ -98,7 +100,7 @@ def _read_finished(path: str, settings: Mapping, name: str) -> dict | None:
 
 
 def run_suite(
-    checkpoint_path: str,
+    checkpoint_path: str | model_dir.ResolvedCheckpoint,
     output_dir: str,
     task_feature_lengths: Mapping[str, Mapping[str, int]],
     *,
@@ -117,6 +119,7 @@ def run_suite(
 
   `task_feature_lengths`: member -> its TASK_FEATURE_LENGTHS. `member_settings`: member
   -> its own settings (`{"mmlu": {"shots": 0}, "humaneval": {"config": HumanEvalConfig()}}`).
+  `checkpoint_path` may be resolved with an adapter beside it (`model_dir.resolve`).
   """
   evaluation = evaluation or EvalConfig()
   member_settings = member_settings or {}
@@ -146,7 +149,10 @@ def run_suite(
         "checkpoint": checkpoint.directory, "step": checkpoint_step(checkpoint, step),
         "style": style, "evaluation": evaluation, "data_dir": data_dir,
         "vocabulary_path": vocabulary_path,
-        "task_feature_lengths": task_feature_lengths[member.name], "member": settings})
+        "task_feature_lengths": task_feature_lengths[member.name], "member": settings,
+        # An adapter makes another model: its results are not the base's (recorded only
+        # when given, so records from before adapters still count).
+        **({"adapter": checkpoint.adapter} if checkpoint.adapter else {})})
     earlier = _read_finished(paths.join(directory, SUITE_DIR, f"{member.name}.json"), recorded,
                              member.name)
     if earlier is None:
@@ -175,10 +181,11 @@ def run_suite(
   if jax.process_index() != 0:
     return {}  # process 0 holds every record, and reports
   report = {"checkpoint": checkpoint.directory,
+            **({"adapter": checkpoint.adapter} if checkpoint.adapter else {}),
             **summarize([m for m in chosen if m.name in finished], finished, skipped, style)}
   paths.write_json(paths.join(directory, f"{NAME}.json"), report, indent=2, sort_keys=True)
   columns = table_columns(chosen, report)
-  title = f"suite ({style} style): {checkpoint_path}"
+  title = f"suite ({style} style): {checkpoint.name}"
   suite_report.print_suite_table(title, os.path.basename(checkpoint.directory.rstrip("/")),
                                  columns, [f"{n} skipped: {r}" for n, r in skipped.items()])
   values = [(name, value) for name, value in columns if value is not None]

@@ -207,6 +207,14 @@ def test_an_int8_runs_merged_export_is_the_int8_model_and_its_adapters_go_to_pef
   # Loaded back, the run's base is quantized again and passes the fingerprint check.
   loaded_config, params, _ = convert.load_orbax(str(model_dir))
   assert int8_base.enabled(loaded_config) and int8_base.is_quantized(params)
+  # Given beside its float base (`--adapter`), the run quantizes that base as it trained,
+  # passes the fingerprint check and is the same model as the run directory.
+  from flan_jax import model_dir as model_dir_lib
+  from flan_jax.models.pretrained import load_pretrained
+  beside_config, beside = load_pretrained(model_dir_lib.resolve(STORIES, adapter=str(model_dir)))
+  assert beside_config == loaded_config
+  assert {k: v.tobytes() for k, v in _leaves(beside).items()} == {
+      k: v.tobytes() for k, v in _leaves(params).items()}
   convert.orbax_to_hf(str(model_dir), str(tmp_path / "merged"), merge_lora=True)
   merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"),
                                                              dtype=torch.float32).eval()

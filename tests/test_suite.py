@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -194,6 +195,30 @@ def test_an_interrupted_suite_resumes_its_finished_members(straight, data_dir, t
                       data_dir=data_dir)
     assert calls == ["gsm8k"]
     assert any("other settings (evaluation differ)" in r.getMessage() for r in caplog.records)
+
+
+def test_an_adapter_beside_the_base_is_another_model_not_the_bases_finished_results(
+    straight, data_dir, tmp_path):
+  import jax
+  import numpy as np
+  from flan_jax import model_dir
+  from flan_jax.models import convert, lora, peft_io
+  from flan_jax.models.lora import LoraConfig
+  _, output, _ = straight
+  # A PEFT adapter for stories260K whose B factors are not zero: it changes the model.
+  config, _ = convert.load_hf(str(STORIES))
+  config = dataclasses.replace(config, lora=LoraConfig(rank=2, target_modules=("q", "v")))
+  adapters = jax.tree.map(lambda x: np.full(x.shape, 0.05, np.float32),
+                          peft_io.abstract_adapters(config))
+  peft_io.save_peft(adapters, config, str(tmp_path / "adapter"))
+  shutil.copytree(output, tmp_path / "out")  # the base's finished members
+  report = suite.run_suite(model_dir.resolve(str(STORIES), adapter=str(tmp_path / "adapter")),
+                           str(tmp_path / "out"), LENGTHS, members=["mmlu"],
+                           evaluation=EVALUATION, data_dir=data_dir)
+  assert report["adapter"] == str(tmp_path / "adapter")
+  record = json.loads((tmp_path / "out" / "eval" / "suite" / "mmlu.json").read_text())
+  assert record["settings"]["adapter"] == str(tmp_path / "adapter")  # evaluated afresh
+  assert lora.has_adapters(adapters)
 
 
 def test_humaneval_pass_at_k_executes_each_sample(tmp_path):

@@ -183,6 +183,19 @@ def read_params(path: str):
   return ocp.PyTreeCheckpointer().restore(path, args=args)["params"]
 
 
+def read_model_config(checkpoint: model_dir_lib.ResolvedCheckpoint) -> ModelConfig:
+  """The model config an orbax directory or a run records, as it trained (scanned or not)."""
+  config_path = checkpoint.file(CONFIG_FILE)
+  if not paths.exists(config_path):
+    raise UserError(f"no {CONFIG_FILE} in {checkpoint.directory}: was it written by --to_orbax?")
+  fields = paths.read_json(config_path)
+  name = fields.pop("family", "decoder")  # checkpoints from before T5 have no family
+  if name not in FAMILIES:
+    raise UserError(f"{config_path}: unknown model family {name!r}; known are "
+                    f"{', '.join(FAMILIES)}.")
+  return FAMILIES[name](**fields)
+
+
 def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | None = None,
                with_base: bool = True):
   """(config, params, original HF config or None) from a `save_orbax` directory or a run
@@ -194,15 +207,7 @@ def load_orbax(directory: str | model_dir_lib.ResolvedCheckpoint, step: int | No
   import orbax.checkpoint as ocp
   checkpoint = model_dir_lib.resolve(directory)
   directory = checkpoint.directory
-  config_path = checkpoint.file(CONFIG_FILE)
-  if not paths.exists(config_path):
-    raise UserError(f"no {CONFIG_FILE} in {directory}: was it written by --to_orbax?")
-  fields = paths.read_json(config_path)
-  name = fields.pop("family", "decoder")  # checkpoints from before T5 have no family
-  if name not in FAMILIES:
-    raise UserError(f"{config_path}: unknown model family {name!r}; known are "
-                    f"{', '.join(FAMILIES)}.")
-  config = FAMILIES[name](**fields)
+  config = read_model_config(checkpoint)
   if paths.isdir(checkpoint.file(PARAMS_DIR)):
     params = ocp.StandardCheckpointer().restore(checkpoint.file(PARAMS_DIR))["params"]
   elif checkpoint.kind == "run":
@@ -235,15 +240,14 @@ def _recorded_base(checkpoint: model_dir_lib.ResolvedCheckpoint, config: ModelCo
     _, base, _ = load_orbax(base_checkpoint)
   if config.scan_layers:
     base = layer_stack.stack_layers(base)
-  dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
-  base = jax.tree.map(lambda x: np.asarray(x).astype(dtype), base)
+  base = in_param_dtype(base, config)
   if int8_base.enabled(config):  # quantized as training quantized it, then fingerprinted
-    base = _quantized(base, config)
+    base = quantized_base(base, config)
   lora_base.check_same(checkpoint.directory, recorded, source, base)
   return base
 
 
-def _quantized(base, config: ModelConfig):
+def quantized_base(base, config: ModelConfig):
   """A float base as the int8 model holds it (`int8_base`), on the host."""
   import flax.linen as nn
   network = families.family_for(config)
@@ -251,6 +255,13 @@ def _quantized(base, config: ModelConfig):
       network.init(jax.random.key(0), {"inputs": 1, "targets": 1})["params"]))
   quantized = jax.jit(lambda tree: int8_base.quantize(tree, like))(base)
   return jax.tree.map(np.asarray, quantized)
+
+
+def in_param_dtype(params, config: ModelConfig):
+  """`params` as host arrays in the model's parameter dtype, converted only where they
+  differ (a LoRA run's base as it trained)."""
+  dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
+  return jax.tree.map(lambda x: np.asarray(x).astype(dtype, copy=False), params)
 
 
 def hf_to_orbax(hf_dir: str, orbax_dir: str) -> None:

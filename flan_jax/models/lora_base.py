@@ -51,9 +51,18 @@ def _sums(tree):
   return jax.tree.map(per_leaf, tree)
 
 
+def _host_sums(params):
+  """Each leaf's sums: of host arrays (a base read back for eval, infer or convert) one
+  leaf at a time, so that the device never holds a second copy of the model (on the CPU
+  backend, that copy would be in host memory too); of device arrays, in one call."""
+  if all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(params)):
+    return jax.tree.map(lambda leaf: jax.device_get(_sums(leaf)), params)
+  return jax.device_get(_sums(params))
+
+
 def fingerprint(params) -> str:
   """A hex digest of a parameter tree's paths, shapes, dtypes and values."""
-  sums = jax.tree_util.tree_flatten_with_path(jax.device_get(_sums(params)))[0]
+  sums = jax.tree_util.tree_flatten_with_path(_host_sums(params))[0]
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   digest = hashlib.sha256()
   for (path, leaf), (_, leaf_sums) in zip(leaves, sums):

@@ -63,7 +63,7 @@ def hf_target_names(config: ModelConfig) -> list[str]:
   return sorted(names[layer][-1] for layer in config.lora_layers())
 
 
-def _abstract_adapters(config: ModelConfig):
+def abstract_adapters(config: ModelConfig):
   """Shapes of every adapter leaf (unscanned), from the model itself."""
   config = _unscanned(config)
   network = families.family_for(config)
@@ -165,7 +165,7 @@ def load_peft(directory: str, config: ModelConfig) -> tuple[ModelConfig, dict]:
   names = config.lora_names()
   targets = tuple(sorted(names[layer][-1] for layer in present))
   config = dataclasses.replace(config, lora=dataclasses.replace(settings, target_modules=targets))
-  shapes = _abstract_adapters(config)
+  shapes = abstract_adapters(config)
   adapters, used = {}, set()
   for module, path, hf_rows in adapted_weights(_unscanned(config)):
     a_shape, b_shape = get_path(shapes, path)["a"].shape, get_path(shapes, path)["b"].shape
@@ -190,32 +190,57 @@ def load_peft(directory: str, config: ModelConfig) -> tuple[ModelConfig, dict]:
   return config, adapters
 
 
-def merge(params, config: ModelConfig) -> tuple[ModelConfig, dict]:
+def merge(params, config: ModelConfig, *, in_place: bool = False) -> tuple[ModelConfig, dict]:
   """(config without LoRA, unscanned parameters with each adapter folded into its
   weight: W + scaling * A @ B, computed in float32 and stored in W's dtype). An int8
   base (`int8_base`) is dequantized first: the merged weights are q * scale + the
-  update, float32, the weights the int8 run computed with."""
+  update, float32, the weights the int8 run computed with.
+
+  `in_place`: fold into `params` itself (nested dicts of host arrays), weight by weight,
+  dropping each adapter and each unmerged weight as soon as its merged one exists: the
+  merge then needs room for about one float32 weight more than the model, not a second
+  model (serving a LoRA run, `checkpoint_eval.load_for_serving`). `params` is then the
+  merged tree; without it, the caller's tree is left as it was.
+  """
   import dataclasses
   scaling = config.lora.scaling
   if int8_base.is_quantized(params):
     params = int8_base.dequantize(params)
 
-  def fold(tree):
-    out = {}
-    for key, value in tree.items():
-      if key.endswith(lora.ADAPTER_SUFFIX):
-        continue
-      adapter = tree.get(key + lora.ADAPTER_SUFFIX)
-      if adapter is not None:
-        w = np.asarray(value)
-        a, b = np.asarray(adapter["a"], np.float32), np.asarray(adapter["b"], np.float32)
-        if a.ndim - 1 + b.ndim - 1 != w.ndim:
-          raise ValueError(f"adapter of {key} does not fit its weight {w.shape}")
-        rank = a.shape[-1]
-        delta = (a.reshape(-1, rank) @ b.reshape(rank, -1)).reshape(w.shape)
-        out[key] = (w.astype(np.float32) + scaling * delta).astype(w.dtype)
-      else:
-        out[key] = fold(value) if isinstance(value, dict) else value
-    return out
+  def fold(tree: dict) -> None:
+    for adapter_key in [k for k in tree if k.endswith(lora.ADAPTER_SUFFIX)]:
+      adapter = tree.pop(adapter_key)
+      key = adapter_key.removesuffix(lora.ADAPTER_SUFFIX)
+      if key not in tree:
+        raise ValueError(f"adapter {adapter_key} has no weight {key} beside it")
+      # Assigning drops the tree's reference to the unmerged weight; the adapter went above.
+      tree[key] = _folded(tree[key], adapter, scaling, key)
+    for value in tree.values():
+      if isinstance(value, dict):
+        fold(value)
 
-  return dataclasses.replace(config, lora=None), fold(params)
+  if not in_place:
+    params = _dict_copy(params)  # new dicts, the same arrays: merged weights replace entries
+  elif not isinstance(params, dict):
+    raise ValueError(f"merging in place needs nested dicts, got {type(params).__name__}")
+  fold(params)
+  return dataclasses.replace(config, lora=None), params
+
+
+def _folded(weight, adapter, scaling: float, name: str) -> np.ndarray:
+  """W + scaling * A @ B in W's dtype, with one float32 temporary of W's size."""
+  w = np.asarray(weight)
+  a, b = np.asarray(adapter["a"], np.float32), np.asarray(adapter["b"], np.float32)
+  if a.ndim - 1 + b.ndim - 1 != w.ndim:
+    raise ValueError(f"adapter of {name} does not fit its weight {w.shape}")
+  rank = a.shape[-1]
+  merged = (a.reshape(-1, rank) @ b.reshape(rank, -1)).reshape(w.shape)
+  merged *= np.float32(scaling)
+  merged += w  # W widened to float32 element by element, not copied whole
+  return merged if w.dtype == merged.dtype else merged.astype(w.dtype)
+
+
+def _dict_copy(tree):
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    return {key: _dict_copy(value) for key, value in tree.items()}
+  return tree
