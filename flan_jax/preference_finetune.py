@@ -190,7 +190,8 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
         del frozen  # training holds one model
         score_batch = None
     loss_fn = preference_losses.preference_loss(
-        loss_config, reference_family=base_network if mode == "base" else None)
+        loss_config, reference_family=base_network if mode == "base" else None,
+        chunk_length=trainer.loss_chunk_length)
 
     evaluate = None
     if "validation" in splits:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from flan_jax.errors import UserError
 from flan_jax.models import lora
 from flan_jax.models.families import ModelFamily, target_log_probs
-from flan_jax.training.losses import LossFn
+from flan_jax.training.losses import LossFn, chunked_target_log_probs
 
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 REFERENCE_FREE: tuple[str, ...] = ("simpo", "orpo")
@@ -186,8 +186,21 @@ def pair_losses(config: PreferenceLoss, sums: PairSums) -> tuple[jnp.ndarray, di
   return loss, {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
 
 
+def model_log_probs(family: ModelFamily, params, batch: Batch, weights_BxL, rng=None,
+                    chunk_length: int = 0) -> jnp.ndarray:
+  """[B, L]: each target token's log-prob times `weights_BxL`; rows longer than
+  `chunk_length` (0: never) projected onto the vocabulary that many positions at a time
+  (`losses.chunked_target_log_probs`), never holding the batch's whole float32 logits."""
+  targets = batch["decoder_target_tokens"]
+  if chunk_length and targets.shape[1] > chunk_length:
+    return chunked_target_log_probs(family, params,
+                                    family.hidden_states(params, batch, dropout_rng=rng),
+                                    targets, weights_BxL, chunk_length)
+  return target_log_probs(family.logits(params, batch, dropout_rng=rng), targets, weights_BxL)
+
+
 def base_log_probs(reference_family: ModelFamily, policy: ModelFamily, params,
-                   batch: Batch) -> jnp.ndarray:
+                   batch: Batch, chunk_length: int = 0) -> jnp.ndarray:
   """[B, L]: the answer tokens' log-probs under the LoRA policy's base, its adapters
   switched off: `reference_family` (the policy's model without adapters) run on the
   base leaves of the policy's `params`, a constant of the step."""
@@ -195,28 +208,29 @@ def base_log_probs(reference_family: ModelFamily, policy: ModelFamily, params,
   if base is None:
     raise UserError("The reference 'base' is the LoRA policy with its adapters switched "
                     "off, but the policy has no adapters (no LoRA config).")
-  log_probs = target_log_probs(reference_family.logits(base, batch),
-                               batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+  log_probs = model_log_probs(reference_family, base, batch, batch["decoder_loss_weights"],
+                              chunk_length=chunk_length)
   return jax.lax.stop_gradient(log_probs)
 
 
-def preference_loss(config: PreferenceLoss,
-                    reference_family: ModelFamily | None = None) -> LossFn:
+def preference_loss(config: PreferenceLoss, reference_family: ModelFamily | None = None,
+                    chunk_length: int = 0) -> LossFn:
   """The `LossFn` of `config` over a preference batch: the sum of the pairs' losses, the
   number of pairs, and TRL's metrics summed over pairs (the step divides all by the
   number of pairs).
 
   `reference_family` (a LoRA policy's model without its adapters): where a batch
-  brings no reference log-probs, they are the policy's base's (`base_log_probs`)."""
+  brings no reference log-probs, they are the policy's base's (`base_log_probs`).
+  `chunk_length`: rows longer than this get their log-probs this many positions at a
+  time (`model_log_probs`; 0: all at once), as cross-entropy's `loss_chunk_length`."""
 
   def loss(family: ModelFamily, params, batch: Batch, rng: jax.Array):
     in_sequence = (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
-    all_log_probs = target_log_probs(family.logits(params, batch, dropout_rng=rng),
-                                     batch["decoder_target_tokens"], in_sequence)
+    all_log_probs = model_log_probs(family, params, batch, in_sequence, rng, chunk_length)
     token_log_probs = all_log_probs * batch["decoder_loss_weights"]
     reference = batch.get(REFERENCE_FEATURE)
     if reference is None and reference_family is not None and config.needs_reference:
-      reference = base_log_probs(reference_family, family, params, batch)
+      reference = base_log_probs(reference_family, family, params, batch, chunk_length)
     sums = pair_sums(token_log_probs, batch, reference)
     per_pair, metrics = pair_losses(config, sums)
     valid = batch["preference_pair_slots"].astype(jnp.float32)
