@@ -204,27 +204,29 @@ def test_reference_base_for_full_finetuning_on_the_command_line_is_one_error_lin
 def test_two_processes_train_the_lora_policy_as_one_does(tmp_path, pairs_file):
   """The quickstart (a LoRA policy, the base as reference) on the small pairs, over 2
   processes joined by jax.distributed, the base and adapters sharded over them (FSDP),
-  and in one process, side by side: the same losses and reward margins."""
+  and its settings in this one process: the same losses and reward margins."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  # No held-out pairs: the steps' own metrics are compared, without compiling an evaluation.
-  args = ["--gin_file=gin/dpo_quickstart.gin", f"--gin.PREFERENCE_DATA='{pairs_file}'",
-          "--gin.PreferenceData.validation_records=0", "--gin.TRAIN_STEPS=3",
-          "--gin.BATCH_SIZE=2", "--gin.EVAL_PERIOD=0", "--gin.train.log_every=1",
-          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.INITIAL_CHECKPOINT_PATH='{STORIES}'"]
   two, one = tmp_path / "two", tmp_path / "one"
-  runs = [subprocess.Popen(
+  # No held-out pairs: the steps' own metrics are compared, without compiling an evaluation.
+  result = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "-n", "2", "-p", str(port), "-l",
-       str(tmp_path / "logs"), *args, f"--gin.MODEL_DIR={two}",
+       str(tmp_path / "logs"), "--gin_file=gin/dpo_quickstart.gin",
+       f"--gin.PREFERENCE_DATA='{pairs_file}'", "--gin.PreferenceData.validation_records=0",
+       "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=2", "--gin.EVAL_PERIOD=0",
+       "--gin.train.log_every=1", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{STORIES}'", f"--gin.MODEL_DIR={two}",
        "--gin.train.mesh_shape=(1, 1, 1)", "--gin.train.dcn_mesh_shape=(1, 2, 1)"],
-      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-      subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args, f"--gin.MODEL_DIR={one}"],
-                       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)]
-  for run in runs:
-    output, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, output[-3000:]
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  preference = PreferenceConfig(data=PreferenceData(pairs_file, template="zephyr"),
+                                pairs_per_row=1)
+  preference_finetune.run(
+      model_dir=str(one), preference=preference, task_feature_lengths=LENGTHS, batch_size=2,
+      trainer=TrainerConfig(train_steps=3, checkpoint_every=30, log_every=1, progress_bar=False),
+      initial_checkpoint_path=STORIES, lora=ADAPTERS,
+      optimizer=OptimizerConfig(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0))
   logged = lambda d, key: [m[key] for m in _metrics(d) if key in m]
   assert len(logged(two, "loss")) == 3
   np.testing.assert_allclose(logged(two, "loss"), logged(one, "loss"), rtol=0, atol=1e-5)
@@ -234,7 +236,9 @@ def test_two_processes_train_the_lora_policy_as_one_does(tmp_path, pairs_file):
   assert logged(one, "rewards/margins")[-1] != 0  # then the adapters trained
   record = lambda d: json.loads((d / "lora_base.json").read_text())
   assert record(two) == record(one)
-
+  # The quickstart's LoRA settings are the ones this process used.
+  assert json.loads((two / "flan_jax_config.json").read_text())["lora"] == dataclasses.asdict(
+      ADAPTERS) | {"target_modules": ["all-linear"]}
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
 def test_chunked_log_probs_give_the_unchunked_loss_and_gradient(loss_type):
