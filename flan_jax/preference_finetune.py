@@ -26,7 +26,7 @@ ways (`PreferenceConfig.reference`):
                its adapters switched off scores each batch inside the step (the
                model without adapters, run on the base weights the policy holds),
                so there is no second copy and nothing precomputed. At step 0 the
-               adapters' B is zero, so the policy is exactly its base.
+               adapters' B is zero, so the policy is its base.
 
 With a LoRA policy the frozen and precomputed references score with the model
 without adapters too: all three give the same reference log-probs.
