@@ -9,18 +9,29 @@ MODEL_DIR/eval/preference.json holds {"before", "after"}, and metrics.jsonl and
 TensorBoard the curve ("eval/rewards/accuracies", ... at step 0, every EVAL_PERIOD
 steps, and the last).
 
-The policy is the whole model (full finetuning). The reference is the starting
-weights, in one of two ways (`PreferenceConfig.reference`):
+The policy is the whole model (full finetuning), or with `lora` (`train.lora =
+@LoraConfig()`) LoRA adapters on the frozen starting weights, trained as LoRA SFT runs
+train them: the base outside the gradients and the optimizer (`TrainState.frozen`),
+checkpoints holding the adapters, MODEL_DIR/lora_base.json recording the base and a
+resumed run refusing another. The reference is the starting weights, in one of three
+ways (`PreferenceConfig.reference`):
 
   frozen       a second, frozen copy of the starting weights scores each batch
                before the step (two models in memory, nothing precomputed);
   precomputed  one pass before training scores every pair, train and held out,
                and stores the sums with the run (MODEL_DIR/reference_log_probs.json),
                so training holds one model; a resumed run reads them back, so it
-               continues exactly.
+               continues exactly;
+  base         LoRA policies only, and their default: the policy's own base with
+               its adapters switched off scores each batch inside the step (the
+               model without adapters, run on the base weights the policy holds),
+               so there is no second copy and nothing precomputed. At step 0 the
+               adapters' B is zero, so the policy is its base.
 
-SimPO and ORPO need no reference and get none. (With a LoRA policy the base with
-its adapters off would serve as the reference; that mode awaits LoRA.)
+With a LoRA policy the frozen and precomputed references score with the model
+without adapters too: all three give the same reference log-probs.
+
+SimPO and ORPO need no reference and get none.
 """
 
 import dataclasses
@@ -35,6 +46,7 @@ from flan_jax.data import chat_examples, preference_pairs, preference_rows, voca
 from flan_jax.errors import UserError, check_whole_number
 from flan_jax.models import convert
 from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.lora import LoraConfig
 from flan_jax.training import losses
 from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import optimizer as optimizer_lib
@@ -44,7 +56,7 @@ from flan_jax.training import trainer as trainer_lib
 from flan_jax.training.metrics_writer import MetricsWriter
 from flan_jax.training.run_lock import RunLock
 
-REFERENCE_MODES = ("frozen", "precomputed")
+REFERENCE_MODES = ("frozen", "precomputed", "base")
 REFERENCE_FILE = "reference_log_probs.json"
 RESULTS_FILE = "preference.json"  # under MODEL_DIR/eval
 EVAL_BATCH_ROWS = 8  # rows per batch when scoring or evaluating pairs
@@ -77,15 +89,23 @@ class PreferenceConfig:
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
   rpo_alpha: float = 0.0
-  reference: str | None = None  # None: "frozen" for the losses that need one
+  # None: for the losses that need one, "base" with a LoRA policy, else "frozen"
+  reference: str | None = None
   pairs_per_row: int = 4
 
   def loss(self) -> preference_losses.PreferenceLoss:
     return preference_losses.PreferenceLoss(self.loss_type, self.beta, self.label_smoothing,
                                             self.simpo_gamma, self.rpo_alpha)
 
-  def check(self) -> None:
-    """Every setting, before any work: one error naming what to change."""
+  def reference_mode(self, lora_policy: bool) -> str | None:
+    """How the reference is computed ("frozen", "precomputed", "base"); None: no reference."""
+    if not self.loss().needs_reference:
+      return None
+    return self.reference or ("base" if lora_policy else "frozen")
+
+  def check(self, lora_policy: bool = False) -> None:
+    """Every setting, before any work: one error naming what to change. `lora_policy`:
+    whether the policy is LoRA adapters (the "base" reference needs them)."""
     loss = self.loss()  # checks the loss settings
     if self.data is None:
       raise UserError("PreferenceConfig.data is not set: give the pairs, e.g. "
@@ -95,6 +115,11 @@ class PreferenceConfig:
         raise UserError(f"PreferenceConfig.reference={self.reference!r}; loss "
                         f"{self.loss_type!r} compares with a reference model: use one of "
                         f"{', '.join(REFERENCE_MODES)}.")
+      if self.reference == "base" and not lora_policy:
+        raise UserError("PreferenceConfig.reference='base' is the policy's base with its LoRA "
+                        "adapters switched off, but the policy is the whole model (train.lora "
+                        "is None): set train.lora = @LoraConfig(), or use reference 'frozen' "
+                        "or 'precomputed'.")
     elif self.reference is not None:
       raise UserError(f"PreferenceConfig.reference={self.reference!r}, but "
                       f"{self.loss_type!r} is reference-free: it would compute a reference "
@@ -104,8 +129,10 @@ class PreferenceConfig:
 
 def _initial(checkpoint, model_config, vocabulary, seed, lengths):
   """(model config, host params) to start from: the checkpoint's (its architecture, gin's
-  settings for how it runs, as finetuning takes them), or a random initialisation."""
-  config, params = finetune.starting_model(model_config, checkpoint, vocabulary)
+  settings for how it runs, as finetuning takes them), or a random initialisation.
+  Without adapters: a LoRA policy's are added on the devices (`train_step.place_params`)."""
+  config, params = finetune.starting_model(dataclasses.replace(model_config, lora=None),
+                                           checkpoint, vocabulary)
   if params is None:
     network = job.network_for(config, vocabulary)
     params = jax.device_get(jax.jit(lambda rng: step_lib.init_params(network, rng, lengths))(
@@ -117,11 +144,15 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
         batch_size: int, trainer: trainer_lib.TrainerConfig,
         model=DecoderConfig(), optimizer=optimizer_lib.OptimizerConfig(),
         initial_checkpoint_path: str | None = None, vocabulary_path: str | None = None,
-        evaluate_before: bool = True, config_gin: str | None = None) -> dict:
-  """Evaluates the held-out pairs, trains, evaluates again; returns {"before", "after"}."""
-  preference.check()
-  mesh_lib.check_batch_fits(mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape),
-                            batch_size)
+        evaluate_before: bool = True, config_gin: str | None = None,
+        lora: LoraConfig | None = None) -> dict:
+  """Evaluates the held-out pairs, trains, evaluates again; returns {"before", "after"}.
+
+  `lora`: the policy is LoRA adapters on the frozen starting weights (None: the whole
+  model)."""
+  preference.check(lora_policy=lora is not None)
+  mesh = mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape)
+  mesh_lib.check_batch_fits(mesh, batch_size)
   if batch_size % trainer.microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} does not split into microbatches="
                     f"{trainer.microbatches} equal slices.")
@@ -136,33 +167,45 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
     template = (chat_examples.load_template(data.template) if data.template
                 else chat_examples.default_template(vocabulary))
     chat_examples.check_markers(template, vocabulary)
-    config, initial_params = _initial(checkpoint, model, vocabulary, trainer.seed,
-                                      task_feature_lengths)
+    base_config, initial_params = _initial(checkpoint, model, vocabulary, trainer.seed,
+                                           task_feature_lengths)
+    # The reference's model: the starting weights without adapters (with LoRA the base).
+    base_network = job.network_for(base_config, vocabulary)
+    config = dataclasses.replace(base_config, lora=lora) if lora is not None else base_config
     network = job.network_for(config, vocabulary)
     bos_id = network.bos_id
     splits = _tokenized_splits(data, template, vocabulary, bos_id, length)
     _record_run(model_dir, config, checkpoint, template, config_gin)
 
     loss_config = preference.loss()
+    mode = preference.reference_mode(lora_policy=lora is not None)
     reference_map, score_batch = {}, None
-    if loss_config.needs_reference:
-      score_tokens = jax.jit(lambda p, b: losses.token_log_probs(network, p, b))
+    if mode in ("frozen", "precomputed"):
+      score_tokens = jax.jit(lambda p, b: losses.token_log_probs(base_network, p, b))
       frozen = jax.device_put(initial_params)
       score_batch = lambda batch: np.asarray(score_tokens(frozen, batch))
-      if (preference.reference or "frozen") == "precomputed":
+      if mode == "precomputed":
         reference_map = _precomputed(model_dir, splits, score_batch, length,
                                      preference.pairs_per_row, bos_id)
         del frozen  # training holds one model
         score_batch = None
+    loss_fn = preference_losses.preference_loss(
+        loss_config, reference_family=base_network if mode == "base" else None,
+        chunk_length=trainer.loss_chunk_length)
 
     evaluate = None
     if "validation" in splits:
-      evaluate = _held_out_evaluation(network, loss_config, splits["validation"], length,
+      evaluate = _held_out_evaluation(network, loss_fn, splits["validation"], length,
                                       preference.pairs_per_row, bos_id, score_batch,
                                       reference_map.get("validation"))
     before = _recorded_before(model_dir)
     if before is None:  # a fresh run: measured now, logged at step 0
-      before = evaluate(jax.device_put(initial_params)) if evaluate and evaluate_before else {}
+      before = {}
+      if evaluate and evaluate_before:
+        # With LoRA, the base and its fresh adapters (B = 0), placed as training places them.
+        before = evaluate(step_lib.place_params(network, mesh, task_feature_lengths,
+                                                initial_params, seed=trainer.seed)
+                          if lora is not None else jax.device_put(initial_params))
       _log(model_dir, 0, before)
       if jax.process_index() == 0:
         paths.write_json(paths.join(model_dir, "eval", RESULTS_FILE), {"before": before},
@@ -182,8 +225,8 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
 
     state = trainer_lib.train(network, optimizer, trainer, batches, model_dir,
                               task_feature_lengths, initial_params=initial_params,
-                              evaluate=evaluate, loss_fn=preference_losses.preference_loss(
-                                  loss_config))
+                              evaluate=evaluate, loss_fn=loss_fn,
+                              base_source=checkpoint.path if checkpoint else None)
     after = evaluate(state.model_params) if evaluate else {}
     results = {"before": before, "after": after}
     if jax.process_index() == 0:
@@ -262,7 +305,7 @@ def _precomputed(model_dir, splits, score_batch, length, pairs_per_row, bos_id):
           for split, pairs in splits.items()}
 
 
-def _held_out_evaluation(network, loss_config, pairs, length, pairs_per_row, bos_id,
+def _held_out_evaluation(network, loss_fn, pairs, length, pairs_per_row, bos_id,
                          score_batch, reference):
   """params -> the held-out pairs' loss and TRL metrics, each a mean over pairs."""
   batches = preference_rows.eval_batches(pairs, length, EVAL_BATCH_ROWS,
@@ -272,7 +315,6 @@ def _held_out_evaluation(network, loss_config, pairs, length, pairs_per_row, bos
     batch.pop("preference_pair_index")
     if score_batch is not None:
       batch[preference_losses.REFERENCE_FEATURE] = score_batch(batch)
-  loss_fn = preference_losses.preference_loss(loss_config)
   sums_of = jax.jit(lambda p, b: loss_fn(network, p, b, None)[1:])
 
   def evaluate(params) -> dict[str, float]:

@@ -120,7 +120,9 @@ def train(
 
   `preference` (a `PreferenceConfig`) makes the objective preference optimization
   (DPO, IPO, hinge, SimPO, ORPO) on its pairs instead of finetuning on a mixture;
-  see `preference_finetune` and gin/dpo_quickstart.gin.
+  see `preference_finetune` and gin/dpo_quickstart.gin. With `lora` the policy is
+  LoRA adapters on the frozen starting weights, and by default the reference is that
+  base with the adapters switched off (`PreferenceConfig.reference = 'base'`).
 
   `decontaminate_against` (eval task and mixture names, e.g. ['mmlu_0shot',
   'bbh_direct', 'gsm8k']): before training, every training example sharing text with
@@ -145,19 +147,24 @@ def train(
         ("heldout_mixture_or_task_name", heldout_mixture_or_task_name), ("data_dir", data_dir),
         ("chat_tasks", chat_tasks), ("text_tasks", text_tasks),
         ("instruction_files", instruction_files), ("mixture_parts", mixture_parts),
-        ("evaluation", evaluation), ("decontaminate_against", decontaminate_against),
-        ("lora", lora), ("model.lora", getattr(model, "lora", None))] if value]
+        ("evaluation", evaluation), ("decontaminate_against", decontaminate_against)]
+        if value]
     if ignored:
       raise UserError(f"train.preference is set, so the run trains on its pairs, but "
                       f"{', '.join('train.' + n for n in ignored)} is set too and would be "
                       "ignored. Unset it, or unset train.preference to finetune instead.")
+    if getattr(model, "lora", None) is not None:
+      # The starting checkpoint's config replaces gin's model config, which would drop it.
+      raise UserError("train.model.lora is set in a preference run, where the starting "
+                      "checkpoint's config replaces the model config and would drop it: "
+                      "set train.lora = @LoraConfig() instead for a LoRA policy.")
     finetune.check_feature_lengths(task_feature_lengths)
     return preference_finetune.run(
         model_dir=model_dir, preference=preference, task_feature_lengths=task_feature_lengths,
         batch_size=batch_size, trainer=trainer, model=model or DecoderConfig(),
         optimizer=optimizer or OptimizerConfig(), initial_checkpoint_path=initial_checkpoint_path,
         vocabulary_path=vocabulary_path, evaluate_before=evaluate_before,
-        config_gin=gin.config_str())
+        config_gin=gin.config_str(), lora=lora)
   if not mixture_or_task_name:
     raise UserError("MIXTURE_OR_TASK_NAME is not set: name the task or mixture to finetune on "
                     "(or set train.preference for preference optimization).")

@@ -89,8 +89,8 @@ def test_a_resumed_run_is_bit_identical_to_a_straight_one(tmp_path, pairs_file):
 
 
 def test_two_processes_train_what_one_process_trains(tmp_path, pairs_file):
-  """The quickstart's settings on the small pairs, over 2 processes joined by
-  jax.distributed (a row each), and in this one process: the same losses."""
+  """The quickstart's settings on the small pairs, full finetuning, over 2 processes
+  joined by jax.distributed (a row each), and in this one process: the same losses."""
   import socket
   import subprocess
   import sys
@@ -103,7 +103,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, pairs_file):
               "--gin.PreferenceData.validation_records=2", "--gin.TRAIN_STEPS=3",
               "--gin.BATCH_SIZE=2", "--gin.EVAL_PERIOD=0", "--gin.train.log_every=1",
               f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.INITIAL_CHECKPOINT_PATH='{STORIES}'",
-              "--gin.PreferenceConfig.reference='precomputed'"]
+              "--gin.PreferenceConfig.reference='precomputed'", "--gin.train.lora=None"]
   result = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "-n", "2", "-p", str(port), "-l",
        str(tmp_path / "logs"), *bindings, f"--gin.MODEL_DIR={two}"],

@@ -76,6 +76,30 @@ def chunked_loss_sums(model: ModelFamily, params, hidden_BxLxE, targets_BxL, wei
   return sums
 
 
+def chunked_target_log_probs(model: ModelFamily, params, hidden_BxLxE, targets_BxL, weights_BxL,
+                             chunk_length: int) -> jnp.ndarray:
+  """`target_log_probs` of the logits `model.project` makes of `hidden_BxLxE` ([B, L]),
+  projecting `chunk_length` positions at a time as `chunked_loss_sums` does: one chunk's
+  float32 logits exist at once, forward and (recomputed) backward. For the losses over
+  log-probabilities (the preference losses)."""
+  batch, length = targets_BxL.shape
+  chunks = -(-length // chunk_length)
+  pad = chunks * chunk_length - length  # padded positions weigh 0, and are cut off below
+  if pad:
+    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
+    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
+  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
+  def chunk_log_probs(_, chunk):
+    hidden, targets, weights = chunk
+    return None, target_log_probs(model.project(params, hidden), targets, weights)
+
+  _, log_probs_CxBxK = jax.lax.scan(chunk_log_probs, None, (split(hidden_BxLxE),
+                                                            split(targets_BxL), split(weights_BxL)))
+  return jnp.moveaxis(log_probs_CxBxK, 0, 1).reshape(batch, chunks * chunk_length)[:, :length]
+
+
 def cross_entropy_loss(z_loss: float = 1e-4, label_smoothing: float = 0.0,
                        chunk_length: int = 0) -> LossFn:
   """Token cross-entropy on target tokens only (seqio's `decoder_loss_weights`), plus

@@ -12,7 +12,11 @@ and its end of turn) are summed, never the prompt or padding.
 The reference-based losses (sigmoid, ipo, hinge) read the reference model's
 log-probabilities from the batch (`reference_log_probs` [B, L]: per answer token, or
 a side's whole sum on any one of its tokens; both sum alike), so the step holds one
-model whichever way they were computed (`preference_reference`).
+model whichever way they were computed (`preference_finetune`). With a LoRA policy
+the reference can instead be the policy's own base, its adapters switched off
+(`reference_family`): the step then scores each batch with the base weights the
+policy already holds, through the model without adapters, under no gradient and
+no dropout; no second copy of the base exists.
 
 Each loss and metric is the one TRL computes (DPOTrainer for sigmoid, ipo, hinge and
 the RPO term; CPOTrainer's "simpo"; ORPOTrainer), under TRL's metric names:
@@ -44,8 +48,9 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax.errors import UserError
+from flan_jax.models import lora
 from flan_jax.models.families import ModelFamily, target_log_probs
-from flan_jax.training.losses import LossFn
+from flan_jax.training.losses import LossFn, chunked_target_log_probs
 
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 REFERENCE_FREE: tuple[str, ...] = ("simpo", "orpo")
@@ -181,17 +186,52 @@ def pair_losses(config: PreferenceLoss, sums: PairSums) -> tuple[jnp.ndarray, di
   return loss, {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
 
 
-def preference_loss(config: PreferenceLoss) -> LossFn:
+def model_log_probs(family: ModelFamily, params, batch: Batch, weights_BxL, rng=None,
+                    chunk_length: int = 0) -> jnp.ndarray:
+  """[B, L]: each target token's log-prob times `weights_BxL`; rows longer than
+  `chunk_length` (0: never) projected onto the vocabulary that many positions at a time
+  (`losses.chunked_target_log_probs`), never holding the batch's whole float32 logits."""
+  targets = batch["decoder_target_tokens"]
+  if chunk_length and targets.shape[1] > chunk_length:
+    return chunked_target_log_probs(family, params,
+                                    family.hidden_states(params, batch, dropout_rng=rng),
+                                    targets, weights_BxL, chunk_length)
+  return target_log_probs(family.logits(params, batch, dropout_rng=rng), targets, weights_BxL)
+
+
+def base_log_probs(reference_family: ModelFamily, policy: ModelFamily, params,
+                   batch: Batch, chunk_length: int = 0) -> jnp.ndarray:
+  """[B, L]: the answer tokens' log-probs under the LoRA policy's base, its adapters
+  switched off: `reference_family` (the policy's model without adapters) run on the
+  base leaves of the policy's `params`, a constant of the step."""
+  base = lora.partition(params, policy.config)[1]
+  if base is None:
+    raise UserError("The reference 'base' is the LoRA policy with its adapters switched "
+                    "off, but the policy has no adapters (no LoRA config).")
+  log_probs = model_log_probs(reference_family, base, batch, batch["decoder_loss_weights"],
+                              chunk_length=chunk_length)
+  return jax.lax.stop_gradient(log_probs)
+
+
+def preference_loss(config: PreferenceLoss, reference_family: ModelFamily | None = None,
+                    chunk_length: int = 0) -> LossFn:
   """The `LossFn` of `config` over a preference batch: the sum of the pairs' losses, the
   number of pairs, and TRL's metrics summed over pairs (the step divides all by the
-  number of pairs)."""
+  number of pairs).
+
+  `reference_family` (a LoRA policy's model without its adapters): where a batch
+  brings no reference log-probs, they are the policy's base's (`base_log_probs`).
+  `chunk_length`: rows longer than this get their log-probs this many positions at a
+  time (`model_log_probs`; 0: all at once), as cross-entropy's `loss_chunk_length`."""
 
   def loss(family: ModelFamily, params, batch: Batch, rng: jax.Array):
     in_sequence = (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
-    all_log_probs = target_log_probs(family.logits(params, batch, dropout_rng=rng),
-                                     batch["decoder_target_tokens"], in_sequence)
+    all_log_probs = model_log_probs(family, params, batch, in_sequence, rng, chunk_length)
     token_log_probs = all_log_probs * batch["decoder_loss_weights"]
-    sums = pair_sums(token_log_probs, batch, batch.get(REFERENCE_FEATURE))
+    reference = batch.get(REFERENCE_FEATURE)
+    if reference is None and reference_family is not None and config.needs_reference:
+      reference = base_log_probs(reference_family, family, params, batch, chunk_length)
+    sums = pair_sums(token_log_probs, batch, reference)
     per_pair, metrics = pair_losses(config, sums)
     valid = batch["preference_pair_slots"].astype(jnp.float32)
     pairs = valid.sum()
