@@ -44,7 +44,7 @@ import numpy as np
 from flan_jax import finetune, job, model_dir as model_dir_lib, paths
 from flan_jax.data import chat_examples, preference_pairs, preference_rows, vocabularies
 from flan_jax.errors import UserError, check_whole_number
-from flan_jax.models import convert
+from flan_jax.models import convert, int8_base
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.lora import LoraConfig
 from flan_jax.training import losses
@@ -151,6 +151,12 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
   `lora`: the policy is LoRA adapters on the frozen starting weights (None: the whole
   model)."""
   preference.check(lora_policy=lora is not None)
+  mode = preference.reference_mode(lora_policy=lora is not None)
+  if mode in ("frozen", "precomputed") and lora is not None and lora.base_dtype == int8_base.INT8:
+    raise UserError(f"PreferenceConfig.reference={mode!r} scores the float starting weights, "
+                    "but the policy runs on their int8 quantization (LoraConfig.base_dtype="
+                    "'int8'), so the two would differ before training. Use reference 'base' "
+                    "(the default with LoRA): the int8 base with the adapters switched off.")
   mesh = mesh_lib.make_mesh(trainer.mesh_shape, dcn_shape=trainer.dcn_mesh_shape)
   mesh_lib.check_batch_fits(mesh, batch_size)
   if batch_size % trainer.microbatches:
@@ -190,7 +196,9 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
         del frozen  # training holds one model
         score_batch = None
     loss_fn = preference_losses.preference_loss(
-        loss_config, reference_family=base_network if mode == "base" else None,
+        # An int8 base exists only in the adapted model: it scores with zeroed adapters.
+        loss_config, reference_family=(None if mode != "base" else network
+                                       if int8_base.enabled(config) else base_network),
         chunk_length=trainer.loss_chunk_length)
 
     evaluate = None

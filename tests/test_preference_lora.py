@@ -275,3 +275,29 @@ def test_chunked_log_probs_give_the_unchunked_loss_and_gradient(loss_type):
   assert np.abs(float(sums["rewards/margins"])) > 1e-4  # the policy is not its reference
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(chunked_grads)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_an_int8_base_is_its_own_reference_and_refuses_the_float_ones(tmp_path, pairs_file):
+  # The reference 'base' of an int8 policy is the int8 base with the adapters switched
+  # off: before training the policy is exactly its reference (loss log 2, margins 0).
+  int8 = dataclasses.replace(ADAPTERS, base_dtype="int8")
+  preference = PreferenceConfig(data=PreferenceData(pairs_file, validation_records=2),
+                                pairs_per_row=2)
+  run = lambda reference, directory: preference_finetune.run(
+      model_dir=str(tmp_path / directory),
+      preference=dataclasses.replace(preference, reference=reference),
+      task_feature_lengths=LENGTHS, batch_size=2,
+      trainer=TrainerConfig(train_steps=1, checkpoint_every=1, log_every=1, progress_bar=False,
+                            prefetch=0, spike_factor=None),
+      initial_checkpoint_path=STORIES, lora=int8,
+      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
+  result = run(None, "base")
+  assert result["before"]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+  assert result["before"]["rewards/margins"] == pytest.approx(0, abs=1e-6)
+  assert result["after"]["rewards/margins"] != pytest.approx(0, abs=1e-6)
+  # A float reference would not be the model the policy starts as: refused before anything
+  # is written.
+  for mode in ("frozen", "precomputed"):
+    with pytest.raises(UserError, match="int8"):
+      run(mode, mode)
+    assert not os.path.exists(tmp_path / mode)

@@ -203,11 +203,16 @@ def base_log_probs(reference_family: ModelFamily, policy: ModelFamily, params,
                    batch: Batch, chunk_length: int = 0) -> jnp.ndarray:
   """[B, L]: the answer tokens' log-probs under the LoRA policy's base, its adapters
   switched off: `reference_family` (the policy's model without adapters) run on the
-  base leaves of the policy's `params`, a constant of the step."""
-  base = lora.partition(params, policy.config)[1]
+  base leaves of the policy's `params`, a constant of the step. A `reference_family`
+  with LoRA (the policy's own model, for an int8 base) runs with its adapters zeroed."""
+  adapters, base = lora.partition(params, policy.config)
   if base is None:
     raise UserError("The reference 'base' is the LoRA policy with its adapters switched "
                     "off, but the policy has no adapters (no LoRA config).")
+  if getattr(reference_family.config, "lora", None) is not None:
+    # A reference model with LoRA (an int8 base, which only the adapted model holds):
+    # adapters with B = 0 add exactly 0, so zeroed they are switched off.
+    base = lora.combine(jax.tree.map(jnp.zeros_like, adapters), base)
   log_probs = model_log_probs(reference_family, base, batch, batch["decoder_loss_weights"],
                               chunk_length=chunk_length)
   return jax.lax.stop_gradient(log_probs)
