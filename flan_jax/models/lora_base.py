@@ -73,7 +73,9 @@ def fingerprint(params) -> str:
 
 
 def record(source: str | None, base_fingerprint: str) -> dict:
-  return {"path": source, "fingerprint": base_fingerprint}
+  """The record of a base; a local path made absolute, so that eval, infer and convert
+  find the base from any working directory (a quickstart's base is relative)."""
+  return {"path": paths.absolute(source) if source else None, "fingerprint": base_fingerprint}
 
 
 def read(model_dir: str) -> dict:
