@@ -22,7 +22,7 @@ from flan_jax.models.lora import LoraConfig
 from flan_jax.models.t5 import T5Config
 from flan_jax.training import mfu
 from flan_jax.training.goodput import GoodputClock
-from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
 from flan_jax.training.trainer import TrainerConfig, _progress, train
 from tiny import TINY_DECODER
 
@@ -141,6 +141,40 @@ def _counted_adapter_weights(family) -> dict[str, int]:
 ], ids=["decoder_all", "decoder_k_down", "t5_all", "t5_relu_kv_wi"])
 def test_adapter_weights_are_the_models_own(family):
   assert flops.adapter_matmul_weights(family.config) == _counted_adapter_weights(family)
+
+
+def _compiled_step_flops(config, rows: int, length: int) -> float:
+  """XLA's own FLOP count of the compiled train step (cost analysis, nothing run)."""
+  from flan_jax.training import mesh as mesh_lib
+  from flan_jax.training import train_step as step_lib
+  model, lengths = DecoderOnly(config), {"inputs": 0, "targets": length}
+  mesh = mesh_lib.make_mesh(devices=[jax.devices("cpu")[0]])
+  optimizer = make_optimizer(OptimizerConfig(), total_steps=10)
+  shardings = step_lib.state_shardings(model, optimizer, mesh, lengths)
+  state = step_lib.abstract_train_state(model, optimizer, shardings, lengths)
+  row = jax.ShapeDtypeStruct((rows, length), np.int32, sharding=mesh_lib.batch_sharding(mesh))
+  batch = {key: row for key in ("decoder_input_tokens", "decoder_target_tokens",
+                                "decoder_loss_weights", "decoder_segment_ids",
+                                "decoder_positions", "decoder_causal_attention")}
+  step = step_lib.make_train_step(model, optimizer, mesh, shardings)
+  with mesh_lib.on_mesh(mesh):
+    return step.jitted.lower(state, batch).compile().cost_analysis()["flops"]
+
+
+def test_lora_step_compiles_to_the_flops_counted_for_it():
+  """The compiler's count of the real step agrees with ours: a LoRA step computes no
+  weight gradient of the base (were it differentiated, it would cost as much as full
+  finetuning's step, plus the adapters)."""
+  full = dataclasses.replace(TINY_DECODER, tie_embeddings=False)
+  lora = dataclasses.replace(full, lora=LoraConfig(rank=2, target_modules=("q", "v")))
+  rows, length = 4, 64
+  counted = {name: rows * DecoderOnly(c).flops_per_sequence({"decoder": length})
+             for name, c in (("full", full), ("lora", lora))}
+  compiled = {name: _compiled_step_flops(c, rows, length)
+              for name, c in (("full", full), ("lora", lora))}
+  for name in counted:  # XLA also counts elementwise work, the loss and AdamW
+    assert counted[name] <= compiled[name] <= 1.15 * counted[name], (name, counted, compiled)
+  assert compiled["full"] - compiled["lora"] >= 0.9 * (counted["full"] - counted["lora"])
 
 
 def test_peak_flops_come_from_the_table_by_device_kind_or_the_setting():
