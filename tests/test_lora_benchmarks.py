@@ -75,6 +75,25 @@ def test_lora_throughput_trains_what_peft_trains(lora_run):
   json.dumps(result)
 
 
+def test_t5_lora_throughput_trains_what_peft_trains(tmp_path):
+  """T5 too: PEFT's own names for every linear layer (q, k, v, o, wi_0, wi_1, wo)."""
+  args = train_throughput.parse_args([
+      "--model=t5_tiny", "--batch=2", "--length=16", "--targets_length=8", "--steps=1",
+      "--rounds=1", "--peak_size=128", "--device=cpu", "--lora_rank=2",
+      "--lora_targets=all-linear", f"--output={tmp_path / 'result.json'}"])
+  result, _ = train_throughput.run(args)
+  assert result["lora"]["peft_targets"] == ["k", "o", "q", "v", "wi_0", "wi_1", "wo"]
+  # t5_tiny: E 64, 4 heads of 16, MLP 128; 2 encoder layers (attention, MLP), 2 decoder
+  # layers (self- and cross-attention, MLP); rank * (in + out) each.
+  attention, mlp = 4 * 2 * (64 + 64), 3 * 2 * (64 + 128)
+  adapters = 2 * (attention + mlp) + 2 * (2 * attention + mlp)
+  assert result["trainable_parameters"] == {"flan_jax": adapters, "torch": adapters}
+  assert result["first_loss"]["flan_jax"] == pytest.approx(result["first_loss"]["torch"], abs=1e-4)
+  second = result["second_loss"]
+  assert second["flan_jax"] == pytest.approx(second["torch"], abs=1e-4)
+  assert second["flan_jax"] < result["first_loss"]["flan_jax"]
+
+
 def test_bad_lora_settings_are_one_usage_error(capsys):
   with pytest.raises(SystemExit) as exit_info:
     train_throughput.parse_args(["--model=tiny", "--lora_rank=4", "--lora_targets=q,qq"])
