@@ -210,11 +210,9 @@ def t5_config(args: argparse.Namespace, dtype: str):
 def lora_config(args: argparse.Namespace, config):
   """`config` with the adapters --lora_rank asks for (dropout 0: the peer's too, and a
   deterministic step); the targets are checked against the family's projections."""
-  import dataclasses as dc
-
   from flan_jax.models.lora import LoraConfig
   targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-  return dc.replace(config, lora=LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha,
+  return dataclasses.replace(config, lora=LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha,
                                             dropout=0.0, target_modules=targets))
 
 
@@ -385,8 +383,6 @@ def with_peft_adapters(hf_model, adapters, config):
 def build(args: argparse.Namespace, device: str, dtype: str, lora: bool = True) -> Contestants:
   """Both frameworks' steps on the same model and batch (with --lora_rank, and `lora`:
   LoRA on both sides)."""
-  import dataclasses as dc
-
   import jax
   import torch
   import transformers
@@ -411,7 +407,7 @@ def build(args: argparse.Namespace, device: str, dtype: str, lora: bool = True) 
   flan_parameters = count(params) + (flan_trainable if config.lora else 0)
   family = families.family_for(config)
   matmuls = family.matmul_weights()
-  base_config = dc.replace(config, lora=None)
+  base_config = dataclasses.replace(config, lora=None)
 
   # The same weights in transformers' layout, through our exporter.
   with tempfile.TemporaryDirectory() as tmp:
