@@ -2,6 +2,8 @@ r"""Per-device memory of the real train step on an N-device mesh, without alloca
 
     python -m benchmarks.memory_fit --model=llama3_8b --devices=8 --mesh=1,8,1 \
         --batch=8 --length=2048 --remat=full
+    python -m benchmarks.memory_fit --model=llama3_8b --devices=1 --mesh=1,1,1 \
+        --batch=8 --length=2048 --remat=full --lora_rank=16 --lora_targets=all-linear
 
 It builds the train state as shapes only (`abstract_train_state`: ShapeDtypeStructs
 carrying the training shardings) and a batch of ShapeDtypeStructs split over the
@@ -14,6 +16,21 @@ assignment for one device (`compiled.memory_analysis()`) gives:
 Arguments are this device's shards of the parameters, the optimizer state and the
 batch; temporaries are the activations kept for the backward pass, the gradients and
 scratch. Nothing is run, so an 8B model is measured on a laptop in a few minutes.
+
+With --lora_rank the model gets LoRA adapters (float32) on --lora_targets and its base
+is stored in --base_dtype (bfloat16 by default with LoRA): the state's `params` and
+AdamW moments are then the adapters', the base is the state's `frozen` part, passed
+to the step but neither differentiated nor given optimizer state, so the temporaries
+hold adapter gradients only. The state's bytes are reported by part to show it.
+
+A bfloat16 base meets a CPU-only artefact: XLA:CPU has no bf16 matmul, so it converts
+each bf16 weight to float32 first, and its loop-invariant code motion hoists that
+conversion of the whole stacked [layers, ...] base out of the scanned layer loop: a
+float32 copy of the base (4 bytes per parameter, 30 GiB for 8B) among the
+temporaries, which a GPU, whose matmuls take bf16, never makes. Runs with a bf16 base
+therefore compile with that pass off (`xla_flags` in the result; --hoist=true keeps
+it, to see the difference). Full finetuning's float32 weights are not converted, so
+its runs are unchanged.
 
 Caveats: the CPU compiler is not the GPU one. Its scheduler does not order work by
 memory pressure and it has no cuDNN flash attention, so the XLA attention measured here
@@ -77,20 +94,68 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="scan over layers (true/false)")
   parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"])
   parser.add_argument("--microbatches", type=int, default=1)
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="> 0: LoRA adapters of this rank on a frozen base; 0: full finetuning")
+  parser.add_argument("--lora_targets", default="all-linear",
+                      help="LoRA's target modules, comma-separated (LoraConfig.target_modules)")
+  parser.add_argument("--lora_alpha", type=float, default=32.0, help="LoRA's alpha")
+  parser.add_argument("--base_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                      help="dtype the (base) weights are stored in; auto: bfloat16 with LoRA "
+                           "(a frozen base needs no float32 master copy), else the model's "
+                           "param_dtype (float32)")
+  parser.add_argument("--hoist", default=False,
+                      type=lambda s: s.lower() in ("1", "true", "yes"),
+                      help="with a bf16 base, keep XLA's while-loop invariant code motion "
+                           "(true: the CPU's float32 copy of the base is counted)")
   parser.add_argument("--mem_fraction", type=float, default=DEFAULT_MEM_FRACTION,
                       help="share of the 80 GB device the run may use")
   parser.add_argument("--output", default=None,
                       help="JSON file (default benchmarks/results/memory_fit_<model>.json)")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.lora_rank < 0:
+    parser.error(f"--lora_rank must be 0 (full finetuning) or more, got {args.lora_rank}")
+  return args
 
 
-def use_simulated_devices(count: int) -> None:
+def model_config(args: argparse.Namespace):
+  """The named config with the run's scan, remat, LoRA and base dtype settings."""
+  from flan_jax.models.decoder import DecoderConfig
+  from flan_jax.models.lora import LoraConfig
+
+  fields = dict(MODELS[args.model])
+  lora = None
+  if args.lora_rank:
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, target_modules=targets)
+  fields["param_dtype"] = base_dtype(args)
+  # The CPU backend has no cuDNN: attention compiles on the XLA path, the larger one.
+  return DecoderConfig(**fields, scan_layers=args.scan, remat_policy=args.remat,
+                       attention_implementation="xla", lora=lora)
+
+
+# XLA:CPU's float32 copy of a bf16 base, hoisted out of the layer loop (module docstring).
+NO_HOISTING = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+
+
+def base_dtype(args: argparse.Namespace) -> str:
+  if args.base_dtype != "auto":
+    return args.base_dtype
+  return "bfloat16" if args.lora_rank else MODELS[args.model]["param_dtype"]
+
+
+def xla_flags(args: argparse.Namespace) -> list[str]:
+  """The compiler flags a run needs besides the device count."""
+  return [NO_HOISTING] if base_dtype(args) == "bfloat16" and not args.hoist else []
+
+
+def use_simulated_devices(count: int, extra_flags: tuple[str, ...] = ()) -> None:
   """XLA reads its flags when jax first initialises a backend, so set them before that."""
   if "jax" in sys.modules:
     raise RuntimeError("memory_fit must set XLA_FLAGS before jax is imported; run it as "
                        "`python -m benchmarks.memory_fit`.")
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
+  flags += [f for f in extra_flags if f not in flags]
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
   os.environ["JAX_PLATFORMS"] = "cpu"  # simulated devices are CPU devices, even on a GPU host
 
@@ -100,7 +165,6 @@ def measure(args: argparse.Namespace) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from flan_jax.models.decoder import DecoderConfig
   from flan_jax.models.families import DecoderOnly
   from flan_jax.training import mesh as mesh_lib
   from flan_jax.training import optimizer as optimizer_lib
@@ -108,9 +172,7 @@ def measure(args: argparse.Namespace) -> dict:
 
   if len(jax.devices()) != args.devices:
     raise RuntimeError(f"expected {args.devices} devices, jax has {len(jax.devices())}")
-  # The CPU backend has no cuDNN: attention compiles on the XLA path, the larger one.
-  config = DecoderConfig(**MODELS[args.model], scan_layers=args.scan,
-                         remat_policy=args.remat, attention_implementation="xla")
+  config = model_config(args)
   model = DecoderOnly(config)
   # Only the decoder row length matters to the model (inputs + targets in one row).
   lengths = {"inputs": args.length // 2, "targets": args.length - args.length // 2}
@@ -137,18 +199,27 @@ def measure(args: argparse.Namespace) -> dict:
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
 
-  parameters = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+  count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  parameters = count(state.params) + count(state.frozen)
   # This device's share of the state, from the shardings alone (what the arguments
   # should hold besides the batch).
-  state_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-                    for x in jax.tree.leaves(state))
+  shard_bytes = lambda tree: sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                                 for x in jax.tree.leaves(tree))
+  state_bytes = shard_bytes(state)
+  by_part = {"params": shard_bytes(state.params), "opt_state": shard_bytes(state.opt_state),
+             "frozen": shard_bytes(state.frozen),
+             "step_and_spike_window": shard_bytes((state.step, state.spikes))}
   batch_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                     for x in batch.values())
   peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
           + memory.output_size_in_bytes - memory.alias_size_in_bytes)
   budget_gib = DEVICE_GIB * args.mem_fraction
   return {
-      "model": args.model, "parameters": parameters, "devices": args.devices,
+      "model": args.model, "parameters": parameters, "trainable_parameters": count(state.params),
+      "lora_rank": args.lora_rank,
+      "lora_targets": list(config.lora.target_modules) if config.lora else None,
+      "param_dtype": config.param_dtype, "hoisting": NO_HOISTING not in xla_flags(args),
+      "devices": args.devices,
       "mesh": dict(mesh.shape), "batch": args.batch, "length": args.length,
       "remat": args.remat, "scan": args.scan, "optimizer": args.optimizer,
       "microbatches": args.microbatches, "attention": config.attention_implementation,
@@ -157,17 +228,23 @@ def measure(args: argparse.Namespace) -> dict:
       "temp_bytes": memory.temp_size_in_bytes,
       "alias_bytes": memory.alias_size_in_bytes,
       "generated_code_bytes": memory.generated_code_size_in_bytes,
-      "state_bytes_per_device": state_bytes, "batch_bytes_per_device": batch_bytes,
+      "state_bytes_per_device": state_bytes, "state_bytes_by_part_per_device": by_part,
+      "batch_bytes_per_device": batch_bytes,
       "per_device_peak_bytes": peak, "per_device_peak_gib": round(peak / GIB, 2),
       "budget_gib": round(budget_gib, 2), "fits_80gb": peak / GIB <= budget_gib,
       "compile_s": round(compile_s, 1), "backend": jax.default_backend(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__, "date": datetime.date.today().isoformat(),
   }
 
 
 def _settings(run: dict) -> tuple:
-  return tuple(str(run[k]) for k in ("devices", "mesh", "batch", "length", "remat", "scan",
-                                     "optimizer", "microbatches", "attention"))
+  # Runs recorded before LoRA was measured are full finetuning in float32.
+  defaults = {"lora_rank": 0, "lora_targets": None, "param_dtype": "float32",
+              "hoisting": True}
+  return tuple(str(run.get(k, defaults.get(k))) for k in (
+      "devices", "mesh", "batch", "length", "remat", "scan", "optimizer", "microbatches",
+      "attention", "lora_rank", "lora_targets", "param_dtype", "hoisting"))
 
 
 def save(result: dict, path: str) -> None:
@@ -185,7 +262,7 @@ def save(result: dict, path: str) -> None:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  use_simulated_devices(args.devices)
+  use_simulated_devices(args.devices, tuple(xla_flags(args)))
   result = measure(args)
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                        f"memory_fit_{args.model}.json")

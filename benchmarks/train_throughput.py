@@ -3,6 +3,7 @@ r"""Training throughput: flan_jax's train step against transformers + torch, sam
     python -m benchmarks.train_throughput --model=decoder_10m --compare=hf
     python -m benchmarks.train_throughput --model=decoder_50m --compare=hf --steps=2
     python -m benchmarks.train_throughput --model=t5_small --compare=hf --targets_length=128 --steps=2
+    python -m benchmarks.train_throughput --model=decoder_10m --lora_rank=8 --compare=hf
 
 One process builds flan_jax's decoder (`DecoderOnly`, causal, untied embeddings) and
 exports its initial weights to a Hugging Face `LlamaForCausalLM`, or its T5
@@ -33,7 +34,19 @@ second, the unit T5 throughputs are usually quoted in. Model FLOPs are counted a
 training counts them (`flan_jax.models.flops`): T5's count each stack's weights and
 attention over its own tokens.
 
-The last line is `ratio_vs_hf=X.XX mfu=Y.YY` (tokens/s ours over theirs; flan_jax's
+LoRA (--lora_rank > 0): flan_jax trains adapters (`LoraConfig`: --lora_targets, alpha
+--lora_alpha, dropout 0) beside its frozen base; the peer is transformers + PEFT,
+`peft.get_peft_model` on the same LlamaForCausalLM (T5ForConditionalGeneration) with
+the same targets, rank and alpha, and AdamW over its trainable parameters only. PEFT's
+adapters are loaded with flan_jax's initial ones (A random, B zero; exported with
+`peft_io.save_peft`), so both start from the same function and take the same update.
+Full finetuning of the same model is timed too, in the same alternating rounds, for
+both frameworks: `lora_speedup_vs_full` is LoRA's tokens/s over full finetuning's.
+MFU counts a LoRA step's own FLOPs (`flan_jax.models.flops`: 4 per frozen base weight
+and token, 6 per adapter weight).
+
+The last line is `ratio_vs_hf=X.XX mfu=Y.YY` (with LoRA, after
+`lora_speedup_vs_full=Z.ZZ`) (tokens/s ours over theirs; flan_jax's
 MFU as a fraction of that peak). Results go to
 benchmarks/results/train_throughput_<model>_<backend>.json.
 
@@ -114,6 +127,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="also time torch.compile(model) (slow to compile on a CPU)")
   parser.add_argument("--peak_size", type=int, default=2048,
                       help="side of the square matmul that measures peak FLOP/s")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="> 0: train LoRA adapters of this rank (frozen base), against "
+                           "transformers + PEFT; 0: full finetuning")
+  parser.add_argument("--lora_targets", default="q,v",
+                      help="LoRA's target modules, comma-separated (LoraConfig.target_modules: "
+                           "q, k, v, o, gate, up, down, lm_head, all-linear); q,v is PEFT's "
+                           "default for Llama")
+  parser.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA's alpha")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", default=None,
                       help="JSON file (default benchmarks/results/"
@@ -130,6 +151,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   if (args.objective == "dpo") != (args.model == "stories260K"):
     parser.error("--objective=dpo runs on --model=stories260K (a real pretrained model, as a "
                  "preference stage starts from one), and stories260K only with it.")
+  if args.lora_rank < 0:
+    parser.error(f"--lora_rank must be 0 (full finetuning) or more, got {args.lora_rank}")
+  if args.lora_rank and args.objective != "sft":
+    parser.error("--lora_rank is for --objective=sft")
+  if args.lora_rank:
+    from flan_jax.errors import UserError
+    try:  # a bad target or alpha: one clear error now, not after the models are built
+      lora_config(args, model_config(args, "float32", lora=False))
+    except UserError as e:
+      parser.error(str(e))
   return args
 
 
@@ -176,8 +207,19 @@ def t5_config(args: argparse.Namespace, dtype: str):
                   **_attention_setting(args))
 
 
-def model_config(args: argparse.Namespace, dtype: str):
-  return (t5_config if is_t5(args.model) else decoder_config)(args, dtype)
+def lora_config(args: argparse.Namespace, config):
+  """`config` with the adapters --lora_rank asks for (dropout 0: the peer's too, and a
+  deterministic step); the targets are checked against the family's projections."""
+  from flan_jax.models.lora import LoraConfig
+  targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+  return dataclasses.replace(config, lora=LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha,
+                                            dropout=0.0, target_modules=targets))
+
+
+def model_config(args: argparse.Namespace, dtype: str, lora: bool = True):
+  """The benchmark's model config; with --lora_rank (and `lora`), its adapters too."""
+  config = (t5_config if is_t5(args.model) else decoder_config)(args, dtype)
+  return lora_config(args, config) if lora and args.lora_rank else config
 
 
 def resolved_attention(config, length: int) -> str:
@@ -250,6 +292,8 @@ class Contestants:
   torch_sync: Callable
   flan_parameters: int
   hf_parameters: int
+  flan_trainable: int  # with LoRA the adapters; else every parameter
+  hf_trainable: int  # parameters with requires_grad (PEFT freezes the base)
   matmul_parameters: dict[str, int]  # `ModelFamily.matmul_weights`
   tokens_per_step: int  # decoder: B * (L - 1) predicted tokens; T5: B * (Le + Ld)
   flops_per_step: float
@@ -268,9 +312,11 @@ class FlanTrainer:
   setup_s: float  # the state's initialisation
 
 
-def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrainer:
-  """flan_jax's train step for `args` (model, batch, length, seed, loss chunking) on
-  `device` ("cpu", else jax's default backend), with the optimizer both sides share."""
+def flan_trainer(args: argparse.Namespace, device: str, dtype: str,
+                 lora: bool = True) -> FlanTrainer:
+  """flan_jax's train step for `args` (model, batch, length, seed, loss chunking, LoRA
+  unless `lora` is False) on `device` ("cpu", else jax's default backend), with the
+  optimizer both sides share."""
   import jax
 
   from flan_jax.models.families import DecoderOnly, EncoderDecoder
@@ -279,7 +325,7 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
   from flan_jax.training import optimizer as optimizer_lib
   from flan_jax.training import train_step as step_lib
 
-  config = model_config(args, dtype)
+  config = model_config(args, dtype, lora)
   if is_t5(args.model):
     flan_batch, hf_inputs = synthetic_t5_batch(args.batch, args.length, args.targets_length,
                                                config.vocab_size, args.seed)
@@ -306,7 +352,37 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str) -> FlanTrain
                      hf_inputs, setup_s)
 
 
-def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
+def with_peft_adapters(hf_model, adapters, config):
+  """`hf_model` wrapped by `peft.get_peft_model` with `config.lora`'s targets, rank and
+  alpha (dropout 0), its adapters set to ours (A and B, through our PEFT export), so both
+  sides start from one function. The base is frozen, as PEFT freezes it."""
+  import peft
+  from safetensors.torch import load_file
+
+  from flan_jax.models import peft_io
+  from flan_jax.models.t5 import T5Config
+
+  settings = config.lora
+  peer_config = peft.LoraConfig(
+      r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
+      target_modules=peft_io.hf_target_names(config),
+      task_type="SEQ_2_SEQ_LM" if isinstance(config, T5Config) else "CAUSAL_LM")
+  model = peft.get_peft_model(hf_model, peer_config)
+  with tempfile.TemporaryDirectory() as tmp:
+    peft_io.save_peft(adapters, config, tmp)
+    ours = load_file(os.path.join(tmp, peft_io.ADAPTER_WEIGHTS))
+  loaded = peft.set_peft_model_state_dict(model, ours)
+  if loaded.unexpected_keys:
+    raise RuntimeError(f"PEFT does not know our adapter keys {loaded.unexpected_keys[:4]}")
+  lora_keys = [n for n, _ in model.named_parameters() if "lora_" in n]
+  if len(lora_keys) != len(ours):
+    raise RuntimeError(f"PEFT made {len(lora_keys)} adapter tensors, we wrote {len(ours)}")
+  return model
+
+
+def build(args: argparse.Namespace, device: str, dtype: str, lora: bool = True) -> Contestants:
+  """Both frameworks' steps on the same model and batch (with --lora_rank, and `lora`:
+  LoRA on both sides)."""
   import jax
   import torch
   import transformers
@@ -314,40 +390,50 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   from flan_jax.models import families, hf_llama, hf_t5
 
   t5 = is_t5(args.model)
-  flan = flan_trainer(args, device, dtype)
+  flan = flan_trainer(args, device, dtype, lora)
   config, hf_inputs, batch = flan.config, flan.hf_inputs, flan.batch
-  params = jax.device_get(flan.state.params)  # host copy: the state is donated by each step
+  # Host copies: the state is donated by each step. With LoRA the state trains the
+  # adapters and holds the frozen base apart.
+  trainable = jax.device_get(flan.state.params)
+  params = trainable if config.lora is None else jax.device_get(flan.state.frozen)
   holder = {"state": flan.state}
 
   def flan_step():
     holder["state"], metrics = flan.train_step(holder["state"], batch)
     return metrics["loss"]
 
-  flan_parameters = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+  count = lambda tree: sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree))
+  flan_trainable = count(trainable)
+  flan_parameters = count(params) + (flan_trainable if config.lora else 0)
   family = families.family_for(config)
   matmuls = family.matmul_weights()
+  base_config = dataclasses.replace(config, lora=None)
 
   # The same weights in transformers' layout, through our exporter.
   with tempfile.TemporaryDirectory() as tmp:
     if t5:
       # HF's T5Config defaults to dropout 0.1, which .train() would switch on.
-      hf_t5.save_hf_checkpoint(params, config, tmp, hf_config={"dropout_rate": 0.0})
+      hf_t5.save_hf_checkpoint(params, base_config, tmp, hf_config={"dropout_rate": 0.0})
       hf_class = transformers.T5ForConditionalGeneration
     else:
-      hf_llama.save_hf_checkpoint(params, config, tmp, extra_config={
+      hf_llama.save_hf_checkpoint(params, base_config, tmp, extra_config={
           "max_position_embeddings": max(args.length, 2048)})
       hf_class = transformers.LlamaForCausalLM
     hf_model = hf_class.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+  if config.lora is not None:
+    hf_model = with_peft_adapters(hf_model, trainable, config)
   hf_model.to(device).train()
   hf_parameters = sum(p.numel() for p in hf_model.parameters())
+  hf_trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
   # Our decay mask: no decay on norm scales and the input embedding (Llama's
-  # embed_tokens; T5's shared, which its stacks' embed_tokens alias).
+  # embed_tokens; T5's shared, which its stacks' embed_tokens alias). LoRA's adapters
+  # are decayed on both sides. The optimizer holds the trainable parameters only.
   no_decay = lambda name: (name.endswith("norm.weight") or "embed_tokens" in name
-                           or name == "shared.weight")
+                           or name.endswith("shared.weight"))
+  named = [(n, p) for n, p in hf_model.named_parameters() if p.requires_grad]
   groups = [
-      {"params": [p for n, p in hf_model.named_parameters() if not no_decay(n)],
-       "weight_decay": WEIGHT_DECAY},
-      {"params": [p for n, p in hf_model.named_parameters() if no_decay(n)], "weight_decay": 0.0},
+      {"params": [p for n, p in named if not no_decay(n)], "weight_decay": WEIGHT_DECAY},
+      {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0},
   ]
   try:  # fused: what transformers' Trainer uses by default on torch >= 2.8
     torch_optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, betas=BETAS, eps=1e-8,
@@ -357,7 +443,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
   hf_tensors = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in hf_inputs.items()}
   autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16))
               if device == "cuda" and dtype == "bfloat16" else contextlib.nullcontext)
-  all_params = list(hf_model.parameters())
+  all_params = [p for _, p in named]  # what is clipped: the trainable parameters
 
   def make_torch_step(forward):
     def step():
@@ -384,6 +470,7 @@ def build(args: argparse.Namespace, device: str, dtype: str) -> Contestants:
       torch_compiled_step=make_torch_step(torch.compile(hf_model)) if args.torch_compile else None,
       flan_sync=lambda: jax.block_until_ready(holder["state"]), torch_sync=torch_sync,
       flan_parameters=flan_parameters, hf_parameters=hf_parameters,
+      flan_trainable=flan_trainable, hf_trainable=hf_trainable,
       matmul_parameters=matmuls, tokens_per_step=tokens_per_step, flops_per_step=flops_per_step,
       flan_setup_s=flan.setup_s)
 
@@ -494,6 +581,15 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     flan_ttfs, flan_first_loss = _first_step(c.flan_step, c.flan_sync)
   torch_first_s, torch_first_loss = _first_step(c.torch_step, c.torch_sync)
   contestants = {"flan_jax": (c.flan_step, c.flan_sync), "torch": (c.torch_step, c.torch_sync)}
+  flops_per_step = {"flan_jax": c.flops_per_step, "torch": c.flops_per_step}
+  full = None
+  if args.lora_rank:  # full finetuning of the same model, in the same rounds
+    full = build(args, device, dtype, lora=False)
+    full_first = {"flan_jax": _first_step(full.flan_step, full.flan_sync),
+                  "torch": _first_step(full.torch_step, full.torch_sync)}
+    contestants.update(flan_jax_full=(full.flan_step, full.flan_sync),
+                       torch_full=(full.torch_step, full.torch_sync))
+    flops_per_step.update(flan_jax_full=full.flops_per_step, torch_full=full.flops_per_step)
   second_loss = {}  # the warm-up step: the loss after one identical AdamW update
   for name, (step, sync) in contestants.items():
     second_loss[name] = _first_step(step, sync)[1]
@@ -515,12 +611,14 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
   median = {name: statistics.median(r) for name, r in rates.items()}
   sequences = {name: rate * args.batch / c.tokens_per_step for name, rate in median.items()}
   per_token = c.flops_per_step / c.tokens_per_step
-  mfu = {name: per_token * rate / peak["peak_flops"] for name, rate in median.items()}
+  mfu = {name: flops_per_step[name] / c.tokens_per_step * rate / peak["peak_flops"]
+         for name, rate in median.items()}
   ratio = median["flan_jax"] / median["torch"]
   fields = (T5_MODELS if is_t5(args.model) else MODELS)[args.model]
 
   result = {
       "model": args.model, "compare": args.compare, "parameters": c.flan_parameters,
+      "lora_rank": args.lora_rank,
       "hf_parameters": c.hf_parameters, "matmul_parameters": sum(c.matmul_parameters.values()),
       "matmul_parameters_by_stack": c.matmul_parameters,
       "config": {k: getattr(c.config, k) for k in fields},
@@ -560,11 +658,36 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
       "date": datetime.date.today().isoformat(),
       "command": " ".join(["python -m benchmarks.train_throughput"] + args.argv),
   }
+  line = f"ratio_vs_hf={ratio:.2f} mfu={mfu['flan_jax']:.2f}"
+  if full is not None:
+    speedup = {name: median[name] / median[f"{name}_full"] for name in ("flan_jax", "torch")}
+    result.update(
+        lora={"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": 0.0,
+              "targets": list(c.config.lora.target_modules),
+              "peft_targets": _peft_targets(c.config)},
+        trainable_parameters={"flan_jax": c.flan_trainable, "torch": c.hf_trainable},
+        step_s={name: round(c.tokens_per_step / rate, 4) for name, rate in median.items()},
+        full_finetuning={
+            "flan_jax_tokens_per_s": round(median["flan_jax_full"], 1),
+            "torch_tokens_per_s": round(median["torch_full"], 1),
+            "ratio_vs_hf": round(median["flan_jax_full"] / median["torch_full"], 3),
+            "trainable_parameters": {"flan_jax": full.flan_trainable,
+                                     "torch": full.hf_trainable},
+            "flan_jax_time_to_first_step_s": round(full_first["flan_jax"][0], 2),
+            "first_loss": {name: first[1] for name, first in full_first.items()},
+            "flops_per_token": full.flops_per_step / full.tokens_per_step},
+        lora_speedup_vs_full={name: round(v, 3) for name, v in speedup.items()})
+    line = f"lora_speedup_vs_full={speedup['flan_jax']:.2f} {line}"
   if compiled_first_s is not None:
     result["torch_compile_first_step_s"] = round(compiled_first_s, 2)
     result["torch_compile_tokens_per_s"] = round(median["torch_compile"], 1)
     result["torch_compile_sequences_per_s"] = round(sequences["torch_compile"], 3)
-  return result, f"ratio_vs_hf={ratio:.2f} mfu={mfu['flan_jax']:.2f}"
+  return result, line
+
+
+def _peft_targets(config) -> list[str]:
+  from flan_jax.models import peft_io
+  return peft_io.hf_target_names(config)
 
 
 def main(argv=None) -> None:
@@ -577,7 +700,8 @@ def main(argv=None) -> None:
     name = f"train_throughput_{args.model}_dpo_{result['device']}.json"
   else:
     result, line = run(args)
-    name = f"train_throughput_{args.model}_{result['jax_backend']}.json"
+    lora = f"_lora{args.lora_rank}" if args.lora_rank else ""
+    name = f"train_throughput_{args.model}{lora}_{result['jax_backend']}.json"
   print(json.dumps(result))
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                        name)

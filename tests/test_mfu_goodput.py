@@ -14,12 +14,15 @@ import pytest
 import flan_jax_tasks.default_mixture  # noqa: F401  (registers the default tasks)
 from flan_jax.data.pipeline import train_batches
 from flan_jax.errors import UserError
+from flan_jax.models import flops
+from flan_jax.models import lora as lora_lib
 from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.families import DecoderOnly, EncoderDecoder
+from flan_jax.models.lora import LoraConfig
 from flan_jax.models.t5 import T5Config
 from flan_jax.training import mfu
 from flan_jax.training.goodput import GoodputClock
-from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
 from flan_jax.training.trainer import TrainerConfig, _progress, train
 from tiny import TINY_DECODER
 
@@ -85,6 +88,93 @@ T5_TINY = T5Config(vocab_size=300, embed_dim=32, num_heads=4, head_dim=8, mlp_di
 ], ids=["decoder", "decoder_untied_bias", "t5", "t5_relu_tied"])
 def test_matmul_weights_are_the_models_own(family):
   assert family.matmul_weights() == _counted_matmul_weights(family)
+
+
+def test_lora_flops_per_token_by_hand():
+  """A LoRA step: 4 FLOPs per token for each frozen base weight (forward, and the
+  activation gradient only), 6 for each adapter weight, attention as before."""
+  config = DecoderConfig(vocab_size=100, num_layers=2, embed_dim=8, num_heads=2,
+                         num_kv_heads=1, head_dim=4, mlp_dim=16, tie_embeddings=False,
+                         lora=LoraConfig(rank=2, target_modules=("q", "v")))
+  family = DecoderOnly(config)
+  # Base: the 576 a layer of the test above, twice, plus the untied output layer 8*128.
+  assert family.matmul_weights() == {"decoder": 2176}
+  # Adapters rank * (in + out): query 2*(8 + 8), value 2*(8 + 4), in each of 2 layers.
+  assert flops.adapter_matmul_weights(config) == {"decoder": 2 * (32 + 24)}
+  attention = 12 * 2 * (2 * 4) * 10  # over 10 keys, as without LoRA
+  per_token = 4 * 2176 + 6 * 112 + attention
+  assert family.flops_per_token({"decoder": 10}) == {"decoder": per_token}
+  assert per_token < 6 * 2176 + attention  # and less than full finetuning's count
+
+  # Every projection and the output layer: per layer q 32, k 24, v 24, o 32, gate and up
+  # 2*(8 + 16) each, down 2*(16 + 8): 256; lm_head 2*(8 + 128).
+  every = dataclasses.replace(config, lora=LoraConfig(rank=2, target_modules=(
+      "all-linear", "lm_head")))
+  assert flops.adapter_matmul_weights(every) == {"decoder": 2 * 256 + 272}
+  assert DecoderOnly(every).flops_per_token({"decoder": 10}) == {
+      "decoder": 4 * 2176 + 6 * 784 + attention}
+
+
+def _counted_adapter_weights(family) -> dict[str, int]:
+  """The adapter leaves the model creates, by the tokens they multiply."""
+  params = nn.meta.unbox(jax.eval_shape(lambda: family.init(jax.random.key(0), LENGTHS)))
+  counts = {"encoder": 0, "decoder": 0}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params["params"]):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    if not lora_lib.is_adapter(tuple(keys)):
+      continue
+    reads_encoder = keys[0] == "encoder" or ("cross_attention" in keys
+                                             and keys[-2] in ("key_lora", "value_lora"))
+    counts["encoder" if reads_encoder else "decoder"] += int(np.prod(leaf.shape))
+  return {stack: count for stack, count in counts.items()
+          if count or stack in flops.adapter_matmul_weights(family.config)}
+
+
+@pytest.mark.parametrize("family", [
+    DecoderOnly(dataclasses.replace(TINY_DECODER, tie_embeddings=False, lora=LoraConfig(
+        rank=3, target_modules=("all-linear", "lm_head")))),
+    DecoderOnly(dataclasses.replace(TINY_DECODER, lora=LoraConfig(target_modules=("k", "down")))),
+    EncoderDecoder(dataclasses.replace(T5_TINY, lora=LoraConfig(
+        rank=2, target_modules=("all-linear", "lm_head")))),
+    EncoderDecoder(dataclasses.replace(T5_TINY, feed_forward="relu", lora=LoraConfig(
+        rank=4, target_modules=("k", "v", "wi")))),
+], ids=["decoder_all", "decoder_k_down", "t5_all", "t5_relu_kv_wi"])
+def test_adapter_weights_are_the_models_own(family):
+  assert flops.adapter_matmul_weights(family.config) == _counted_adapter_weights(family)
+
+
+def _compiled_step_flops(config, rows: int, length: int) -> float:
+  """XLA's own FLOP count of the compiled train step (cost analysis, nothing run)."""
+  from flan_jax.training import mesh as mesh_lib
+  from flan_jax.training import train_step as step_lib
+  model, lengths = DecoderOnly(config), {"inputs": 0, "targets": length}
+  mesh = mesh_lib.make_mesh(devices=[jax.devices("cpu")[0]])
+  optimizer = make_optimizer(OptimizerConfig(), total_steps=10)
+  shardings = step_lib.state_shardings(model, optimizer, mesh, lengths)
+  state = step_lib.abstract_train_state(model, optimizer, shardings, lengths)
+  row = jax.ShapeDtypeStruct((rows, length), np.int32, sharding=mesh_lib.batch_sharding(mesh))
+  batch = {key: row for key in ("decoder_input_tokens", "decoder_target_tokens",
+                                "decoder_loss_weights", "decoder_segment_ids",
+                                "decoder_positions", "decoder_causal_attention")}
+  step = step_lib.make_train_step(model, optimizer, mesh, shardings)
+  with mesh_lib.on_mesh(mesh):
+    return step.jitted.lower(state, batch).compile().cost_analysis()["flops"]
+
+
+def test_lora_step_compiles_to_the_flops_counted_for_it():
+  """The compiler's count of the real step agrees with ours: a LoRA step computes no
+  weight gradient of the base (were it differentiated, it would cost as much as full
+  finetuning's step, plus the adapters)."""
+  full = dataclasses.replace(TINY_DECODER, tie_embeddings=False)
+  lora = dataclasses.replace(full, lora=LoraConfig(rank=2, target_modules=("q", "v")))
+  rows, length = 4, 64
+  counted = {name: rows * DecoderOnly(c).flops_per_sequence({"decoder": length})
+             for name, c in (("full", full), ("lora", lora))}
+  compiled = {name: _compiled_step_flops(c, rows, length)
+              for name, c in (("full", full), ("lora", lora))}
+  for name in counted:  # XLA also counts elementwise work, the loss and AdamW
+    assert counted[name] <= compiled[name] <= 1.15 * counted[name], (name, counted, compiled)
+  assert compiled["full"] - compiled["lora"] >= 0.9 * (counted["full"] - counted["lora"])
 
 
 def test_peak_flops_come_from_the_table_by_device_kind_or_the_setting():

@@ -16,6 +16,19 @@ An encoder-decoder's stacks are counted apart: an encoder token passes through t
 encoder and, in each decoder layer, cross-attention's key and value projections; a
 decoder token through the rest, attending over the decoder's keys and then the
 encoder's.
+
+With LoRA (a config's `lora`) the step does less than 6 * N. A frozen base weight
+costs 2 FLOPs per token forward and 2 backward: the gradient still flows through it
+to the activations below (to reach the adapters there), but its own weight gradient
+is never computed. Each adapter (A [in, rank], B [rank, out]: rank * (in + out)
+weights, `adapter_matmul_weights`) is trained, so it costs the full 6. Per token:
+
+    4 * N_base + 6 * N_adapters + 12 * layers * heads * head_dim * keys
+
+Attention's score and value products have no weights; their backward is needed to
+reach the adapters either way, so that term is unchanged. (The backward below the
+lowest adapter is not needed at all, and XLA may drop it; it is counted, as a
+run's adapters usually reach down to the first layer.)
 """
 
 from typing import Mapping
@@ -56,22 +69,77 @@ def encoder_decoder_matmul_weights(config: T5Config) -> dict[str, int]:
                      + _output_layer(config)}
 
 
+def _projection_shapes(config: DecoderConfig | T5Config, kv_heads: int,
+                       gated: bool) -> dict[str, tuple[int, int]]:
+  """(inputs, outputs) of one layer's projections, by our layer names (`lora_names`)."""
+  embed, mlp = config.embed_dim, config.mlp_dim
+  heads, kv = config.num_heads * config.head_dim, kv_heads * config.head_dim
+  shapes = {"query": (embed, heads), "key": (embed, kv), "value": (embed, kv),
+            "out": (heads, embed), "up": (embed, mlp), "down": (mlp, embed)}
+  return {**shapes, "gate": (embed, mlp)} if gated else shapes
+
+
+def _adapters(config: DecoderConfig | T5Config, shapes: Mapping[str, tuple[int, int]],
+              layers: frozenset[str] | set[str]) -> int:
+  """Adapter weights, rank * (in + out) each, of the targeted ones among `layers`."""
+  targeted = config.lora_layers()
+  return sum(config.lora.rank * (inputs + outputs) for name, (inputs, outputs) in shapes.items()
+             if name in targeted and name in layers)
+
+
+def _output_adapter(config: DecoderConfig | T5Config) -> int:
+  if config.tie_embeddings or "lm_head" not in config.lora_layers():
+    return 0
+  return config.lora.rank * (config.embed_dim + config.padded_vocab_size)
+
+
+def adapter_matmul_weights(config: DecoderConfig | T5Config) -> dict[str, int]:
+  """LoRA's adapter weights by the tokens they multiply, as `*_matmul_weights` splits
+  the base's ({"decoder": 0} and so on without LoRA)."""
+  if isinstance(config, T5Config):
+    if config.lora is None:
+      return {"encoder": 0, "decoder": 0}
+    shapes = _projection_shapes(config, config.num_heads, FEED_FORWARDS[config.feed_forward][1])
+    attention = _adapters(config, shapes, {"query", "key", "value", "out"})
+    mlp = _adapters(config, shapes, {"gate", "up", "down"})
+    cross_key_value = _adapters(config, shapes, {"key", "value"})  # read encoder tokens
+    return {"encoder": config.num_encoder_layers * (attention + mlp)
+                       + config.num_decoder_layers * cross_key_value,
+            "decoder": config.num_decoder_layers * (2 * attention - cross_key_value + mlp)
+                       + _output_adapter(config)}
+  if config.lora is None:
+    return {"decoder": 0}
+  shapes = _projection_shapes(config, config.num_kv_heads, gated=True)
+  return {"decoder": config.num_layers * _adapters(config, shapes, set(shapes))
+                     + _output_adapter(config)}
+
+
+def _weight_flops(config: DecoderConfig | T5Config, stack: str) -> float:
+  """Per-token training FLOPs of a stack's weights: 6 each, or with LoRA 4 for each
+  frozen base weight and 6 for each adapter's (see the module docstring)."""
+  base = (encoder_decoder_matmul_weights(config) if isinstance(config, T5Config)
+          else decoder_matmul_weights(config))[stack]
+  if config.lora is None:
+    return 6 * base
+  return 4 * base + 6 * adapter_matmul_weights(config)[stack]
+
+
 def decoder_flops_per_token(config: DecoderConfig,
                             seq_lengths: Mapping[str, int]) -> dict[str, float]:
   """Training FLOPs (forward and backward) per token of rows of `seq_lengths["decoder"]`."""
   width = config.num_heads * config.head_dim
-  return {"decoder": 6 * decoder_matmul_weights(config)["decoder"]
+  return {"decoder": _weight_flops(config, "decoder")
                      + 12 * config.num_layers * width * seq_lengths["decoder"]}
 
 
 def encoder_decoder_flops_per_token(config: T5Config,
                                     seq_lengths: Mapping[str, int]) -> dict[str, float]:
   """Training FLOPs per token of each stack, for {"encoder": Le, "decoder": Ld}."""
-  weights = encoder_decoder_matmul_weights(config)
   width = config.num_heads * config.head_dim
   encoder, decoder = seq_lengths["encoder"], seq_lengths["decoder"]
-  return {"encoder": 6 * weights["encoder"] + 12 * config.num_encoder_layers * width * encoder,
-          "decoder": 6 * weights["decoder"]
+  return {"encoder": _weight_flops(config, "encoder")
+                     + 12 * config.num_encoder_layers * width * encoder,
+          "decoder": _weight_flops(config, "decoder")
                      + 12 * config.num_decoder_layers * width * (decoder + encoder)}
 
 

@@ -1,6 +1,8 @@
 """MFU: the model FLOPs a run computes per second, over what its devices could compute.
 
-The model's FLOPs come from its config (`models.flops`); the devices' peak from the
+The model's FLOPs come from its config (`models.flops`: 6 per weight and token in full
+finetuning; with LoRA 4 per frozen base weight, whose weight gradient is never
+computed, and 6 per adapter weight); the devices' peak from the
 table below, by jax's `device_kind`: dense bf16 matmul FLOP/s per jax device, from
 the vendors' datasheets (the figures MFU is usually quoted against, float32 runs
 included). A device not in the table (a CPU, a new chip) gets no MFU unless the run
