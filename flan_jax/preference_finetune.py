@@ -188,7 +188,9 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
     reference_map, score_batch = {}, None
     if mode in ("frozen", "precomputed"):
       score_tokens = jax.jit(lambda p, b: losses.token_log_probs(base_network, p, b))
-      frozen = jax.device_put(initial_params)
+      # The starting model as the policy starts: in its parameter dtype (a bfloat16
+      # policy's reference is bfloat16 too, so step 0's rewards are 0).
+      frozen = jax.device_put(convert.in_param_dtype(initial_params, base_config))
       score_batch = lambda batch: np.asarray(score_tokens(frozen, batch))
       if mode == "precomputed":
         reference_map = _precomputed(model_dir, splits, score_batch, length,

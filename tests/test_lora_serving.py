@@ -311,3 +311,20 @@ def test_an_adapter_run_brings_its_chat_template_and_held_out_record(tmp_path):
   (tmp_path / "peft").mkdir()
   peft_adapted = model_dir.resolve(str(base), adapter=str(tmp_path / "peft"))
   assert peft_adapted.adapter_run is None and peft_adapted.chat_template_file() is None
+
+
+def test_an_int8_adapter_run_beside_a_base_of_other_sizes_is_one_clear_error(tmp_path):
+  # The base is quantized as the run quantized it, which another architecture cannot be:
+  # the sizes are compared first, so the error names them.
+  from flan_jax import checkpoint_eval, model_dir
+  int8 = dataclasses.replace(TINY_DECODER, lora=dataclasses.replace(ALL_LINEAR,
+                                                                    base_dtype="int8"))
+  wider = dataclasses.replace(TINY_DECODER, embed_dim=TINY_DECODER.embed_dim + 16)
+  base_dir, run = str(tmp_path / "base"), tmp_path / "run"
+  convert.save_orbax(jax.device_get(step_lib.init_params(families.family_for(wider),
+                                                         jax.random.key(0), LENGTHS)),
+                     wider, base_dir)
+  convert.save_run_config(str(run), int8, base_dir)
+  (run / model_dir.CHECKPOINTS_DIR).mkdir()
+  with pytest.raises(UserError, match="embed_dim"):
+    checkpoint_eval.load_checkpoint(model_dir.resolve(base_dir, adapter=str(run)))

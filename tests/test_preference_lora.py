@@ -50,7 +50,7 @@ def pairs_file(tmp_path_factory):
   return str(path)
 
 
-def _run(model_dir, pairs_file, steps, reference=None, checkpoint_every=2):
+def _run(model_dir, pairs_file, steps, reference=None, checkpoint_every=2, model=None):
   preference = PreferenceConfig(data=PreferenceData(pairs_file, validation_records=2),
                                 reference=reference, pairs_per_row=2)
   trainer = TrainerConfig(train_steps=steps, checkpoint_every=checkpoint_every, log_every=1,
@@ -58,7 +58,8 @@ def _run(model_dir, pairs_file, steps, reference=None, checkpoint_every=2):
   return preference_finetune.run(
       model_dir=str(model_dir), preference=preference, task_feature_lengths=LENGTHS,
       batch_size=2, trainer=trainer, initial_checkpoint_path=STORIES, lora=ADAPTERS,
-      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
+      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0),
+      **({"model": model} if model is not None else {}))
 
 
 def _metrics(model_dir):
@@ -301,3 +302,15 @@ def test_an_int8_base_is_its_own_reference_and_refuses_the_float_ones(tmp_path, 
     with pytest.raises(UserError, match="int8"):
       run(mode, mode)
     assert not os.path.exists(tmp_path / mode)
+
+
+@pytest.mark.parametrize("reference", ["frozen", "precomputed"])
+def test_a_bfloat16_policys_copied_reference_is_bfloat16_too(tmp_path, pairs_file, reference):
+  # The policy's base is placed in bfloat16; a float32 reference would differ from it
+  # before any step (rewards and accuracies not 0).
+  from flan_jax.models.decoder import DecoderConfig
+  result = _run(tmp_path / reference, pairs_file, 1, reference,
+                model=DecoderConfig(param_dtype="bfloat16"))
+  assert result["before"]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+  assert result["before"]["rewards/margins"] == 0
+  assert result["before"]["rewards/accuracies"] == 0

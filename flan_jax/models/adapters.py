@@ -72,6 +72,8 @@ def _attach_run(checkpoint: model_dir.ResolvedCheckpoint, base_config: ModelConf
   trained = convert.read_model_config(run)  # as it trained: scanned or not, its dtype
   # No record (or none with a fingerprint): the shapes below are all there is to check.
   recorded = model_dir.read_json_or(run.file(model_dir.LORA_BASE_FILE), {})
+  # Sizes first: casting, quantizing or fingerprinting another architecture fails unclearly.
+  _check_same_architecture(trained, base_config, checkpoint)
   base = convert.in_param_dtype(base, trained)
   if int8_base.enabled(trained):
     # Quantized as the run quantized it (in its own layout), which is what it fingerprinted.
@@ -85,7 +87,6 @@ def _attach_run(checkpoint: model_dir.ResolvedCheckpoint, base_config: ModelConf
     del in_run_layout
   config, adapters, _ = convert.load_orbax(run, step, with_base=False)
   _check_fits(adapters, dataclasses.replace(base_config, lora=config.lora), checkpoint)
-  _check_same_architecture(config, base_config, checkpoint)
   return config, lora.combine(adapters, base)
 
 
