@@ -219,7 +219,8 @@ def lora_config(args: argparse.Namespace, config):
 def model_config(args: argparse.Namespace, dtype: str, lora: bool = True):
   """The benchmark's model config; with --lora_rank (and `lora`), its adapters too."""
   config = (t5_config if is_t5(args.model) else decoder_config)(args, dtype)
-  return lora_config(args, config) if lora and args.lora_rank else config
+  # Benchmarks that reuse this builder (step_profile) have no LoRA flags.
+  return lora_config(args, config) if lora and getattr(args, "lora_rank", None) else config
 
 
 def resolved_attention(config, length: int) -> str:

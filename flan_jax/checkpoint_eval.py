@@ -58,7 +58,8 @@ def load_for_serving(path: str | model_dir.ResolvedCheckpoint, step: int | None 
 
   LoRA adapters (a LoRA run, or an adapter beside its base) are served merged into
   their weights (W + scaling * A @ B in W's dtype, as `convert --merge_lora` exports
-  them), folded in place weight by weight so that the host never holds two models; the
+  them), folded in place weight by weight so that the host never holds two models (a scanned
+  run's layers are slices of stacked arrays, freed only once every layer is folded); the
   network then runs plain projections (its config has no lora). With a bfloat16 base
   the merged weights round the update to bfloat16, as any merged export does.
   """
