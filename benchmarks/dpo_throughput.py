@@ -2,6 +2,8 @@ r"""DPO step time: flan_jax's preference train step against TRL's DPOTrainer, sa
 same pairs, same settings.
 
     python -m benchmarks.train_throughput --model=stories260K --objective=dpo --compare=hf
+    python -m benchmarks.train_throughput --model=stories260K --objective=dpo --compare=hf \
+        --lora_rank=8 --lora_targets=all-linear   # the quickstart's LoRA policy
 
 The model is stories260K (../shared/data/models/stories260K-hf, or --stories_dir), the
 policy trained whole and the reference a frozen copy of the same weights, on both
@@ -18,6 +20,17 @@ Timing as `train_throughput`: a first (compile) and a warm-up step each, then
 --rounds alternating rounds of --steps steps; rates are medians over rounds. The
 first losses must agree (the same function of the same weights). The last line is
 `ratio_vs_hf=X.XX` (flan_jax's pairs per second over TRL's).
+
+With --lora_rank (targets --lora_targets, alpha --lora_alpha, dropout 0) the policy is
+LoRA adapters on the frozen stories260K and the reference that base with the adapters
+switched off, as in the quickstart: flan_jax scores the reference inside the step
+(`preference_loss(..., reference_family=<the model without adapters>)`), TRL's
+DPOTrainer gets the same targets as `peft_config` and no reference model, so it scores
+the reference with PEFT's adapters disabled. PEFT's adapters start as ours (exported
+with `peft_io.save_peft`), so both start at log 2 and take the same update. Full
+finetuning (a frozen copy as the reference) is timed in the same rounds, and the last
+line starts with `lora_speedup_vs_full=Z.ZZ` (flan_jax's LoRA pairs per second over
+its full finetuning's).
 """
 
 import argparse
@@ -118,8 +131,11 @@ def _trl(args, pairs, device, tmp, lora_config=None, adapters=None) -> Side:
   model = load()
   tokenizer = transformers.AutoTokenizer.from_pretrained(args.stories_dir)
   tokenizer.pad_token = tokenizer.eos_token
+  # No activation checkpointing, as on our side. (DPOConfig's default True is applied
+  # only by Trainer.train, which this does not call, except that with PEFT the
+  # trainer's constructor already makes the embeddings' output require gradients for it.)
   config = trl.DPOConfig(output_dir=tmp, report_to=[], use_cpu=device == "cpu", bf16=False,
-                         beta=args.beta, loss_type=["sigmoid"])
+                         beta=args.beta, loss_type=["sigmoid"], gradient_checkpointing=False)
   placeholder = datasets.Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}])
   if lora_config is not None:
     # `peft_config`, not a model already wrapped: given a PeftModel and no reference,

@@ -52,8 +52,9 @@ benchmarks/results/train_throughput_<model>_<backend>.json.
 
 Imports only jax, flax, optax, numpy, torch, transformers and flan_jax.models /
 flan_jax.training: no TensorFlow, seqio or gin, so it runs as-is on a GPU machine.
-(`--objective=dpo`, the DPO step against TRL's DPOTrainer on stories260K, is
-`benchmarks/dpo_throughput`; it also needs trl, and flan_jax.data for the pair rows.)
+(`--objective=dpo`, the DPO step against TRL's DPOTrainer on stories260K, whole or
+with --lora_rank LoRA against TRL + PEFT, is `benchmarks/dpo_throughput`; it also needs
+trl, and flan_jax.data for the pair rows.)
 """
 
 import argparse
