@@ -52,8 +52,9 @@ benchmarks/results/train_throughput_<model>_<backend>.json.
 
 Imports only jax, flax, optax, numpy, torch, transformers and flan_jax.models /
 flan_jax.training: no TensorFlow, seqio or gin, so it runs as-is on a GPU machine.
-(`--objective=dpo`, the DPO step against TRL's DPOTrainer on stories260K, is
-`benchmarks/dpo_throughput`; it also needs trl, and flan_jax.data for the pair rows.)
+(`--objective=dpo`, the DPO step against TRL's DPOTrainer on stories260K, whole or
+with --lora_rank LoRA against TRL + PEFT, is `benchmarks/dpo_throughput`; it also needs
+trl, and flan_jax.data for the pair rows.)
 """
 
 import argparse
@@ -129,7 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="side of the square matmul that measures peak FLOP/s")
   parser.add_argument("--lora_rank", type=int, default=0,
                       help="> 0: train LoRA adapters of this rank (frozen base), against "
-                           "transformers + PEFT; 0: full finetuning")
+                           "transformers + PEFT (--objective=dpo: TRL's DPOTrainer with "
+                           "PEFT); 0: full finetuning")
   parser.add_argument("--lora_targets", default="q,v",
                       help="LoRA's target modules, comma-separated (LoraConfig.target_modules: "
                            "q, k, v, o, gate, up, down, lm_head, all-linear); q,v is PEFT's "
@@ -153,12 +155,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "preference stage starts from one), and stories260K only with it.")
   if args.lora_rank < 0:
     parser.error(f"--lora_rank must be 0 (full finetuning) or more, got {args.lora_rank}")
-  if args.lora_rank and args.objective != "sft":
-    parser.error("--lora_rank is for --objective=sft")
   if args.lora_rank:
     from flan_jax.errors import UserError
+    from flan_jax.models.decoder import DecoderConfig
+    # stories260K is a Llama decoder: its projections are DecoderConfig's.
+    plain = (DecoderConfig() if args.objective == "dpo"
+             else model_config(args, "float32", lora=False))
     try:  # a bad target or alpha: one clear error now, not after the models are built
-      lora_config(args, model_config(args, "float32", lora=False))
+      lora_config(args, plain)
     except UserError as e:
       parser.error(str(e))
   return args
@@ -353,31 +357,47 @@ def flan_trainer(args: argparse.Namespace, device: str, dtype: str,
                      hf_inputs, setup_s)
 
 
-def with_peft_adapters(hf_model, adapters, config):
-  """`hf_model` wrapped by `peft.get_peft_model` with `config.lora`'s targets, rank and
-  alpha (dropout 0), its adapters set to ours (A and B, through our PEFT export), so both
-  sides start from one function. The base is frozen, as PEFT freezes it."""
+def peft_lora_config(config):
+  """PEFT's LoraConfig for `config.lora`: the same targets (their Hugging Face names),
+  rank and alpha; dropout 0 and no bias, as ours."""
   import peft
-  from safetensors.torch import load_file
 
   from flan_jax.models import peft_io
   from flan_jax.models.t5 import T5Config
 
   settings = config.lora
-  peer_config = peft.LoraConfig(
+  return peft.LoraConfig(
       r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
       target_modules=peft_io.hf_target_names(config),
       task_type="SEQ_2_SEQ_LM" if isinstance(config, T5Config) else "CAUSAL_LM")
-  model = peft.get_peft_model(hf_model, peer_config)
+
+
+def load_our_adapters(peft_model, adapters, config) -> None:
+  """Sets `peft_model`'s adapters (A and B) to ours, through our PEFT export, so both
+  sides start from one function; raises if the two adapter sets do not match one to one."""
+  import peft
+  from safetensors.torch import load_file
+
+  from flan_jax.models import peft_io
+
   with tempfile.TemporaryDirectory() as tmp:
     peft_io.save_peft(adapters, config, tmp)
     ours = load_file(os.path.join(tmp, peft_io.ADAPTER_WEIGHTS))
-  loaded = peft.set_peft_model_state_dict(model, ours)
+  loaded = peft.set_peft_model_state_dict(peft_model, ours)
   if loaded.unexpected_keys:
     raise RuntimeError(f"PEFT does not know our adapter keys {loaded.unexpected_keys[:4]}")
-  lora_keys = [n for n, _ in model.named_parameters() if "lora_" in n]
+  lora_keys = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
   if len(lora_keys) != len(ours):
     raise RuntimeError(f"PEFT made {len(lora_keys)} adapter tensors, we wrote {len(ours)}")
+
+
+def with_peft_adapters(hf_model, adapters, config):
+  """`hf_model` wrapped by `peft.get_peft_model` with `config.lora`'s targets, rank and
+  alpha (dropout 0), its adapters set to ours. The base is frozen, as PEFT freezes it."""
+  import peft
+
+  model = peft.get_peft_model(hf_model, peft_lora_config(config))
+  load_our_adapters(model, adapters, config)
   return model
 
 
@@ -695,13 +715,13 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   # jax takes 75% of a GPU up front by default; both frameworks share one here.
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+  lora = f"_lora{args.lora_rank}" if args.lora_rank else ""
   if args.objective == "dpo":
     from benchmarks import dpo_throughput
     result, line = dpo_throughput.run(args)
-    name = f"train_throughput_{args.model}_dpo_{result['device']}.json"
+    name = f"train_throughput_{args.model}_dpo{lora}_{result['device']}.json"
   else:
     result, line = run(args)
-    lora = f"_lora{args.lora_rank}" if args.lora_rank else ""
     name = f"train_throughput_{args.model}{lora}_{result['jax_backend']}.json"
   print(json.dumps(result))
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

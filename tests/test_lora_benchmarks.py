@@ -101,6 +101,12 @@ def test_bad_lora_settings_are_one_usage_error(capsys):
   assert "'qq' is not a projection" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     train_throughput.parse_args(["--model=tiny", "--lora_rank=-1"])
+  # The DPO benchmark's stories260K is checked the same way, before anything loads.
+  with pytest.raises(SystemExit) as exit_info:
+    train_throughput.parse_args(["--model=stories260K", "--objective=dpo", "--lora_rank=8",
+                                 "--lora_targets=q,qq"])
+  assert exit_info.value.code == 2
+  assert "'qq' is not a projection" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not os.path.isdir(STORIES), reason="stories260K-hf is not in shared/data")

@@ -242,3 +242,32 @@ def test_the_dpo_benchmark_trains_the_same_step_as_trl(tmp_path):
   assert result["second_loss"]["flan_jax"] == pytest.approx(result["second_loss"]["trl"],
                                                             abs=1e-4)
   assert line == f"ratio_vs_hf={result['ratio_vs_hf']:.2f}"
+
+
+def test_the_lora_dpo_benchmark_trains_the_same_step_as_trl_with_peft(tmp_path):
+  """`--objective=dpo --lora_rank`: our LoRA policy (reference: its base, adapters off)
+  and TRL's DPOTrainer given the same PEFT adapters (reference: adapters disabled)
+  train the same parameters, start at log 2 and agree after one AdamW step, and full
+  finetuning is timed beside them."""
+  pytest.importorskip("peft")
+  from benchmarks import dpo_throughput, train_throughput
+  args = train_throughput.parse_args([
+      "--model=stories260K", "--objective=dpo", "--batch=2", "--prompt_length=8",
+      "--answer_length=8", "--steps=1", "--rounds=1", "--device=cpu", "--lora_rank=4",
+      "--lora_targets=q,v,down", "--lora_alpha=8", f"--stories_dir={STORIES}",
+      f"--output={tmp_path / 'r.json'}"])
+  result, line = dpo_throughput.run(args)
+  # stories260K: 5 layers; q 64 -> 64, v 64 -> 32 (4 kv heads of 8), down 172 -> 64;
+  # rank 4 adapters hold 4 * (in + out) values each.
+  assert result["trainable_parameters"]["flan_jax"] == 5 * 4 * (128 + 96 + 236)
+  assert result["trainable_parameters"]["trl"] == result["trainable_parameters"]["flan_jax"]
+  assert result["trainable_parameters"]["flan_jax_full"] == 260032
+  for name in ("flan_jax", "trl", "flan_jax_full", "trl_full"):
+    assert result["first_loss"][name] == pytest.approx(math.log(2), abs=1e-6)
+  assert result["second_loss"]["flan_jax"] == pytest.approx(result["second_loss"]["trl"],
+                                                            abs=1e-5)
+  # An update moved LoRA's loss: B left zero, so the agreement is not two untouched log 2s.
+  assert abs(result["second_loss"]["flan_jax"] - math.log(2)) > 1e-3
+  assert result["lora"]["peft_targets"] == ["down_proj", "q_proj", "v_proj"]
+  speedup = result["lora_speedup_vs_full"]["flan_jax"]
+  assert line == f"lora_speedup_vs_full={speedup:.2f} ratio_vs_hf={result['ratio_vs_hf']:.2f}"
