@@ -218,8 +218,15 @@ def test_an_adapter_that_is_none_or_does_not_fit_its_base_is_one_error_line(lora
       families.family_for(other_config), jax.random.key(0), LENGTHS)), other_config, str(other))
   with pytest.raises(UserError, match="do not fit rank 4 on this model's"):
     inference.load_predictor(str(other), adapter=str(peft_dir))
-  with pytest.raises(UserError, match="adapters only fit the base they were trained on"):
+  # A run beside a base of other sizes names the size; beside one of its sizes but other
+  # values, the fingerprint.
+  with pytest.raises(UserError, match="was trained on a model with embed_dim="):
     inference.load_predictor(str(other), adapter=str(run))
+  stories_config, stories = convert.load_hf(STORIES)
+  stories["embedding"] = np.asarray(stories["embedding"]) + np.float32(1e-3)
+  convert.save_orbax(stories, stories_config, str(tmp_path / "changed"))
+  with pytest.raises(UserError, match="adapters only fit the base they were trained on"):
+    inference.load_predictor(str(tmp_path / "changed"), adapter=str(run))
   with pytest.raises(UserError, match="already holds LoRA adapters"):
     inference.load_predictor(str(run), adapter=str(peft_dir))
   # On the command line (eval's; infer hands its --adapter to the same loading): one
