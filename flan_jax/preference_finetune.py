@@ -29,7 +29,10 @@ ways (`PreferenceConfig.reference`):
                adapters' B is zero, so the policy is its base.
 
 With a LoRA policy the frozen and precomputed references score with the model
-without adapters too: all three give the same reference log-probs.
+without adapters too, in the policy's parameter dtype: all three give the same reference
+log-probs. An int8 base (`LoraConfig.base_dtype='int8'`) exists only in the adapted
+model, so its reference is 'base' (the int8 model with zeroed adapters); the other two
+are refused.
 
 SimPO and ORPO need no reference and get none.
 """
