@@ -57,14 +57,6 @@ def chunked_loss_sums(model: ModelFamily, params, hidden_BxLxE, targets_BxL, wei
   positions at a time: only one chunk's float32 logits [B, chunk, V] exist at once, in
   the forward pass and (recomputed) in the backward pass, never the whole [B, L, V].
   """
-  batch, length = targets_BxL.shape
-  chunks = -(-length // chunk_length)
-  pad = chunks * chunk_length - length  # padded positions weigh 0
-  if pad:
-    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
-    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
-  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
-
   @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
   def chunk_sums(sums, chunk):
     hidden, targets, weights = chunk
@@ -72,8 +64,21 @@ def chunked_loss_sums(model: ModelFamily, params, hidden_BxLxE, targets_BxL, wei
     return (sums[0] + (ce * weights).sum(), sums[1] + (z * weights).sum()), None
 
   sums, _ = jax.lax.scan(chunk_sums, (jnp.zeros(()), jnp.zeros(())),
-                         (split(hidden_BxLxE), split(targets_BxL), split(weights_BxL)))
+                         _in_chunks(hidden_BxLxE, targets_BxL, weights_BxL, chunk_length))
   return sums
+
+
+def _in_chunks(hidden_BxLxE, targets_BxL, weights_BxL, chunk_length: int):
+  """The three padded to whole chunks (padded positions weigh 0) and split to
+  [chunks, B, chunk_length, ...], the sequence a scan over chunks reads."""
+  batch, length = targets_BxL.shape
+  chunks = -(-length // chunk_length)
+  pad = chunks * chunk_length - length
+  if pad:
+    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
+    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
+  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
+  return split(hidden_BxLxE), split(targets_BxL), split(weights_BxL)
 
 
 def chunked_target_log_probs(model: ModelFamily, params, hidden_BxLxE, targets_BxL, weights_BxL,
@@ -82,22 +87,15 @@ def chunked_target_log_probs(model: ModelFamily, params, hidden_BxLxE, targets_B
   projecting `chunk_length` positions at a time as `chunked_loss_sums` does: one chunk's
   float32 logits exist at once, forward and (recomputed) backward. For the losses over
   log-probabilities (the preference losses)."""
-  batch, length = targets_BxL.shape
-  chunks = -(-length // chunk_length)
-  pad = chunks * chunk_length - length  # padded positions weigh 0, and are cut off below
-  if pad:
-    hidden_BxLxE = jnp.pad(hidden_BxLxE, ((0, 0), (0, pad), (0, 0)))
-    targets_BxL, weights_BxL = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets_BxL, weights_BxL))
-  split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, chunk_length, *x.shape[2:]), 1, 0)
-
   @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
   def chunk_log_probs(_, chunk):
     hidden, targets, weights = chunk
     return None, target_log_probs(model.project(params, hidden), targets, weights)
 
-  _, log_probs_CxBxK = jax.lax.scan(chunk_log_probs, None, (split(hidden_BxLxE),
-                                                            split(targets_BxL), split(weights_BxL)))
-  return jnp.moveaxis(log_probs_CxBxK, 0, 1).reshape(batch, chunks * chunk_length)[:, :length]
+  _, log_probs_CxBxK = jax.lax.scan(chunk_log_probs, None, _in_chunks(
+      hidden_BxLxE, targets_BxL, weights_BxL, chunk_length))
+  batch, length = targets_BxL.shape  # the padded positions are cut off
+  return jnp.moveaxis(log_probs_CxBxK, 0, 1).reshape(batch, -1)[:, :length]
 
 
 def cross_entropy_loss(z_loss: float = 1e-4, label_smoothing: float = 0.0,
