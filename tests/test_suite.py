@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 import pytest
-import seqio
+
+import registrations
 
 from flan_jax import suite, suite_members
 from flan_jax.data import vocabularies
@@ -65,21 +66,16 @@ def data_dir(tmp_path_factory):
   """The small data, registered in this process; everything registered is removed after
   the module, so no other test sees these tasks or their vocabulary."""
   from flan_jax_tasks import library
-  # Another test in this process may have registered the real benchmarks under the same
-  # names: those go first (a later test registers them again, from its own data).
-  for registry in (seqio.MixtureRegistry, seqio.TaskRegistry):
-    for name in list(registry.names()):
-      if name.startswith(BENCHMARK_PREFIXES):
-        registry.remove(name)
-  library._registered.clear()
-  tasks, mixtures = set(seqio.TaskRegistry.names()), set(seqio.MixtureRegistry.names())
-  yield str(_small_data(tmp_path_factory.mktemp("data")))
-  for name in set(seqio.MixtureRegistry.names()) - mixtures:
-    seqio.MixtureRegistry.remove(name)
-  for name in set(seqio.TaskRegistry.names()) - tasks:
-    seqio.TaskRegistry.remove(name)
-  library._registered.clear()
-  vocabularies.set_default_vocabulary(None)
+  # Another test in this process may have registered the real library, benchmarks
+  # included, under the same names: those go for this module, and the process's
+  # registrations come back exactly afterwards.
+  with registrations.restored_afterwards():
+    for registry in registrations.REGISTRIES:
+      for name in list(registry.names()):
+        if name.startswith(BENCHMARK_PREFIXES):
+          registry.remove(name)
+    library._registered.clear()
+    yield str(_small_data(tmp_path_factory.mktemp("data")))
 
 
 def _run(data_dir, output_dir, members=MEMBERS, **settings):

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+import registrations
+
 from flan_jax import suite, suite_members
 from flan_jax.evaluation.evaluator import EvalConfig
 from flan_jax.llm_judge import JudgeConfig
@@ -52,6 +54,14 @@ class StubJudge:
     self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=self.server.serve_forever, daemon=True).start()
     self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library_registered_for_this_module_only():
+  # The library is registered here with stories260K's vocabulary; later tests in this
+  # process register it their own way.
+  with registrations.restored_afterwards():
+    yield
 
 
 @pytest.fixture(scope="module")
