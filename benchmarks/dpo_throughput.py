@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
       "date": datetime.date.today().isoformat(),
       "command": " ".join(["python -m benchmarks.train_throughput"] + args.argv),
   }
-  line = f"ratio_vs_hf={ratio:.2f}"
+  # The line prints the figures the JSON keeps (to 3 places), so the two always agree.
+  line = f"ratio_vs_hf={round(ratio, 3):.2f}"
   if lora:
     import peft
 
@@ -245,5 +246,5 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         full_finetuning_ratio_vs_hf=round(step_s["trl_full"] / step_s["flan_jax_full"], 3),
         lora_speedup_vs_full={name: round(v, 3) for name, v in speedup.items()},
         peft=peft.__version__)
-    line = f"lora_speedup_vs_full={speedup['flan_jax']:.2f} {line}"
+    line = f"lora_speedup_vs_full={round(speedup['flan_jax'], 3):.2f} {line}"
   return result, line
