@@ -200,10 +200,12 @@ def run(*, model_dir: str, preference: PreferenceConfig, task_feature_lengths: M
                                      preference.pairs_per_row, bos_id)
         del frozen  # training holds one model
         score_batch = None
+    reference_family = None
+    if mode == "base":
+      # An int8 base exists only in the adapted model: it scores with zeroed adapters.
+      reference_family = network if int8_base.enabled(config) else base_network
     loss_fn = preference_losses.preference_loss(
-        # An int8 base exists only in the adapted model: it scores with zeroed adapters.
-        loss_config, reference_family=(None if mode != "base" else network
-                                       if int8_base.enabled(config) else base_network),
+        loss_config, reference_family=reference_family,
         chunk_length=trainer.loss_chunk_length)
 
     evaluate = None

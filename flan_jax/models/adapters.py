@@ -75,16 +75,15 @@ def _attach_run(checkpoint: model_dir.ResolvedCheckpoint, base_config: ModelConf
   # Sizes first: casting, quantizing or fingerprinting another architecture fails unclearly.
   _check_same_architecture(trained, base_config, checkpoint)
   base = convert.in_param_dtype(base, trained)
+  # The base as the run held it (its layout; an int8 base quantized as it quantized it):
+  # what it fingerprinted.
+  in_run_layout = layer_stack.stack_layers(base) if trained.scan_layers else base
   if int8_base.enabled(trained):
-    # Quantized as the run quantized it (in its own layout), which is what it fingerprinted.
-    base = convert.quantized_base(
-        layer_stack.stack_layers(base) if trained.scan_layers else base, trained)
-    base = layer_stack.unstack_layers(base) if trained.scan_layers else base
+    in_run_layout = convert.quantized_base(in_run_layout, trained)
+    base = layer_stack.unstack_layers(in_run_layout) if trained.scan_layers else in_run_layout
   if recorded.get("fingerprint"):
-    # The fingerprint was taken of the base in the run's own layout.
-    in_run_layout = layer_stack.stack_layers(base) if trained.scan_layers else base
     lora_base.check_same(run.directory, recorded, checkpoint.path, in_run_layout)
-    del in_run_layout
+  del in_run_layout
   config, adapters, _ = convert.load_orbax(run, step, with_base=False)
   _check_fits(adapters, dataclasses.replace(base_config, lora=config.lora), checkpoint)
   return config, lora.combine(adapters, base)
