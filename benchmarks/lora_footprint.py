@@ -192,10 +192,8 @@ def main(argv=None) -> None:
   output = args.output or os.path.join(REPO, "benchmarks", "results",
                                        f"lora_footprint_{args.model}{lora}.json")
   if output != "none":
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-      json.dump(result, f, indent=1)
-      f.write("\n")
+    from flan_jax import paths
+    paths.write_atomically(output, json.dumps(result, indent=1) + "\n")
   print(line)
 
 

@@ -254,10 +254,8 @@ def save(result: dict, path: str) -> None:
     with open(path) as f:
       runs = json.load(f)["runs"]
   runs = [r for r in runs if _settings(r) != _settings(result)] + [result]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"runs": runs}, f, indent=1)
-    f.write("\n")
+  from flan_jax import paths
+  paths.write_atomically(path, json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 def main(argv=None) -> None:
