@@ -30,24 +30,13 @@ from flan_jax.training import mesh as mesh_lib
 from flan_jax.training import train_step as step_lib
 from flan_jax.training.optimizer import OptimizerConfig, make_optimizer
 from flan_jax.training.trainer import TrainerConfig
+from preference_fixtures import TRL_NAMES, pairs_file  # noqa: F401  (pairs_file: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "data", "models", "stories260K-hf")
 pytestmark = pytest.mark.skipif(not os.path.isdir(STORIES), reason="needs ../shared/data")
 LENGTHS = {"inputs": 64, "targets": 64}
 ADAPTERS = LoraConfig(rank=8, alpha=16.0, target_modules=("all-linear",))
-TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-             "logps/chosen", "logps/rejected")
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-  animals = ["cat", "dog", "bird", "fish", "frog", "bear", "lion", "duck", "cow", "pig"]
-  records = [{"prompt": f"Tell me about the {a}.", "chosen": f"The {a} was happy and played.",
-              "rejected": f"{a} no."} for a in animals]
-  path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  return str(path)
 
 
 def _run(model_dir, pairs_file, steps, reference=None, checkpoint_every=2, model=None):
